@@ -1,0 +1,348 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Bounded packet parsing for XDP programs: Ethernet, up to two VLAN tags
+ * (802.1Q and 802.1ad), IPv4 with options, IPv6 with up to
+ * MAX_IPV6_EXT_HDRS extension headers, and the TCP or UDP header.
+ *
+ * Every read is preceded by a check against data_end, every loop has a
+ * constant bound, and every header length comes from a field of at most
+ * eight bits, so the verifier can prove each access; the worst-case offset
+ * reached is well below 64 KiB.
+ *
+ * parse_packet sorts a frame into one of four classes (enum parse_result);
+ * the policy for each class belongs to the program, not to this file.
+ */
+#ifndef SLUICE_PARSE_H
+#define SLUICE_PARSE_H
+
+#include "include/uapi.h"
+#include "include/bpf_helpers.h"
+#include "include/bpf_endian.h"
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+
+#define IPPROTO_HOPOPTS 0
+#define IPPROTO_ICMP 1
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_ROUTING 43
+#define IPPROTO_FRAGMENT 44
+#define IPPROTO_AH 51
+#define IPPROTO_ICMPV6 58
+#define IPPROTO_DSTOPTS 60
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_PSH 0x08
+#define TCP_FLAG_ACK 0x10
+
+/* IPv4 frag_off: more-fragments flag and offset in units of 8 bytes. */
+#define IPV4_MF 0x2000
+#define IPV4_OFFSET_MASK 0x1fff
+/* IPv6 fragment header frag_off: offset in bytes (a multiple of 8). */
+#define IPV6_OFFSET_MASK 0xfff8
+
+/* Deeper VLAN stacks are not parsed: such frames pass as non-IP. */
+#define MAX_VLAN_TAGS 2
+/*
+ * Longer IPv6 extension header chains are malformed to us: without a bound
+ * an attacker could hide the TCP/UDP header from the program behind padding
+ * headers that the kernel would happily walk.
+ */
+#define MAX_IPV6_EXT_HDRS 8
+
+/* Room left in the IP payload when the length field says nothing (0). */
+#define ROOM_UNKNOWN 0xffffffffU
+
+struct eth_hdr {
+	__u8 dst[6];
+	__u8 src[6];
+	__be16 proto;
+};
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct ipv4_hdr {
+	__u8 ver_ihl; /* version in the high nibble, header length in words */
+	__u8 tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__sum16 check;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct ipv6_hdr {
+	__u8 ver_tc; /* version in the high nibble */
+	__u8 tc_flow[3];
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+/* Hop-by-hop, routing, destination options and AH start like this. */
+struct ipv6_opt_hdr {
+	__u8 nexthdr;
+	__u8 hdrlen;
+};
+
+struct ipv6_frag_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 id;
+};
+
+struct tcp_hdr {
+	__be16 source;
+	__be16 dest;
+	__be32 seq;
+	__be32 ack_seq;
+	__u8 doff_res; /* data offset in words in the high nibble */
+	__u8 flags;    /* CWR ECE URG ACK PSH RST SYN FIN */
+	__be16 window;
+	__sum16 check;
+	__be16 urg_ptr;
+};
+
+struct udp_hdr {
+	__be16 source;
+	__be16 dest;
+	__be16 len;
+	__sum16 check;
+};
+
+enum parse_result {
+	/* TCP or UDP header found: every field of struct packet is set. */
+	PARSE_L4,
+	/*
+	 * Not IPv4 or IPv6 (ARP, LLDP, more than two VLAN tags, a frame too
+	 * short for its Ethernet or VLAN header), or an IP packet of another
+	 * protocol (ICMP, ICMPv6, ESP, ...). family is set if it is IP.
+	 */
+	PARSE_OTHER,
+	/* A non-first IP fragment: family and saddr are set, ports unknown. */
+	PARSE_FRAGMENT,
+	/*
+	 * An IP packet whose IP, extension or TCP/UDP header is truncated or
+	 * inconsistent, an IPv6 chain longer than MAX_IPV6_EXT_HDRS, or an
+	 * RFC 1858 tiny/overlapping TCP fragment: a packet whose ports we
+	 * cannot trust, and which the kernel would mostly discard itself.
+	 */
+	PARSE_MALFORMED,
+};
+
+struct packet {
+	__u8 family;    /* 4 or 6 for IP packets, else 0 */
+	__u8 l4proto;   /* IPPROTO_TCP or IPPROTO_UDP (PARSE_L4 only) */
+	__u8 tcp_flags; /* TCP flags byte, 0 for UDP */
+	__u16 dport;    /* destination port, host byte order */
+	union {
+		__be32 v4;
+		__u8 v6[16];
+	} saddr;        /* source address, network byte order */
+};
+
+struct cursor {
+	void *pos;
+	void *end;
+};
+
+/*
+ * room is what the IP length fields leave for this header and its payload,
+ * or ROOM_UNKNOWN: a TCP/UDP header that would not fit is malformed even if
+ * the frame has padding bytes where it would be.
+ */
+static __always_inline int parse_l4(struct cursor *c, __u8 proto, __u32 room,
+				    struct packet *pkt)
+{
+	if (proto == IPPROTO_TCP) {
+		struct tcp_hdr *th = c->pos;
+		__u32 doff;
+
+		if ((void *)(th + 1) > c->end || room < sizeof(*th))
+			return PARSE_MALFORMED;
+		doff = (th->doff_res >> 4) * 4;
+		if (doff < sizeof(*th) || doff > room)
+			return PARSE_MALFORMED;
+		pkt->l4proto = proto;
+		pkt->dport = bpf_ntohs(th->dest);
+		pkt->tcp_flags = th->flags;
+		return PARSE_L4;
+	}
+	if (proto == IPPROTO_UDP) {
+		struct udp_hdr *uh = c->pos;
+
+		if ((void *)(uh + 1) > c->end || room < sizeof(*uh))
+			return PARSE_MALFORMED;
+		pkt->l4proto = proto;
+		pkt->dport = bpf_ntohs(uh->dest);
+		pkt->tcp_flags = 0;
+		return PARSE_L4;
+	}
+	return PARSE_OTHER;
+}
+
+static __always_inline int parse_ipv4(struct cursor *c, struct packet *pkt)
+{
+	struct ipv4_hdr *iph = c->pos;
+	__u32 hlen, tot, room = ROOM_UNKNOWN;
+	__u16 frag;
+
+	if ((void *)(iph + 1) > c->end)
+		return PARSE_MALFORMED;
+	if ((iph->ver_ihl >> 4) != 4)
+		return PARSE_MALFORMED;
+	hlen = (iph->ver_ihl & 0x0f) * 4;
+	if (hlen < sizeof(*iph))
+		return PARSE_MALFORMED;
+	/* A total length of 0 is what GRO leaves on BIG TCP super-packets. */
+	tot = bpf_ntohs(iph->tot_len);
+	if (tot != 0) {
+		if (tot < hlen)
+			return PARSE_MALFORMED;
+		room = tot - hlen;
+	}
+	if (c->pos + hlen > c->end)
+		return PARSE_MALFORMED;
+
+	pkt->family = 4;
+	pkt->saddr.v4 = iph->saddr;
+
+	frag = bpf_ntohs(iph->frag_off) & IPV4_OFFSET_MASK;
+	if (frag != 0) {
+		/*
+		 * RFC 1858: a TCP fragment at offset 8 can only be there to
+		 * overwrite the flags of the first fragment's header.
+		 */
+		if (frag == 1 && iph->protocol == IPPROTO_TCP)
+			return PARSE_MALFORMED;
+		return PARSE_FRAGMENT;
+	}
+	/*
+	 * A first fragment (MF set, offset 0) must carry the whole TCP/UDP
+	 * header (RFC 1858 tiny fragments): parse_l4 enforces that with room.
+	 */
+	c->pos += hlen;
+	return parse_l4(c, iph->protocol, room, pkt);
+}
+
+static __always_inline bool ipv6_is_ext(__u8 nexthdr)
+{
+	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
+	       nexthdr == IPPROTO_FRAGMENT || nexthdr == IPPROTO_DSTOPTS ||
+	       nexthdr == IPPROTO_AH;
+}
+
+static __always_inline int parse_ipv6(struct cursor *c, struct packet *pkt)
+{
+	struct ipv6_hdr *ip6h = c->pos;
+	__u32 room = ROOM_UNKNOWN;
+	__u8 next;
+	int i;
+
+	if ((void *)(ip6h + 1) > c->end)
+		return PARSE_MALFORMED;
+	if ((ip6h->ver_tc >> 4) != 6)
+		return PARSE_MALFORMED;
+
+	pkt->family = 6;
+	__builtin_memcpy(pkt->saddr.v6, ip6h->saddr, sizeof(pkt->saddr.v6));
+
+	if (ip6h->payload_len != 0)
+		room = bpf_ntohs(ip6h->payload_len);
+	next = ip6h->nexthdr;
+	c->pos = ip6h + 1;
+
+	for (i = 0; i < MAX_IPV6_EXT_HDRS; i++) {
+		__u32 len;
+
+		if (!ipv6_is_ext(next))
+			break;
+		if (next == IPPROTO_FRAGMENT) {
+			struct ipv6_frag_hdr *fh = c->pos;
+
+			if ((void *)(fh + 1) > c->end)
+				return PARSE_MALFORMED;
+			if (bpf_ntohs(fh->frag_off) & IPV6_OFFSET_MASK)
+				return PARSE_FRAGMENT;
+			/*
+			 * First fragment: RFC 7112 makes it carry the whole
+			 * header chain, so go on parsing.
+			 */
+			len = sizeof(*fh);
+			next = fh->nexthdr;
+		} else {
+			struct ipv6_opt_hdr *oh = c->pos;
+
+			if ((void *)(oh + 1) > c->end)
+				return PARSE_MALFORMED;
+			if (next == IPPROTO_AH)
+				len = ((__u32)oh->hdrlen + 2) * 4;
+			else
+				len = ((__u32)oh->hdrlen + 1) * 8;
+			next = oh->nexthdr;
+		}
+		if (room != ROOM_UNKNOWN) {
+			if (len > room)
+				return PARSE_MALFORMED;
+			room -= len;
+		}
+		if (c->pos + len > c->end)
+			return PARSE_MALFORMED;
+		c->pos += len;
+	}
+	if (ipv6_is_ext(next))
+		return PARSE_MALFORMED;
+	return parse_l4(c, next, room, pkt);
+}
+
+/* parse_packet fills pkt as far as the frame allows; see parse_result. */
+static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+{
+	struct cursor c = {
+		.pos = (void *)(long)ctx->data,
+		.end = (void *)(long)ctx->data_end,
+	};
+	struct eth_hdr *eth = c.pos;
+	__be16 proto;
+	int i;
+
+	if ((void *)(eth + 1) > c.end)
+		return PARSE_OTHER;
+	proto = eth->proto;
+	c.pos = eth + 1;
+
+#pragma unroll
+	for (i = 0; i < MAX_VLAN_TAGS; i++) {
+		struct vlan_hdr *vh = c.pos;
+
+		if (proto != bpf_htons(ETH_P_8021Q) &&
+		    proto != bpf_htons(ETH_P_8021AD))
+			break;
+		if ((void *)(vh + 1) > c.end)
+			return PARSE_OTHER;
+		proto = vh->proto;
+		c.pos = vh + 1;
+	}
+
+	if (proto == bpf_htons(ETH_P_IP))
+		return parse_ipv4(&c, pkt);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(&c, pkt);
+	return PARSE_OTHER;
+}
+
+#endif /* SLUICE_PARSE_H */

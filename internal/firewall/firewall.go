@@ -1,0 +1,402 @@
+// Package firewall loads and drives the XDP program of bpf/firewall.c: deny
+// and allow lists and per-source rate limits for the balancer's protected
+// ports, enforced before packets reach the network stack.
+//
+// One Firewall holds one loaded program and its maps; Attach hooks it to as
+// many interfaces as wanted, each through a bpf_link, so that the program
+// goes away with the process. Update changes the rules by map updates while
+// the program stays attached.
+//
+// What the program does with each kind of packet is documented at the top
+// of bpf/firewall.c.
+package firewall
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// Mode is how the program is attached to an interface.
+type Mode int
+
+const (
+	// ModeAuto attaches in native mode, or in generic mode if the driver
+	// does not support native XDP.
+	ModeAuto Mode = iota
+	// ModeNative runs the program in the driver, before an skb exists.
+	ModeNative
+	// ModeGeneric runs the program on the skb, for any driver, slower.
+	ModeGeneric
+)
+
+// String returns the mode as ParseMode accepts it.
+func (m Mode) String() string {
+	switch m {
+	case ModeAuto:
+		return "auto"
+	case ModeNative:
+		return "native"
+	case ModeGeneric:
+		return "generic"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// ParseMode parses "auto", "native" or "generic".
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "auto":
+		return ModeAuto, nil
+	case "native":
+		return ModeNative, nil
+	case "generic":
+		return ModeGeneric, nil
+	}
+	return 0, fmt.Errorf("xdp mode %q is not auto, native or generic", s)
+}
+
+// Attachment is an interface the program is attached to.
+type Attachment struct {
+	Iface string
+	Mode  Mode // ModeNative or ModeGeneric: what ModeAuto settled on
+}
+
+// Firewall is the loaded program with its maps and links. Its methods are
+// safe for concurrent use. It owns kernel objects: Close releases them.
+type Firewall struct {
+	// mu guards every field below and serialises map updates, so that the
+	// maps always hold what applied describes.
+	mu      sync.Mutex
+	objs    firewallObjects
+	applied rules // what the maps hold now
+	sources uint32
+	links   []attached
+	closed  bool
+}
+
+type attached struct {
+	Attachment
+	link link.Link
+}
+
+// New loads the program and fills its maps from cfg; nothing is attached
+// yet. It needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN) and Linux 5.12
+// or later; without them the error names what is missing and wraps
+// ErrPermission or ErrUnsupported.
+func New(cfg Config) (*Firewall, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("check firewall config: %w", err)
+	}
+	spec, err := loadFirewall()
+	if err != nil {
+		return nil, fmt.Errorf("read xdp firewall object: %w", err)
+	}
+	f := &Firewall{sources: cfg.RateSources}
+	if f.sources == 0 {
+		f.sources = DefaultRateSources
+	}
+	spec.Maps[firewallMapRateBuckets].MaxEntries = f.sources
+	if err := spec.LoadAndAssign(&f.objs, nil); err != nil {
+		return nil, explain("load xdp firewall", err, false, currentPrivileges(), kernelRelease())
+	}
+	f.applied = compile(Config{})
+	if err := f.apply(compile(cfg)); err != nil {
+		f.objs.Close()
+		return nil, fmt.Errorf("fill xdp firewall maps: %w", err)
+	}
+	return f, nil
+}
+
+// Attach hooks the program to the interface named iface, in mode. With
+// ModeAuto it tries native mode first, then generic. The program stays
+// attached until Close or until the process exits.
+func (f *Firewall) Attach(iface string, mode Mode) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	for _, a := range f.links {
+		if a.Iface == iface {
+			return fmt.Errorf("attach xdp to %s: already attached", iface)
+		}
+	}
+	ifc, err := net.InterfaceByName(iface)
+	if err != nil {
+		return fmt.Errorf("attach xdp to %s: %w", iface, err)
+	}
+	var try []Mode
+	switch mode {
+	case ModeAuto:
+		try = []Mode{ModeNative, ModeGeneric}
+	case ModeNative, ModeGeneric:
+		try = []Mode{mode}
+	default:
+		return fmt.Errorf("attach xdp to %s: unknown %v", iface, mode)
+	}
+	var errs error
+	for _, m := range try {
+		flags := link.XDPGenericMode
+		if m == ModeNative {
+			flags = link.XDPDriverMode
+		}
+		l, err := link.AttachXDP(link.XDPOptions{
+			Program:   f.objs.XdpFirewall,
+			Interface: ifc.Index,
+			Flags:     flags,
+		})
+		if err == nil {
+			f.links = append(f.links, attached{Attachment{iface, m}, l})
+			return nil
+		}
+		err = fmt.Errorf("%v mode: %w", m, err)
+		if errs == nil {
+			errs = err
+		} else {
+			errs = fmt.Errorf("%w; %w", errs, err)
+		}
+		if isPermission(err) {
+			break // generic mode needs the same capability
+		}
+	}
+	return explain("attach xdp to "+iface, errs, true, currentPrivileges(), kernelRelease())
+}
+
+// Attachments returns the interfaces the program is attached to, in the
+// order of Attach.
+func (f *Firewall) Attachments() []Attachment {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	as := make([]Attachment, len(f.links))
+	for i, a := range f.links {
+		as[i] = a.Attachment
+	}
+	return as
+}
+
+// Update replaces the rules by updating the maps, with the program left
+// attached. cfg is validated first and an invalid one changes nothing.
+//
+// The change is not atomic, but ordered so that no packet sees fewer
+// denials than both the old and new rules give: deny and allow prefixes are
+// added before the old ones are removed, the allow list is switched on
+// only once filled and off before it is emptied, and new ports become
+// protected after their rules are in place. If a map update fails midway,
+// Update puts the old rules back and returns the error.
+func (f *Firewall) Update(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("check firewall config: %w", err)
+	}
+	if cfg.RateSources != 0 && cfg.RateSources != f.sources {
+		return fmt.Errorf("check firewall config: rate limiter table size %d differs from %d, which only New can set", cfg.RateSources, f.sources)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	old := f.applied
+	if err := f.apply(compile(cfg)); err != nil {
+		if rerr := f.apply(old); rerr != nil {
+			return fmt.Errorf("update xdp firewall: %w (and restore old rules: %w)", err, rerr)
+		}
+		return fmt.Errorf("update xdp firewall: %w", err)
+	}
+	return nil
+}
+
+// apply makes the maps hold want, by differences from f.applied, which it
+// keeps true after every single map operation. Called with f.mu held (or
+// before f is shared).
+func (f *Firewall) apply(want rules) error {
+	cur := &f.applied
+	for p := range want.deny {
+		if _, ok := cur.deny[p]; !ok {
+			if err := f.putPrefix(f.objs.DenyV4, f.objs.DenyV6, p); err != nil {
+				return fmt.Errorf("add deny prefix %s: %w", p, err)
+			}
+			cur.deny[p] = struct{}{}
+		}
+	}
+	for p := range want.allow {
+		if _, ok := cur.allow[p]; !ok {
+			if err := f.putPrefix(f.objs.AllowV4, f.objs.AllowV6, p); err != nil {
+				return fmt.Errorf("add allow prefix %s: %w", p, err)
+			}
+			cur.allow[p] = struct{}{}
+		}
+	}
+	if want.conf != cur.conf {
+		if err := f.objs.Config.Update(uint32(0), want.conf, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("set rule config: %w", err)
+		}
+		cur.conf = want.conf
+	}
+	for k := range want.ports {
+		if _, ok := cur.ports[k]; !ok {
+			if err := f.objs.ProtectedPorts.Update(k, uint8(1), ebpf.UpdateAny); err != nil {
+				return fmt.Errorf("protect port %d/%d: %w", k.Proto, k.Port, err)
+			}
+			cur.ports[k] = struct{}{}
+		}
+	}
+	for k := range cur.ports {
+		if _, ok := want.ports[k]; !ok {
+			if err := deleteKey(f.objs.ProtectedPorts, k); err != nil {
+				return fmt.Errorf("unprotect port %d/%d: %w", k.Proto, k.Port, err)
+			}
+			delete(cur.ports, k)
+		}
+	}
+	for p := range cur.allow {
+		if _, ok := want.allow[p]; !ok {
+			if err := f.deletePrefix(f.objs.AllowV4, f.objs.AllowV6, p); err != nil {
+				return fmt.Errorf("remove allow prefix %s: %w", p, err)
+			}
+			delete(cur.allow, p)
+		}
+	}
+	for p := range cur.deny {
+		if _, ok := want.deny[p]; !ok {
+			if err := f.deletePrefix(f.objs.DenyV4, f.objs.DenyV6, p); err != nil {
+				return fmt.Errorf("remove deny prefix %s: %w", p, err)
+			}
+			delete(cur.deny, p)
+		}
+	}
+	return nil
+}
+
+// lpmKey returns the LPM trie key for p, which must be masked and unmapped.
+func lpmKey(p netip.Prefix) any {
+	if p.Addr().Is4() {
+		return firewallLpmV4Key{Prefixlen: uint32(p.Bits()), Addr: p.Addr().As4()}
+	}
+	return firewallLpmV6Key{Prefixlen: uint32(p.Bits()), Addr: p.Addr().As16()}
+}
+
+func (f *Firewall) putPrefix(v4, v6 *ebpf.Map, p netip.Prefix) error {
+	m := v6
+	if p.Addr().Is4() {
+		m = v4
+	}
+	return m.Update(lpmKey(p), uint8(1), ebpf.UpdateAny)
+}
+
+func (f *Firewall) deletePrefix(v4, v6 *ebpf.Map, p netip.Prefix) error {
+	m := v6
+	if p.Addr().Is4() {
+		m = v4
+	}
+	return deleteKey(m, lpmKey(p))
+}
+
+// deleteKey deletes key from m; a key already gone is not an error.
+func deleteKey(m *ebpf.Map, key any) error {
+	if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Counters are packet counts by verdict since New, summed over CPUs.
+type Counters struct {
+	Passed      uint64 // to a protected port, admitted by every rule
+	Denied      uint64 // to a protected port, source in the deny list
+	NotAllowed  uint64 // to a protected port, source not in the allow list
+	RateLimited uint64 // to a protected port, source over its rate
+	Malformed   uint64 // dropped: IP or TCP/UDP headers unparsable
+	Unprotected uint64 // passed unpoliced: not to a protected port, or not TCP/UDP
+	Fragments   uint64 // passed unpoliced: non-first IP fragments
+}
+
+// VerdictCount is one verdict's count, labelled for metrics.
+type VerdictCount struct {
+	Verdict string // "passed", "denied", "not_allowed", "rate_limited", "malformed", "unprotected", "fragment"
+	Packets uint64
+}
+
+// Verdicts returns c as label and value pairs, in a fixed order, for a
+// metric such as sluice_firewall_packets_total{verdict}.
+func (c Counters) Verdicts() []VerdictCount {
+	return []VerdictCount{
+		{"passed", c.Passed},
+		{"denied", c.Denied},
+		{"not_allowed", c.NotAllowed},
+		{"rate_limited", c.RateLimited},
+		{"malformed", c.Malformed},
+		{"unprotected", c.Unprotected},
+		{"fragment", c.Fragments},
+	}
+}
+
+// String returns the counters as "passed=1 denied=0 ...", for a log line.
+func (c Counters) String() string {
+	var b strings.Builder
+	for i, v := range c.Verdicts() {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%d", v.Verdict, v.Packets)
+	}
+	return b.String()
+}
+
+// Counters reads the verdict counters. Each is exact per CPU; the sum is
+// not a snapshot across CPUs.
+func (f *Firewall) Counters() (Counters, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return Counters{}, ErrClosed
+	}
+	var c Counters
+	fields := map[firewallVerdict]*uint64{
+		firewallVerdictVERDICT_PASSED:       &c.Passed,
+		firewallVerdictVERDICT_DENIED:       &c.Denied,
+		firewallVerdictVERDICT_NOT_ALLOWED:  &c.NotAllowed,
+		firewallVerdictVERDICT_RATE_LIMITED: &c.RateLimited,
+		firewallVerdictVERDICT_MALFORMED:    &c.Malformed,
+		firewallVerdictVERDICT_UNPROTECTED:  &c.Unprotected,
+		firewallVerdictVERDICT_FRAGMENT:     &c.Fragments,
+	}
+	var perCPU []uint64
+	for v, dst := range fields {
+		if err := f.objs.Verdicts.Lookup(uint32(v), &perCPU); err != nil {
+			return Counters{}, fmt.Errorf("read %d verdict counter: %w", v, err)
+		}
+		for _, n := range perCPU {
+			*dst += n
+		}
+	}
+	return c, nil
+}
+
+// Close detaches the program from every interface and releases the maps
+// and the program. Later calls return nil.
+func (f *Firewall) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil
+	}
+	f.closed = true
+	var errs []error
+	for _, a := range f.links {
+		if err := a.link.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach xdp from %s: %w", a.Iface, err))
+		}
+	}
+	f.links = nil
+	if err := f.objs.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close xdp firewall: %w", err))
+	}
+	return errors.Join(errs...)
+}
