@@ -1,0 +1,55 @@
+// Command sluice is a layer-4 TCP load balancer. See the README for the
+// flag reference, or run sluice --help.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sluice-lb/sluice/internal/config"
+	"github.com/sluice-lb/sluice/internal/server"
+)
+
+// exitUsage is the exit status for a bad command line.
+const exitUsage = 2
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	var ue *config.UsageError
+	switch {
+	case err == nil:
+	case errors.As(err, &ue):
+		for _, p := range ue.Problems {
+			fmt.Fprintf(os.Stderr, "sluice: %s\n", p)
+		}
+		fmt.Fprintln(os.Stderr, "run 'sluice --help' for the flag reference")
+		os.Exit(exitUsage)
+	default:
+		fmt.Fprintf(os.Stderr, "sluice: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := config.Parse(args, stdout)
+	if errors.Is(err, config.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log := server.NewLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	defer log.Sync()
+	s, err := server.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	return s.Run(ctx)
+}

@@ -1,0 +1,270 @@
+// Package loop is a single-threaded event loop: one epoll instance, one
+// eventfd for wake-ups, and a timer heap, all owned by the goroutine that
+// calls Run. That goroutine is locked to its OS thread for the loop's life.
+//
+// Everything except Submit, Stop and Now-free helpers must be called on the
+// loop goroutine (from a Handler, a timer callback or a submitted func). Other
+// goroutines reach loop-owned state only through Submit.
+package loop
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Event bits passed to handlers; they are the epoll bits.
+const (
+	In    = unix.EPOLLIN
+	Out   = unix.EPOLLOUT
+	RdHup = unix.EPOLLRDHUP
+	Hup   = unix.EPOLLHUP
+	Err   = unix.EPOLLERR
+	// Edge requests edge-triggered notification.
+	Edge = unix.EPOLLET
+)
+
+// Handler receives the readiness events of one registered fd.
+type Handler interface {
+	// HandleEvent is called on the loop goroutine with the epoll event bits.
+	HandleEvent(events uint32)
+}
+
+// ErrStopped is returned by Run when the loop was stopped with Stop.
+var ErrStopped = errors.New("loop stopped")
+
+// entry is the registration of one fd. gen distinguishes successive
+// registrations of the same fd number, so an event queued for a closed fd is
+// never delivered to a newer registration that reuses the number.
+type entry struct {
+	h   Handler
+	gen int32
+}
+
+// Loop is an epoll event loop. Create it with New, run it with Run on a
+// goroutine of its own, stop it with Stop. The zero value is not usable.
+type Loop struct {
+	epfd int
+	evfd int
+
+	// mu guards queue and woken; everything else is owned by the loop goroutine.
+	mu     sync.Mutex
+	queue  []func()
+	woken  bool
+	closed bool
+
+	entries []entry
+	nextGen int32
+	events  []unix.EpollEvent
+	timers  timerHeap
+	start   time.Time
+	now     int64
+	stopped bool
+	running []func() // scratch slice for the submitted queue being run
+}
+
+// New creates a loop with its epoll instance and wake-up eventfd.
+func New() (*Loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	l := &Loop{epfd: epfd, evfd: evfd, events: make([]unix.EpollEvent, 256), start: time.Now()}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	return l, nil
+}
+
+// Add registers fd for events and routes them to h. Loop goroutine only (or
+// before Run starts).
+func (l *Loop) Add(fd int, events uint32, h Handler) error {
+	if fd < 0 {
+		return fmt.Errorf("add fd %d: negative fd", fd)
+	}
+	for fd >= len(l.entries) {
+		l.entries = append(l.entries, make([]entry, len(l.entries)+64)...)
+	}
+	l.nextGen++
+	gen := l.nextGen
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd), Pad: gen}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl add", err)
+	}
+	l.entries[fd] = entry{h: h, gen: gen}
+	return nil
+}
+
+// Modify changes the events fd is registered for. Loop goroutine only.
+func (l *Loop) Modify(fd int, events uint32) error {
+	if fd < 0 || fd >= len(l.entries) || l.entries[fd].h == nil {
+		return fmt.Errorf("modify fd %d: not registered", fd)
+	}
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd), Pad: l.entries[fd].gen}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, fd, &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl mod", err)
+	}
+	return nil
+}
+
+// Remove unregisters fd. Events already fetched for it are dropped. The
+// caller still owns fd and closes it. Loop goroutine only.
+func (l *Loop) Remove(fd int) error {
+	if fd < 0 || fd >= len(l.entries) || l.entries[fd].h == nil {
+		return fmt.Errorf("remove fd %d: not registered", fd)
+	}
+	l.entries[fd] = entry{}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil); err != nil {
+		return os.NewSyscallError("epoll_ctl del", err)
+	}
+	return nil
+}
+
+// Forget drops the registration of fd without an epoll_ctl call, for a
+// caller that is about to close fd (closing removes it from epoll). Loop
+// goroutine only.
+func (l *Loop) Forget(fd int) {
+	if fd >= 0 && fd < len(l.entries) {
+		l.entries[fd] = entry{}
+	}
+}
+
+// Submit queues fn to run on the loop goroutine and wakes the loop. Safe for
+// concurrent use. It returns false, without queueing, once the loop has
+// stopped.
+func (l *Loop) Submit(fn func()) bool {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return false
+	}
+	l.queue = append(l.queue, fn)
+	wake := !l.woken
+	l.woken = true
+	l.mu.Unlock()
+	if wake {
+		l.wake()
+	}
+	return true
+}
+
+func (l *Loop) wake() {
+	var one = [8]byte{1}
+	// EAGAIN means the counter is saturated, which still wakes the loop.
+	_, _ = unix.Write(l.evfd, one[:])
+}
+
+// Stop asks the loop to return from Run after the current iteration. Safe for
+// concurrent use.
+func (l *Loop) Stop() {
+	l.Submit(func() { l.stopped = true })
+}
+
+// Now returns the loop's cached monotonic clock in nanoseconds since the loop
+// was created; it advances once per wake-up. Loop goroutine only.
+func (l *Loop) Now() int64 { return l.now }
+
+// Run runs the loop on the calling goroutine, locked to its OS thread, until
+// Stop is called. It returns ErrStopped then, or the error that broke the
+// loop. Submitted funcs not yet run when Run returns are run before it does.
+func (l *Loop) Run() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer l.finish()
+	for !l.stopped {
+		n, err := unix.EpollWait(l.epfd, l.events, l.timeout())
+		if err != nil && err != unix.EINTR {
+			return os.NewSyscallError("epoll_wait", err)
+		}
+		l.now = int64(time.Since(l.start))
+		for i := 0; i < n; i++ {
+			ev := &l.events[i]
+			fd := int(ev.Fd)
+			if fd == l.evfd {
+				l.drainWake()
+				continue
+			}
+			if fd < len(l.entries) {
+				if e := l.entries[fd]; e.h != nil && e.gen == ev.Pad {
+					e.h.HandleEvent(ev.Events)
+				}
+			}
+		}
+		if n == len(l.events) && len(l.events) < 4096 {
+			l.events = make([]unix.EpollEvent, 2*len(l.events))
+		}
+		l.runTimers()
+	}
+	return ErrStopped
+}
+
+// finish marks the loop closed so that no more funcs are queued, and runs
+// the ones already queued so that their owners are not left waiting.
+func (l *Loop) finish() {
+	l.mu.Lock()
+	l.closed = true
+	q := l.queue
+	l.queue = nil
+	l.mu.Unlock()
+	for _, fn := range q {
+		fn()
+	}
+}
+
+func (l *Loop) drainWake() {
+	var buf [8]byte
+	_, _ = unix.Read(l.evfd, buf[:])
+	l.mu.Lock()
+	l.running, l.queue = l.queue, l.running[:0]
+	l.woken = false
+	l.mu.Unlock()
+	for i, fn := range l.running {
+		fn()
+		l.running[i] = nil
+	}
+}
+
+// timeout is the epoll_wait timeout in milliseconds until the next timer,
+// rounded up so that a timer never fires early; -1 when none is scheduled.
+func (l *Loop) timeout() int {
+	if len(l.timers) == 0 {
+		return -1
+	}
+	now := int64(time.Since(l.start))
+	d := l.timers[0].when - now
+	if d <= 0 {
+		return 0
+	}
+	ms := (d + int64(time.Millisecond) - 1) / int64(time.Millisecond)
+	if ms > 1<<30 {
+		ms = 1 << 30
+	}
+	return int(ms)
+}
+
+// Close releases the epoll instance and the eventfd. Call it after Run has
+// returned; registered fds are not closed (their owners close them).
+func (l *Loop) Close() error {
+	err1 := unix.Close(l.epfd)
+	err2 := unix.Close(l.evfd)
+	if err1 != nil {
+		return os.NewSyscallError("close epoll", err1)
+	}
+	if err2 != nil {
+		return os.NewSyscallError("close eventfd", err2)
+	}
+	return nil
+}

@@ -1,0 +1,99 @@
+package splice
+
+// PoolConfig sizes a Pool.
+type PoolConfig struct {
+	// PipeSize is the capacity asked of each pipe, in bytes. The kernel
+	// rounds it up to a power of two pages.
+	PipeSize int
+	// MaxPipes caps the pipes alive at once (lent plus idle). When it is
+	// reached Get fails and the caller falls back to read/write. Each pipe
+	// costs two file descriptors.
+	MaxPipes int
+	// MaxIdle caps the empty pipes kept for reuse; more are closed on Put.
+	MaxIdle int
+}
+
+// DefaultPoolConfig returns the pool sizing used when none is given.
+func DefaultPoolConfig() PoolConfig {
+	return PoolConfig{PipeSize: 256 << 10, MaxPipes: 1024, MaxIdle: 64}
+}
+
+// Stats are a pool's counters. Owned by the loop; copy them out with
+// Pool.Stats on the loop goroutine.
+type Stats struct {
+	Created   uint64 // pipes created
+	Closed    uint64 // pipes closed (excess idle, dirty on Put, or Close)
+	Exhausted uint64 // Get calls refused because MaxPipes were alive
+	Failed    uint64 // pipe creations the kernel refused (fd or memory limits)
+	Alive     int    // pipes alive now, lent or idle
+	Idle      int    // pipes in the pool now
+}
+
+// Pool lends empty pipes. Not safe for concurrent use: one loop owns it.
+type Pool struct {
+	cfg   PoolConfig
+	free  []*Pipe
+	stats Stats
+}
+
+// NewPool returns an empty pool; pipes are created on demand.
+func NewPool(cfg PoolConfig) *Pool {
+	return &Pool{cfg: cfg}
+}
+
+// Get lends an empty pipe, or returns nil when MaxPipes are alive or the
+// kernel refuses a new one; the caller then copies through a buffer instead.
+func (p *Pool) Get() *Pipe {
+	if n := len(p.free); n > 0 {
+		pp := p.free[n-1]
+		p.free[n-1] = nil
+		p.free = p.free[:n-1]
+		return pp
+	}
+	if p.stats.Alive >= p.cfg.MaxPipes {
+		p.stats.Exhausted++
+		return nil
+	}
+	pp, err := newPipe(p.cfg.PipeSize)
+	if err != nil {
+		p.stats.Failed++
+		return nil
+	}
+	p.stats.Created++
+	p.stats.Alive++
+	return pp
+}
+
+// Put returns a pipe. An empty pipe goes back to the pool (or is closed when
+// MaxIdle are already idle); a pipe that still holds bytes is closed, since
+// its contents belong to a connection that is gone.
+func (p *Pool) Put(pp *Pipe) {
+	if pp.Len != 0 || len(p.free) >= p.cfg.MaxIdle {
+		p.discard(pp)
+		return
+	}
+	p.free = append(p.free, pp)
+}
+
+func (p *Pool) discard(pp *Pipe) {
+	pp.close()
+	pp.Len = 0
+	p.stats.Closed++
+	p.stats.Alive--
+}
+
+// Stats returns a copy of the pool's counters.
+func (p *Pool) Stats() Stats {
+	s := p.stats
+	s.Idle = len(p.free)
+	return s
+}
+
+// Close closes the idle pipes. Lent pipes are closed when they are Put back.
+func (p *Pool) Close() {
+	for i, pp := range p.free {
+		p.discard(pp)
+		p.free[i] = nil
+	}
+	p.free = p.free[:0]
+}

@@ -1,0 +1,436 @@
+package tcpproxy
+
+import (
+	"net/netip"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/loop"
+	"github.com/sluice-lb/sluice/internal/splice"
+)
+
+type connState uint8
+
+const (
+	stateConnecting connState = iota
+	stateEstablished
+	stateClosed
+)
+
+// conn is one proxied connection: the accepted client socket and the
+// backend socket, with one half per direction. It is owned by its proxy's
+// loop; nothing else touches it.
+type conn struct {
+	p       *Proxy
+	client  endpoint
+	backend endpoint
+	up      half // client → backend
+	down    half // backend → client
+
+	state    connState
+	attempts uint8 // connect attempts made so far, the current one included
+	idx      int   // position in p.conns
+	bidx     int   // index of the chosen backend in snap
+
+	peer netip.AddrPort     // the client's address
+	hash uint64             // key hash of peer
+	snap *balancer.Snapshot // backend set the choice was made from; kept for retries
+
+	timer      loop.Timer // connect timeout while connecting, then idle timeout
+	lastActive int64      // loop clock of the last byte moved
+}
+
+// endpoint is one socket of a conn with the readiness the loop last
+// reported. The flags are cleared only when a syscall answers EAGAIN, which
+// is what edge-triggered epoll requires: a new edge is reported only after
+// that.
+type endpoint struct {
+	c        *conn
+	fd       int
+	readable bool
+	writable bool
+	isClient bool
+}
+
+// half is one direction of a conn. Bytes read but not yet written are held
+// either in pipe (spliced) or in buf (copied); never both with new bytes
+// behind them, since a half reads again only once what it holds is written.
+type half struct {
+	pipe   *splice.Pipe // lent from the pool while it holds bytes
+	buf    []byte       // bytes a blocked writer left over, from the proxy's spare buffers
+	eof    bool         // the source sent FIN
+	shut   bool         // FIN passed on with shutdown(SHUT_WR)
+	splice bool         // SpliceAuto: this direction is in bulk mode
+}
+
+func (h *half) holding() bool {
+	return (h.pipe != nil && h.pipe.Len > 0) || len(h.buf) > 0
+}
+
+// HandleEvent records readiness and runs the connection.
+func (e *endpoint) HandleEvent(ev uint32) {
+	if ev&(loop.In|loop.RdHup|loop.Hup|loop.Err) != 0 {
+		e.readable = true
+	}
+	if ev&(loop.Out|loop.Hup|loop.Err) != 0 {
+		e.writable = true
+	}
+	c := e.c
+	if c.state == stateConnecting {
+		if !e.isClient && ev&(loop.Out|loop.Err|loop.Hup) != 0 {
+			c.connected()
+		}
+		return
+	}
+	c.run()
+}
+
+// dial starts a non-blocking connect to backend bidx of c.snap.
+func (c *conn) dial(bidx int) {
+	p := c.p
+	c.bidx = bidx
+	c.attempts++
+	c.state = stateConnecting
+	sa, family := sockaddrOf(c.snap.Backends[bidx].Addr)
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		c.connectFailed(false)
+		return
+	}
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	c.backend = endpoint{c: c, fd: fd}
+	err = unix.Connect(fd, sa)
+	if err != nil && err != unix.EINPROGRESS {
+		c.connectFailed(false)
+		return
+	}
+	if err := p.loop.Add(fd, loop.In|loop.Out|loop.RdHup|loop.Edge, &c.backend); err != nil {
+		c.connectFailed(false)
+		return
+	}
+	p.loop.Schedule(&c.timer, p.loop.Now()+int64(p.cfg.ConnectTimeout))
+}
+
+// connected is called when the connecting backend socket reports
+// writability or an error; SO_ERROR tells which.
+func (c *conn) connected() {
+	soerr, err := unix.GetsockoptInt(c.backend.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil || soerr != 0 {
+		c.connectFailed(false)
+		return
+	}
+	p := c.p
+	p.stats.Established.Add(1)
+	c.state = stateEstablished
+	c.lastActive = p.loop.Now()
+	p.loop.Schedule(&c.timer, c.lastActive+int64(p.cfg.IdleTimeout))
+	if p.debug {
+		p.log.Debug("connection established", zap.Stringer("client", c.peer), zap.Stringer("backend", c.snap.Backends[c.bidx].Addr), zap.Uint8("attempt", c.attempts))
+	}
+	c.run()
+}
+
+// connectFailed closes the failed backend socket and tries the next backend
+// in the key's preference order, or gives up once the retries are spent.
+func (c *conn) connectFailed(timedOut bool) {
+	p := c.p
+	if timedOut {
+		p.stats.ConnectTimeouts.Add(1)
+	} else {
+		p.stats.ConnectFailures.Add(1)
+	}
+	c.closeBackend(false)
+	if int(c.attempts) <= p.cfg.ConnectRetries {
+		p.pref = c.snap.Preference(c.hash, p.pref[:0])
+		if int(c.attempts) < len(p.pref) {
+			c.dial(p.pref[c.attempts])
+			return
+		}
+	}
+	p.stats.NoBackend.Add(1)
+	if p.debug {
+		p.log.Debug("no backend accepted the connection", zap.Stringer("client", c.peer), zap.Uint8("attempts", c.attempts))
+	}
+	c.finish(true)
+}
+
+func (c *conn) onTimer() {
+	p := c.p
+	switch c.state {
+	case stateConnecting:
+		c.connectFailed(true)
+	case stateEstablished:
+		deadline := c.lastActive + int64(p.cfg.IdleTimeout)
+		if p.loop.Now() < deadline {
+			p.loop.Schedule(&c.timer, deadline)
+			return
+		}
+		p.stats.IdleTimeouts.Add(1)
+		c.finish(false)
+	}
+}
+
+// run moves bytes both ways as far as readiness allows, then closes the
+// connection when both directions have ended, or aborts it on an error.
+func (c *conn) run() {
+	if err := c.pump(&c.up, &c.client, &c.backend); err != nil {
+		c.fail(err)
+		return
+	}
+	if err := c.pump(&c.down, &c.backend, &c.client); err != nil {
+		c.fail(err)
+		return
+	}
+	if c.up.shut && c.down.shut {
+		c.finish(false)
+	}
+}
+
+// pumpError says which socket failed, so the reset goes to the other one.
+type pumpError struct {
+	at  *endpoint
+	err error
+}
+
+func (e *pumpError) Error() string { return e.err.Error() }
+
+func (c *conn) fail(err error) {
+	c.p.stats.Resets.Add(1)
+	if c.p.debug {
+		pe := err.(*pumpError)
+		side := "backend"
+		if pe.at.isClient {
+			side = "client"
+		}
+		c.p.log.Debug("connection reset", zap.Stringer("client", c.peer), zap.String("side", side), zap.Error(pe.err))
+	}
+	c.finish(true)
+}
+
+// pump moves bytes of h from src to dst until a syscall would block, the
+// source ends, or an error occurs.
+func (c *conn) pump(h *half, src, dst *endpoint) error {
+	p := c.p
+	for {
+		if h.holding() {
+			if !dst.writable {
+				break
+			}
+			if err := c.flush(h, dst); err != nil {
+				return err
+			}
+			if h.holding() {
+				break // dst's send buffer is full; wait for its next edge
+			}
+		}
+		// Nothing is held from here on: any pipe is empty.
+		if h.eof {
+			if !h.shut {
+				h.shut = true
+				_ = unix.Shutdown(dst.fd, unix.SHUT_WR)
+			}
+			break
+		}
+		if !src.readable {
+			break
+		}
+		var n int
+		var err error
+		if c.useSplice(h) {
+			if h.pipe == nil {
+				h.pipe = p.pool.Get()
+			}
+			if h.pipe != nil {
+				// On entry the pipe is empty, so EAGAIN means src
+				// has nothing to read, never that the pipe is full.
+				n, err = h.pipe.Fill(src.fd, h.pipe.Cap)
+				switch {
+				case err == unix.EINTR:
+					continue
+				case err != nil && err != unix.EAGAIN:
+					return &pumpError{at: src, err: err}
+				case n > 0:
+					p.stats.SplicedBytes.Add(uint64(n))
+					if p.cfg.Splice == SpliceAuto && n < autoSpliceAt/4 {
+						h.splice = false // small reads again: back to copying
+					}
+				}
+			} else {
+				if !dst.writable {
+					break
+				}
+				p.stats.PipeFallbacks.Add(1)
+				n, err = c.copy(h, src, dst, len(p.buf))
+			}
+		} else {
+			if !dst.writable {
+				break // copying reads only what can be written at once
+			}
+			max := len(p.buf)
+			if p.cfg.Splice == SpliceAuto {
+				max = autoSpliceAt
+			}
+			n, err = c.copy(h, src, dst, max)
+			if p.cfg.Splice == SpliceAuto && n == max {
+				h.splice = true
+			}
+		}
+		switch {
+		case err == unix.EAGAIN:
+			src.readable = false
+		case err != nil:
+			return err
+		case n == 0:
+			h.eof = true
+			continue
+		default:
+			c.lastActive = p.loop.Now()
+			if src.isClient {
+				p.stats.BytesUp.Add(uint64(n))
+			} else {
+				p.stats.BytesDown.Add(uint64(n))
+			}
+			continue
+		}
+		break
+	}
+	if h.pipe != nil && h.pipe.Len == 0 {
+		p.pool.Put(h.pipe)
+		h.pipe = nil
+	}
+	return nil
+}
+
+func (c *conn) useSplice(h *half) bool {
+	switch c.p.cfg.Splice {
+	case SpliceAlways:
+		return true
+	case SpliceAuto:
+		return h.splice
+	}
+	return false
+}
+
+// copy reads up to max bytes from src into the loop buffer and writes them
+// to dst; what dst does not take is kept in h.buf. It returns the bytes
+// read, with unix.EAGAIN when src had none, or a *pumpError.
+func (c *conn) copy(h *half, src, dst *endpoint, max int) (int, error) {
+	p := c.p
+	n, err := splice.Read(src.fd, p.buf[:max])
+	if err != nil {
+		if err == unix.EAGAIN || err == unix.EINTR {
+			return 0, unix.EAGAIN
+		}
+		return 0, &pumpError{at: src, err: err}
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	w, err := splice.Write(dst.fd, p.buf[:n])
+	if err != nil {
+		if err != unix.EAGAIN && err != unix.EINTR {
+			return 0, &pumpError{at: dst, err: err}
+		}
+		dst.writable = false
+		w = 0
+	}
+	if w < n {
+		if w > 0 {
+			dst.writable = false // a short write means the send buffer filled
+		}
+		h.buf = append(p.getBuf(), p.buf[w:n]...)
+	}
+	return n, nil
+}
+
+// flush writes what h holds to dst until it is empty or dst would block.
+func (c *conn) flush(h *half, dst *endpoint) error {
+	for h.pipe != nil && h.pipe.Len > 0 {
+		_, err := h.pipe.Drain(dst.fd)
+		if err == unix.EAGAIN {
+			dst.writable = false
+			return nil
+		}
+		if err != nil && err != unix.EINTR {
+			return &pumpError{at: dst, err: err}
+		}
+	}
+	for len(h.buf) > 0 {
+		n, err := splice.Write(dst.fd, h.buf)
+		if err == unix.EAGAIN {
+			dst.writable = false
+			return nil
+		}
+		if err != nil && err != unix.EINTR {
+			return &pumpError{at: dst, err: err}
+		}
+		h.buf = h.buf[n:]
+	}
+	if h.buf != nil {
+		c.p.putBuf(h.buf)
+		h.buf = nil
+	}
+	return nil
+}
+
+// closeBackend unregisters and closes the backend socket, if any.
+func (c *conn) closeBackend(reset bool) {
+	if c.backend.fd < 0 {
+		return
+	}
+	closeSocket(c.p.loop, c.backend.fd, reset)
+	c.backend.fd = -1
+}
+
+// finish ends the connection: both sockets are closed (with a reset when
+// reset is set, so that the peer sees an abort rather than a clean end),
+// pipes and buffers go back, and the slot is released.
+func (c *conn) finish(reset bool) {
+	if c.state == stateClosed {
+		return
+	}
+	p := c.p
+	c.state = stateClosed
+	p.loop.Cancel(&c.timer)
+	closeSocket(p.loop, c.client.fd, reset)
+	c.client.fd = -1
+	c.closeBackend(reset)
+	for _, h := range []*half{&c.up, &c.down} {
+		if h.pipe != nil {
+			p.pool.Put(h.pipe) // closes it if it still holds bytes
+			h.pipe = nil
+		}
+		if h.buf != nil {
+			p.putBuf(h.buf)
+			h.buf = nil
+		}
+	}
+	last := len(p.conns) - 1
+	p.conns[c.idx] = p.conns[last]
+	p.conns[c.idx].idx = c.idx
+	p.conns[last] = nil
+	p.conns = p.conns[:last]
+	c.snap = nil
+	p.stats.Closed.Add(1)
+	p.limiter.Release()
+	if p.ln != nil && !p.ln.armed {
+		p.loop.Cancel(&p.ln.resume)
+		p.ln.rearm()
+	}
+	p.checkDrained()
+}
+
+// closeSocket forgets fd in the loop and closes it; with reset, SO_LINGER 0
+// makes the close send RST instead of FIN.
+func closeSocket(l *loop.Loop, fd int, reset bool) {
+	if fd < 0 {
+		return
+	}
+	l.Forget(fd)
+	if reset {
+		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	unix.Close(fd)
+}

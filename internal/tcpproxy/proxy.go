@@ -1,0 +1,260 @@
+package tcpproxy
+
+import (
+	"net/netip"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/loop"
+	"github.com/sluice-lb/sluice/internal/splice"
+)
+
+const (
+	// copyBufSize is the loop-owned read/write buffer.
+	copyBufSize = 64 << 10
+	// autoSpliceAt is the read size at which SpliceAuto switches a
+	// direction to splice: a read that fills this many bytes means a bulk
+	// transfer. Smaller reads stay on read/write, which costs the same two
+	// syscalls as two splices but less kernel work per message.
+	autoSpliceAt = 16 << 10
+	// acceptBatch bounds the accepts per readiness event so one busy
+	// listener cannot starve the loop's connections.
+	acceptBatch = 64
+	// acceptPause is how long accepting stops after fd exhaustion.
+	acceptPause = 100 * time.Millisecond
+	// limitPause is how long accepting stops when --max-conns is reached,
+	// unless a connection of this loop closes first.
+	limitPause = 10 * time.Millisecond
+	// maxFreeBufs bounds the spare leftover buffers a proxy keeps.
+	maxFreeBufs = 64
+)
+
+// Proxy proxies the connections accepted on one loop for one service. All
+// methods except Stats run on the loop goroutine.
+type Proxy struct {
+	loop    *loop.Loop
+	cfg     Config
+	lb      *balancer.Pool
+	limiter *Limiter
+	log     *zap.Logger
+	debug   bool
+
+	pool     *splice.Pool
+	buf      []byte   // loop-owned copy buffer; holds nothing between events
+	freeBufs [][]byte // spare copyBufSize buffers for bytes a blocked writer left over
+	pref     []int    // scratch for balancer preference lists
+
+	ln          *listener
+	conns       []*conn // open connections; conn.idx is the position
+	stats       *Stats
+	draining    bool
+	drained     chan struct{}
+	pauseLogged bool
+}
+
+// New returns a proxy for one loop. It does not accept until Listen.
+func New(l *loop.Loop, cfg Config, lb *balancer.Pool, limiter *Limiter, log *zap.Logger) *Proxy {
+	return &Proxy{
+		loop:    l,
+		cfg:     cfg,
+		lb:      lb,
+		limiter: limiter,
+		log:     log,
+		debug:   log.Core().Enabled(zap.DebugLevel),
+		pool:    splice.NewPool(cfg.Pool),
+		buf:     make([]byte, copyBufSize),
+		stats:   new(Stats),
+	}
+}
+
+// Stats returns the proxy's counters; safe for concurrent use.
+func (p *Proxy) Stats() *Stats { return p.stats }
+
+// PoolStats returns the pipe pool's counters. Loop goroutine only.
+func (p *Proxy) PoolStats() splice.Stats { return p.pool.Stats() }
+
+// Conns returns the number of open connections. Loop goroutine only.
+func (p *Proxy) Conns() int { return len(p.conns) }
+
+// Listen takes ownership of the listening socket fd and starts accepting on
+// it.
+func (p *Proxy) Listen(fd int) error {
+	ln := &listener{p: p, fd: fd}
+	ln.resume.F = ln.rearm
+	if err := p.loop.Add(fd, loop.In, ln); err != nil {
+		return err
+	}
+	ln.armed = true
+	p.ln = ln
+	return nil
+}
+
+// Drain stops accepting, closing the listening socket, and returns a channel
+// closed once every connection of this proxy has ended. Open connections go
+// on until they finish or CloseAll is called.
+func (p *Proxy) Drain() <-chan struct{} {
+	if p.drained == nil {
+		p.drained = make(chan struct{})
+	}
+	p.draining = true
+	if p.ln != nil {
+		p.ln.close()
+		p.ln = nil
+	}
+	p.checkDrained()
+	return p.drained
+}
+
+// CloseAll resets every open connection, for the end of a drain timeout.
+func (p *Proxy) CloseAll() {
+	for len(p.conns) > 0 {
+		p.conns[len(p.conns)-1].finish(true)
+	}
+	p.pool.Close()
+}
+
+func (p *Proxy) checkDrained() {
+	if p.draining && len(p.conns) == 0 && p.drained != nil {
+		select {
+		case <-p.drained:
+		default:
+			close(p.drained)
+		}
+	}
+}
+
+func (p *Proxy) getBuf() []byte {
+	if n := len(p.freeBufs); n > 0 {
+		b := p.freeBufs[n-1]
+		p.freeBufs[n-1] = nil
+		p.freeBufs = p.freeBufs[:n-1]
+		return b[:0]
+	}
+	return make([]byte, 0, copyBufSize)
+}
+
+func (p *Proxy) putBuf(b []byte) {
+	if cap(b) == copyBufSize && len(p.freeBufs) < maxFreeBufs {
+		p.freeBufs = append(p.freeBufs, b[:0])
+	}
+}
+
+// listener accepts connections from the loop's own SO_REUSEPORT socket.
+type listener struct {
+	p      *Proxy
+	fd     int
+	armed  bool       // registered with the loop for readiness
+	resume loop.Timer // re-arms accepting after a pause
+}
+
+func (ln *listener) HandleEvent(uint32) {
+	p := ln.p
+	for i := 0; i < acceptBatch; i++ {
+		if !p.limiter.Acquire() {
+			ln.pause(limitPause)
+			return
+		}
+		nfd, sa, err := unix.Accept4(ln.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if err != nil {
+			p.limiter.Release()
+			switch err {
+			case unix.EAGAIN:
+				return
+			case unix.EINTR, unix.ECONNABORTED, unix.EPROTO:
+				continue // that connection is gone; the next may be fine
+			case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+				// Out of fds or memory: retrying at once would spin.
+				p.stats.AcceptErrors.Add(1)
+				if !p.pauseLogged {
+					p.pauseLogged = true
+					p.log.Warn("accept failing, pausing accepts", zap.Error(os.NewSyscallError("accept4", err)), zap.Duration("pause", acceptPause))
+				}
+				ln.pause(acceptPause)
+				return
+			default:
+				p.stats.AcceptErrors.Add(1)
+				ln.pause(acceptPause)
+				return
+			}
+		}
+		p.pauseLogged = false
+		p.accept(nfd, sa)
+	}
+}
+
+// pause stops accepting for d; connections wait in the kernel's accept
+// queue meanwhile.
+func (ln *listener) pause(d time.Duration) {
+	if !ln.armed {
+		return
+	}
+	if err := ln.p.loop.Remove(ln.fd); err == nil {
+		ln.armed = false
+		ln.p.stats.AcceptPauses.Add(1)
+		ln.p.loop.Schedule(&ln.resume, ln.p.loop.Now()+int64(d))
+	}
+}
+
+func (ln *listener) rearm() {
+	if ln.armed || ln.fd < 0 {
+		return
+	}
+	if err := ln.p.loop.Add(ln.fd, loop.In, ln); err == nil {
+		ln.armed = true
+	}
+}
+
+func (ln *listener) close() {
+	ln.p.loop.Cancel(&ln.resume)
+	if ln.armed {
+		ln.p.loop.Forget(ln.fd)
+	}
+	unix.Close(ln.fd)
+	ln.fd = -1
+	ln.armed = false
+}
+
+// accept sets up a new client connection and starts its backend connect.
+func (p *Proxy) accept(fd int, sa unix.Sockaddr) {
+	p.stats.Accepted.Add(1)
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	c := &conn{p: p, idx: len(p.conns), peer: addrPortOf(sa)}
+	c.client = endpoint{c: c, fd: fd, isClient: true}
+	c.backend = endpoint{c: c, fd: -1}
+	c.timer.F = c.onTimer
+	p.conns = append(p.conns, c)
+	if err := p.loop.Add(fd, loop.In|loop.Out|loop.RdHup|loop.Edge, &c.client); err != nil {
+		c.finish(true)
+		return
+	}
+	c.hash = p.cfg.HashKey.Hash(c.peer.Addr(), c.peer.Port())
+	c.snap = p.lb.Load()
+	idx := c.snap.Pick(c.hash)
+	if idx < 0 {
+		p.stats.NoBackend.Add(1)
+		c.finish(true)
+		return
+	}
+	c.dial(idx)
+}
+
+func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
+func sockaddrOf(ap netip.AddrPort) (unix.Sockaddr, int) {
+	if ap.Addr().Is4() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}, unix.AF_INET
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}, unix.AF_INET6
+}

@@ -1,0 +1,60 @@
+package tcpproxy
+
+import "sync/atomic"
+
+// Stats are one proxy's counters. The owning loop is the only writer; any
+// goroutine may read them. Each Proxy has its own Stats, allocated
+// separately, so two loops never write the same cache line; readers sum
+// them over loops.
+type Stats struct {
+	Accepted        atomic.Uint64 // client connections accepted
+	Closed          atomic.Uint64 // client connections finished, for any reason
+	Established     atomic.Uint64 // backend connections established
+	ConnectFailures atomic.Uint64 // connect attempts that failed (refused, unreachable, ...)
+	ConnectTimeouts atomic.Uint64 // connect attempts that timed out
+	NoBackend       atomic.Uint64 // connections closed because no backend was usable
+	Resets          atomic.Uint64 // connections ended by a reset from either side
+	IdleTimeouts    atomic.Uint64 // connections closed by the idle timeout
+	AcceptErrors    atomic.Uint64 // accept(2) failures (EMFILE, ENFILE, ENOBUFS, ...)
+	AcceptPauses    atomic.Uint64 // times accepting was paused (fd exhaustion or --max-conns)
+	BytesUp         atomic.Uint64 // bytes client → backend
+	BytesDown       atomic.Uint64 // bytes backend → client
+	SplicedBytes    atomic.Uint64 // of those, bytes moved with splice(2)
+	PipeFallbacks   atomic.Uint64 // reads that wanted a pipe, found none, and copied
+	_               [64]byte      // keep the next allocation off the last line
+}
+
+// Active returns the connections open now (accepted and not closed).
+func (s *Stats) Active() int64 {
+	return int64(s.Accepted.Load()) - int64(s.Closed.Load())
+}
+
+// Limiter caps the connections open at once across all loops of a process
+// (--max-conns). Safe for concurrent use.
+type Limiter struct {
+	max int64
+	cur atomic.Int64
+}
+
+// NewLimiter returns a limiter admitting max connections; max <= 0 means
+// unlimited.
+func NewLimiter(max int) *Limiter { return &Limiter{max: int64(max)} }
+
+// Acquire takes a slot and reports whether one was free.
+func (l *Limiter) Acquire() bool {
+	if l.max <= 0 {
+		l.cur.Add(1)
+		return true
+	}
+	if l.cur.Add(1) > l.max {
+		l.cur.Add(-1)
+		return false
+	}
+	return true
+}
+
+// Release frees a slot taken with Acquire.
+func (l *Limiter) Release() { l.cur.Add(-1) }
+
+// Open returns the slots taken now.
+func (l *Limiter) Open() int64 { return l.cur.Load() }
