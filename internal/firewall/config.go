@@ -102,10 +102,6 @@ func checkPrefixes(list string, ps []netip.Prefix) []error {
 			errs = append(errs, fmt.Errorf("%s prefix %q is not valid", list, p))
 			continue
 		}
-		if p.Addr().Zone() != "" {
-			errs = append(errs, fmt.Errorf("%s prefix %s has a zone", list, p))
-			continue
-		}
 		if unmapPrefix(p).Addr().Is4() {
 			n4++
 		} else {

@@ -358,25 +358,38 @@ func (f *Firewall) Counters() (Counters, error) {
 		return Counters{}, ErrClosed
 	}
 	var c Counters
-	fields := map[firewallVerdict]*uint64{
-		firewallVerdictVERDICT_PASSED:       &c.Passed,
-		firewallVerdictVERDICT_DENIED:       &c.Denied,
-		firewallVerdictVERDICT_NOT_ALLOWED:  &c.NotAllowed,
-		firewallVerdictVERDICT_RATE_LIMITED: &c.RateLimited,
-		firewallVerdictVERDICT_MALFORMED:    &c.Malformed,
-		firewallVerdictVERDICT_UNPROTECTED:  &c.Unprotected,
-		firewallVerdictVERDICT_FRAGMENT:     &c.Fragments,
-	}
 	var perCPU []uint64
-	for v, dst := range fields {
+	for v := firewallVerdict(0); v < firewallVerdictVERDICT_MAX; v++ {
 		if err := f.objs.Verdicts.Lookup(uint32(v), &perCPU); err != nil {
-			return Counters{}, fmt.Errorf("read %d verdict counter: %w", v, err)
+			return Counters{}, fmt.Errorf("read verdict counter %d: %w", v, err)
 		}
+		dst := c.field(v)
 		for _, n := range perCPU {
 			*dst += n
 		}
 	}
 	return c, nil
+}
+
+// field returns the counter for v, which must be below VERDICT_MAX.
+func (c *Counters) field(v firewallVerdict) *uint64 {
+	switch v {
+	case firewallVerdictVERDICT_PASSED:
+		return &c.Passed
+	case firewallVerdictVERDICT_DENIED:
+		return &c.Denied
+	case firewallVerdictVERDICT_NOT_ALLOWED:
+		return &c.NotAllowed
+	case firewallVerdictVERDICT_RATE_LIMITED:
+		return &c.RateLimited
+	case firewallVerdictVERDICT_MALFORMED:
+		return &c.Malformed
+	case firewallVerdictVERDICT_UNPROTECTED:
+		return &c.Unprotected
+	case firewallVerdictVERDICT_FRAGMENT:
+		return &c.Fragments
+	}
+	panic(fmt.Sprintf("firewall: verdict %d has no counter", v))
 }
 
 // Close detaches the program from every interface and releases the maps
