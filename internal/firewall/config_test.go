@@ -194,3 +194,21 @@ func TestOlderThan(t *testing.T) {
 		}
 	}
 }
+
+// TestNewUnprivileged runs where the others skip: without the capabilities,
+// New must fail with an error that names them.
+func TestNewUnprivileged(t *testing.T) {
+	m := currentPrivileges().missing(false)
+	if m == "" {
+		t.Skip("the process has CAP_BPF and CAP_NET_ADMIN: nothing to refuse (TestExplain covers the mapping)")
+	}
+	f, err := New(DefaultConfig())
+	if err == nil {
+		f.Close()
+		t.Fatal("New succeeded without " + m)
+	}
+	if !errors.Is(err, ErrPermission) || !strings.Contains(err.Error(), m) {
+		t.Errorf("New: %v; want ErrPermission naming %s", err, m)
+	}
+	t.Logf("New: %v", err)
+}
