@@ -39,10 +39,10 @@ const (
 )
 
 type helperRequest struct {
-	Op string // start, update, counters (server); dial, udp (client)
+	Op string // start, update, counters, lifecycle (server); dial, udp (client)
 
 	Config Config // start, update
-	Iface  string // start
+	Iface  string // start, lifecycle
 	Mode   Mode   // start
 	Listen string // start: address to listen on
 
@@ -209,8 +209,19 @@ func ipCmd(tb testing.TB, args ...string) {
 // helper is a helper process in a namespace.
 type helper struct {
 	ns      string
+	cmd     *exec.Cmd
 	stdin   io.WriteCloser
 	replies chan string // reply lines, closed at EOF
+	killed  atomic.Bool // by kill: its exit status is no failure
+}
+
+// kill ends the helper with SIGKILL, as a crash would.
+func (h *helper) kill(tb testing.TB) {
+	tb.Helper()
+	h.killed.Store(true)
+	if err := h.cmd.Process.Kill(); err != nil {
+		tb.Fatal(err)
+	}
 }
 
 func startHelper(tb testing.TB, ns string) *helper {
@@ -234,7 +245,7 @@ func startHelper(tb testing.TB, ns string) *helper {
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("start helper in %s: %v", ns, err)
 	}
-	h := &helper{ns: ns, stdin: stdin, replies: make(chan string, 1)}
+	h := &helper{ns: ns, cmd: cmd, stdin: stdin, replies: make(chan string, 1)}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go h.readReplies(&wg, stdout)
@@ -244,7 +255,7 @@ func startHelper(tb testing.TB, ns string) *helper {
 		go func() { wg.Wait(); done <- cmd.Wait() }()
 		select {
 		case err := <-done:
-			if err != nil {
+			if err != nil && !h.killed.Load() {
 				tb.Errorf("helper in %s: %v", ns, err)
 			}
 		case <-time.After(10 * time.Second):
@@ -339,6 +350,8 @@ func (s *helperServer) handle(req helperRequest) helperReply {
 		err = s.fw.Update(req.Config)
 	case "counters":
 		rep.Counters, err = s.fw.Counters()
+	case "lifecycle":
+		err = lifecycle(req.Config, req.Iface)
 	case "dial":
 		err = dialOnce(req.Src, req.Dst, req.Duration)
 	case "udp":
@@ -486,4 +499,87 @@ func udpFlood(src, dst string, rate int, d time.Duration) (sent, answered int, e
 	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	wg.Wait()
 	return sent, int(got.Load()), nil
+}
+
+func TestAttachLifecycle(t *testing.T) {
+	requirePrivileges(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2's ip command")
+	}
+	srvNS, _ := newTopology(t)
+	cfg := Config{Ports: []Port{{"tcp", protectedTCP}}}
+
+	srv := startHelper(t, srvNS)
+	if rep := srv.do(t, helperRequest{Op: "lifecycle", Config: cfg, Iface: "fw-s"}); rep.Err != "" {
+		t.Fatal(rep.Err)
+	}
+	if xdpAttached(t, srvNS, "fw-s") {
+		t.Fatal("program still attached after Close")
+	}
+
+	// The bpf_link dies with the process, however it ends.
+	if rep := srv.do(t, helperRequest{Op: "start", Config: cfg, Iface: "fw-s", Mode: ModeAuto, Listen: serverIP}); rep.Err != "" {
+		t.Fatal(rep.Err)
+	}
+	if !xdpAttached(t, srvNS, "fw-s") {
+		t.Fatal("program not attached after start")
+	}
+	srv.kill(t)
+	deadline := time.Now().Add(3 * time.Second)
+	for xdpAttached(t, srvNS, "fw-s") {
+		if time.Now().After(deadline) {
+			t.Fatal("program still attached 3 s after its process was killed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// xdpAttached reports whether dev in ns has an XDP program.
+func xdpAttached(tb testing.TB, ns, dev string) bool {
+	tb.Helper()
+	out, err := exec.Command("ip", "-n", ns, "link", "show", "dev", dev).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("ip link show: %v: %s", err, out)
+	}
+	return strings.Contains(string(out), "prog/xdp")
+}
+
+// lifecycle checks, in the helper, attaching and closing: modes, errors,
+// and that Close gives back every file descriptor.
+func lifecycle(cfg Config, iface string) error {
+	fds := func() int {
+		es, _ := os.ReadDir("/proc/self/fd")
+		return len(es)
+	}
+	before := fds()
+	fw, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	defer fw.Close()
+	if err := fw.Attach(iface, ModeNative); err != nil {
+		return fmt.Errorf("native attach: %w", err)
+	}
+	if err := fw.Attach(iface, ModeGeneric); err == nil {
+		return errors.New("second attach to the same interface succeeded")
+	}
+	if err := fw.Attach("sluice-nonexistent", ModeAuto); err == nil || !strings.Contains(err.Error(), "sluice-nonexistent") {
+		return fmt.Errorf("attach to a missing interface: %v", err)
+	}
+	if as := fw.Attachments(); len(as) != 1 || as[0] != (Attachment{iface, ModeNative}) {
+		return fmt.Errorf("attachments %v", as)
+	}
+	if err := fw.Close(); err != nil {
+		return err
+	}
+	if err := fw.Close(); err != nil {
+		return fmt.Errorf("second Close: %w", err)
+	}
+	if err := fw.Update(cfg); !errors.Is(err, ErrClosed) {
+		return fmt.Errorf("Update after Close: %v", err)
+	}
+	if after := fds(); after != before {
+		return fmt.Errorf("%d file descriptors before New, %d after Close", before, after)
+	}
+	return nil
 }
