@@ -19,7 +19,8 @@
  * without them:
  *
  *   - truncated or inconsistent IP/TCP/UDP headers, IPv6 header chains
- *     longer than MAX_IPV6_EXT_HDRS, RFC 1858 tiny or offset-8 TCP
+ *     longer than MAX_IPV6_EXT_HDRS (8), IPv6 AH headers of a length that
+ *     is not a multiple of 8 bytes, RFC 1858 tiny or offset-8 TCP
  *     fragments: drop, MALFORMED. The kernel would discard most of these
  *     itself; the rest exist only to hide a header from a filter.
  *   - non-first IP fragments: pass, FRAGMENT. They cannot be matched to a

@@ -189,6 +189,7 @@ func TestProgramVerdicts(t *testing.T) {
 		{"ipv6 header truncated", tcp6(okV6, 80, tcpSYN).bytes()[:14+30], xdpDrop, "malformed"},
 		{"ipv6 tcp truncated", tcp6(okV6, 80, tcpSYN).bytes()[:14+40+10], xdpDrop, "malformed"},
 		{"ipv6 ext header truncated", withExt(udp6(okV6, 53), ext6{typ: 60, size: 16}).bytes()[:14+40+12], xdpDrop, "malformed"},
+		{"ipv6 ah of odd length", withExt(tcp6(okV6, 80, tcpSYN), ext6{typ: 51, size: 12}).bytes(), xdpDrop, "malformed"},
 		{"ipv6 nine ext headers", withExt(udp6(okV6, 53), longChain...).bytes(), xdpDrop, "malformed"},
 		{"ipv6 payload length too short", frame{src: netip.MustParseAddr(okV6), dst: dstV6, proto: 17, l4: udpHdr(53, nil), badLen: -4}.bytes(), xdpDrop, "malformed"},
 	}
