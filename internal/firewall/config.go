@@ -3,6 +3,7 @@ package firewall
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"strconv"
 )
@@ -130,6 +131,16 @@ type rules struct {
 	deny  map[netip.Prefix]struct{} // masked, IPv4 unmapped
 	allow map[netip.Prefix]struct{}
 	conf  firewallRuleConfig
+}
+
+// clone returns a copy of r that shares no map with it.
+func (r rules) clone() rules {
+	return rules{
+		ports: maps.Clone(r.ports),
+		deny:  maps.Clone(r.deny),
+		allow: maps.Clone(r.allow),
+		conf:  r.conf,
+	}
 }
 
 const (

@@ -202,7 +202,7 @@ func (f *Firewall) Update(cfg Config) error {
 	if f.closed {
 		return ErrClosed
 	}
-	old := f.applied
+	old := f.applied.clone()
 	if err := f.apply(compile(cfg)); err != nil {
 		if rerr := f.apply(old); rerr != nil {
 			return fmt.Errorf("update xdp firewall: %w (and restore old rules: %w)", err, rerr)

@@ -421,3 +421,30 @@ func TestProgramRandomFrames(t *testing.T) {
 		}
 	}
 }
+
+// TestUpdateRollback makes a map update fail halfway through Update and
+// checks that the rules already changed are put back.
+func TestUpdateRollback(t *testing.T) {
+	a, b := "198.18.3.1", "198.18.4.1"
+	cfg := Config{Ports: []Port{{"tcp", 80}}, Deny: prefixes(a + "/32")}
+	f := newTestFirewall(t, cfg)
+
+	// A map whose key type the allow update cannot marshal to.
+	broken, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 1, ValueSize: 1, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broken.Close()
+	allow := f.objs.AllowV4
+	f.objs.AllowV4 = broken
+	err = f.Update(Config{Ports: cfg.Ports, Deny: prefixes(b + "/32"), Allow: prefixes("198.18.0.0/16")})
+	f.objs.AllowV4 = allow
+	if err == nil {
+		t.Fatal("Update succeeded with a broken allow map")
+	}
+	t.Logf("Update: %v", err)
+	// The deny list is the old one again, and the allow list is off.
+	expect(t, f, tcp4(a, 80, tcpSYN).bytes(), xdpDrop, "denied")
+	expect(t, f, tcp4(b, 80, tcpSYN).bytes(), xdpPass, "passed")
+	expect(t, f, tcp4("198.19.0.1", 80, tcpSYN).bytes(), xdpPass, "passed")
+}
