@@ -99,6 +99,8 @@ func (r *runner) idle(ctx context.Context) (Result, error) {
 		}
 		if cpu1, err := sumCPU(cfg.ProxyPIDs); err == nil && r.cpu0ok {
 			proxy.CPUSeconds = cpu1 - r.cpu0
+		} else if err != nil {
+			proxy.Error = err.Error()
 		}
 	}
 	stopProgress()

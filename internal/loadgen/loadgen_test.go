@@ -464,3 +464,12 @@ func TestProcParsing(t *testing.T) {
 		t.Fatal("procCPU of a missing pid succeeded")
 	}
 }
+
+func TestProxyPIDMissing(t *testing.T) {
+	s := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	cfg := config(RR, s)
+	cfg.ProxyPIDs = []int{1 << 30} // above pid_max: never a process
+	if _, err := Run(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "pid 1073741824") {
+		t.Fatalf("Run with a missing pid: %v", err)
+	}
+}

@@ -120,6 +120,8 @@ type ProxyResult struct {
 	RSSAfterKiB  int64 `json:"rss_after_kib,omitempty"`
 	// RSSPerConnKiB is (after - before) / opened connections (idle).
 	RSSPerConnKiB float64 `json:"rss_per_conn_kib,omitempty"`
+	// Error says why the figures above are missing (a process exited).
+	Error string `json:"error,omitempty"`
 }
 
 // Env describes the machine and the time of a run, as BENCHMARKING.md asks
@@ -245,6 +247,9 @@ func (r Result) WriteTable(w io.Writer) error {
 	}
 	if p := r.Proxy; p != nil {
 		row("proxy pids", "%v", p.PIDs)
+		if p.Error != "" {
+			row("proxy error", "%s", p.Error)
+		}
 		row("proxy cpu", "%.2f s", p.CPUSeconds)
 		if p.CPUSecPerGiB > 0 {
 			row("proxy cpu/GiB", "%.3f s", p.CPUSecPerGiB)

@@ -59,11 +59,9 @@ func (r *runner) rrLoop(ctx context.Context, c *net.TCPConn, w *worker, k int) {
 		req[i] = byte(i)
 	}
 	var i uint64
-	defer func() {
-		if open && !r.limited() {
-			w.missed = r.slotsFrom(k, i)
-		}
-	}()
+	if open {
+		defer func() { w.paced, w.conn, w.next = true, k, i }()
+	}
 	for ; ; i++ {
 		var intended, sent time.Time
 		if open {

@@ -25,6 +25,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return Result{}, err
 	}
+	if len(cfg.ProxyPIDs) > 0 {
+		// Fail now rather than report no proxy cost at the end.
+		if _, err := sumCPU(cfg.ProxyPIDs); err != nil {
+			return Result{}, err
+		}
+	}
 	r := &runner{cfg: cfg, src: newSources(cfg.SourceCIDR)}
 	r.tickets.Store(math.MaxInt64)
 	if cfg.Requests > 0 {
@@ -83,7 +89,12 @@ type worker struct {
 	liveErrs  atomic.Uint64
 	_         [40]byte // keep workers' live counters on separate cache lines
 
-	ops, sent, recv, errs, missed uint64
+	ops, sent, recv, errs uint64
+	// paced workers (open loop) record where they stopped: the slot index
+	// next of connection conn had not been completed.
+	paced bool
+	conn  int
+	next  uint64
 	firstErr                      error
 	firstErrAt                    time.Time
 	hist, lag                     *hdrhistogram.Histogram
@@ -139,14 +150,14 @@ func (r *runner) slot(k int, i uint64) time.Time {
 }
 
 // slotsFrom counts the slots of connection k from index i on whose intended
-// time lies in the measured time.
-func (r *runner) slotsFrom(k int, i uint64) uint64 {
+// time lies in the measured time as it ended at stop.
+func (r *runner) slotsFrom(k int, i uint64, stop time.Time) uint64 {
 	n, rate := float64(r.cfg.Conns), r.cfg.Rate
 	idx := func(t time.Time) float64 { // first j with slot(k, j) >= t
 		return math.Max(0, math.Ceil((t.Sub(r.start).Seconds()*rate-float64(k))/n))
 	}
 	lo := math.Max(float64(i), idx(r.measure))
-	hi := idx(r.end)
+	hi := idx(stop)
 	if hi <= lo {
 		return 0
 	}
@@ -280,7 +291,9 @@ func (r *runner) result(stop time.Time) Result {
 		res.BytesSent += w.sent
 		res.BytesReceived += w.recv
 		res.Errors += w.errs
-		res.Missed += w.missed
+		if w.paced && !r.limited() {
+			res.Missed += r.slotsFrom(w.conn, w.next, stop)
+		}
 		if w.firstErr != nil && (firstAt.IsZero() || w.firstErrAt.Before(firstAt)) {
 			res.FirstError, firstAt = w.firstErr.Error(), w.firstErrAt
 		}
@@ -318,7 +331,15 @@ func (r *runner) proxyCost(res Result) *ProxyResult {
 	}
 	p := &ProxyResult{PIDs: r.cfg.ProxyPIDs}
 	cpu1, err := sumCPU(r.cfg.ProxyPIDs)
-	if err != nil || !r.cpu0ok {
+	switch {
+	case r.cpuErr != nil:
+		p.Error = r.cpuErr.Error()
+		return p
+	case err != nil:
+		p.Error = err.Error()
+		return p
+	case !r.cpu0ok:
+		p.Error = "the run ended before the measured time started"
 		return p
 	}
 	p.CPUSeconds = cpu1 - r.cpu0

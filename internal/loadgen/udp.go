@@ -146,9 +146,7 @@ func (r *runner) udpOpen(ctx context.Context, c *net.UDPConn, w *worker, k int) 
 		}
 	}
 	release()
-	if !r.limited() {
-		w.missed = r.slotsFrom(k, i)
-	}
+	w.paced, w.conn, w.next = true, k, i
 	sendDone.Store(true)
 	// Wake the receiver if it is already idle with everything answered.
 	if recv.liveOps.Load() >= sentAll.Load() {

@@ -26,6 +26,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Kind says what a Server does with the bytes it gets.
@@ -319,24 +320,26 @@ func (s *Server) noteRemote(a netip.Addr) {
 // one goroutine per connection.
 func (s *Server) acceptLoop() {
 	defer s.wg.Done()
+	var backoff time.Duration
 	for {
 		c, err := s.ln.AcceptTCP()
 		if err != nil {
-			if s.ctx.Err() != nil {
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			// EMFILE and friends: count, and keep accepting; the
-			// listener is still good. Close ends the loop.
+			// EMFILE and friends: count, back off, and keep
+			// accepting; the listener is still good.
 			s.errs.Add(1)
-			if errors.Is(err, net.ErrClosed) {
-				return
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-s.ctx.Done():
 			}
+			t.Stop()
 			continue
 		}
+		backoff = 0
 		s.accepted.Add(1)
 		s.noteRemote(c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr())
 		s.mu.Lock()
