@@ -1,0 +1,41 @@
+package udpproxy
+
+import (
+	"time"
+
+	"github.com/sluice-lb/sluice/internal/balancer"
+)
+
+// Config is the per-service behaviour of a UDP proxy. The process-wide
+// session cap is not here: it is the SessionLimiter shared by every loop's
+// Proxy (see NewSessionLimiter).
+type Config struct {
+	// SessionTimeout ends a session after this long with no datagram in
+	// either direction. Positive.
+	SessionTimeout time.Duration
+	// HashKey selects the part of the client address that is hashed to
+	// pick a session's backend.
+	HashKey balancer.HashKey
+	// Batch is the most datagrams moved by one recvmmsg(2) or sendmmsg(2)
+	// call, 1 to MaxBatch; 1 uses recvmsg/sendmsg instead. Each proxy holds
+	// 2×Batch buffers of 64 KiB, so that any datagram fits: 4 MiB at 32.
+	Batch int
+	// SocketBuffer is the SO_RCVBUF and SO_SNDBUF, in bytes, that Listen
+	// asks for on the listening socket; best effort (SO_RCVBUFFORCE when
+	// the process may, else capped by net.core.rmem_max and wmem_max).
+	// 0 keeps the kernel default.
+	SocketBuffer int
+}
+
+// MaxBatch bounds Config.Batch.
+const MaxBatch = 256
+
+// DefaultConfig returns the defaults the flags start from.
+func DefaultConfig() Config {
+	return Config{
+		SessionTimeout: 30 * time.Second,
+		HashKey:        balancer.HashSrcIP,
+		Batch:          32,
+		SocketBuffer:   4 << 20,
+	}
+}

@@ -1,0 +1,169 @@
+package udpproxy
+
+import (
+	"net/netip"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// bufSize is the size of every datagram buffer. The largest UDP payload is
+// 65507 bytes over IPv4 and 65527 over IPv6 (without jumbograms), so a
+// datagram that does not fit is reported with MSG_TRUNC and dropped.
+const bufSize = 64 << 10
+
+// batch is a set of datagram slots for recvmmsg/sendmmsg: slot i is msgs[i]
+// with its iovec iovs[i] over bufs[i] and its address names[i]. The slices
+// are allocated once and never grow, so the pointers inside msgs stay
+// valid. A batch belongs to one loop.
+type batch struct {
+	msgs  []unix.Mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet6 // large enough for either family
+	bufs  [][]byte                // bufSize each
+}
+
+func newBatch(n int) *batch {
+	b := &batch{
+		msgs:  make([]unix.Mmsghdr, n),
+		iovs:  make([]unix.Iovec, n),
+		names: make([]unix.RawSockaddrInet6, n),
+		bufs:  make([][]byte, n),
+	}
+	mem := make([]byte, n*bufSize)
+	for i := range n {
+		b.bufs[i] = mem[i*bufSize : (i+1)*bufSize : (i+1)*bufSize]
+		b.iovs[i].Base = &b.bufs[i][0]
+		b.iovs[i].SetLen(bufSize)
+		b.msgs[i].Hdr.Iov = &b.iovs[i]
+		b.msgs[i].Hdr.SetIovlen(1)
+	}
+	return b
+}
+
+// data returns the payload of slot i after a receive.
+func (b *batch) data(i int) []byte { return b.bufs[i][:b.msgs[i].Len] }
+
+// recv receives up to hi-lo datagrams from fd into slots lo..hi-1 and
+// returns how many arrived; with names, each slot's source address is
+// stored in names. unix.EAGAIN means none was waiting. One slot uses
+// recvmsg, more use recvmmsg.
+func (b *batch) recv(fd, lo, hi int, names bool) (int, error) {
+	for i := lo; i < hi; i++ {
+		h := &b.msgs[i].Hdr
+		b.iovs[i].SetLen(bufSize)
+		if names {
+			h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+			h.Namelen = unix.SizeofSockaddrInet6
+		} else {
+			h.Name = nil
+			h.Namelen = 0
+		}
+		h.Flags = 0
+	}
+	if hi-lo == 1 {
+		r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[lo].Hdr)), unix.MSG_DONTWAIT)
+		if e != 0 {
+			return 0, e
+		}
+		b.msgs[lo].Len = uint32(r)
+		return 1, nil
+	}
+	r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[lo])), uintptr(hi-lo), unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// send sends slots lo..hi-1 on fd, each with its iovec length set to its
+// payload and its Name set to its destination, and returns how many went.
+// An error is returned only when the first of them failed, as sendmmsg
+// does. One slot uses sendmsg, more use sendmmsg.
+func (b *batch) send(fd, lo, hi int) (int, error) {
+	if hi-lo == 1 {
+		_, _, e := unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[lo].Hdr)), unix.MSG_DONTWAIT)
+		if e != 0 {
+			return 0, e
+		}
+		return 1, nil
+	}
+	r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[lo])), uintptr(hi-lo), unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// sendConnected sends p as one datagram on the connected socket fd. A
+// zero-length p sends an empty datagram.
+func sendConnected(fd int, p []byte) error {
+	var ptr unsafe.Pointer
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
+	_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(ptr), uintptr(len(p)), unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// addrOfRaw returns the address in a raw sockaddr written by the kernel.
+func addrOfRaw(sa *unix.RawSockaddrInet6) netip.AddrPort {
+	switch sa.Family {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), ntohs(sa4.Port))
+	case unix.AF_INET6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), ntohs(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// rawOf returns ap as a raw sockaddr of the given family and its length.
+func rawOf(ap netip.AddrPort, family int) (unix.RawSockaddrInet6, uint32) {
+	var sa unix.RawSockaddrInet6
+	if family == unix.AF_INET {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sa))
+		sa4.Family = unix.AF_INET
+		sa4.Port = htons(ap.Port())
+		sa4.Addr = ap.Addr().Unmap().As4()
+		return sa, unix.SizeofSockaddrInet4
+	}
+	sa.Family = unix.AF_INET6
+	sa.Port = htons(ap.Port())
+	sa.Addr = ap.Addr().As16()
+	return sa, unix.SizeofSockaddrInet6
+}
+
+// ntohs and htons convert the port of a raw sockaddr, stored in network
+// byte order in a uint16 field.
+func ntohs(p uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(&p))
+	return uint16(b[0])<<8 | uint16(b[1])
+}
+
+func htons(p uint16) uint16 {
+	var r uint16
+	b := (*[2]byte)(unsafe.Pointer(&r))
+	b[0], b[1] = byte(p>>8), byte(p)
+	return r
+}
+
+func sockaddrOf(ap netip.AddrPort) (unix.Sockaddr, int) {
+	if ap.Addr().Is4() || ap.Addr().Is4In6() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}, unix.AF_INET
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}, unix.AF_INET6
+}
+
+func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}

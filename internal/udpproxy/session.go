@@ -1,0 +1,229 @@
+package udpproxy
+
+import (
+	"net/netip"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/loop"
+)
+
+// session is one client address's mapping to a backend. It is owned by its
+// proxy's loop; nothing else touches it. It has no timer of its own: the
+// proxy's LRU ring orders sessions by last activity and one expiry timer
+// serves them all.
+type session struct {
+	p          *Proxy
+	fd         int                // UDP socket connected to backend; -1 once ended
+	prev, next *session           // LRU ring neighbours, most recent towards p.lru.next
+	lastActive int64              // loop clock of the last datagram either way
+	hash       uint64             // key hash of the client address
+	snap       *balancer.Snapshot // the snapshot backend was last checked against
+	bc         *BackendCounters   // counters of backend
+	backend    netip.AddrPort
+	client     netip.AddrPort        // key in p.sessions
+	name       unix.RawSockaddrInet6 // client address as the kernel gave it, for replies
+	nameLen    uint32
+}
+
+// HandleEvent reads replies from the backend.
+func (s *session) HandleEvent(uint32) { s.p.queueReplies(s) }
+
+// open creates the session of a new client: picks its backend in snap,
+// makes room at the session cap, and connects a socket. It returns nil,
+// with the datagram counted as dropped, when it cannot.
+func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen uint32, snap *balancer.Snapshot) *session {
+	hash := p.cfg.HashKey.Hash(client.Addr(), client.Port())
+	idx := snap.Pick(hash)
+	if idx < 0 {
+		p.stats.drop(DropNoBackend, 1)
+		return nil
+	}
+	if !p.limiter.Acquire() {
+		// The slot an eviction frees may be taken by another loop first.
+		if !p.evictOldest() || !p.limiter.Acquire() {
+			p.stats.drop(DropSessionLimit, 1)
+			return nil
+		}
+	}
+	backend := snap.Backends[idx].Addr
+	s := &session{p: p, fd: -1, hash: hash, snap: snap, backend: backend, client: client, name: *name, nameLen: nameLen}
+	err := p.connect(s)
+	if (err == unix.EMFILE || err == unix.ENFILE) && p.evictOldest() {
+		err = p.connect(s)
+	}
+	if err != nil {
+		p.limiter.Release()
+		p.stats.drop(DropSocketFailed, 1)
+		return nil
+	}
+	p.sessions[client] = s
+	s.prev, s.next = &p.lru, p.lru.next
+	s.prev.next, s.next.prev = s, s
+	s.lastActive = p.loop.Now()
+	p.stats.SessionsCreated.Add(1)
+	if !p.expiry.Scheduled() {
+		p.loop.Schedule(&p.expiry, s.lastActive+int64(p.cfg.SessionTimeout))
+	}
+	if p.debug {
+		p.log.Debug("udp session opened", zap.Stringer("client", client), zap.Stringer("backend", backend))
+	}
+	return s
+}
+
+// connect opens a socket connected to s.backend, registers it, and makes it
+// the socket of s, closing the one s had.
+func (p *Proxy) connect(s *session) error {
+	sa, family := sockaddrOf(s.backend)
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	if err := p.loop.Add(fd, loop.In, s); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	if s.fd >= 0 {
+		p.loop.Forget(s.fd)
+		unix.Close(s.fd)
+	}
+	s.fd = fd
+	s.bc = p.countersFor(s.backend)
+	s.bc.Sessions.Add(1)
+	return nil
+}
+
+// recheck is called when the backend set has changed since s last looked:
+// a session whose backend is still in the set keeps it; otherwise it moves
+// to the key's choice in the new set. It reports whether s is still usable;
+// when not, s has been ended and the datagram counted as dropped.
+func (p *Proxy) recheck(s *session, snap *balancer.Snapshot) bool {
+	s.snap = snap
+	if p.isMember(snap, s.backend) {
+		return true
+	}
+	idx := snap.Pick(s.hash)
+	if idx < 0 {
+		p.stats.drop(DropNoBackend, 1)
+		p.end(s)
+		return false
+	}
+	old := s.backend
+	s.backend = snap.Backends[idx].Addr
+	if err := p.connect(s); err != nil {
+		p.stats.drop(DropSocketFailed, 1)
+		p.end(s)
+		return false
+	}
+	p.stats.Remaps.Add(1)
+	if p.debug {
+		p.log.Debug("udp session remapped", zap.Stringer("client", s.client), zap.Stringer("from", old), zap.Stringer("to", s.backend))
+	}
+	return true
+}
+
+// isMember reports whether addr is a backend of snap. The set is built once
+// per snapshot, so each session pays one map lookup per backend-set change.
+func (p *Proxy) isMember(snap *balancer.Snapshot, addr netip.AddrPort) bool {
+	if p.membersOf != snap {
+		p.membersOf = snap
+		clear(p.members)
+		if p.members == nil {
+			p.members = make(map[netip.AddrPort]struct{}, len(snap.Backends))
+		}
+		for i := range snap.Backends {
+			p.members[snap.Backends[i].Addr] = struct{}{}
+		}
+	}
+	_, ok := p.members[addr]
+	return ok
+}
+
+// touch records activity on s: it becomes the most recently active.
+func (p *Proxy) touch(s *session) {
+	s.lastActive = p.loop.Now()
+	if p.lru.next == s {
+		return
+	}
+	s.prev.next, s.next.prev = s.next, s.prev
+	s.prev, s.next = &p.lru, p.lru.next
+	s.prev.next, s.next.prev = s, s
+}
+
+// evictOldest ends the least recently active session to make room, and
+// reports whether there was one.
+func (p *Proxy) evictOldest() bool {
+	s := p.lru.prev
+	if s == &p.lru {
+		return false
+	}
+	p.stats.SessionsEvicted.Add(1)
+	p.end(s)
+	return true
+}
+
+// expire is the expiry timer: it ends the sessions idle for the session
+// timeout and re-arms for the next deadline. Traffic costs it nothing: a
+// session that was active since the timer was set is simply further from
+// the tail of the ring when it fires.
+func (p *Proxy) expire() {
+	now := p.loop.Now()
+	timeout := int64(p.cfg.SessionTimeout)
+	for n := 0; ; n++ {
+		s := p.lru.prev
+		if s == &p.lru {
+			return // no session; the next one arms the timer
+		}
+		if deadline := s.lastActive + timeout; deadline > now {
+			p.loop.Schedule(&p.expiry, deadline)
+			return
+		}
+		if n == expireBudget {
+			// After the loop's next events; a deadline of now would
+			// fire again in this same round of timers.
+			p.loop.Schedule(&p.expiry, now+1)
+			return
+		}
+		p.stats.SessionsExpired.Add(1)
+		if p.debug {
+			p.log.Debug("udp session expired", zap.Stringer("client", s.client), zap.Stringer("backend", s.backend))
+		}
+		p.end(s)
+	}
+}
+
+// end closes the session's socket and forgets it.
+func (p *Proxy) end(s *session) {
+	p.loop.Forget(s.fd)
+	unix.Close(s.fd)
+	s.fd = -1
+	delete(p.sessions, s.client)
+	s.prev.next, s.next.prev = s.next, s.prev
+	s.prev, s.next = nil, nil
+	s.snap = nil
+	p.limiter.Release()
+	p.stats.SessionsEnded.Add(1)
+}
+
+// countersFor returns the counters of backend addr, adding them to the
+// published list the first time.
+func (p *Proxy) countersFor(addr netip.AddrPort) *BackendCounters {
+	if c, ok := p.counters[addr]; ok {
+		return c
+	}
+	c := new(BackendCounters)
+	p.counters[addr] = c
+	var list []backendEntry
+	if old := p.stats.backends.Load(); old != nil {
+		list = append(make([]backendEntry, 0, len(*old)+1), *old...)
+	}
+	list = append(list, backendEntry{addr: addr, c: c})
+	p.stats.backends.Store(&list)
+	return c
+}

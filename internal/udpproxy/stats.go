@@ -1,0 +1,151 @@
+package udpproxy
+
+import (
+	"net/netip"
+	"sync/atomic"
+)
+
+// DropReason says why a datagram was not forwarded. Its String is the
+// metrics label value.
+type DropReason uint8
+
+// The drop reasons.
+const (
+	// DropNoBackend: no backend has weight (client datagram).
+	DropNoBackend DropReason = iota
+	// DropSessionLimit: a new client found the session cap reached and no
+	// session of its loop to evict (the others belong to other loops).
+	DropSessionLimit
+	// DropSocketFailed: the session socket toward the backend could not be
+	// opened (EMFILE, ENOBUFS, ...).
+	DropSocketFailed
+	// DropSendBackendFailed: send to the backend failed or would block.
+	DropSendBackendFailed
+	// DropSendClientFailed: send to the client failed or would block.
+	DropSendClientFailed
+	// DropTruncated: a datagram did not fit the 64 KiB buffer (only
+	// possible for IPv6 jumbograms).
+	DropTruncated
+	// DropBackendRefused: the backend host answered an earlier datagram
+	// with ICMP port unreachable (reported on the session socket), so that
+	// datagram was lost there.
+	DropBackendRefused
+
+	numDropReasons
+)
+
+var dropNames = [numDropReasons]string{
+	DropNoBackend:         "no_backend",
+	DropSessionLimit:      "session_limit",
+	DropSocketFailed:      "socket_failed",
+	DropSendBackendFailed: "send_backend_failed",
+	DropSendClientFailed:  "send_client_failed",
+	DropTruncated:         "truncated",
+	DropBackendRefused:    "backend_refused",
+}
+
+// DropReasons lists every reason, in label order, for exporters that want
+// every series present from the start.
+var DropReasons = [numDropReasons]DropReason{
+	DropNoBackend, DropSessionLimit, DropSocketFailed, DropSendBackendFailed,
+	DropSendClientFailed, DropTruncated, DropBackendRefused,
+}
+
+func (r DropReason) String() string {
+	if r < numDropReasons {
+		return dropNames[r]
+	}
+	return "unknown"
+}
+
+// Stats are one proxy's counters. The owning loop is the only writer; any
+// goroutine may read them. Each Proxy has its own Stats, so two loops never
+// write the same cache line; readers sum over loops.
+type Stats struct {
+	SessionsCreated atomic.Uint64 // sessions opened (a new client address on this loop)
+	SessionsEnded   atomic.Uint64 // sessions ended, for any reason
+	SessionsExpired atomic.Uint64 // of those, ended by the idle timeout
+	SessionsEvicted atomic.Uint64 // of those, ended to make room at the session cap
+	Remaps          atomic.Uint64 // sessions moved to another backend because theirs left the backend set
+
+	drops [numDropReasons]atomic.Uint64
+
+	// backends is the copy-on-write list of per-backend counters, one
+	// entry per backend address this proxy has sent to, in first-use order.
+	// The loop replaces the slice when it adds a backend; entries are never
+	// removed, so counters stay monotonic across backend-set changes.
+	backends atomic.Pointer[[]backendEntry]
+
+	_ [64]byte // keep the next allocation off the last line
+}
+
+type backendEntry struct {
+	addr netip.AddrPort
+	c    *BackendCounters
+}
+
+// Drops returns the datagrams dropped for reason r.
+func (s *Stats) Drops(r DropReason) uint64 {
+	if r >= numDropReasons {
+		return 0
+	}
+	return s.drops[r].Load()
+}
+
+// Active returns the sessions open now.
+func (s *Stats) Active() int64 {
+	return int64(s.SessionsCreated.Load()) - int64(s.SessionsEnded.Load())
+}
+
+// ForEachBackend calls fn for every backend this proxy has sent to, in
+// first-use order. Safe from any goroutine; fn may read c's counters but
+// must not keep c past the call's purpose of reading it.
+func (s *Stats) ForEachBackend(fn func(addr netip.AddrPort, c *BackendCounters)) {
+	bs := s.backends.Load()
+	if bs == nil {
+		return
+	}
+	for _, e := range *bs {
+		fn(e.addr, e.c)
+	}
+}
+
+func (s *Stats) drop(r DropReason, n int) { s.drops[r].Add(uint64(n)) }
+
+// BackendCounters are the traffic of one backend through one proxy. "Up"
+// is client → backend, "down" backend → client; datagrams and bytes are
+// counted when sent on, so drops are not in them. Written by the loop,
+// readable from any goroutine.
+type BackendCounters struct {
+	DatagramsUp   atomic.Uint64
+	BytesUp       atomic.Uint64
+	DatagramsDown atomic.Uint64
+	BytesDown     atomic.Uint64
+	Sessions      atomic.Uint64 // sessions mapped to this backend (new or remapped)
+}
+
+// SessionLimiter caps the sessions open at once across all loops of a
+// process (--udp-max-sessions). Safe for concurrent use.
+type SessionLimiter struct {
+	max int64
+	cur atomic.Int64
+}
+
+// NewSessionLimiter returns a limiter admitting max sessions; max <= 0
+// means unlimited.
+func NewSessionLimiter(max int) *SessionLimiter { return &SessionLimiter{max: int64(max)} }
+
+// Acquire takes a slot and reports whether one was free.
+func (l *SessionLimiter) Acquire() bool {
+	if l.cur.Add(1) > l.max && l.max > 0 {
+		l.cur.Add(-1)
+		return false
+	}
+	return true
+}
+
+// Release frees a slot taken with Acquire.
+func (l *SessionLimiter) Release() { l.cur.Add(-1) }
+
+// Open returns the slots taken now.
+func (l *SessionLimiter) Open() int64 { return l.cur.Load() }
