@@ -27,8 +27,8 @@ import (
 type Mode int
 
 const (
-	// ModeAuto attaches in native mode, or in generic mode if the driver
-	// does not support native XDP.
+	// ModeAuto, the zero value, attaches in native mode, or in generic
+	// mode if native mode fails (a driver without XDP support).
 	ModeAuto Mode = iota
 	// ModeNative runs the program in the driver, before an skb exists.
 	ModeNative
@@ -69,7 +69,12 @@ type Attachment struct {
 }
 
 // Firewall is the loaded program with its maps and links. Its methods are
-// safe for concurrent use. It owns kernel objects: Close releases them.
+// safe for concurrent use. It owns kernel objects: Close releases them. The
+// zero value is not usable: use New.
+//
+// A process needs one Firewall, attached to every interface its services
+// are reached through, and none at all when there is no interface to attach
+// to: without one, nothing BPF should be loaded.
 type Firewall struct {
 	// mu guards every field below and serialises map updates, so that the
 	// maps always hold what applied describes.
