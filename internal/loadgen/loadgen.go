@@ -48,9 +48,6 @@ const (
 	Idle Mode = "idle"
 )
 
-// Modes lists every mode in the order of the documentation.
-var Modes = []Mode{Stream, RR, Connect, UDP, Idle}
-
 // Direction is the way data flows in Stream mode.
 type Direction string
 
@@ -227,8 +224,6 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-var loopback4 = netip.MustParsePrefix("127.0.0.0/8")
-
 func checkSourceCIDR(p netip.Prefix, target netip.AddrPort) string {
 	a := p.Addr()
 	switch {
@@ -236,7 +231,7 @@ func checkSourceCIDR(p netip.Prefix, target netip.AddrPort) string {
 		if a.Is4In6() {
 			return "write IPv4 prefixes without ::ffff:"
 		}
-		if p.Bits() < 8 || !loopback4.Contains(a) {
+		if p.Bits() < 8 || !a.IsLoopback() {
 			return "not inside the loopback range 127.0.0.0/8"
 		}
 		if target.IsValid() && !target.Addr().Unmap().Is4() {

@@ -200,7 +200,9 @@ func (r Result) WriteTable(w io.Writer) error {
 	row("target", "%s", r.Target)
 	row("conns", "%d", r.Conns)
 	row("size", "%s", FormatBytes(uint64(r.SizeBytes)))
-	row("time", "%.3f s measured (+ %.3f s warmup)", r.ElapsedS, r.WarmupS)
+	if r.Mode != Idle {
+		row("time", "%.3f s measured (+ %.3f s warmup)", r.ElapsedS, r.WarmupS)
+	}
 	switch r.Mode {
 	case Stream:
 		row("throughput", "%.3f Gbit/s", r.Gbps)

@@ -14,6 +14,7 @@ import (
 )
 
 // past is a deadline that has passed: setting it makes blocked I/O return.
+// It is never modified.
 var past = time.Unix(1, 0)
 
 // Run checks cfg, runs it against cfg.Target and returns its figures. It
