@@ -189,11 +189,12 @@ func (f *Firewall) Attachments() []Attachment {
 // Update replaces the rules by updating the maps, with the program left
 // attached. cfg is validated first and an invalid one changes nothing.
 //
-// The change is not atomic, but ordered so that no packet sees fewer
-// denials than both the old and new rules give: deny and allow prefixes are
-// added before the old ones are removed, the allow list is switched on
-// only once filled and off before it is emptied, and new ports become
-// protected after their rules are in place. If a map update fails midway,
+// The change is not atomic, but ordered so that meanwhile a packet is
+// admitted only if the old or the new rules admit it: new deny and allow
+// prefixes are added before the old ones are removed (there is never a
+// moment without the deny list), the allow list is switched on only once
+// filled and off before it is emptied, and new ports become protected after
+// their rules are in place. If a map update fails midway,
 // Update puts the old rules back and returns the error.
 func (f *Firewall) Update(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
