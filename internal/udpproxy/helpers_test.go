@@ -1,0 +1,267 @@
+package udpproxy
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/loop"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// rig is a running proxy: one Proxy per loop, each loop on its own
+// goroutine, all sharing one pool and limiter.
+type rig struct {
+	tb      testing.TB
+	addr    netip.AddrPort
+	pool    *balancer.Pool
+	limiter *SessionLimiter
+	loops   []*loop.Loop
+	proxies []*Proxy
+	wg      sync.WaitGroup
+	closed  bool
+}
+
+// startRig starts nloops proxies listening on listen (port 0 picks one)
+// toward backends, and stops them with tb.Cleanup.
+func startRig(tb testing.TB, listen netip.AddrPort, backends []netip.AddrPort, cfg Config, limiter *SessionLimiter, nloops int) *rig {
+	tb.Helper()
+	if limiter == nil {
+		limiter = NewSessionLimiter(0)
+	}
+	r := &rig{tb: tb, pool: balancer.NewPool(snapshot(tb, backends...)), limiter: limiter}
+	addr := listen
+	for range nloops {
+		l, err := loop.New()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		p := New(l, cfg, r.pool, limiter, zap.NewNop())
+		fd, bound, err := Listen(addr, cfg.SocketBuffer)
+		if err != nil {
+			l.Close()
+			r.close()
+			tb.Fatal(err)
+		}
+		if err := p.Listen(fd); err != nil {
+			tb.Fatal(err)
+		}
+		addr = bound
+		r.loops = append(r.loops, l)
+		r.proxies = append(r.proxies, p)
+	}
+	r.addr = addr
+	for _, l := range r.loops {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			if err := l.Run(); !errors.Is(err, loop.ErrStopped) {
+				tb.Errorf("loop: %v", err)
+			}
+		}()
+	}
+	tb.Cleanup(r.close)
+	return r
+}
+
+// close ends every session, stops and closes the loops.
+func (r *rig) close() {
+	if r.closed {
+		return
+	}
+	r.closed = true
+	for i := range r.proxies {
+		r.do(i, (*Proxy).CloseAll)
+		r.loops[i].Stop()
+	}
+	r.wg.Wait()
+	for _, l := range r.loops {
+		l.Close()
+	}
+}
+
+// do runs fn on loop i's goroutine (or directly once the loop is stopped
+// or not yet running) and waits for it.
+func (r *rig) do(i int, fn func(p *Proxy)) {
+	done := make(chan struct{})
+	if !r.loops[i].Submit(func() { fn(r.proxies[i]); close(done) }) {
+		fn(r.proxies[i])
+		return
+	}
+	<-done
+}
+
+// sum adds up a counter over the proxies.
+func (r *rig) sum(f func(s *Stats) uint64) uint64 {
+	var n uint64
+	for _, p := range r.proxies {
+		n += f(p.Stats())
+	}
+	return n
+}
+
+// sessions returns the client addresses with a session, over all loops.
+func (r *rig) sessions() map[netip.AddrPort]netip.AddrPort {
+	out := make(map[netip.AddrPort]netip.AddrPort)
+	for i := range r.proxies {
+		r.do(i, func(p *Proxy) {
+			for c, s := range p.sessions {
+				out[c] = s.backend
+			}
+		})
+	}
+	return out
+}
+
+func snapshot(tb testing.TB, backends ...netip.AddrPort) *balancer.Snapshot {
+	tb.Helper()
+	specs := make([]balancer.Spec, len(backends))
+	for i, a := range backends {
+		specs[i] = balancer.Spec{Addr: a, Weight: 1}
+	}
+	s, err := balancer.NewStatic(1, specs...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+// idServer is a UDP backend that answers every datagram with its id byte
+// followed by the datagram, and remembers the source addresses it saw.
+type idServer struct {
+	id   byte
+	conn *net.UDPConn
+	addr netip.AddrPort
+	done chan struct{}
+
+	mu    sync.Mutex // guards peers
+	peers map[netip.AddrPort]int
+}
+
+func startID(tb testing.TB, id byte, network, ip string) *idServer {
+	tb.Helper()
+	c, err := net.ListenUDP(network, &net.UDPAddr{IP: net.ParseIP(ip)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s := &idServer{id: id, conn: c, addr: c.LocalAddr().(*net.UDPAddr).AddrPort(), done: make(chan struct{}), peers: make(map[netip.AddrPort]int)}
+	go s.serve()
+	tb.Cleanup(s.close)
+	return s
+}
+
+func (s *idServer) serve() {
+	defer close(s.done)
+	buf := make([]byte, 1+bufSize)
+	for {
+		n, from, err := s.conn.ReadFromUDPAddrPort(buf[1:])
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		s.peers[from]++
+		s.mu.Unlock()
+		buf[0] = s.id
+		s.conn.WriteToUDPAddrPort(buf[:1+n], from)
+	}
+}
+
+func (s *idServer) close() {
+	s.conn.Close()
+	<-s.done
+}
+
+func (s *idServer) peerCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.peers)
+}
+
+// client is a UDP socket bound to a given local address.
+type client struct {
+	tb   testing.TB
+	conn *net.UDPConn
+	addr netip.AddrPort
+	buf  []byte
+}
+
+func newClient(tb testing.TB, ip string) *client {
+	tb.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return &client{tb: tb, conn: c, addr: c.LocalAddr().(*net.UDPAddr).AddrPort(), buf: make([]byte, 2*bufSize)}
+}
+
+// roundTrip sends req to to and returns the reply; the reply must come from
+// to. It returns an error rather than failing, for use on goroutines.
+func (c *client) roundTrip(to netip.AddrPort, req []byte) ([]byte, error) {
+	if _, err := c.conn.WriteToUDPAddrPort(req, to); err != nil {
+		return nil, err
+	}
+	c.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, from, err := c.conn.ReadFromUDPAddrPort(c.buf)
+	if err != nil {
+		return nil, err
+	}
+	if from != to {
+		return nil, errors.New("reply from " + from.String() + ", want " + to.String())
+	}
+	return c.buf[:n], nil
+}
+
+// openFDs counts the process's open file descriptors.
+func openFDs(tb testing.TB) int {
+	tb.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return len(ents)
+}
+
+// checkFDs records the open fds now and, at cleanup (registered first, so
+// it runs after every later cleanup), checks that as many are open again.
+func checkFDs(tb testing.TB) {
+	tb.Helper()
+	// The runtime's netpoller opens its fds on first use; do that first.
+	if c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}); err == nil {
+		c.Close()
+	}
+	before := openFDs(tb)
+	tb.Cleanup(func() {
+		var now int
+		for deadline := time.Now().Add(time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if now = openFDs(tb); now == before || time.Now().After(deadline) {
+				break
+			}
+		}
+		if now != before {
+			tb.Errorf("open fds: %d at start, %d at end", before, now)
+		}
+	})
+}
+
+// eventually polls cond until it holds or a second has passed.
+func eventually(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	for deadline := time.Now().Add(2 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func closeFD(fd int) { unix.Close(fd) }

@@ -1,0 +1,528 @@
+package udpproxy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/testsrv"
+)
+
+var lo4 = netip.MustParseAddrPort("127.0.0.1:0")
+
+// testConfig is DefaultConfig with a small batch, so that the tests also
+// cover batches that fill.
+func testConfig() Config {
+	cfg := DefaultConfig()
+	cfg.Batch = 4
+	return cfg
+}
+
+// TestManyClients sends request/response traffic from many client
+// addresses through two loops to three backends: every reply reaches its
+// client from the service address, intact; each client sticks to the
+// backend Maglev gives its address; every backend is used.
+func TestManyClients(t *testing.T) {
+	checkFDs(t)
+	ids := []*idServer{startID(t, 0, "udp", "127.0.0.1"), startID(t, 1, "udp", "127.0.0.1"), startID(t, 2, "udp", "127.0.0.1")}
+	backends := []netip.AddrPort{ids[0].addr, ids[1].addr, ids[2].addr}
+	r := startRig(t, lo4, backends, testConfig(), nil, 2)
+	snap := r.pool.Load()
+
+	const clients, rounds = 64, 40
+	cs := make([]*client, clients)
+	for i := range cs {
+		cs[i] = newClient(t, fmt.Sprintf("127.0.1.%d", i+1))
+	}
+	// Scrape the per-backend counters while traffic flows (for -race).
+	stopScrape := make(chan struct{})
+	var scrapes sync.WaitGroup
+	scrapes.Add(1)
+	go func() {
+		defer scrapes.Done()
+		for {
+			select {
+			case <-stopScrape:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			for _, p := range r.proxies {
+				p.Stats().ForEachBackend(func(_ netip.AddrPort, c *BackendCounters) { c.DatagramsUp.Load() })
+			}
+		}
+	}()
+
+	got := make([]int, clients) // backend id each client saw
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i] = -1
+			for k := range rounds {
+				req := fmt.Appendf(nil, "client %d request %d", i, k)
+				rep, err := c.roundTrip(r.addr, req)
+				if err != nil {
+					errs <- fmt.Errorf("client %d round %d: %w", i, k, err)
+					return
+				}
+				if len(rep) != 1+len(req) || !bytes.Equal(rep[1:], req) {
+					errs <- fmt.Errorf("client %d round %d: reply %q to %q", i, k, rep, req)
+					return
+				}
+				if got[i] >= 0 && int(rep[0]) != got[i] {
+					errs <- fmt.Errorf("client %d moved from backend %d to %d", i, got[i], rep[0])
+					return
+				}
+				got[i] = int(rep[0])
+			}
+		}()
+	}
+	wg.Wait()
+	close(stopScrape)
+	scrapes.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		return
+	}
+	used := make(map[int]int)
+	for i, c := range cs {
+		want := snap.Pick(balancer.HashSrcIP.Hash(c.addr.Addr(), c.addr.Port()))
+		if got[i] != want {
+			t.Errorf("client %s went to backend %d, Maglev says %d", c.addr, got[i], want)
+		}
+		used[got[i]]++
+	}
+	if len(used) != len(ids) {
+		t.Errorf("backends used: %v, want all %d", used, len(ids))
+	}
+	// One session, hence one source address at the backend, per client.
+	for i, id := range ids {
+		if n := id.peerCount(); n != used[i] {
+			t.Errorf("backend %d saw %d source addresses for %d clients", i, n, used[i])
+		}
+	}
+	if n := r.sum(func(s *Stats) uint64 { return s.SessionsCreated.Load() }); n != clients {
+		t.Errorf("sessions created: %d, want %d", n, clients)
+	}
+	var up, down, bytesUp, bytesDown uint64
+	for _, p := range r.proxies {
+		p.Stats().ForEachBackend(func(_ netip.AddrPort, c *BackendCounters) {
+			up += c.DatagramsUp.Load()
+			down += c.DatagramsDown.Load()
+			bytesUp += c.BytesUp.Load()
+			bytesDown += c.BytesDown.Load()
+		})
+	}
+	if up != clients*rounds || down != clients*rounds || bytesDown != bytesUp+clients*rounds {
+		t.Errorf("datagrams up %d down %d, bytes up %d down %d; want %d datagrams each way and one more byte down per datagram", up, down, bytesUp, bytesDown, clients*rounds)
+	}
+	for _, reason := range DropReasons {
+		if n := r.sum(func(s *Stats) uint64 { return s.Drops(reason) }); n != 0 {
+			t.Errorf("drops %s: %d", reason, n)
+		}
+	}
+}
+
+// TestIPv6 runs clients, proxy and backends over ::1, with the client port
+// in the hash key, and the largest IPv6 datagram.
+func TestIPv6(t *testing.T) {
+	checkFDs(t)
+	ids := []*idServer{startID(t, 0, "udp6", "::1"), startID(t, 1, "udp6", "::1"), startID(t, 2, "udp6", "::1")}
+	cfg := testConfig()
+	cfg.HashKey = balancer.HashSrcIPPort
+	r := startRig(t, netip.MustParseAddrPort("[::1]:0"), []netip.AddrPort{ids[0].addr, ids[1].addr, ids[2].addr}, cfg, nil, 2)
+	snap := r.pool.Load()
+	used := make(map[byte]bool)
+	for i := range 24 {
+		c := newClient(t, "::1")
+		want := snap.Pick(balancer.HashSrcIPPort.Hash(c.addr.Addr(), c.addr.Port()))
+		for k := range 5 {
+			req := fmt.Appendf(nil, "v6 client %d request %d", i, k)
+			rep, err := c.roundTrip(r.addr, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(rep[1:], req) || int(rep[0]) != want {
+				t.Fatalf("client %s: reply %q from backend %d, want %q from %d", c.addr, rep[1:], rep[0], req, want)
+			}
+			used[rep[0]] = true
+		}
+	}
+	if len(used) != 3 {
+		t.Errorf("backends used: %v", used)
+	}
+
+	echo := testsrv.StartTB(t, testsrv.Echo, "udp6")
+	r2 := startRig(t, netip.MustParseAddrPort("[::1]:0"), []netip.AddrPort{echo.Addr()}, cfg, nil, 1)
+	c := newClient(t, "::1")
+	for _, size := range []int{0, 1, 65527} {
+		req := pattern(size)
+		rep, err := c.roundTrip(r2.addr, req)
+		if err != nil {
+			t.Fatalf("%d bytes: %v", size, err)
+		}
+		if !bytes.Equal(rep, req) {
+			t.Errorf("%d bytes: got %d bytes back, not the same", size, len(rep))
+		}
+	}
+}
+
+func pattern(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i>>8)
+	}
+	return b
+}
+
+// TestDatagramSizes passes empty, small, MTU-sized and maximum IPv4
+// datagrams both ways through an echo, intact, with batched and unbatched
+// I/O.
+func TestDatagramSizes(t *testing.T) {
+	for _, batch := range []int{1, 4} {
+		t.Run(fmt.Sprintf("batch=%d", batch), func(t *testing.T) {
+			checkFDs(t)
+			echo := testsrv.StartTB(t, testsrv.Echo, "udp")
+			cfg := DefaultConfig()
+			cfg.Batch = batch
+			r := startRig(t, lo4, []netip.AddrPort{echo.Addr()}, cfg, nil, 1)
+			c := newClient(t, "127.0.0.1")
+			for _, size := range []int{0, 1, 1472, 9000, 65507, 0} {
+				req := pattern(size)
+				rep, err := c.roundTrip(r.addr, req)
+				if err != nil {
+					t.Fatalf("%d bytes: %v", size, err)
+				}
+				if !bytes.Equal(rep, req) {
+					t.Errorf("%d bytes: got %d bytes back, not the same", size, len(rep))
+				}
+			}
+			var bytesUp uint64
+			r.proxies[0].Stats().ForEachBackend(func(_ netip.AddrPort, c *BackendCounters) { bytesUp += c.BytesUp.Load() })
+			if want := uint64(1 + 1472 + 9000 + 65507); bytesUp != want {
+				t.Errorf("bytes up %d, want %d", bytesUp, want)
+			}
+		})
+	}
+}
+
+// TestBurst sends many datagrams before reading any reply, so that the
+// listener and the session sockets have full batches to read.
+func TestBurst(t *testing.T) {
+	echo := testsrv.StartTB(t, testsrv.Echo, "udp")
+	r := startRig(t, lo4, []netip.AddrPort{echo.Addr()}, testConfig(), nil, 1)
+	c := newClient(t, "127.0.0.1")
+	const n = 100
+	for i := range n {
+		if _, err := c.conn.WriteToUDPAddrPort(fmt.Appendf(nil, "%d", i), r.addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := make(map[string]bool)
+	c.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for len(seen) < n {
+		m, _, err := c.conn.ReadFromUDPAddrPort(c.buf)
+		if err != nil {
+			t.Fatalf("after %d replies: %v", len(seen), err)
+		}
+		seen[string(c.buf[:m])] = true
+	}
+}
+
+// TestExpiry ends a session after the idle timeout, and not before while
+// datagrams keep it active.
+func TestExpiry(t *testing.T) {
+	checkFDs(t)
+	echo := testsrv.StartTB(t, testsrv.Echo, "udp")
+	cfg := testConfig()
+	cfg.SessionTimeout = 150 * time.Millisecond
+	r := startRig(t, lo4, []netip.AddrPort{echo.Addr()}, cfg, nil, 1)
+	st := r.proxies[0].Stats()
+	c := newClient(t, "127.0.0.1")
+
+	// Active for three timeouts: the session stays.
+	for start := time.Now(); time.Since(start) < 3*cfg.SessionTimeout; time.Sleep(cfg.SessionTimeout / 5) {
+		if _, err := c.roundTrip(r.addr, []byte("keep")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e, n := st.SessionsExpired.Load(), st.SessionsCreated.Load(); e != 0 || n != 1 {
+		t.Fatalf("while active: %d expired, %d created; want 0 and 1", e, n)
+	}
+	// Idle: it expires, its socket closes, and the limiter slot is free.
+	eventually(t, "expiry", func() bool { return st.SessionsExpired.Load() == 1 })
+	if st.Active() != 0 || r.limiter.Open() != 0 || len(r.sessions()) != 0 {
+		t.Errorf("after expiry: %d active, %d limiter slots, %d sessions", st.Active(), r.limiter.Open(), len(r.sessions()))
+	}
+	if _, err := c.roundTrip(r.addr, []byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	if n := st.SessionsCreated.Load(); n != 2 {
+		t.Errorf("created %d sessions, want 2", n)
+	}
+}
+
+// TestEviction fills the session cap and checks that the least recently
+// active session makes room for a new client.
+func TestEviction(t *testing.T) {
+	checkFDs(t)
+	echo := testsrv.StartTB(t, testsrv.Echo, "udp")
+	r := startRig(t, lo4, []netip.AddrPort{echo.Addr()}, testConfig(), NewSessionLimiter(3), 1)
+	st := r.proxies[0].Stats()
+	cs := make([]*client, 5)
+	for i := range cs {
+		cs[i] = newClient(t, fmt.Sprintf("127.0.2.%d", i+1))
+	}
+	send := func(i int) {
+		t.Helper()
+		if _, err := cs[i].roundTrip(r.addr, []byte("x")); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+	}
+	have := func(want ...int) {
+		t.Helper()
+		got := r.sessions()
+		for _, i := range want {
+			if _, ok := got[cs[i].addr]; !ok {
+				t.Errorf("client %d has no session", i)
+			}
+		}
+		if len(got) != len(want) {
+			t.Errorf("%d sessions, want %d", len(got), len(want))
+		}
+	}
+	send(0)
+	send(1)
+	send(2)
+	send(0) // 1 is now the least recently active
+	send(3)
+	have(0, 2, 3)
+	send(4)
+	have(0, 3, 4)
+	if n := st.SessionsEvicted.Load(); n != 2 {
+		t.Errorf("evicted %d, want 2", n)
+	}
+	if n := r.limiter.Open(); n != 3 {
+		t.Errorf("limiter holds %d, want 3", n)
+	}
+}
+
+// TestSessionLimit checks that a loop with no session of its own to evict
+// refuses a new client when other proxies hold the whole cap.
+func TestSessionLimit(t *testing.T) {
+	echo := testsrv.StartTB(t, testsrv.Echo, "udp")
+	limiter := NewSessionLimiter(1)
+	r1 := startRig(t, lo4, []netip.AddrPort{echo.Addr()}, testConfig(), limiter, 1)
+	r2 := startRig(t, lo4, []netip.AddrPort{echo.Addr()}, testConfig(), limiter, 1)
+	c := newClient(t, "127.0.0.1")
+	if _, err := c.roundTrip(r1.addr, []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	c.conn.WriteToUDPAddrPort([]byte("second"), r2.addr)
+	st := r2.proxies[0].Stats()
+	eventually(t, "session_limit drop", func() bool { return st.Drops(DropSessionLimit) == 1 })
+	if st.SessionsCreated.Load() != 0 {
+		t.Errorf("second service created a session beyond the cap")
+	}
+}
+
+// TestRemap removes a backend from the set: its clients move to the key's
+// new choice on their next datagram, the other clients keep their backend.
+func TestRemap(t *testing.T) {
+	checkFDs(t)
+	ids := []*idServer{startID(t, 0, "udp", "127.0.0.1"), startID(t, 1, "udp", "127.0.0.1"), startID(t, 2, "udp", "127.0.0.1")}
+	addrs := []netip.AddrPort{ids[0].addr, ids[1].addr, ids[2].addr}
+	r := startRig(t, lo4, addrs, testConfig(), nil, 1)
+	st := r.proxies[0].Stats()
+
+	cs := make([]*client, 30)
+	before := make([]byte, len(cs))
+	perBackend := make(map[byte]int)
+	ask := func(i int) byte {
+		t.Helper()
+		rep, err := cs[i].roundTrip(r.addr, []byte("who"))
+		if err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		return rep[0]
+	}
+	for i := range cs {
+		cs[i] = newClient(t, fmt.Sprintf("127.0.3.%d", i+1))
+		before[i] = ask(i)
+		perBackend[before[i]]++
+	}
+	down := byte(0)
+	for id, n := range perBackend {
+		if n > perBackend[down] {
+			down = id
+		}
+	}
+	fds := openFDs(t)
+
+	var rest []netip.AddrPort
+	for i, a := range addrs {
+		if byte(i) != down {
+			rest = append(rest, a)
+		}
+	}
+	newSnap := snapshot(t, rest...)
+	r.pool.Store(newSnap)
+	for i, c := range cs {
+		got := ask(i)
+		if before[i] != down {
+			if got != before[i] {
+				t.Errorf("client %d moved from %d to %d though its backend stayed", i, before[i], got)
+			}
+			continue
+		}
+		want := ids[0].id
+		for _, id := range ids {
+			if id.addr == newSnap.Backends[newSnap.Pick(balancer.HashSrcIP.Hash(c.addr.Addr(), 0))].Addr {
+				want = id.id
+			}
+		}
+		if got != want {
+			t.Errorf("client %d of the removed backend went to %d, want %d", i, got, want)
+		}
+		// Sticks to the new backend.
+		if again := ask(i); again != got {
+			t.Errorf("client %d moved again, to %d", i, again)
+		}
+	}
+	if n := st.Remaps.Load(); n != uint64(perBackend[down]) {
+		t.Errorf("remaps %d, want %d", n, perBackend[down])
+	}
+	if st.SessionsCreated.Load() != uint64(len(cs)) || st.Active() != int64(len(cs)) {
+		t.Errorf("remap changed the session count: %d created, %d active", st.SessionsCreated.Load(), st.Active())
+	}
+	if now := openFDs(t); now != fds {
+		t.Errorf("open fds %d after remapping, %d before: old session sockets not closed", now, fds)
+	}
+
+	// A set with no usable backend: a new client's datagram is dropped,
+	// and an existing session whose backend went ends.
+	zero, err := balancer.NewStatic(1, balancer.Spec{Addr: addrs[0], Weight: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.pool.Store(zero)
+	extra := newClient(t, "127.0.3.200")
+	extra.conn.WriteToUDPAddrPort([]byte("nobody"), r.addr)
+	eventually(t, "no_backend drop", func() bool { return st.Drops(DropNoBackend) == 1 })
+	moved := -1
+	for i := range cs {
+		if before[i] != 0 {
+			moved = i
+			break
+		}
+	}
+	cs[moved].conn.WriteToUDPAddrPort([]byte("gone"), r.addr)
+	eventually(t, "session ended for want of a backend", func() bool { return st.Drops(DropNoBackend) == 2 })
+	if st.Active() != int64(len(cs)-1) {
+		t.Errorf("%d active sessions, want %d", st.Active(), len(cs)-1)
+	}
+}
+
+// TestBackendRefused checks that an ICMP port unreachable from a backend
+// that is gone is counted, and that the session goes on working when the
+// backend comes back on the same port.
+func TestBackendRefused(t *testing.T) {
+	id := startID(t, 7, "udp", "127.0.0.1")
+	addr := id.addr
+	r := startRig(t, lo4, []netip.AddrPort{addr}, testConfig(), nil, 1)
+	st := r.proxies[0].Stats()
+	c := newClient(t, "127.0.0.1")
+	if _, err := c.roundTrip(r.addr, []byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	id.close()
+	c.conn.WriteToUDPAddrPort([]byte("lost"), r.addr)
+	eventually(t, "backend_refused", func() bool { return st.Drops(DropBackendRefused) >= 1 })
+}
+
+// TestDrain closes the listener and every session at once, after which the
+// port can be bound again.
+func TestDrain(t *testing.T) {
+	checkFDs(t)
+	echo := testsrv.StartTB(t, testsrv.Echo, "udp")
+	r := startRig(t, lo4, []netip.AddrPort{echo.Addr()}, testConfig(), nil, 2)
+	for i := range 10 {
+		c := newClient(t, fmt.Sprintf("127.0.4.%d", i+1))
+		if _, err := c.roundTrip(r.addr, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range r.proxies {
+		var ch <-chan struct{}
+		r.do(i, func(p *Proxy) { ch = p.Drain() })
+		select {
+		case <-ch:
+		default:
+			t.Fatal("drain channel not closed")
+		}
+	}
+	if n := r.sum(func(s *Stats) uint64 { return s.SessionsEnded.Load() }); n != 10 || r.limiter.Open() != 0 {
+		t.Errorf("after drain: %d sessions ended, %d limiter slots", n, r.limiter.Open())
+	}
+	// The port is free: a plain bind without SO_REUSEPORT succeeds.
+	fd, _, err := Listen(r.addr, 0)
+	if err != nil {
+		t.Fatalf("listen again on %s: %v", r.addr, err)
+	}
+	closeFD(fd)
+}
+
+func TestListen(t *testing.T) {
+	for _, tc := range []struct {
+		addr    string
+		wantErr error
+	}{
+		{"127.0.0.1:0", nil},
+		{"[::1]:0", nil},
+		{"[::ffff:127.0.0.1]:0", nil},
+		{"0.0.0.0:0", ErrWildcard},
+		{"[::]:0", ErrWildcard},
+	} {
+		fd, bound, err := Listen(netip.MustParseAddrPort(tc.addr), 1<<20)
+		if !errors.Is(err, tc.wantErr) {
+			t.Errorf("Listen(%s): %v, want %v", tc.addr, err, tc.wantErr)
+		}
+		if err != nil {
+			continue
+		}
+		if bound.Port() == 0 || bound.Addr() != netip.MustParseAddrPort(tc.addr).Addr().Unmap() {
+			t.Errorf("Listen(%s) bound %s", tc.addr, bound)
+		}
+		// A second socket of the group binds the same port.
+		fd2, _, err := Listen(bound, 0)
+		if err != nil {
+			t.Errorf("second Listen(%s): %v", bound, err)
+		} else {
+			closeFD(fd2)
+		}
+		closeFD(fd)
+	}
+}
+
+func TestDropReasonNames(t *testing.T) {
+	seen := make(map[string]bool)
+	for _, r := range DropReasons {
+		name := r.String()
+		if name == "" || name == "unknown" || seen[name] {
+			t.Errorf("reason %d: bad or duplicate label %q", r, name)
+		}
+		seen[name] = true
+	}
+	var _ atomic.Uint64 // the counters are atomics; see Stats
+}
