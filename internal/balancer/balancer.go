@@ -1,9 +1,11 @@
 // Package balancer holds a service's backends and chooses one per
 // connection by Maglev consistent hashing of the client address.
 //
-// The backend set is published as an immutable Snapshot behind an atomic
-// pointer: event loops load it once per new connection without a lock, and a
-// membership change builds a whole new Snapshot and swaps it in.
+// The usable backends are published as an immutable Snapshot behind an
+// atomic pointer: event loops load it once per new connection without a
+// lock, and a membership or health change builds a whole new Snapshot and
+// swaps it in (see Service). Only the keys of a backend that leaves the table
+// move; established connections keep their backend.
 package balancer
 
 import (
@@ -17,31 +19,31 @@ import (
 	"github.com/sluice-lb/sluice/pkg/maglev"
 )
 
-// MaxWeight bounds a backend's weight: a weight of w takes w Maglev turns per
-// round, so very large weights only slow the table build.
+// MaxWeight bounds a backend's weight, the ratio between the largest and
+// smallest share a backend can be given.
 const MaxWeight = 1000
 
-// Backend is one backend address. Values in a Snapshot are never modified.
-type Backend struct {
+// Spec is a configured backend: an address and a weight.
+type Spec struct {
 	// Addr is the backend's address; an IPv4 address is never stored in
 	// IPv4-mapped IPv6 form.
 	Addr netip.AddrPort
 	// Weight is the backend's relative share of new connections (1 to
-	// MaxWeight; 0 keeps it in the set but sends it nothing).
+	// MaxWeight; 0 keeps it configured but sends it nothing).
 	Weight int
 }
 
 // String returns "ip:port" with IPv6 addresses bracketed.
-func (b Backend) String() string { return b.Addr.String() }
+func (b Spec) String() string { return b.Addr.String() }
 
-// ParseBackend parses the backend syntax shared by --backend and backend
-// files: "ADDR" or "ADDR,weight=N", where ADDR is "ip:port" ("[ip6]:port"
-// for IPv6) and N is 0 to MaxWeight (default 1).
-func ParseBackend(s string) (Backend, error) {
+// ParseSpec parses the backend syntax shared by --backend and backend
+// files: "ADDR" or "ADDR,weight=N" (or "ADDR weight=N"), where ADDR is
+// "ip:port" ("[ip6]:port" for IPv6) and N is 0 to MaxWeight (default 1).
+func ParseSpec(s string) (Spec, error) {
 	s = strings.TrimSpace(s)
-	addrPart, opts, _ := strings.Cut(s, ",")
-	b := Backend{Weight: 1}
-	ap, err := netip.ParseAddrPort(strings.TrimSpace(addrPart))
+	addrPart, opts, _ := strings.Cut(strings.Join(strings.Fields(s), ","), ",")
+	b := Spec{Weight: 1}
+	ap, err := netip.ParseAddrPort(addrPart)
 	if err != nil {
 		return b, fmt.Errorf("want ip:port or [ipv6]:port: %w", err)
 	}
@@ -56,7 +58,10 @@ func ParseBackend(s string) (Backend, error) {
 		return b, nil
 	}
 	for _, opt := range strings.Split(opts, ",") {
-		k, v, ok := strings.Cut(strings.TrimSpace(opt), "=")
+		if opt == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(opt, "=")
 		if !ok || k != "weight" {
 			return b, fmt.Errorf("unknown option %q (want weight=N)", opt)
 		}
@@ -135,40 +140,81 @@ func mix(x uint64) uint64 {
 	return x
 }
 
-// Snapshot is an immutable backend set with its Maglev table. Safe for
-// concurrent use.
+// Snapshot is an immutable set of usable backends with their Maglev table.
+// Safe for concurrent use; the *Backend values it holds are shared and have
+// atomic counters.
 type Snapshot struct {
-	// Backends is the set, in the order given; indices are those of the
-	// Maglev table.
-	Backends []Backend
+	// Backends are the usable backends; indices are those of the table.
+	Backends []*Backend
 	table    *maglev.Table
+	weight   int // sum of the backends' weights
 }
 
-// NewSnapshot builds the Maglev table for backends (copied) with tableSize
-// slots (a prime; 0 means maglev.DefaultSize).
-func NewSnapshot(backends []Backend, tableSize int) (*Snapshot, error) {
+// NewSnapshot builds the Maglev table for backends with tableSize slots (a
+// prime; 0 means maglev.DefaultSize).
+func NewSnapshot(backends []*Backend, tableSize int) (*Snapshot, error) {
 	in := make([]maglev.Backend, len(backends))
+	w := 0
 	for i, b := range backends {
 		in[i] = maglev.Backend{Name: b.Addr.String(), Weight: b.Weight}
+		w += b.Weight
 	}
 	t, err := maglev.New(in, tableSize)
 	if err != nil {
 		return nil, fmt.Errorf("build maglev table: %w", err)
 	}
-	return &Snapshot{Backends: append([]Backend(nil), backends...), table: t}, nil
+	return &Snapshot{Backends: backends, table: t, weight: w}, nil
 }
 
 // Pick returns the index of the backend for key hash h, or -1 when no
-// backend has weight.
+// backend is usable.
 func (s *Snapshot) Pick(h uint64) int { return s.table.Lookup(h) }
 
 // Preference appends to dst the backend indices in h's failover order, Pick
 // first; it does not allocate when dst has room for every backend.
 func (s *Snapshot) Preference(h uint64, dst []int) []int { return s.table.Preference(h, dst) }
 
+// PickBounded is Pick with bounded loads (Mirrokni, Thorup and
+// Zadimoghaddam, "Consistent Hashing with Bounded Loads"): no backend may
+// hold more than ceil(factor × its weighted share of the open connections,
+// the new one included). A key whose first choice is full walks its
+// preference order to the first backend under its cap; if all are full
+// (possible only transiently) the first choice is used. scratch is reused
+// for the preference list. factor <= 0 is plain Pick.
+func (s *Snapshot) PickBounded(h uint64, factor float64, total int64, scratch *[]int) int {
+	i := s.table.Lookup(h)
+	if i < 0 || factor <= 0 {
+		return i
+	}
+	if s.Backends[i].Active.Load() < s.capOf(s.Backends[i], factor, total) {
+		return i
+	}
+	*scratch = s.table.Preference(h, (*scratch)[:0])
+	for _, j := range (*scratch)[1:] {
+		if s.Backends[j].Active.Load() < s.capOf(s.Backends[j], factor, total) {
+			return j
+		}
+	}
+	return i
+}
+
+// capOf is the bounded-load cap of b with total connections open before the
+// new one.
+func (s *Snapshot) capOf(b *Backend, factor float64, total int64) int64 {
+	share := factor * float64(total+1) * float64(b.Weight) / float64(s.weight)
+	c := int64(share)
+	if float64(c) < share {
+		c++
+	}
+	return c
+}
+
 // Pool publishes the current Snapshot of a service. Safe for concurrent use.
 type Pool struct {
 	cur atomic.Pointer[Snapshot]
+	// Open counts the connections (or UDP sessions) open to any backend of
+	// the service, for bounded loads.
+	Open atomic.Int64
 }
 
 // NewPool returns a pool publishing s.

@@ -1,6 +1,11 @@
-// Package config is the one place where sluice's command-line flags are
-// declared, parsed and checked. Parse returns a Config whose every field is
-// valid, or an error listing every problem found, one per line.
+// Package config is the one place where sluice's command-line flags and
+// config file are declared, parsed and checked. Parse returns a Config whose
+// every field is valid, or a *UsageError listing every problem found, one
+// per line, each naming the flag (and file line) and the value.
+//
+// A single service is configured with flags alone. Several services need a
+// config file (--config), whose keys are the flag names: global flags at the
+// top, then one [service NAME] section per service holding service flags.
 package config
 
 import (
@@ -18,183 +23,379 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/health"
 	"github.com/sluice-lb/sluice/internal/tcpproxy"
 )
 
 // Config is sluice's whole configuration, plain data.
 type Config struct {
-	// Listen is the service's listening address.
-	Listen netip.AddrPort
-	// Backends is the static backend list (--backend).
-	Backends []balancer.Backend
 	// Workers is the number of event loops, each with its own listening
-	// socket (SO_REUSEPORT) and OS thread.
+	// socket per service (SO_REUSEPORT) and OS thread.
 	Workers int
-	// MaxConns caps the client connections open at once across loops.
+	// MaxConns caps the client connections open at once across loops and
+	// services.
 	MaxConns int
 	// DrainTimeout bounds how long open connections may go on after
 	// SIGTERM/SIGINT before they are reset.
 	DrainTimeout time.Duration
-	// Proxy is the per-connection behaviour.
-	Proxy tcpproxy.Config
+	// PipeSize is the capacity of each splice pipe, bytes.
+	PipeSize int
+	// MaxPipes is the pipes each loop may have alive, derived from the
+	// open-file limit.
+	MaxPipes int
+	// AdminAddr is the admin HTTP endpoint's address; invalid (zero) when
+	// off.
+	AdminAddr netip.AddrPort
+	// ConfigFile is the --config path, "" when none; reread on SIGHUP for
+	// backend lists.
+	ConfigFile string
+	// Args are the command-line arguments Parse was given, so a reload
+	// can parse them again with the config file as it is then.
+	Args []string
 	// LogLevel is the minimum level logged.
 	LogLevel zapcore.Level
 	// LogFormat is "json" or "console".
 	LogFormat string
+	// Services are the services to run, at least one.
+	Services []Service
+}
+
+// Service is one listening address with its backends and policies.
+type Service struct {
+	// Name labels the service in logs and metrics ("default" for the
+	// flag-only quick path).
+	Name string
+	// Proto is "tcp" or "udp".
+	Proto string
+	// Listen is the service's listening address.
+	Listen netip.AddrPort
+	// Backends is the static backend list (--backend).
+	Backends []balancer.Spec
+	// BackendsFile is a file of further backends, reread on SIGHUP and
+	// when it changes; "" when none.
+	BackendsFile string
+	// Proxy is the per-connection behaviour of a TCP service.
+	Proxy tcpproxy.Config
+	// Health configures the active checks.
+	Health health.Config
+	// PassiveFall ejects a backend after this many consecutive connect
+	// failures on the data path; 0 is off.
+	PassiveFall int
+	// CloseOnDown resets a backend's connections when it goes down.
+	CloseOnDown bool
 }
 
 // fdReserve is the file descriptors kept back from connections and pipes
-// for listeners, epoll and eventfds, logs, and the admin endpoint.
+// for listeners, epoll and eventfds, logs, health checks and the admin
+// endpoint.
 const fdReserve = 256
-
-// Default returns the defaults the flags start from. MaxConns 0 means "derive
-// from the open-file limit" (see Parse).
-func Default() Config {
-	return Config{
-		Workers:      runtime.NumCPU(),
-		DrainTimeout: 30 * time.Second,
-		Proxy:        tcpproxy.DefaultConfig(),
-		LogLevel:     zapcore.InfoLevel,
-		LogFormat:    "console",
-	}
-}
 
 // ErrHelp is returned by Parse when --help was asked for; the usage has been
 // written to the help writer.
 var ErrHelp = errors.New("help requested")
 
-// UsageError lists everything wrong with a command line. Each problem is
-// one line naming the flag and the value.
+// UsageError lists everything wrong with a command line or config file.
+// Each problem is one line naming the flag and the value.
 type UsageError struct {
 	Problems []string
 }
 
 func (e *UsageError) Error() string { return strings.Join(e.Problems, "\n") }
 
-// Parse parses args (without the program name). On --help it writes the
-// flag reference to help and returns ErrHelp. Any other problem comes back
-// as a *UsageError.
-func Parse(args []string, help io.Writer) (Config, error) {
-	cfg := Default()
+// globalVals and serviceVals hold flag values as parsed, before checks.
+type globalVals struct {
+	workers, maxConns int
+	drain             time.Duration
+	pipeSize          byteSize
+	admin             string
+	config            string
+	logLevel          string
+	logFormat         string
+}
+
+type serviceVals struct {
+	proto, listen, backendsFile string
+	backends                    []string
+	hashKey, splice             string
+	connectTimeout, idleTimeout time.Duration
+	connectRetries              int
+	balanceFactor               float64
+	health                      health.Config
+	passiveFall                 int
+	closeOnDown                 bool
+}
+
+func addGlobalFlags(fs *pflag.FlagSet, g *globalVals) {
+	g.pipeSize = 256 << 10
+	fs.StringVar(&g.config, "config", "", "config file listing several services (see the README); flags given too override its global settings")
+	fs.IntVar(&g.workers, "workers", runtime.NumCPU(), "event loops, each with its own thread and SO_REUSEPORT listener; defaults to the CPU count")
+	fs.IntVar(&g.maxConns, "max-conns", 0, "client connections open at once; beyond it new ones wait in the accept queue (default: derived from the open-file limit)")
+	fs.DurationVar(&g.drain, "drain-timeout", 30*time.Second, "on SIGTERM/SIGINT, time open connections get to finish before they are reset")
+	fs.Var(&g.pipeSize, "pipe-size", "capacity of each splice pipe, bytes (suffixes k, m); pipes are lent only while bytes are in flight")
+	fs.StringVar(&g.admin, "admin-addr", "", "admin HTTP endpoint (health, backends, metrics), ip:port; off when empty. It has no authentication: keep it on loopback")
+	fs.StringVar(&g.logLevel, "log-level", "info", "minimum log level: debug, info, warn or error")
+	fs.StringVar(&g.logFormat, "log-format", "console", "log encoding: json or console")
+}
+
+func addServiceFlags(fs *pflag.FlagSet, s *serviceVals) {
+	dp := tcpproxy.DefaultConfig()
+	dh := health.DefaultConfig()
+	fs.StringVar(&s.proto, "proto", "tcp", "protocol of the service: tcp or udp")
+	fs.StringVar(&s.listen, "listen", "", "address to accept clients on, ip:port (required)")
+	fs.StringArrayVar(&s.backends, "backend", nil, "backend as ip:port[,weight=N] (repeatable; weight 0-1000, default 1)")
+	fs.StringVar(&s.backendsFile, "backends-file", "", "file with one backend per line (ip:port [weight=N], # comments), reread on SIGHUP and when it changes")
+	fs.StringVar(&s.hashKey, "hash-key", dp.HashKey.String(), "what picks a client's backend: src-ip (all of a client's connections to one backend) or src-ip-port")
+	fs.Float64Var(&s.balanceFactor, "hash-balance-factor", 0, "bounded-load hashing: no backend holds more than ceil(F × its share of open connections), e.g. 1.25; 0 is off")
+	fs.DurationVar(&s.connectTimeout, "connect-timeout", dp.ConnectTimeout, "time allowed for each connect attempt to a backend")
+	fs.IntVar(&s.connectRetries, "connect-retries", dp.ConnectRetries, "further backends tried, in the client's hash preference order, after a failed connect")
+	fs.DurationVar(&s.idleTimeout, "idle-timeout", dp.IdleTimeout, "close a connection after this long with no bytes in either direction; idle pooled database sessions count as idle too, so raise it if your pools keep connections idle longer")
+	fs.StringVar(&s.splice, "splice", dp.Splice.String(), "byte moving: auto (read/write for small messages, splice(2) for bulk), always, or never (read/write only)")
+	fs.StringVar(&s.health.Kind, "health-check", dh.Kind, "active check: tcp, send-expect, redis, postgres, mysql or grpc")
+	fs.DurationVar(&s.health.Interval, "health-interval", dh.Interval, "time between checks of a backend (jittered)")
+	fs.DurationVar(&s.health.Timeout, "health-timeout", dh.Timeout, "time allowed for one check")
+	fs.IntVar(&s.health.Rise, "health-rise", dh.Rise, "consecutive passed checks that bring a down backend up")
+	fs.IntVar(&s.health.Fall, "health-fall", dh.Fall, "consecutive failed checks that take an up backend down")
+	fs.StringVar(&s.health.Send, "health-send", "", "send-expect: bytes to send (\\r \\n \\t escapes)")
+	fs.StringVar(&s.health.Expect, "health-expect", "", "send-expect: the answer must contain this (\\r \\n \\t escapes)")
+	fs.StringVar(&s.health.RedisPassword, "health-redis-password", "", "redis check: AUTH with this password before PING")
+	fs.StringVar(&s.health.GRPCService, "health-grpc-service", "", "grpc check: service name asked of grpc.health.v1 (empty: the whole server)")
+	fs.IntVar(&s.passiveFall, "passive-fall", 3, "consecutive failed connects on the data path that mark a backend down until its active check passes; 0 is off")
+	fs.BoolVar(&s.closeOnDown, "close-on-down", false, "reset a backend's open connections when it goes down (default: leave them alone)")
+}
+
+// isServiceFlag reports whether name is a per-service flag.
+func isServiceFlag(name string) bool {
+	fs := pflag.NewFlagSet("", pflag.ContinueOnError)
+	addServiceFlags(fs, &serviceVals{})
+	return fs.Lookup(name) != nil
+}
+
+func newFlagSet() *pflag.FlagSet {
 	fs := pflag.NewFlagSet("sluice", pflag.ContinueOnError)
 	fs.SortFlags = false
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
+	return fs
+}
 
-	var (
-		listen    string
-		backends  []string
-		hashKey   = cfg.Proxy.HashKey.String()
-		spliceArg = cfg.Proxy.Splice.String()
-		pipeSize  = byteSize(cfg.Proxy.Pool.PipeSize)
-		logLevel  = cfg.LogLevel.String()
-	)
-	fs.StringVar(&listen, "listen", "", "address to accept client connections on, ip:port (required)")
-	fs.StringArrayVar(&backends, "backend", nil, "backend as ip:port[,weight=N] (repeatable; weight 0-1000, default 1)")
-	fs.IntVar(&cfg.Workers, "workers", cfg.Workers, "event loops, each with its own thread and SO_REUSEPORT listener; defaults to the CPU count")
-	fs.StringVar(&hashKey, "hash-key", hashKey, "what picks a client's backend: src-ip (all of a client's connections to one backend) or src-ip-port")
-	fs.DurationVar(&cfg.Proxy.ConnectTimeout, "connect-timeout", cfg.Proxy.ConnectTimeout, "time allowed for each connect attempt to a backend")
-	fs.IntVar(&cfg.Proxy.ConnectRetries, "connect-retries", cfg.Proxy.ConnectRetries, "further backends tried, in the client's hash preference order, after a failed connect")
-	fs.DurationVar(&cfg.Proxy.IdleTimeout, "idle-timeout", cfg.Proxy.IdleTimeout, "close a connection after this long with no bytes in either direction; idle pooled database sessions count as idle too, so raise it if your pools keep connections idle longer")
-	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "client connections open at once; beyond it new ones wait in the accept queue (default: derived from the open-file limit)")
-	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "on SIGTERM/SIGINT, time open connections get to finish before they are reset")
-	fs.StringVar(&spliceArg, "splice", spliceArg, "byte moving: auto (read/write for small messages, splice(2) for bulk), always, or never (read/write only)")
-	fs.Var(&pipeSize, "pipe-size", "capacity of each splice pipe, bytes (suffixes k, m); pipes are lent only while bytes are in flight")
-	fs.StringVar(&logLevel, "log-level", logLevel, "minimum log level: debug, info, warn or error")
-	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log encoding: json or console")
+// Parse parses args (without the program name) and the config file they
+// name, if any. On --help it writes the flag reference to help and returns
+// ErrHelp. Any other problem comes back as a *UsageError.
+func Parse(args []string, help io.Writer) (Config, error) {
+	return parse(args, help, openFileLimit())
+}
+
+func parse(args []string, help io.Writer, fdLimit int) (Config, error) {
+	var g globalVals
+	var sv serviceVals
+	fs := newFlagSet()
+	addGlobalFlags(fs, &g)
+	addServiceFlags(fs, &sv)
 	showHelp := fs.BoolP("help", "h", false, "show this help")
-
 	if err := fs.Parse(args); err != nil {
-		return cfg, &UsageError{Problems: []string{err.Error()}}
+		return Config{}, &UsageError{Problems: []string{err.Error()}}
 	}
 	if *showHelp {
-		fmt.Fprintf(help, "Usage: sluice --listen IP:PORT --backend IP:PORT [--backend IP:PORT ...] [flags]\n\n"+
-			"sluice is a layer-4 TCP load balancer: it hashes each client's address to a backend\n"+
+		fmt.Fprintf(help, "Usage: sluice --listen IP:PORT --backend IP:PORT [--backend IP:PORT ...] [flags]\n"+
+			"       sluice --config FILE [global flags]\n\n"+
+			"sluice is a layer-4 TCP/UDP load balancer: it hashes each client's address to a backend\n"+
 			"with Maglev consistent hashing and moves bytes with splice(2).\n\nFlags:\n%s", fs.FlagUsages())
-		return cfg, ErrHelp
+		return Config{}, ErrHelp
 	}
-
 	var probs []string
-	bad := func(flag, value, format string, a ...any) {
-		probs = append(probs, fmt.Sprintf("--%s %q: %s", flag, value, fmt.Sprintf(format, a...)))
-	}
 	if fs.NArg() > 0 {
 		probs = append(probs, fmt.Sprintf("unexpected argument %q (flags are --name value)", fs.Arg(0)))
 	}
-	if listen == "" {
-		probs = append(probs, "--listen is required (e.g. --listen 127.0.0.1:7000)")
-	} else if ap, err := parseListen(listen); err != nil {
-		bad("listen", listen, "%v", err)
-	} else {
-		cfg.Listen = ap
-	}
-	if len(backends) == 0 {
-		probs = append(probs, "no backend: give at least one --backend ip:port")
-	}
-	seen := map[netip.AddrPort]bool{}
-	for _, s := range backends {
-		b, err := balancer.ParseBackend(s)
-		if err != nil {
-			bad("backend", s, "%v", err)
-			continue
+	var svcs []namedService
+	if g.config != "" {
+		var fileProbs []string
+		var globalArgs []string
+		globalArgs, svcs, fileProbs = readFile(g.config)
+		probs = append(probs, fileProbs...)
+		fs.Visit(func(f *pflag.Flag) {
+			if isServiceFlag(f.Name) {
+				probs = append(probs, fmt.Sprintf("--%s: with --config, service flags belong in the file's [service] sections", f.Name))
+			}
+		})
+		// Reparse: the file's globals first, then the command line on top.
+		g = globalVals{}
+		fs = newFlagSet()
+		addGlobalFlags(fs, &g)
+		addServiceFlags(fs, &serviceVals{})
+		fs.BoolP("help", "h", false, "")
+		if err := fs.Parse(globalArgs); err != nil {
+			probs = append(probs, fmt.Sprintf("%s: %v", g.config, err))
 		}
-		if seen[b.Addr] {
-			bad("backend", s, "given twice")
-			continue
+		if err := fs.Parse(args); err != nil {
+			probs = append(probs, err.Error())
 		}
-		seen[b.Addr] = true
-		cfg.Backends = append(cfg.Backends, b)
-	}
-	if cfg.Workers < 1 || cfg.Workers > 256 {
-		bad("workers", strconv.Itoa(cfg.Workers), "want 1 to 256")
-	}
-	if k, err := balancer.ParseHashKey(hashKey); err != nil {
-		bad("hash-key", hashKey, "%v", err)
 	} else {
-		cfg.Proxy.HashKey = k
+		svcs = []namedService{{name: "default", vals: sv}}
 	}
-	positive := func(name string, d time.Duration) {
-		if d <= 0 {
-			bad(name, d.String(), "want a positive duration such as 5s or 2m")
-		}
-	}
-	positive("connect-timeout", cfg.Proxy.ConnectTimeout)
-	positive("idle-timeout", cfg.Proxy.IdleTimeout)
-	positive("drain-timeout", cfg.DrainTimeout)
-	if cfg.Proxy.ConnectRetries < 0 || cfg.Proxy.ConnectRetries > 16 {
-		bad("connect-retries", strconv.Itoa(cfg.Proxy.ConnectRetries), "want 0 to 16")
-	}
-	if m, err := tcpproxy.ParseSpliceMode(spliceArg); err != nil {
-		bad("splice", spliceArg, "%v", err)
-	} else {
-		cfg.Proxy.Splice = m
-	}
-	if pipeSize < 4<<10 || pipeSize > 16<<20 {
-		bad("pipe-size", pipeSize.String(), "want 4k to 16m")
-	}
-	cfg.Proxy.Pool.PipeSize = int(pipeSize)
-	if lvl, err := zapcore.ParseLevel(logLevel); err != nil || lvl < zapcore.DebugLevel || lvl > zapcore.ErrorLevel {
-		bad("log-level", logLevel, "want debug, info, warn or error")
-	} else {
-		cfg.LogLevel = lvl
-	}
-	if cfg.LogFormat != "json" && cfg.LogFormat != "console" {
-		bad("log-format", cfg.LogFormat, "want json or console")
-	}
-	if cfg.MaxConns < 0 {
-		bad("max-conns", strconv.Itoa(cfg.MaxConns), "want a positive number, or leave it out to derive it from the open-file limit")
-	} else if cfg.Workers >= 1 {
-		if p := sizeFDs(&cfg, openFileLimit()); p != "" {
-			probs = append(probs, p)
-		}
-	}
+	cfg, more := build(g, svcs, fdLimit)
+	cfg.Args = args
+	probs = append(probs, more...)
 	if len(probs) > 0 {
 		return cfg, &UsageError{Problems: probs}
 	}
 	return cfg, nil
 }
 
-func parseListen(s string) (netip.AddrPort, error) {
+type namedService struct {
+	name string
+	where string // "file:line: " of the section header, "" for flags
+	vals  serviceVals
+}
+
+// build checks the parsed values and turns them into a Config.
+func build(g globalVals, svcs []namedService, fdLimit int) (Config, []string) {
+	var probs []string
+	bad := func(prefix, flag, value, format string, a ...any) {
+		probs = append(probs, fmt.Sprintf("%s--%s %q: %s", prefix, flag, value, fmt.Sprintf(format, a...)))
+	}
+	cfg := Config{
+		Workers:      g.workers,
+		MaxConns:     g.maxConns,
+		DrainTimeout: g.drain,
+		PipeSize:     int(g.pipeSize),
+		LogFormat:    g.logFormat,
+		ConfigFile:   g.config,
+	}
+	if g.workers < 1 || g.workers > 256 {
+		bad("", "workers", strconv.Itoa(g.workers), "want 1 to 256")
+	}
+	if g.drain <= 0 {
+		bad("", "drain-timeout", g.drain.String(), "want a positive duration such as 5s or 2m")
+	}
+	if g.pipeSize < 4<<10 || g.pipeSize > 16<<20 {
+		bad("", "pipe-size", g.pipeSize.String(), "want 4k to 16m")
+	}
+	if g.admin != "" {
+		if ap, err := parseAddr(g.admin); err != nil {
+			bad("", "admin-addr", g.admin, "%v", err)
+		} else {
+			cfg.AdminAddr = ap
+		}
+	}
+	if lvl, err := zapcore.ParseLevel(g.logLevel); err != nil || lvl < zapcore.DebugLevel || lvl > zapcore.ErrorLevel {
+		bad("", "log-level", g.logLevel, "want debug, info, warn or error")
+	} else {
+		cfg.LogLevel = lvl
+	}
+	if g.logFormat != "json" && g.logFormat != "console" {
+		bad("", "log-format", g.logFormat, "want json or console")
+	}
+	if len(svcs) == 0 {
+		probs = append(probs, "no service: the config file has no [service NAME] section")
+	}
+	listens := map[string]string{}
+	for _, ns := range svcs {
+		s, sp := buildService(ns)
+		probs = append(probs, sp...)
+		if s.Listen.IsValid() {
+			key := s.Proto + " " + s.Listen.String()
+			if other, dup := listens[key]; dup {
+				probs = append(probs, fmt.Sprintf("%s--listen %q: also the address of service %q", ns.where, s.Listen, other))
+			}
+			listens[key] = s.Name
+		}
+		cfg.Services = append(cfg.Services, s)
+	}
+	if g.maxConns < 0 {
+		bad("", "max-conns", strconv.Itoa(g.maxConns), "want a positive number, or leave it out to derive it from the open-file limit")
+	} else if g.workers >= 1 && g.workers <= 256 {
+		if p := sizeFDs(&cfg, fdLimit); p != "" {
+			probs = append(probs, p)
+		}
+	}
+	return cfg, probs
+}
+
+func buildService(ns namedService) (Service, []string) {
+	var probs []string
+	v := ns.vals
+	pre := ns.where
+	bad := func(flag, value, format string, a ...any) {
+		probs = append(probs, fmt.Sprintf("%s--%s %q: %s", pre, flag, value, fmt.Sprintf(format, a...)))
+	}
+	s := Service{
+		Name:         ns.name,
+		Proto:        v.proto,
+		BackendsFile: v.backendsFile,
+		Proxy:        tcpproxy.DefaultConfig(),
+		Health:       v.health,
+		PassiveFall:  v.passiveFall,
+		CloseOnDown:  v.closeOnDown,
+	}
+	if v.proto != "tcp" && v.proto != "udp" {
+		bad("proto", v.proto, "want tcp or udp")
+	}
+	if v.listen == "" {
+		probs = append(probs, pre+"--listen is required (e.g. --listen 127.0.0.1:7000)")
+	} else if ap, err := parseAddr(v.listen); err != nil {
+		bad("listen", v.listen, "%v", err)
+	} else {
+		s.Listen = ap
+	}
+	if len(v.backends) == 0 && v.backendsFile == "" {
+		probs = append(probs, pre+"no backend: give at least one --backend ip:port or a --backends-file")
+	}
+	seen := map[netip.AddrPort]bool{}
+	for _, b := range v.backends {
+		sp, err := balancer.ParseSpec(b)
+		if err != nil {
+			bad("backend", b, "%v", err)
+			continue
+		}
+		if seen[sp.Addr] {
+			bad("backend", b, "given twice")
+			continue
+		}
+		seen[sp.Addr] = true
+		s.Backends = append(s.Backends, sp)
+	}
+	if v.backendsFile != "" {
+		if _, err := ReadBackendsFile(v.backendsFile); err != nil {
+			bad("backends-file", v.backendsFile, "%v", err)
+		}
+	}
+	if k, err := balancer.ParseHashKey(v.hashKey); err != nil {
+		bad("hash-key", v.hashKey, "%v", err)
+	} else {
+		s.Proxy.HashKey = k
+	}
+	if v.balanceFactor != 0 && (v.balanceFactor < 1 || v.balanceFactor > 100) {
+		bad("hash-balance-factor", strconv.FormatFloat(v.balanceFactor, 'g', -1, 64), "want 0 (off) or 1 to 100, e.g. 1.25")
+	}
+	s.Proxy.BalanceFactor = v.balanceFactor
+	positive := func(name string, d time.Duration) {
+		if d <= 0 {
+			bad(name, d.String(), "want a positive duration such as 5s or 2m")
+		}
+	}
+	positive("connect-timeout", v.connectTimeout)
+	positive("idle-timeout", v.idleTimeout)
+	s.Proxy.ConnectTimeout = v.connectTimeout
+	s.Proxy.IdleTimeout = v.idleTimeout
+	if v.connectRetries < 0 || v.connectRetries > 16 {
+		bad("connect-retries", strconv.Itoa(v.connectRetries), "want 0 to 16")
+	}
+	s.Proxy.ConnectRetries = v.connectRetries
+	if m, err := tcpproxy.ParseSpliceMode(v.splice); err != nil {
+		bad("splice", v.splice, "%v", err)
+	} else {
+		s.Proxy.Splice = m
+	}
+	for _, p := range v.health.Validate() {
+		probs = append(probs, pre+p)
+	}
+	if v.passiveFall < 0 || v.passiveFall > 1000 {
+		bad("passive-fall", strconv.Itoa(v.passiveFall), "want 0 (off) to 1000")
+	}
+	return s, probs
+}
+
+func parseAddr(s string) (netip.AddrPort, error) {
 	ap, err := netip.ParseAddrPort(s)
 	if err != nil {
 		return ap, fmt.Errorf("want ip:port or [ipv6]:port: %w", err)
@@ -210,7 +411,7 @@ func parseListen(s string) (netip.AddrPort, error) {
 // limit leaves a third of it for pipes; the pipe pools get what connections
 // leave. It returns a problem line when --max-conns cannot fit.
 func sizeFDs(cfg *Config, limit int) string {
-	avail := limit - fdReserve - 4*cfg.Workers
+	avail := limit - fdReserve - 4*cfg.Workers*max(1, len(cfg.Services))
 	if cfg.MaxConns == 0 {
 		cfg.MaxConns = avail / 3
 		if cfg.MaxConns < 1 {
@@ -219,11 +420,7 @@ func sizeFDs(cfg *Config, limit int) string {
 	} else if 2*cfg.MaxConns > avail {
 		return fmt.Sprintf("--max-conns %q: needs %d file descriptors but the open-file limit is %d; lower it or raise the limit", strconv.Itoa(cfg.MaxConns), 2*cfg.MaxConns+fdReserve, limit)
 	}
-	pipes := (avail - 2*cfg.MaxConns) / 2 / cfg.Workers
-	cfg.Proxy.Pool.MaxPipes = pipes
-	if cfg.Proxy.Pool.MaxIdle > pipes {
-		cfg.Proxy.Pool.MaxIdle = pipes
-	}
+	cfg.MaxPipes = (avail - 2*cfg.MaxConns) / 2 / cfg.Workers
 	return ""
 }
 

@@ -26,21 +26,22 @@ func TestParseGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []balancer.Backend{
+	svc := cfg.Services[0]
+	want := []balancer.Spec{
 		{Addr: netip.MustParseAddrPort("127.0.0.1:7001"), Weight: 1},
 		{Addr: netip.MustParseAddrPort("[::1]:7002"), Weight: 3},
 	}
-	if len(cfg.Backends) != 2 || cfg.Backends[0] != want[0] || cfg.Backends[1] != want[1] {
-		t.Fatalf("backends %v", cfg.Backends)
+	if len(svc.Backends) != 2 || svc.Backends[0] != want[0] || svc.Backends[1] != want[1] {
+		t.Fatalf("backends %v", svc.Backends)
 	}
-	if cfg.Listen.String() != "127.0.0.1:7000" || cfg.Workers != 3 || cfg.Proxy.HashKey != balancer.HashSrcIPPort ||
-		cfg.Proxy.ConnectTimeout != time.Second || cfg.Proxy.ConnectRetries != 4 || cfg.Proxy.IdleTimeout != 24*time.Hour ||
-		cfg.MaxConns != 100 || cfg.DrainTimeout != 5*time.Second || cfg.Proxy.Splice != tcpproxy.SpliceNever ||
-		cfg.Proxy.Pool.PipeSize != 1<<20 || cfg.LogFormat != "json" || cfg.LogLevel.String() != "debug" {
+	if svc.Name != "default" || svc.Listen.String() != "127.0.0.1:7000" || cfg.Workers != 3 || svc.Proxy.HashKey != balancer.HashSrcIPPort ||
+		svc.Proxy.ConnectTimeout != time.Second || svc.Proxy.ConnectRetries != 4 || svc.Proxy.IdleTimeout != 24*time.Hour ||
+		cfg.MaxConns != 100 || cfg.DrainTimeout != 5*time.Second || svc.Proxy.Splice != tcpproxy.SpliceNever ||
+		cfg.PipeSize != 1<<20 || cfg.LogFormat != "json" || cfg.LogLevel.String() != "debug" {
 		t.Fatalf("config %+v", cfg)
 	}
-	if cfg.Proxy.Pool.MaxPipes < 1 {
-		t.Fatalf("no pipes left for splicing: %d", cfg.Proxy.Pool.MaxPipes)
+	if cfg.MaxPipes < 1 {
+		t.Fatalf("no pipes left for splicing: %d", cfg.MaxPipes)
 	}
 }
 
@@ -49,10 +50,12 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Proxy.ConnectRetries != 2 || cfg.Proxy.HashKey != balancer.HashSrcIP || cfg.Proxy.Splice != tcpproxy.SpliceAuto {
-		t.Fatalf("defaults %+v", cfg.Proxy)
+	px := cfg.Services[0].Proxy
+	if px.ConnectRetries != 2 || px.HashKey != balancer.HashSrcIP || px.Splice != tcpproxy.SpliceAuto {
+		t.Fatalf("defaults %+v", px)
 	}
-	for name, d := range map[string]time.Duration{"connect": cfg.Proxy.ConnectTimeout, "idle": cfg.Proxy.IdleTimeout, "drain": cfg.DrainTimeout} {
+	for name, d := range map[string]time.Duration{"connect": px.ConnectTimeout, "idle": px.IdleTimeout, "drain": cfg.DrainTimeout,
+		"health interval": cfg.Services[0].Health.Interval, "health timeout": cfg.Services[0].Health.Timeout} {
 		if d <= 0 {
 			t.Errorf("%s timeout default %v is not finite and positive", name, d)
 		}
@@ -61,7 +64,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatalf("derived max-conns %d", cfg.MaxConns)
 	}
 	// Connections and pipes together fit the open-file limit.
-	if need := 2*cfg.MaxConns + 2*cfg.Proxy.Pool.MaxPipes*cfg.Workers + fdReserve; need > openFileLimit() {
+	if need := 2*cfg.MaxConns + 2*cfg.MaxPipes*cfg.Workers + fdReserve; need > openFileLimit() {
 		t.Fatalf("derived limits need %d fds, limit %d", need, openFileLimit())
 	}
 }

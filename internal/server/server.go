@@ -1,5 +1,6 @@
 // Package server wires sluice together: it builds the event loops, opens one
-// listening socket per loop, publishes the backend set to the proxies, and
+// listening socket per loop and service, runs each service's membership,
+// health checks and backends-file watch, serves the admin endpoint, and
 // runs the lifecycle: serve until the context ends, then drain and exit.
 package server
 
@@ -8,140 +9,307 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"os/signal"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/sluice-lb/sluice/internal/admin"
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/config"
+	"github.com/sluice-lb/sluice/internal/health"
 	"github.com/sluice-lb/sluice/internal/loop"
 	"github.com/sluice-lb/sluice/internal/tcpproxy"
 )
 
-// Server is a running balancer. Create it with New (which binds the
-// listening sockets, so bind errors surface before anything runs), then
-// call Run once.
+// fileCheckInterval is how often backends files are checked for changes.
+const fileCheckInterval = time.Second
+
+// Server is a running balancer. Create it with New (which binds every
+// listening socket, so bind errors surface before anything runs), then call
+// Run once.
 type Server struct {
-	cfg     config.Config
-	log     *zap.Logger
-	addr    netip.AddrPort
-	pool    *balancer.Pool
-	limiter *tcpproxy.Limiter
-	loops   []*loop.Loop
-	proxies []*tcpproxy.Proxy // proxies[i] runs on loops[i]
-	wg      sync.WaitGroup    // the loop goroutines
-	ready   chan struct{}
+	cfg      config.Config
+	log      *zap.Logger
+	limiter  *tcpproxy.Limiter
+	loops    []*loop.Loop
+	services []*service
+	admin    *admin.Server
+	registry *prometheus.Registry
+	checkDur *prometheus.HistogramVec
+
+	wg        sync.WaitGroup // loop goroutines and background workers
+	ready     chan struct{}
+	listening atomic.Bool
+	reloadMu  sync.Mutex // serialises Reload
 }
 
-// New builds the server: backend table, loops, and one SO_REUSEPORT
-// listening socket per loop. On error everything acquired is released.
+// service is one configured service and its per-loop proxies.
+type service struct {
+	cfg     config.Service
+	bal     *balancer.Service
+	monitor *health.Monitor
+	proxies []*tcpproxy.Proxy // proxies[i] runs on loops[i]
+	addr    netip.AddrPort
+	file    fileStamp // last seen state of the backends file
+}
+
+// New builds the server. On error everything acquired is released.
 func New(cfg config.Config, log *zap.Logger) (s *Server, err error) {
-	snap, err := balancer.NewSnapshot(cfg.Backends, 0)
-	if err != nil {
-		return nil, err
-	}
 	s = &Server{
-		cfg:     cfg,
-		log:     log,
-		pool:    balancer.NewPool(snap),
-		limiter: tcpproxy.NewLimiter(cfg.MaxConns),
-		ready:   make(chan struct{}),
+		cfg:      cfg,
+		log:      log,
+		limiter:  tcpproxy.NewLimiter(cfg.MaxConns),
+		ready:    make(chan struct{}),
+		registry: prometheus.NewRegistry(),
 	}
+	s.checkDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_health_check_duration_seconds",
+		Help:    "Duration of active health checks.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	}, []string{"service", "backend", "result"})
 	defer func() {
 		if err != nil {
-			for _, p := range s.proxies {
-				p.Drain() // closes its listener; the loop has not run
-			}
-			s.closeLoops()
+			s.release()
 		}
 	}()
-	addr := cfg.Listen
 	for i := 0; i < cfg.Workers; i++ {
 		l, err := loop.New()
 		if err != nil {
 			return nil, fmt.Errorf("create event loop: %w", err)
 		}
 		s.loops = append(s.loops, l)
-		p := tcpproxy.New(l, cfg.Proxy, s.pool, s.limiter, log.Named("tcp"))
-		s.proxies = append(s.proxies, p)
-		fd, bound, err := tcpproxy.Listen(addr, cfg.Proxy.Backlog)
-		if err != nil {
+	}
+	for _, sc := range cfg.Services {
+		if err := s.addService(sc); err != nil {
 			return nil, err
 		}
-		// The loop is not running yet, so registering from here is safe.
-		if err := p.Listen(fd); err != nil {
-			return nil, fmt.Errorf("register listener: %w", err)
-		}
-		addr = bound // port 0: every loop binds the port the first one got
 	}
-	s.addr = addr
+	s.registry.MustRegister(s.checkDur, &collector{s: s})
+	if cfg.AdminAddr.IsValid() {
+		var svcs []*balancer.Service
+		for _, sv := range s.services {
+			svcs = append(svcs, sv.bal)
+		}
+		h := admin.Handler(admin.Deps{Services: svcs, Listening: s.isListening, Gatherer: s.registry}, log.Named("admin"))
+		s.admin, err = admin.Listen(cfg.AdminAddr, h, log.Named("admin"))
+		if err != nil {
+			return nil, fmt.Errorf("admin endpoint: %w", err)
+		}
+	}
 	return s, nil
 }
 
-// Addr returns the bound listening address.
-func (s *Server) Addr() netip.AddrPort { return s.addr }
+func (s *Server) addService(sc config.Service) error {
+	if sc.Proto != "tcp" {
+		return fmt.Errorf("service %s: proto %s is not supported yet", sc.Name, sc.Proto)
+	}
+	sv := &service{cfg: sc}
+	static := sc.Backends
+	var fileSpecs []balancer.Spec
+	if sc.BackendsFile != "" {
+		specs, err := config.ReadBackendsFile(sc.BackendsFile)
+		if err != nil {
+			return fmt.Errorf("service %s: backends file %s: %w", sc.Name, sc.BackendsFile, err)
+		}
+		fileSpecs = specs
+		sv.file = stampOf(sc.BackendsFile)
+	}
+	checker, err := health.NewChecker(sc.Health)
+	if err != nil {
+		return fmt.Errorf("service %s: %w", sc.Name, err)
+	}
+	name := sc.Name
+	sv.monitor = health.NewMonitor(sc.Health, checker, func(addr netip.AddrPort, up bool, r health.Result) {
+		res := balancer.CheckResult{Time: r.Time, OK: r.Err == nil, Duration: r.Duration}
+		label := "ok"
+		if r.Err != nil {
+			res.Error = r.Err.Error()
+			label = "fail"
+		}
+		s.checkDur.WithLabelValues(name, addr.String(), label).Observe(r.Duration.Seconds())
+		sv.bal.SetHealth(addr, up, res)
+	})
+	hooks := balancer.Hooks{
+		Members: sv.monitor.Sync,
+		Ejected: sv.monitor.ForceDown,
+	}
+	if sc.CloseOnDown {
+		hooks.Down = func(b *balancer.Backend) { s.closeBackend(sv, b) }
+	}
+	sv.bal, err = balancer.NewService(balancer.ServiceConfig{
+		Name:        sc.Name,
+		Loops:       len(s.loops),
+		PassiveFall: sc.PassiveFall,
+	}, static, hooks, s.log.Named("balancer"))
+	if err != nil {
+		return fmt.Errorf("service %s: %w", sc.Name, err)
+	}
+	if fileSpecs != nil {
+		if err := sv.bal.SetSource(balancer.SourceFile, fileSpecs); err != nil {
+			return fmt.Errorf("service %s: %w", sc.Name, err)
+		}
+	}
+	pc := sc.Proxy
+	pc.Pool.PipeSize = s.cfg.PipeSize
+	pc.Pool.MaxPipes = s.cfg.MaxPipes / len(s.cfg.Services)
+	pc.Pool.MaxIdle = min(pc.Pool.MaxIdle, pc.Pool.MaxPipes)
+	addr := sc.Listen
+	s.services = append(s.services, sv)
+	for i, l := range s.loops {
+		p := tcpproxy.New(l, i, pc, sv.bal, s.limiter, s.log.Named("tcp").With(zap.String("service", sc.Name)))
+		sv.proxies = append(sv.proxies, p)
+		fd, bound, err := tcpproxy.Listen(addr, pc.Backlog)
+		if err != nil {
+			return fmt.Errorf("service %s: %w", sc.Name, err)
+		}
+		// The loop is not running yet, so registering from here is safe.
+		if err := p.Listen(fd); err != nil {
+			return fmt.Errorf("service %s: register listener: %w", sc.Name, err)
+		}
+		addr = bound // port 0: every loop binds the port the first one got
+	}
+	sv.addr = addr
+	return nil
+}
+
+// closeBackend resets b's connections on every loop (--close-on-down).
+func (s *Server) closeBackend(sv *service, b *balancer.Backend) {
+	for i, l := range s.loops {
+		p := sv.proxies[i]
+		l.Submit(func() { p.CloseBackend(b) })
+	}
+}
+
+// release frees what New acquired, for a failed New.
+func (s *Server) release() {
+	for _, sv := range s.services {
+		for _, p := range sv.proxies {
+			p.Drain() // closes its listener; the loop has not run
+		}
+	}
+	for _, l := range s.loops {
+		l.Close()
+	}
+	s.loops = nil
+}
+
+// Addr returns the first service's bound listening address.
+func (s *Server) Addr() netip.AddrPort { return s.services[0].addr }
+
+// ServiceAddr returns the bound address of the named service.
+func (s *Server) ServiceAddr(name string) netip.AddrPort {
+	for _, sv := range s.services {
+		if sv.cfg.Name == name {
+			return sv.addr
+		}
+	}
+	return netip.AddrPort{}
+}
+
+// Service returns the named service's balancer, or nil.
+func (s *Server) Service(name string) *balancer.Service {
+	for _, sv := range s.services {
+		if sv.cfg.Name == name {
+			return sv.bal
+		}
+	}
+	return nil
+}
+
+// AdminAddr returns the admin endpoint's address, "" when off.
+func (s *Server) AdminAddr() string {
+	if s.admin == nil {
+		return ""
+	}
+	return s.admin.Addr().String()
+}
 
 // Ready is closed once the loops are running.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
-// Stats sums the proxies' counters.
-func (s *Server) Stats() Totals {
-	var t Totals
-	for _, p := range s.proxies {
-		st := p.Stats()
-		t.Accepted += st.Accepted.Load()
-		t.Closed += st.Closed.Load()
-		t.ConnectFailures += st.ConnectFailures.Load()
-		t.ConnectTimeouts += st.ConnectTimeouts.Load()
-		t.NoBackend += st.NoBackend.Load()
-		t.Resets += st.Resets.Load()
-		t.IdleTimeouts += st.IdleTimeouts.Load()
-		t.AcceptErrors += st.AcceptErrors.Load()
-		t.BytesUp += st.BytesUp.Load()
-		t.BytesDown += st.BytesDown.Load()
-		t.SplicedBytes += st.SplicedBytes.Load()
-	}
-	return t
+func (s *Server) isListening() bool {
+	return s.listening.Load()
 }
 
-// Totals are the proxies' counters summed over loops.
+// Totals are the proxies' counters summed over loops and services.
 type Totals struct {
 	Accepted, Closed, ConnectFailures, ConnectTimeouts, NoBackend, Resets,
 	IdleTimeouts, AcceptErrors, BytesUp, BytesDown, SplicedBytes uint64
 }
 
+// Stats sums the proxies' counters.
+func (s *Server) Stats() Totals {
+	var t Totals
+	for _, sv := range s.services {
+		for _, p := range sv.proxies {
+			st := p.Stats()
+			t.Accepted += st.Accepted.Load()
+			t.Closed += st.Closed.Load()
+			t.ConnectFailures += st.ConnectFailures.Load()
+			t.ConnectTimeouts += st.ConnectTimeouts.Load()
+			t.NoBackend += st.NoBackend.Load()
+			t.Resets += st.Resets.Load()
+			t.IdleTimeouts += st.IdleTimeouts.Load()
+			t.AcceptErrors += st.AcceptErrors.Load()
+			t.BytesUp += st.BytesUp.Load()
+			t.BytesDown += st.BytesDown.Load()
+			t.SplicedBytes += st.SplicedBytes.Load()
+		}
+	}
+	return t
+}
+
 // Run serves until ctx is done, then stops accepting, lets open connections
-// finish for up to the drain timeout, resets the rest, and returns. It
-// returns nil after a clean drain.
+// finish for up to the drain timeout, resets the rest, and returns. SIGHUP
+// rereads backends files and the config file's backend lists. It returns
+// nil after a clean drain.
 func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, len(s.loops))
 	for _, l := range s.loops {
 		s.wg.Add(1)
 		go s.runLoop(l, errc)
 	}
+	bg, stopBG := context.WithCancel(context.Background())
+	for _, sv := range s.services {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); sv.bal.Run(bg) }()
+		sv.monitor.Sync(sv.bal.Members())
+	}
+	s.wg.Add(1)
+	go s.watchFiles(bg)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	s.wg.Add(1)
+	go s.onSignals(bg, hup)
+	if s.admin != nil {
+		s.admin.Start()
+	}
+	s.listening.Store(true)
 	close(s.ready)
-	s.log.Info("sluice started",
-		zap.Stringer("listen", s.addr),
-		zap.Int("workers", s.cfg.Workers),
-		zap.Stringers("backends", backendNames(s.cfg.Backends)),
-		zap.Stringer("hash_key", s.cfg.Proxy.HashKey),
-		zap.Stringer("splice", s.cfg.Proxy.Splice),
-		zap.Int("pipe_size", s.cfg.Proxy.Pool.PipeSize),
-		zap.Int("pipes_per_loop", s.cfg.Proxy.Pool.MaxPipes),
-		zap.Int("max_conns", s.cfg.MaxConns),
-		zap.Duration("connect_timeout", s.cfg.Proxy.ConnectTimeout),
-		zap.Int("connect_retries", s.cfg.Proxy.ConnectRetries),
-		zap.Duration("idle_timeout", s.cfg.Proxy.IdleTimeout),
-		zap.Duration("drain_timeout", s.cfg.DrainTimeout),
-	)
+	s.logStart()
+
 	var runErr error
 	select {
 	case <-ctx.Done():
 	case runErr = <-errc:
 		s.log.Error("event loop failed", zap.Error(runErr))
 	}
+	s.listening.Store(false)
+	signal.Stop(hup)
 	s.drain()
+	stopBG()
+	for _, sv := range s.services {
+		sv.monitor.Close()
+	}
+	if s.admin != nil {
+		s.admin.Close()
+	}
 	s.stopLoops()
 	t := s.Stats()
 	s.log.Info("sluice stopped",
@@ -153,6 +321,35 @@ func (s *Server) Run(ctx context.Context) error {
 	return runErr
 }
 
+func (s *Server) logStart() {
+	s.log.Info("sluice started",
+		zap.Int("workers", s.cfg.Workers),
+		zap.Int("max_conns", s.cfg.MaxConns),
+		zap.Int("pipe_size", s.cfg.PipeSize),
+		zap.Int("pipes_per_loop", s.cfg.MaxPipes),
+		zap.Duration("drain_timeout", s.cfg.DrainTimeout),
+		zap.String("admin", s.AdminAddr()))
+	for _, sv := range s.services {
+		c := sv.cfg
+		s.log.Info("service",
+			zap.String("name", c.Name),
+			zap.String("proto", c.Proto),
+			zap.Stringer("listen", sv.addr),
+			zap.Stringers("backends", sv.bal.Members()),
+			zap.String("backends_file", c.BackendsFile),
+			zap.Stringer("hash_key", c.Proxy.HashKey),
+			zap.Float64("hash_balance_factor", c.Proxy.BalanceFactor),
+			zap.Stringer("splice", c.Proxy.Splice),
+			zap.Duration("connect_timeout", c.Proxy.ConnectTimeout),
+			zap.Int("connect_retries", c.Proxy.ConnectRetries),
+			zap.Duration("idle_timeout", c.Proxy.IdleTimeout),
+			zap.String("health_check", c.Health.Kind),
+			zap.Duration("health_interval", c.Health.Interval),
+			zap.Int("passive_fall", c.PassiveFall),
+			zap.Bool("close_on_down", c.CloseOnDown))
+	}
+}
+
 func (s *Server) runLoop(l *loop.Loop, errc chan<- error) {
 	defer s.wg.Done()
 	if err := l.Run(); err != nil && !errors.Is(err, loop.ErrStopped) {
@@ -160,20 +357,33 @@ func (s *Server) runLoop(l *loop.Loop, errc chan<- error) {
 	}
 }
 
+func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			s.log.Info("SIGHUP: reloading backend lists")
+			s.Reload()
+		}
+	}
+}
+
 // drain stops every listener and waits for open connections to finish, up
 // to the drain timeout; then it resets those left.
 func (s *Server) drain() {
 	var chans []<-chan struct{}
-	for i, p := range s.proxies {
-		ch := make(chan (<-chan struct{}), 1)
-		p := p
-		if !s.loops[i].Submit(func() { ch <- p.Drain() }) {
-			continue
+	for _, sv := range s.services {
+		for i, p := range sv.proxies {
+			ch := make(chan (<-chan struct{}), 1)
+			if !s.loops[i].Submit(func() { ch <- p.Drain() }) {
+				continue
+			}
+			chans = append(chans, <-ch)
 		}
-		chans = append(chans, <-ch)
 	}
-	open := s.limiter.Open()
-	if open > 0 {
+	if open := s.limiter.Open(); open > 0 {
 		s.log.Info("draining connections", zap.Int64("open", open), zap.Duration("timeout", s.cfg.DrainTimeout))
 	}
 	deadline := time.NewTimer(s.cfg.DrainTimeout)
@@ -194,11 +404,12 @@ wait:
 // until each loop has done so.
 func (s *Server) closeAll() {
 	var wg sync.WaitGroup
-	for i, p := range s.proxies {
-		p := p
-		wg.Add(1)
-		if !s.loops[i].Submit(func() { p.CloseAll(); wg.Done() }) {
-			wg.Done()
+	for _, sv := range s.services {
+		for i, p := range sv.proxies {
+			wg.Add(1)
+			if !s.loops[i].Submit(func() { p.CloseAll(); wg.Done() }) {
+				wg.Done()
+			}
 		}
 	}
 	wg.Wait()
@@ -209,20 +420,8 @@ func (s *Server) stopLoops() {
 		l.Stop()
 	}
 	s.wg.Wait()
-	s.closeLoops()
-}
-
-func (s *Server) closeLoops() {
 	for _, l := range s.loops {
 		l.Close()
 	}
 	s.loops = nil
-}
-
-func backendNames(bs []balancer.Backend) []fmt.Stringer {
-	out := make([]fmt.Stringer, len(bs))
-	for i, b := range bs {
-		out[i] = b.Addr
-	}
-	return out
 }

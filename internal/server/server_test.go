@@ -521,7 +521,7 @@ func TestMaxConns(t *testing.T) {
 	}
 	third := r.dial(t) // completes the handshake in the kernel's queue
 	third.Write([]byte("y"))
-	waitFor(t, "accept paused", func() bool { return r.proxies[0].Stats().AcceptPauses.Load() > 0 })
+	waitFor(t, "accept paused", func() bool { return r.services[0].proxies[0].Stats().AcceptPauses.Load() > 0 })
 	if st := r.Stats(); st.Accepted != 2 {
 		t.Fatalf("accepted %d connections with --max-conns 2", st.Accepted)
 	}

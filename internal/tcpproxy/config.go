@@ -72,6 +72,9 @@ type Config struct {
 	Pool splice.PoolConfig
 	// Backlog is the listen(2) backlog of each loop's listening socket.
 	Backlog int
+	// BalanceFactor bounds each backend's open connections to
+	// ceil(factor × its weighted share of the service's); 0 is off.
+	BalanceFactor float64
 }
 
 // DefaultConfig returns the defaults the flags start from.

@@ -32,7 +32,10 @@ type conn struct {
 	state    connState
 	attempts uint8 // connect attempts made so far, the current one included
 	idx      int   // position in p.conns
-	bidx     int   // index of the chosen backend in snap
+
+	// be is the backend being connected to or proxied to; its Active
+	// count includes this conn while be is set.
+	be *balancer.Backend
 
 	peer netip.AddrPort     // the client's address
 	hash uint64             // key hash of peer
@@ -90,10 +93,12 @@ func (e *endpoint) HandleEvent(ev uint32) {
 // dial starts a non-blocking connect to backend bidx of c.snap.
 func (c *conn) dial(bidx int) {
 	p := c.p
-	c.bidx = bidx
+	c.be = c.snap.Backends[bidx]
+	c.be.Active.Add(1)
+	p.lb.Open.Add(1)
 	c.attempts++
 	c.state = stateConnecting
-	sa, family := sockaddrOf(c.snap.Backends[bidx].Addr)
+	sa, family := sockaddrOf(c.be.Addr)
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		c.connectFailed(false)
@@ -123,11 +128,13 @@ func (c *conn) connected() {
 	}
 	p := c.p
 	p.stats.Established.Add(1)
+	c.be.Loops[p.id].Connections.Add(1)
+	p.svc.ReportConnect(c.be, true)
 	c.state = stateEstablished
 	c.lastActive = p.loop.Now()
 	p.loop.Schedule(&c.timer, c.lastActive+int64(p.cfg.IdleTimeout))
 	if p.debug {
-		p.log.Debug("connection established", zap.Stringer("client", c.peer), zap.Stringer("backend", c.snap.Backends[c.bidx].Addr), zap.Uint8("attempt", c.attempts))
+		p.log.Debug("connection established", zap.Stringer("client", c.peer), zap.Stringer("backend", c.be.Addr), zap.Uint8("attempt", c.attempts))
 	}
 	c.run()
 }
@@ -141,7 +148,10 @@ func (c *conn) connectFailed(timedOut bool) {
 	} else {
 		p.stats.ConnectFailures.Add(1)
 	}
+	c.be.Loops[p.id].ConnectErrors.Add(1)
+	p.svc.ReportConnect(c.be, false)
 	c.closeBackend(false)
+	c.release()
 	if int(c.attempts) <= p.cfg.ConnectRetries {
 		p.pref = c.snap.Preference(c.hash, p.pref[:0])
 		if int(c.attempts) < len(p.pref) {
@@ -289,8 +299,10 @@ func (c *conn) pump(h *half, src, dst *endpoint) error {
 			c.lastActive = p.loop.Now()
 			if src.isClient {
 				p.stats.BytesUp.Add(uint64(n))
+				c.be.Loops[p.id].BytesUp.Add(uint64(n))
 			} else {
 				p.stats.BytesDown.Add(uint64(n))
+				c.be.Loops[p.id].BytesDown.Add(uint64(n))
 			}
 			continue
 		}
@@ -375,6 +387,15 @@ func (c *conn) flush(h *half, dst *endpoint) error {
 	return nil
 }
 
+// release drops c's claim on its backend's connection count.
+func (c *conn) release() {
+	if c.be != nil {
+		c.be.Active.Add(-1)
+		c.p.lb.Open.Add(-1)
+		c.be = nil
+	}
+}
+
 // closeBackend unregisters and closes the backend socket, if any.
 func (c *conn) closeBackend(reset bool) {
 	if c.backend.fd < 0 {
@@ -397,6 +418,7 @@ func (c *conn) finish(reset bool) {
 	closeSocket(p.loop, c.client.fd, reset)
 	c.client.fd = -1
 	c.closeBackend(reset)
+	c.release()
 	for _, h := range []*half{&c.up, &c.down} {
 		if h.pipe != nil {
 			p.pool.Put(h.pipe) // closes it if it still holds bytes

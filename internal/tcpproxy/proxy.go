@@ -37,7 +37,9 @@ const (
 // methods except Stats run on the loop goroutine.
 type Proxy struct {
 	loop    *loop.Loop
+	id      int // the loop's number, indexing per-loop backend counters
 	cfg     Config
+	svc     *balancer.Service
 	lb      *balancer.Pool
 	limiter *Limiter
 	log     *zap.Logger
@@ -57,11 +59,16 @@ type Proxy struct {
 }
 
 // New returns a proxy for one loop. It does not accept until Listen.
-func New(l *loop.Loop, cfg Config, lb *balancer.Pool, limiter *Limiter, log *zap.Logger) *Proxy {
+//
+// id is the loop's number (0 to loops-1) for the per-loop counters of the
+// service's backends.
+func New(l *loop.Loop, id int, cfg Config, svc *balancer.Service, limiter *Limiter, log *zap.Logger) *Proxy {
 	return &Proxy{
 		loop:    l,
+		id:      id,
 		cfg:     cfg,
-		lb:      lb,
+		svc:     svc,
+		lb:      svc.Pool(),
 		limiter: limiter,
 		log:     log,
 		debug:   log.Core().Enabled(zap.DebugLevel),
@@ -233,13 +240,26 @@ func (p *Proxy) accept(fd int, sa unix.Sockaddr) {
 	}
 	c.hash = p.cfg.HashKey.Hash(c.peer.Addr(), c.peer.Port())
 	c.snap = p.lb.Load()
-	idx := c.snap.Pick(c.hash)
+	idx := c.snap.PickBounded(c.hash, p.cfg.BalanceFactor, p.lb.Open.Load(), &p.pref)
 	if idx < 0 {
+		// Every backend is down: refuse at once rather than hold the
+		// client (the service logs the state change once).
 		p.stats.NoBackend.Add(1)
 		c.finish(true)
 		return
 	}
 	c.dial(idx)
+}
+
+// CloseBackend resets the connections to b, for --close-on-down.
+func (p *Proxy) CloseBackend(b *balancer.Backend) {
+	for i := 0; i < len(p.conns); {
+		if c := p.conns[i]; c.be == b {
+			c.finish(true) // moves the last conn into slot i
+			continue
+		}
+		i++
+	}
 }
 
 func addrPortOf(sa unix.Sockaddr) netip.AddrPort {

@@ -1,0 +1,144 @@
+// Package admin serves sluice's admin HTTP endpoint: liveness, readiness,
+// the backend list, drain/enable of a backend, and Prometheus metrics.
+//
+// The endpoint has no authentication: anyone who can reach it can drain
+// backends. It binds to loopback unless told otherwise; expose it only
+// through something that authenticates.
+package admin
+
+import (
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/sluice-lb/sluice/internal/balancer"
+)
+
+// Deps is what the endpoint reports on and acts upon.
+type Deps struct {
+	// Services returns the running services.
+	Services []*balancer.Service
+	// Listening reports whether every service's listeners are open.
+	Listening func() bool
+	// Gatherer serves /metrics.
+	Gatherer prometheus.Gatherer
+}
+
+// Handler returns the admin routes.
+func Handler(d Deps, log *zap.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !d.Listening() {
+			http.Error(w, "not listening\n", http.StatusServiceUnavailable)
+			return
+		}
+		for _, s := range d.Services {
+			if !s.Up() {
+				http.Error(w, "service "+s.Name()+" has no backend up\n", http.StatusServiceUnavailable)
+				return
+			}
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("GET /backends", func(w http.ResponseWriter, r *http.Request) {
+		type svc struct {
+			Service  string                 `json:"service"`
+			Backends []balancer.BackendInfo `json:"backends"`
+		}
+		out := []svc{}
+		for _, s := range d.Services {
+			out = append(out, svc{Service: s.Name(), Backends: s.Info()})
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	setDrained := func(drained bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			addr, err := netip.ParseAddrPort(r.PathValue("addr"))
+			if err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "backend address: " + err.Error()})
+				return
+			}
+			addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+			only := r.URL.Query().Get("service")
+			var changed []string
+			for _, s := range d.Services {
+				if only != "" && s.Name() != only {
+					continue
+				}
+				err := s.SetDrained(addr, drained)
+				if errors.Is(err, balancer.ErrUnknownBackend) {
+					continue
+				}
+				if err != nil {
+					writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+					return
+				}
+				changed = append(changed, s.Name())
+			}
+			if len(changed) == 0 {
+				writeJSON(w, http.StatusNotFound, map[string]string{"error": "no service has backend " + addr.String()})
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]any{"backend": addr.String(), "drained": drained, "services": changed})
+		}
+	}
+	mux.HandleFunc("POST /backends/{addr}/drain", setDrained(true))
+	mux.HandleFunc("POST /backends/{addr}/enable", setDrained(false))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.Gatherer, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(log)}))
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// Server is the admin HTTP server.
+type Server struct {
+	srv  *http.Server
+	ln   net.Listener
+	done chan error
+}
+
+// Listen binds addr; Serve starts answering.
+func Listen(addr netip.AddrPort, h http.Handler, log *zap.Logger) (*Server, error) {
+	ln, err := net.Listen("tcp", addr.String())
+	if err != nil {
+		return nil, err
+	}
+	return &Server{
+		srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ErrorLog: zap.NewStdLog(log)},
+		ln:  ln,
+	}, nil
+}
+
+// Addr returns the bound address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Start serves on its own goroutine until Close.
+func (s *Server) Start() {
+	s.done = make(chan error, 1)
+	go func() { s.done <- s.srv.Serve(s.ln) }()
+}
+
+// Close stops the server and waits for its goroutine.
+func (s *Server) Close() error {
+	err := s.srv.Close()
+	if s.done != nil {
+		<-s.done
+	}
+	return err
+}

@@ -1,0 +1,425 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Source names where a backend was configured. When an address comes from
+// several sources, the weight of the first in this order wins.
+type Source int
+
+const (
+	SourceStatic Source = iota // --backend flags or backend lines of the config file
+	SourceFile                 // --backends-file
+	SourceDNS                  // DNS discovery
+	numSources
+)
+
+func (s Source) String() string {
+	switch s {
+	case SourceStatic:
+		return "static"
+	case SourceFile:
+		return "file"
+	case SourceDNS:
+		return "dns"
+	}
+	return fmt.Sprintf("Source(%d)", int(s))
+}
+
+// State is a backend's state as the balancer applies it.
+type State string
+
+const (
+	StateUp       State = "up"       // healthy and taking new connections
+	StateDown     State = "down"     // failed its health checks or was ejected passively
+	StateDraining State = "draining" // an operator drained it: no new connections
+	StateNoWeight State = "no-weight"
+)
+
+// CheckResult is the outcome of one active health check.
+type CheckResult struct {
+	Time     time.Time
+	OK       bool
+	Error    string // empty when OK
+	Duration time.Duration
+}
+
+// BackendInfo describes a backend for the admin API.
+type BackendInfo struct {
+	Address           string       `json:"address"`
+	Weight            int          `json:"weight"`
+	State             State        `json:"state"`
+	Sources           []string     `json:"sources"`
+	ActiveConnections int64        `json:"active_connections"`
+	Connections       uint64       `json:"connections_total"`
+	ConnectErrors     uint64       `json:"connect_errors_total"`
+	LastCheck         *CheckResult `json:"last_check,omitempty"`
+}
+
+// ServiceConfig configures a Service.
+type ServiceConfig struct {
+	// Name labels the service in logs and metrics.
+	Name string
+	// Loops is the number of event loops (for per-loop counters).
+	Loops int
+	// TableSize is the Maglev table size (0: maglev.DefaultSize).
+	TableSize int
+	// PassiveFall ejects a backend after this many consecutive failed
+	// connects on the data path, until its active check brings it back;
+	// 0 disables passive ejection.
+	PassiveFall int
+}
+
+// Hooks let the server react to state changes. Each is called without the
+// service's lock held, from the goroutine that made the change; nil hooks
+// are skipped.
+type Hooks struct {
+	// Members is called with the full member list after it changes, so the
+	// health monitor can start and stop its checks.
+	Members func(addrs []netip.AddrPort)
+	// Ejected is called when the data path ejects a backend, so the health
+	// monitor can reset it to down (it must pass rise checks to return).
+	Ejected func(addr netip.AddrPort)
+	// Down is called for each backend that left the usable set for a
+	// health reason (for --close-on-down).
+	Down func(b *Backend)
+}
+
+// ErrUnknownBackend is returned for an address that is not a member.
+var ErrUnknownBackend = errors.New("no such backend")
+
+type member struct {
+	b           *Backend
+	sources   [numSources]bool
+	healthy   bool // active checks (or passive ejection) say so
+	drained   bool // an operator drained it
+	lastCheck *CheckResult
+}
+
+func (m *member) state() State {
+	switch {
+	case m.drained:
+		return StateDraining
+	case !m.healthy:
+		return StateDown
+	case m.b.Weight == 0:
+		return StateNoWeight
+	}
+	return StateUp
+}
+
+// Service owns the backend membership and states of one service and
+// publishes the usable set to its Pool. Safe for concurrent use: every
+// method takes the lock, except ReportConnect, which the event loops call.
+type Service struct {
+	cfg   ServiceConfig
+	log   *zap.Logger
+	pool  *Pool
+	hooks Hooks
+	eject chan *Backend // passive ejections from the loops, handled by Run
+
+	// mu guards the fields below.
+	mu      sync.Mutex
+	sources [numSources][]Spec
+	members map[netip.AddrPort]*member
+	usable  int // backends in the published snapshot; -1 before the first
+}
+
+// NewService returns a service with the static backends and publishes its
+// first snapshot. Every backend starts up; health checks take it down.
+func NewService(cfg ServiceConfig, static []Spec, hooks Hooks, log *zap.Logger) (*Service, error) {
+	s := &Service{
+		cfg:     cfg,
+		log:     log,
+		hooks:   hooks,
+		pool:    &Pool{},
+		eject:   make(chan *Backend, 64),
+		members: make(map[netip.AddrPort]*member),
+		usable:  -1,
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sources[SourceStatic] = static
+	s.merge()
+	if _, err := s.publish(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Name returns the service's name.
+func (s *Service) Name() string { return s.cfg.Name }
+
+// Pool returns the pool the loops read snapshots from.
+func (s *Service) Pool() *Pool { return s.pool }
+
+// Run handles passive ejections from the loops until ctx is done.
+func (s *Service) Run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case b := <-s.eject:
+			s.ejectBackend(b)
+		}
+	}
+}
+
+// SetSource replaces the backends a source contributes. Addresses that stay
+// keep their state and counters; removed ones leave the table, and their
+// open connections finish undisturbed.
+func (s *Service) SetSource(src Source, specs []Spec) error {
+	s.mu.Lock()
+	s.sources[src] = slices.Clone(specs)
+	s.merge()
+	down, err := s.publish()
+	addrs := s.addrsLocked()
+	s.mu.Unlock()
+	s.notifyDown(down)
+	if s.hooks.Members != nil {
+		s.hooks.Members(addrs)
+	}
+	return err
+}
+
+// Members returns the member addresses, sorted.
+func (s *Service) Members() []netip.AddrPort {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addrsLocked()
+}
+
+func (s *Service) addrsLocked() []netip.AddrPort {
+	out := make([]netip.AddrPort, 0, len(s.members))
+	for a := range s.members {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	return out
+}
+
+// merge recomputes members from the sources. Caller holds mu.
+func (s *Service) merge() {
+	want := make(map[netip.AddrPort]*member)
+	for src := Source(0); src < numSources; src++ {
+		for _, sp := range s.sources[src] {
+			if m := want[sp.Addr]; m != nil {
+				m.sources[src] = true
+				continue
+			}
+			old := s.members[sp.Addr]
+			m := &member{healthy: true}
+			if old != nil {
+				*m = *old
+				m.sources = [numSources]bool{}
+			}
+			if old == nil || old.b.Weight != sp.Weight {
+				m.b = NewBackend(sp, s.cfg.Loops)
+				if old != nil {
+					// A new weight makes a new Backend: carry the
+					// open-connection count for bounded loads.
+					m.b.Active.Store(old.b.Active.Load())
+				}
+			}
+			m.sources[src] = true
+			want[sp.Addr] = m
+		}
+	}
+	for a := range s.members {
+		if want[a] == nil {
+			s.log.Info("backend removed", zap.String("service", s.cfg.Name), zap.Stringer("backend", a))
+		}
+	}
+	for a, m := range want {
+		if s.members[a] == nil {
+			s.log.Info("backend added", zap.String("service", s.cfg.Name), zap.Stringer("backend", a), zap.Int("weight", m.b.Weight))
+		}
+	}
+	s.members = want
+}
+
+// publish builds and stores the snapshot of usable backends. Caller holds
+// mu. It returns the backends that were usable and are now down for a
+// health reason, for the caller to pass to notifyDown once unlocked.
+func (s *Service) publish() ([]*Backend, error) {
+	var usable []*Backend
+	for _, m := range s.members {
+		if m.state() == StateUp {
+			usable = append(usable, m.b)
+		}
+	}
+	slices.SortFunc(usable, func(a, b *Backend) int { return a.Addr.Compare(b.Addr) })
+	snap, err := NewSnapshot(usable, s.cfg.TableSize)
+	if err != nil {
+		return nil, err
+	}
+	prev := s.pool.Load()
+	s.pool.Store(snap)
+	switch {
+	case len(usable) == 0 && s.usable != 0:
+		s.log.Error("no backend is up: new connections are refused", zap.String("service", s.cfg.Name), zap.Int("members", len(s.members)))
+	case len(usable) > 0 && s.usable == 0:
+		s.log.Info("backends available again", zap.String("service", s.cfg.Name), zap.Int("up", len(usable)))
+	}
+	s.usable = len(usable)
+	var down []*Backend
+	if prev != nil {
+		for _, b := range prev.Backends {
+			if m := s.members[b.Addr]; m != nil && m.b == b && !m.healthy {
+				down = append(down, b)
+			}
+		}
+	}
+	return down, nil
+}
+
+func (s *Service) notifyDown(down []*Backend) {
+	if s.hooks.Down == nil {
+		return
+	}
+	for _, b := range down {
+		s.hooks.Down(b)
+	}
+}
+
+// SetHealth records an active check result and the check's rise/fall
+// verdict for addr. A change of verdict republishes the table.
+func (s *Service) SetHealth(addr netip.AddrPort, up bool, r CheckResult) {
+	s.mu.Lock()
+	m := s.members[addr]
+	if m == nil {
+		s.mu.Unlock()
+		return
+	}
+	m.lastCheck = &r
+	if m.healthy == up {
+		s.mu.Unlock()
+		return
+	}
+	m.healthy = up
+	if up {
+		m.b.failStreak.Store(0)
+	}
+	fields := []zap.Field{zap.String("service", s.cfg.Name), zap.Stringer("backend", addr)}
+	if up {
+		s.log.Info("backend up", fields...)
+	} else {
+		s.log.Warn("backend down", append(fields, zap.String("reason", r.Error))...)
+	}
+	down, err := s.publish()
+	s.mu.Unlock()
+	if err != nil {
+		s.log.Error("rebuild backend table", zap.Error(err))
+	}
+	s.notifyDown(down)
+}
+
+// ReportConnect records a data-path connect outcome. Called by the event
+// loops; it never blocks: an ejection is handed to Run.
+func (s *Service) ReportConnect(b *Backend, ok bool) {
+	if ok {
+		if b.failStreak.Load() != 0 {
+			b.failStreak.Store(0)
+		}
+		return
+	}
+	if s.cfg.PassiveFall > 0 && int(b.failStreak.Add(1)) == s.cfg.PassiveFall {
+		select {
+		case s.eject <- b:
+		default: // Run is behind; the next failure streak will retry
+			b.failStreak.Store(0)
+		}
+	}
+}
+
+func (s *Service) ejectBackend(b *Backend) {
+	s.mu.Lock()
+	m := s.members[b.Addr]
+	if m == nil || m.b != b || !m.healthy {
+		s.mu.Unlock()
+		return
+	}
+	m.healthy = false
+	s.log.Warn("backend ejected after consecutive connect failures", zap.String("service", s.cfg.Name), zap.Stringer("backend", b.Addr), zap.Int("failures", s.cfg.PassiveFall))
+	down, err := s.publish()
+	s.mu.Unlock()
+	if err != nil {
+		s.log.Error("rebuild backend table", zap.Error(err))
+	}
+	s.notifyDown(down)
+	if s.hooks.Ejected != nil {
+		s.hooks.Ejected(b.Addr)
+	}
+}
+
+// SetDrained drains (no new connections; open ones finish) or re-enables a
+// backend.
+func (s *Service) SetDrained(addr netip.AddrPort, drained bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.members[addr]
+	if m == nil {
+		return fmt.Errorf("%w: %s", ErrUnknownBackend, addr)
+	}
+	if m.drained == drained {
+		return nil
+	}
+	m.drained = drained
+	if drained {
+		s.log.Info("backend draining", zap.String("service", s.cfg.Name), zap.Stringer("backend", addr))
+	} else {
+		s.log.Info("backend enabled", zap.String("service", s.cfg.Name), zap.Stringer("backend", addr))
+	}
+	_, err := s.publish() // a drain is not a health failure: nothing to close
+	return err
+}
+
+// Info describes every member, sorted by address.
+func (s *Service) Info() []BackendInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]BackendInfo, 0, len(s.members))
+	for _, a := range s.addrsLocked() {
+		m := s.members[a]
+		c := m.b.Counts()
+		bi := BackendInfo{
+			Address:           a.String(),
+			Weight:            m.b.Weight,
+			State:             m.state(),
+			ActiveConnections: m.b.Active.Load(),
+			Connections:       c.Connections,
+			ConnectErrors:     c.ConnectErrors,
+			LastCheck:         m.lastCheck,
+		}
+		for src, on := range m.sources {
+			if on {
+				bi.Sources = append(bi.Sources, Source(src).String())
+			}
+		}
+		out = append(out, bi)
+	}
+	return out
+}
+
+// Backends returns the member backends (for metrics), sorted by address.
+func (s *Service) Backends() []*Backend {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Backend, 0, len(s.members))
+	for _, a := range s.addrsLocked() {
+		out = append(out, s.members[a].b)
+	}
+	return out
+}
+
+// Up reports whether at least one backend is usable.
+func (s *Service) Up() bool { return len(s.pool.Load().Backends) > 0 }

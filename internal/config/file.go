@@ -1,0 +1,147 @@
+package config
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/sluice-lb/sluice/internal/balancer"
+)
+
+// maxFileSize bounds the config and backends files read.
+const maxFileSize = 4 << 20
+
+var serviceName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// readFile reads a config file: "key value" lines whose keys are flag
+// names without the dashes, global flags first, then "[service NAME]"
+// sections of service flags. Blank lines and lines starting with # are
+// skipped. It returns the global settings as command-line arguments, the
+// services' parsed flag values, and every problem found, each prefixed with
+// "file:line: ".
+func readFile(path string) (globals []string, svcs []namedService, probs []string) {
+	data, err := readSmall(path)
+	if err != nil {
+		return nil, nil, []string{fmt.Sprintf("--config %q: %v", path, err)}
+	}
+	var cur *namedService
+	var curFS = newFlagSet()
+	names := map[string]bool{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64<<10), 64<<10)
+	for n := 1; sc.Scan(); n++ {
+		where := fmt.Sprintf("%s:%d: ", path, n)
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if strings.HasPrefix(line, "[") {
+			name, ok := strings.CutPrefix(strings.TrimSuffix(line, "]"), "[service ")
+			name = strings.TrimSpace(name)
+			if !ok || !strings.HasSuffix(line, "]") || !serviceName.MatchString(name) {
+				probs = append(probs, where+fmt.Sprintf("bad section %q: want [service NAME], NAME of letters, digits, '.', '_' or '-'", line))
+				cur = nil
+				continue
+			}
+			if names[name] {
+				probs = append(probs, where+fmt.Sprintf("service %q defined twice", name))
+			}
+			names[name] = true
+			svcs = append(svcs, namedService{name: name, where: fmt.Sprintf("%s: service %s: ", path, name)})
+			cur = &svcs[len(svcs)-1]
+			curFS = newFlagSet()
+			addServiceFlags(curFS, &cur.vals)
+			continue
+		}
+		key, value, _ := strings.Cut(line, " ")
+		key, value = strings.TrimSpace(key), strings.TrimSpace(value)
+		args := []string{"--" + key}
+		if value != "" {
+			args = []string{"--" + key + "=" + value}
+		}
+		if cur == nil {
+			if isServiceFlag(key) {
+				probs = append(probs, where+fmt.Sprintf("%q is a service setting: put it in a [service NAME] section", key))
+				continue
+			}
+			if key == "config" || key == "help" {
+				probs = append(probs, where+fmt.Sprintf("%q cannot be set in the config file", key))
+				continue
+			}
+			globals = append(globals, args...)
+			continue
+		}
+		if err := curFS.Parse(args); err != nil {
+			probs = append(probs, where+err.Error())
+		}
+		if len(svcs) > 0 && curFS.NArg() > 0 {
+			probs = append(probs, where+fmt.Sprintf("unexpected %q", curFS.Arg(0)))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		probs = append(probs, fmt.Sprintf("--config %q: %v", path, err))
+	}
+	return globals, svcs, probs
+}
+
+// ReadBackendsFile reads a backends file: one backend per line as
+// "ip:port [weight=N]" (or "ip:port,weight=N"), # comments and blank lines
+// ignored. A bad line rejects the whole file: the error names its line.
+func ReadBackendsFile(path string) ([]balancer.Spec, error) {
+	data, err := readSmall(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []balancer.Spec
+	seen := map[netip.AddrPort]int{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64<<10), 64<<10)
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		sp, err := balancer.ParseSpec(line)
+		if err != nil {
+			return nil, fmt.Errorf("line %d %q: %v", n, strings.TrimSpace(line), err)
+		}
+		if first, dup := seen[sp.Addr]; dup {
+			return nil, fmt.Errorf("line %d: %s already on line %d", n, sp.Addr, first)
+		}
+		seen[sp.Addr] = n
+		out = append(out, sp)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func readSmall(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file")
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxFileSize {
+		return nil, fmt.Errorf("larger than %d bytes", maxFileSize)
+	}
+	return data, nil
+}

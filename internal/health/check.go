@@ -1,0 +1,321 @@
+// Package health runs active health checks against backends: a Checker
+// speaks one protocol (TCP connect, send/expect, Redis, PostgreSQL, MySQL,
+// gRPC), a RiseFall turns a run of results into an up/down verdict, and a
+// Monitor runs one jittered check loop per backend, off the data-path loops.
+package health
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// Checker probes one backend. Check returns nil when the backend is
+// healthy. Implementations are safe for concurrent use and respect ctx's
+// deadline.
+type Checker interface {
+	Check(ctx context.Context, addr netip.AddrPort) error
+}
+
+// Config selects and tunes the checks of a service.
+type Config struct {
+	// Kind is tcp, send-expect, redis, postgres, mysql or grpc.
+	Kind string
+	// Interval is the time between the starts of two checks of a backend.
+	Interval time.Duration
+	// Timeout bounds one check.
+	Timeout time.Duration
+	// Rise is the consecutive successes that bring a down backend up.
+	Rise int
+	// Fall is the consecutive failures that take an up backend down.
+	Fall int
+	// Send and Expect are the send-expect payload and the substring the
+	// answer must contain; \r, \n, \t and \\ escapes are understood.
+	Send, Expect string
+	// RedisPassword, when set, makes the redis check AUTH before PING.
+	RedisPassword string
+	// GRPCService is the service name asked of grpc.health.v1 ("" is the
+	// server as a whole).
+	GRPCService string
+}
+
+// Kinds lists the check kinds.
+var Kinds = []string{"tcp", "send-expect", "redis", "postgres", "mysql", "grpc"}
+
+// DefaultConfig returns the defaults the flags start from.
+func DefaultConfig() Config {
+	return Config{Kind: "tcp", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3}
+}
+
+// Validate reports every problem with c, one per element, naming the flag.
+func (c Config) Validate() []string {
+	var probs []string
+	known := false
+	for _, k := range Kinds {
+		known = known || k == c.Kind
+	}
+	if !known {
+		probs = append(probs, fmt.Sprintf("--health-check %q: want one of %s", c.Kind, strings.Join(Kinds, ", ")))
+	}
+	if c.Interval <= 0 {
+		probs = append(probs, fmt.Sprintf("--health-interval %q: want a positive duration", c.Interval))
+	}
+	if c.Timeout <= 0 {
+		probs = append(probs, fmt.Sprintf("--health-timeout %q: want a positive duration", c.Timeout))
+	}
+	if c.Rise < 1 || c.Rise > 100 {
+		probs = append(probs, fmt.Sprintf("--health-rise %q: want 1 to 100", strconv.Itoa(c.Rise)))
+	}
+	if c.Fall < 1 || c.Fall > 100 {
+		probs = append(probs, fmt.Sprintf("--health-fall %q: want 1 to 100", strconv.Itoa(c.Fall)))
+	}
+	if c.Kind == "send-expect" && c.Expect == "" {
+		probs = append(probs, "--health-expect is required with --health-check send-expect")
+	}
+	return probs
+}
+
+// NewChecker returns the checker c.Kind names.
+func NewChecker(c Config) (Checker, error) {
+	switch c.Kind {
+	case "tcp":
+		return tcpCheck{}, nil
+	case "send-expect":
+		return sendExpect{send: []byte(unescape(c.Send)), expect: []byte(unescape(c.Expect))}, nil
+	case "redis":
+		return redisCheck{password: c.RedisPassword}, nil
+	case "postgres":
+		return postgresCheck{}, nil
+	case "mysql":
+		return mysqlCheck{}, nil
+	case "grpc":
+		return grpcCheck{service: c.GRPCService}, nil
+	}
+	return nil, fmt.Errorf("unknown health check %q", c.Kind)
+}
+
+func unescape(s string) string {
+	return strings.NewReplacer(`\r`, "\r", `\n`, "\n", `\t`, "\t", `\\`, `\`).Replace(s)
+}
+
+// dial connects with ctx's deadline applied to the whole conversation.
+func dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	return c, nil
+}
+
+type tcpCheck struct{}
+
+func (tcpCheck) Check(ctx context.Context, addr netip.AddrPort) error {
+	c, err := dial(ctx, addr)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+type sendExpect struct{ send, expect []byte }
+
+func (s sendExpect) Check(ctx context.Context, addr netip.AddrPort) error {
+	c, err := dial(ctx, addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if len(s.send) > 0 {
+		if _, err := c.Write(s.send); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+	}
+	return expect(c, s.expect, 64<<10)
+}
+
+// expect reads until want appears or max bytes were read without it.
+func expect(r io.Reader, want []byte, max int) error {
+	buf := make([]byte, 0, 512)
+	tmp := make([]byte, 512)
+	for len(buf) < max {
+		n, err := r.Read(tmp)
+		buf = append(buf, tmp[:n]...)
+		if bytes.Contains(buf, want) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("expected %q, got %q: %w", want, clip(buf), err)
+		}
+	}
+	return fmt.Errorf("expected %q within %d bytes, got %q", want, max, clip(buf))
+}
+
+func clip(b []byte) []byte {
+	if len(b) > 64 {
+		return b[:64]
+	}
+	return b
+}
+
+type redisCheck struct{ password string }
+
+func (r redisCheck) Check(ctx context.Context, addr netip.AddrPort) error {
+	c, err := dial(ctx, addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var req []byte
+	if r.password != "" {
+		req = fmt.Appendf(req, "*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n", len(r.password), r.password)
+	}
+	req = append(req, "*1\r\n$4\r\nPING\r\n"...)
+	if _, err := c.Write(req); err != nil {
+		return fmt.Errorf("send PING: %w", err)
+	}
+	br := newLineReader(c)
+	if r.password != "" {
+		line, err := br.line()
+		if err != nil {
+			return fmt.Errorf("read AUTH reply: %w", err)
+		}
+		if line != "+OK" {
+			return fmt.Errorf("AUTH refused: %q", line)
+		}
+	}
+	line, err := br.line()
+	if err != nil {
+		return fmt.Errorf("read PING reply: %w", err)
+	}
+	if line != "+PONG" {
+		return fmt.Errorf("PING answered %q", line)
+	}
+	return nil
+}
+
+// lineReader reads CRLF-terminated lines of at most 512 bytes.
+type lineReader struct {
+	r   io.Reader
+	buf []byte
+}
+
+func newLineReader(r io.Reader) *lineReader { return &lineReader{r: r} }
+
+func (l *lineReader) line() (string, error) {
+	tmp := make([]byte, 256)
+	for {
+		if i := bytes.Index(l.buf, []byte("\r\n")); i >= 0 {
+			s := string(l.buf[:i])
+			l.buf = l.buf[i+2:]
+			return s, nil
+		}
+		if len(l.buf) > 512 {
+			return "", fmt.Errorf("line too long: %q", clip(l.buf))
+		}
+		n, err := l.r.Read(tmp)
+		l.buf = append(l.buf, tmp[:n]...)
+		if err != nil && n == 0 {
+			return "", err
+		}
+	}
+}
+
+// postgresCheck sends an SSLRequest; a PostgreSQL server answers with one
+// byte, 'S' or 'N', before any authentication, so the check needs no
+// credentials and leaves no failed login in the server's log.
+type postgresCheck struct{}
+
+func (postgresCheck) Check(ctx context.Context, addr netip.AddrPort) error {
+	c, err := dial(ctx, addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var req [8]byte
+	binary.BigEndian.PutUint32(req[0:], 8)
+	binary.BigEndian.PutUint32(req[4:], 80877103) // SSLRequest code
+	if _, err := c.Write(req[:]); err != nil {
+		return fmt.Errorf("send SSLRequest: %w", err)
+	}
+	var ans [1]byte
+	if _, err := io.ReadFull(c, ans[:]); err != nil {
+		return fmt.Errorf("read SSLRequest answer: %w", err)
+	}
+	if ans[0] != 'S' && ans[0] != 'N' {
+		return fmt.Errorf("SSLRequest answered %q, not a PostgreSQL server", ans[0])
+	}
+	return nil
+}
+
+// mysqlCheck reads the server's initial handshake packet (protocol 10).
+type mysqlCheck struct{}
+
+func (mysqlCheck) Check(ctx context.Context, addr netip.AddrPort) error {
+	c, err := dial(ctx, addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var hdr [4]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return fmt.Errorf("read handshake header: %w", err)
+	}
+	n := int(hdr[0]) | int(hdr[1])<<8 | int(hdr[2])<<16
+	if n < 1 || n > 1024 || hdr[3] != 0 {
+		return fmt.Errorf("bad handshake packet header (length %d, sequence %d)", n, hdr[3])
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(c, body); err != nil {
+		return fmt.Errorf("read handshake: %w", err)
+	}
+	switch body[0] {
+	case 10:
+		if bytes.IndexByte(body[1:], 0) < 0 {
+			return errors.New("handshake without a server version")
+		}
+		return nil
+	case 0xff:
+		msg := body[1:]
+		if len(msg) > 2 {
+			msg = msg[2:] // error code
+		}
+		return fmt.Errorf("server refused: %q", clip(msg))
+	}
+	return fmt.Errorf("unknown handshake protocol %d", body[0])
+}
+
+// grpcCheck asks grpc.health.v1.Health/Check over a fresh plaintext
+// connection.
+type grpcCheck struct{ service string }
+
+func (g grpcCheck) Check(ctx context.Context, addr netip.AddrPort) error {
+	cc, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: g.service})
+	if err != nil {
+		return err
+	}
+	if st := resp.GetStatus(); st != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("grpc health status %s", st)
+	}
+	return nil
+}

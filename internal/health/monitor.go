@@ -1,0 +1,171 @@
+package health
+
+import (
+	"context"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// RiseFall turns check results into a verdict: a backend that is up goes
+// down after Fall consecutive failures, one that is down comes up after
+// Rise consecutive successes. The zero value is not useful; see
+// NewRiseFall. Not safe for concurrent use.
+type RiseFall struct {
+	rise, fall int
+	up         bool
+	streak     int // consecutive results against the current verdict
+}
+
+// NewRiseFall returns a state machine starting in the given state.
+func NewRiseFall(rise, fall int, up bool) RiseFall {
+	return RiseFall{rise: rise, fall: fall, up: up}
+}
+
+// Observe records one result and returns the verdict and whether it
+// changed.
+func (r *RiseFall) Observe(ok bool) (up, changed bool) {
+	if ok == r.up {
+		r.streak = 0
+		return r.up, false
+	}
+	r.streak++
+	need := r.fall
+	if !r.up {
+		need = r.rise
+	}
+	if r.streak >= need {
+		r.up = ok
+		r.streak = 0
+		return r.up, true
+	}
+	return r.up, false
+}
+
+// Up returns the verdict.
+func (r *RiseFall) Up() bool { return r.up }
+
+// ForceDown sets the verdict to down: Rise successes bring it back.
+func (r *RiseFall) ForceDown() { r.up, r.streak = false, 0 }
+
+// Result is one check's outcome.
+type Result struct {
+	Time     time.Time
+	Err      error
+	Duration time.Duration
+}
+
+// Report receives every check result of addr with the verdict after it.
+// It is called from the backend's check goroutine.
+type Report func(addr netip.AddrPort, up bool, r Result)
+
+// Monitor runs one check loop per backend. Create it with NewMonitor, keep
+// its backends in step with Sync, and stop it with Close. Safe for
+// concurrent use.
+type Monitor struct {
+	cfg     Config
+	checker Checker
+	report  Report
+
+	// mu guards workers and closed.
+	mu      sync.Mutex
+	workers map[netip.AddrPort]*worker
+	closed  bool
+	wg      sync.WaitGroup // the worker goroutines
+}
+
+type worker struct {
+	addr      netip.AddrPort
+	cancel    context.CancelFunc
+	forceDown atomic.Bool
+}
+
+// NewMonitor returns a monitor with no backends.
+func NewMonitor(cfg Config, checker Checker, report Report) *Monitor {
+	return &Monitor{cfg: cfg, checker: checker, report: report, workers: make(map[netip.AddrPort]*worker)}
+}
+
+// Sync starts checking the addresses not yet checked and stops checking
+// those no longer listed.
+func (m *Monitor) Sync(addrs []netip.AddrPort) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	want := make(map[netip.AddrPort]bool, len(addrs))
+	for _, a := range addrs {
+		want[a] = true
+		if m.workers[a] == nil {
+			ctx, cancel := context.WithCancel(context.Background())
+			w := &worker{addr: a, cancel: cancel}
+			m.workers[a] = w
+			m.wg.Add(1)
+			go m.runWorker(ctx, w)
+		}
+	}
+	for a, w := range m.workers {
+		if !want[a] {
+			w.cancel()
+			delete(m.workers, a)
+		}
+	}
+}
+
+// ForceDown marks addr down in its check loop, so that it must pass Rise
+// checks before it is reported up again (after a passive ejection).
+func (m *Monitor) ForceDown(addr netip.AddrPort) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if w := m.workers[addr]; w != nil {
+		w.forceDown.Store(true)
+	}
+}
+
+// Close stops every check loop and waits for them.
+func (m *Monitor) Close() {
+	m.mu.Lock()
+	m.closed = true
+	for a, w := range m.workers {
+		w.cancel()
+		delete(m.workers, a)
+	}
+	m.mu.Unlock()
+	m.wg.Wait()
+}
+
+// runWorker checks one backend every Interval until ctx ends. The first
+// check starts after a random fraction of the interval, and each wait is
+// jittered by ±10%, so many backends are not probed in lockstep.
+func (m *Monitor) runWorker(ctx context.Context, w *worker) {
+	defer m.wg.Done()
+	rf := NewRiseFall(m.cfg.Rise, m.cfg.Fall, true)
+	wait := time.Duration(rand.Int64N(int64(m.cfg.Interval)))
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		start := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
+		err := m.checker.Check(cctx, w.addr)
+		cancel()
+		if ctx.Err() != nil {
+			return // stopped mid-check: the result means nothing
+		}
+		// Applied after the check, so a check that was under way when
+		// the data path ejected the backend cannot report it up again.
+		if w.forceDown.Swap(false) {
+			rf.ForceDown()
+		}
+		up, _ := rf.Observe(err == nil)
+		m.report(w.addr, up, Result{Time: start, Err: err, Duration: time.Since(start)})
+		jitter := time.Duration(rand.Int64N(int64(m.cfg.Interval)/5+1)) - m.cfg.Interval/10
+		t.Reset(m.cfg.Interval + jitter)
+	}
+}
