@@ -98,7 +98,7 @@ type Hooks struct {
 var ErrUnknownBackend = errors.New("no such backend")
 
 type member struct {
-	b           *Backend
+	b         *Backend
 	sources   [numSources]bool
 	healthy   bool // active checks (or passive ejection) say so
 	drained   bool // an operator drained it

@@ -242,7 +242,7 @@ func parse(args []string, help io.Writer, fdLimit int) (Config, error) {
 }
 
 type namedService struct {
-	name string
+	name  string
 	where string // "file:line: " of the section header, "" for flags
 	vals  serviceVals
 }
