@@ -473,3 +473,72 @@ func TestProxyPIDMissing(t *testing.T) {
 		t.Fatalf("Run with a missing pid: %v", err)
 	}
 }
+
+// TestCancelStopsEarly: a cancelled context ends every mode at once, with
+// the figures measured until then, even when replies could still come.
+func TestCancelStopsEarly(t *testing.T) {
+	for _, tc := range []struct {
+		mode Mode
+		kind testsrv.Kind
+		net  string
+		rate float64
+	}{
+		{Stream, testsrv.Sink, "tcp", 0},
+		{RR, testsrv.Echo, "tcp", 0},
+		{RR, testsrv.Echo, "tcp", 200},
+		{Connect, testsrv.Echo, "tcp", 0},
+		{UDP, testsrv.Echo, "udp", 0},
+		{UDP, testsrv.Echo, "udp", 200},
+	} {
+		s := testsrv.StartTB(t, tc.kind, tc.net)
+		cfg := config(tc.mode, s)
+		cfg.Conns = 2
+		cfg.Rate = tc.rate
+		cfg.Duration = time.Hour
+		cfg.Timeout = time.Hour
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		start := time.Now()
+		res, err := Run(ctx, cfg)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.mode, err)
+		}
+		if el := time.Since(start); el > 3*time.Second || res.ElapsedS > 1 || res.Ops == 0 || res.Errors != 0 {
+			t.Fatalf("%s rate %v: returned after %v with %.3f s measured, %d ops, %d errors (%s)",
+				tc.mode, tc.rate, el, res.ElapsedS, res.Ops, res.Errors, res.FirstError)
+		}
+		if tc.rate > 0 && res.Missed > 2 {
+			t.Fatalf("%s rate %v: %d missed after a cancel", tc.mode, tc.rate, res.Missed)
+		}
+	}
+}
+
+// TestUDPCancelDoesNotWaitForLosses: after a cancel, the open-loop receiver
+// does not wait out the loss timeout for replies that will never come.
+func TestUDPCancelDoesNotWaitForLosses(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0") // bound, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	cfg := DefaultConfig(UDP)
+	cfg.Target = netip.MustParseAddrPort(pc.LocalAddr().String())
+	cfg.Rate = 100
+	cfg.Duration = time.Hour
+	cfg.Timeout = time.Hour
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := Run(ctx, cfg)
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run still waits for replies 5 s after the cancel")
+	}
+}

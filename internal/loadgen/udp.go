@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -35,7 +36,7 @@ func (r *runner) udp(ctx context.Context) (Result, error) {
 		}
 		c, err := net.DialUDP("udp", laddr, net.UDPAddrFromAddrPort(r.cfg.Target))
 		if err != nil {
-			return Result{}, err
+			return Result{}, fmt.Errorf("open udp socket to %s: %w", r.cfg.Target, err)
 		}
 		// Best effort, capped by net.core.[rw]mem_max.
 		c.SetReadBuffer(4 << 20)
@@ -100,7 +101,7 @@ func (r *runner) udpOpen(ctx context.Context, c *net.UDPConn, w *worker, k int) 
 	rctx := context.WithoutCancel(ctx) // the receiver's errors count until it ends
 	c.SetReadDeadline(r.end.Add(r.cfg.Timeout))
 	releaseRecv := onDone(ctx, func() {
-		if context.Cause(ctx) == context.Canceled { // stopped early: do not wait
+		if time.Now().Before(r.end) { // stopped early: do not wait for stragglers
 			c.SetReadDeadline(past)
 		}
 	})
