@@ -93,13 +93,13 @@ type worker struct {
 	ops, sent, recv, errs uint64
 	// paced workers (open loop) record where they stopped: the slot index
 	// next of connection conn had not been completed.
-	paced bool
-	conn  int
-	next  uint64
-	firstErr                      error
-	firstErrAt                    time.Time
-	hist, lag                     *hdrhistogram.Histogram
-	udp                           UDPResult
+	paced      bool
+	conn       int
+	next       uint64
+	firstErr   error
+	firstErrAt time.Time
+	hist, lag  *hdrhistogram.Histogram
+	udp        UDPResult
 }
 
 func (r *runner) newWorkers(n int, lag bool) {
