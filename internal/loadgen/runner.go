@@ -88,7 +88,6 @@ type worker struct {
 	liveOps   atomic.Uint64
 	liveBytes atomic.Uint64
 	liveErrs  atomic.Uint64
-	_         [40]byte // keep workers' live counters on separate cache lines
 
 	ops, sent, recv, errs uint64
 	// paced workers (open loop) record where they stopped: the slot index
