@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/sluice-lb/sluice/internal/config"
+	"github.com/sluice-lb/sluice/internal/firewall"
 	"github.com/sluice-lb/sluice/internal/server"
 )
 
@@ -25,6 +26,11 @@ func main() {
 	var ue *config.UsageError
 	switch {
 	case err == nil:
+	case errors.Is(err, firewall.ErrPermission), errors.Is(err, firewall.ErrUnsupported):
+		// Missing privileges or kernel support: as much a problem of the
+		// invocation as a bad flag.
+		fmt.Fprintf(os.Stderr, "sluice: %v\n", err)
+		os.Exit(exitUsage)
 	case errors.As(err, &ue):
 		for _, p := range ue.Problems {
 			fmt.Fprintf(os.Stderr, "sluice: %s\n", p)

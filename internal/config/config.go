@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/firewall"
 	"github.com/sluice-lb/sluice/internal/health"
 	"github.com/sluice-lb/sluice/internal/tcpproxy"
 )
@@ -58,6 +59,20 @@ type Config struct {
 	LogFormat string
 	// Services are the services to run, at least one.
 	Services []Service
+	// Firewall is the optional XDP firewall; off without interfaces.
+	Firewall Firewall
+}
+
+// Firewall configures the XDP program. Nothing BPF is loaded when Ifaces
+// is empty.
+type Firewall struct {
+	// Ifaces are the interfaces the program is attached to.
+	Ifaces []string
+	// Mode is the XDP attach mode.
+	Mode firewall.Mode
+	// Rules are the deny/allow lists and rate limits. Rules.Ports holds
+	// only the --protect-port extras; the server adds the services' ports.
+	Rules firewall.Config
 }
 
 // Service is one listening address with its backends and policies.
@@ -111,6 +126,11 @@ type globalVals struct {
 	config            string
 	logLevel          string
 	logFormat         string
+
+	xdpIfaces            []string
+	xdpMode              string
+	deny, allow, protect []string
+	rateLimit, rateBurst int
 }
 
 type serviceVals struct {
@@ -135,6 +155,13 @@ func addGlobalFlags(fs *pflag.FlagSet, g *globalVals) {
 	fs.StringVar(&g.admin, "admin-addr", "", "admin HTTP endpoint (health, backends, metrics), ip:port; off when empty. It has no authentication: keep it on loopback")
 	fs.StringVar(&g.logLevel, "log-level", "info", "minimum log level: debug, info, warn or error")
 	fs.StringVar(&g.logFormat, "log-format", "console", "log encoding: json or console")
+	fs.StringArrayVar(&g.xdpIfaces, "xdp-iface", nil, "attach the XDP firewall to this interface (repeatable); without it nothing BPF is loaded")
+	fs.StringVar(&g.xdpMode, "xdp-mode", "auto", "XDP attach mode: auto (native when the driver has it, else generic), native or generic")
+	fs.StringArrayVar(&g.deny, "deny-cidr", nil, "XDP: drop packets from this source prefix to the protected ports (repeatable, IPv4 or IPv6)")
+	fs.StringArrayVar(&g.allow, "allow-cidr", nil, "XDP: when given, admit to the protected ports only these source prefixes (repeatable)")
+	fs.IntVar(&g.rateLimit, "rate-limit", 0, "XDP: new connections (TCP SYNs) plus UDP datagrams per second per source IPv4 address or IPv6 /64; 0 is off")
+	fs.IntVar(&g.rateBurst, "rate-burst", 0, "XDP: flows a source may open at once before --rate-limit applies (default: one second's worth)")
+	fs.StringArrayVar(&g.protect, "protect-port", nil, "XDP: police this port too, as tcp/PORT, udp/PORT or PORT for both (repeatable); the services' listen ports always are")
 }
 
 func addServiceFlags(fs *pflag.FlagSet, s *serviceVals) {
@@ -285,6 +312,7 @@ func build(g globalVals, svcs []namedService, fdLimit int) (Config, []string) {
 	if g.logFormat != "json" && g.logFormat != "console" {
 		bad("", "log-format", g.logFormat, "want json or console")
 	}
+	probs = append(probs, buildFirewall(&cfg.Firewall, g)...)
 	if len(svcs) == 0 {
 		probs = append(probs, "no service: the config file has no [service NAME] section")
 	}

@@ -12,6 +12,7 @@ import (
 func NewLogger(w io.Writer, lvl zapcore.Level, format string) *zap.Logger {
 	ec := zap.NewProductionEncoderConfig()
 	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	ec.EncodeDuration = zapcore.StringDurationEncoder
 	var enc zapcore.Encoder
 	if format == "json" {
 		enc = zapcore.NewJSONEncoder(ec)

@@ -28,12 +28,13 @@ var (
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descActive, descConns, descConnErrs, descBytes, descUp, descAccepted, descOpen,
-		descRefused, descResets, descIdle, descAcceptErrs, descAcceptPause, descSpliced} {
+		descRefused, descResets, descIdle, descAcceptErrs, descAcceptPause, descSpliced, descFirewall} {
 		ch <- d
 	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	c.s.collectFirewall(ch)
 	for _, sv := range c.s.services {
 		name := sv.cfg.Name
 		for _, bi := range sv.bal.Info() {

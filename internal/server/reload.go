@@ -62,7 +62,7 @@ func (s *Server) watchFiles(ctx context.Context) {
 }
 
 // Reload rereads every backends file and, with --config, the backend lists
-// of the config file's services. A bad file is rejected whole, logged with
+// of the config file's services and the firewall rules. A bad file is rejected whole, logged with
 // the line at fault, and the backends in force stay. Settings other than
 // backend lists are not changed by a reload. Safe for concurrent use.
 func (s *Server) Reload() {
@@ -74,12 +74,13 @@ func (s *Server) Reload() {
 			s.reloadFile(sv)
 		}
 	}
-	if s.cfg.ConfigFile == "" {
-		return
-	}
 	cfg, err := config.Parse(s.cfg.Args, io.Discard)
 	if err != nil {
-		s.log.Error("config file rejected, keeping the configuration in force", zap.String("file", s.cfg.ConfigFile), zap.Error(err))
+		s.log.Error("configuration rejected, keeping the one in force", zap.String("file", s.cfg.ConfigFile), zap.Error(err))
+		return
+	}
+	s.updateFirewall(cfg.Firewall)
+	if s.cfg.ConfigFile == "" {
 		return
 	}
 	for _, sv := range s.services {

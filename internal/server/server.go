@@ -22,6 +22,7 @@ import (
 	"github.com/sluice-lb/sluice/internal/admin"
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/config"
+	"github.com/sluice-lb/sluice/internal/firewall"
 	"github.com/sluice-lb/sluice/internal/health"
 	"github.com/sluice-lb/sluice/internal/loop"
 	"github.com/sluice-lb/sluice/internal/tcpproxy"
@@ -40,6 +41,7 @@ type Server struct {
 	loops    []*loop.Loop
 	services []*service
 	admin    *admin.Server
+	fw       *firewall.Firewall // nil without --xdp-iface
 	registry *prometheus.Registry
 	checkDur *prometheus.HistogramVec
 
@@ -60,8 +62,8 @@ type service struct {
 }
 
 // New builds the server. On error everything acquired is released.
-func New(cfg config.Config, log *zap.Logger) (s *Server, err error) {
-	s = &Server{
+func New(cfg config.Config, log *zap.Logger) (_ *Server, err error) {
+	s := &Server{
 		cfg:      cfg,
 		log:      log,
 		limiter:  tcpproxy.NewLimiter(cfg.MaxConns),
@@ -89,6 +91,9 @@ func New(cfg config.Config, log *zap.Logger) (s *Server, err error) {
 		if err := s.addService(sc); err != nil {
 			return nil, err
 		}
+	}
+	if err := s.startFirewall(); err != nil {
+		return nil, err
 	}
 	s.registry.MustRegister(s.checkDur, &collector{s: s})
 	if cfg.AdminAddr.IsValid() {
@@ -188,6 +193,9 @@ func (s *Server) closeBackend(sv *service, b *balancer.Backend) {
 
 // release frees what New acquired, for a failed New.
 func (s *Server) release() {
+	if s.fw != nil {
+		s.fw.Close()
+	}
 	for _, sv := range s.services {
 		for _, p := range sv.proxies {
 			p.Drain() // closes its listener; the loop has not run
@@ -310,6 +318,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.admin != nil {
 		s.admin.Close()
 	}
+	s.stopFirewall()
 	s.stopLoops()
 	t := s.Stats()
 	s.log.Info("sluice stopped",

@@ -1,0 +1,88 @@
+package server
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/sluice-lb/sluice/internal/config"
+	"github.com/sluice-lb/sluice/internal/firewall"
+)
+
+// firewallRules returns the rules with the services' listen ports added to
+// the --protect-port extras.
+func (s *Server) firewallRules(fc config.Firewall) firewall.Config {
+	rules := fc.Rules
+	rules.Ports = append([]firewall.Port(nil), fc.Rules.Ports...)
+	for _, sv := range s.services {
+		rules.Ports = append(rules.Ports, firewall.Port{Proto: sv.cfg.Proto, Num: sv.addr.Port()})
+	}
+	return rules
+}
+
+// startFirewall loads the XDP program and attaches it to every --xdp-iface.
+// One program serves every service of the process.
+func (s *Server) startFirewall() error {
+	fc := s.cfg.Firewall
+	if len(fc.Ifaces) == 0 {
+		return nil
+	}
+	fw, err := firewall.New(s.firewallRules(fc))
+	if err != nil {
+		return err
+	}
+	for _, ifc := range fc.Ifaces {
+		if err := fw.Attach(ifc, fc.Mode); err != nil {
+			fw.Close()
+			return err
+		}
+	}
+	s.fw = fw
+	for _, a := range fw.Attachments() {
+		s.log.Info("xdp firewall attached", zap.String("iface", a.Iface), zap.Stringer("mode", a.Mode))
+	}
+	return nil
+}
+
+// updateFirewall applies reloaded rules without detaching the program.
+func (s *Server) updateFirewall(fc config.Firewall) {
+	if s.fw == nil {
+		return
+	}
+	if err := s.fw.Update(s.firewallRules(fc)); err != nil {
+		s.log.Error("firewall rules rejected, keeping the rules in force", zap.Error(err))
+		return
+	}
+	s.log.Info("firewall rules updated", zap.Int("deny", len(fc.Rules.Deny)), zap.Int("allow", len(fc.Rules.Allow)), zap.Uint32("rate_limit", fc.Rules.RateLimit))
+}
+
+// stopFirewall logs the verdict counts and detaches the program.
+func (s *Server) stopFirewall() {
+	if s.fw == nil {
+		return
+	}
+	if c, err := s.fw.Counters(); err == nil {
+		s.log.Info("xdp firewall verdicts", zap.Stringer("packets", c))
+	}
+	if err := s.fw.Close(); err != nil {
+		s.log.Error("detach xdp firewall", zap.Error(err))
+	}
+}
+
+var descFirewall = prometheus.NewDesc("sluice_firewall_packets_total", "Packets judged by the XDP firewall, by verdict.", []string{"verdict"}, nil)
+
+// collectFirewall adds the firewall's counters to a scrape.
+func (s *Server) collectFirewall(ch chan<- prometheus.Metric) {
+	if s.fw == nil {
+		return
+	}
+	c, err := s.fw.Counters()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(descFirewall, fmt.Errorf("read firewall counters: %w", err))
+		return
+	}
+	for _, v := range c.Verdicts() {
+		ch <- prometheus.MustNewConstMetric(descFirewall, prometheus.CounterValue, float64(v.Packets), v.Verdict)
+	}
+}
