@@ -1,0 +1,492 @@
+// Package discovery finds backends in DNS: the A and AAAA records of a
+// NAME:PORT target (--backend-dns), and the SRV records of a
+// _service._proto.NAME target (--backend-srv), re-resolved every interval.
+// It works with Kubernetes headless services and Consul DNS.
+//
+// A Watcher resolves all its targets once per round and merges the answers
+// into one deduplicated, sorted set, which it hands to its caller only when
+// the set changes. A target whose resolution fails (a timeout, SERVFAIL,
+// NXDOMAIN, an empty or oversized answer) keeps its last good answer, so a
+// DNS outage never empties a service; the failure is logged when the
+// target starts failing and again when it recovers, not every round. One
+// consequence: a name that is deleted, or a service scaled to zero, keeps
+// its last backends until the process restarts, and health checks must
+// take them out.
+//
+// # SRV records
+//
+// Only the records of the lowest priority that has a usable record are used
+// (RFC 2782's rule; lower priorities are not a fallback for unhealthy
+// backends, since health checking is not this package's job). A record is
+// usable when its target resolves, through A and AAAA lookups, to at least
+// one address; a target name that does not exist (NXDOMAIN) makes its
+// record unusable, while any other failure to resolve it fails the whole
+// SRV target, so that a transient error does not shrink the set. Records
+// with target "." (service not available) are skipped.
+//
+// An SRV weight (0 to 65535) becomes a backend weight (1 to MaxWeight) as
+// follows: weights up to MaxWeight are kept, and when the largest weight at
+// the chosen priority is above MaxWeight all of them are scaled so that it
+// becomes MaxWeight, rounding to nearest. A weight of 0, RFC 2782's "very
+// small chance", becomes 1, the smallest weight that still takes
+// connections. Every address of a target gets its record's weight.
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// MaxWeight is the largest backend weight, the same bound as the
+// balancer's.
+const MaxWeight = 1000
+
+// Kind is the kind of DNS lookup a Target needs.
+type Kind uint8
+
+const (
+	// Host targets are resolved with A and AAAA lookups.
+	Host Kind = iota + 1
+	// SRV targets are resolved with an SRV lookup, then A and AAAA lookups
+	// of each record's target.
+	SRV
+)
+
+// String returns "host" or "srv".
+func (k Kind) String() string {
+	switch k {
+	case Host:
+		return "host"
+	case SRV:
+		return "srv"
+	}
+	return "Kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Target is one DNS name to resolve into backends.
+type Target struct {
+	// Kind says how to resolve Name.
+	Kind Kind
+	// Name is the DNS name: "web.default.svc.cluster.local" for Host,
+	// "_http._tcp.web.default.svc.cluster.local" for SRV. A trailing dot
+	// makes it absolute (no search domains).
+	Name string
+	// Port is the backends' port for Host targets (1 to 65535); SRV
+	// records carry their own ports.
+	Port uint16
+}
+
+// String returns the target in its flag syntax: "NAME:PORT" or the SRV
+// name.
+func (t Target) String() string {
+	if t.Kind == Host {
+		return t.Name + ":" + strconv.Itoa(int(t.Port))
+	}
+	return t.Name
+}
+
+// ParseHost parses a --backend-dns value, "NAME:PORT".
+func ParseHost(s string) (Target, error) {
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 {
+		return Target{}, fmt.Errorf("parse %q: want NAME:PORT", s)
+	}
+	name, portStr := s[:i], s[i+1:]
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || port == 0 {
+		return Target{}, fmt.Errorf("parse %q: port %q: want a number from 1 to 65535", s, portStr)
+	}
+	if _, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
+		return Target{}, fmt.Errorf("parse %q: %q is an IP address, not a DNS name: use --backend", s, name)
+	}
+	if err := checkName(name); err != nil {
+		return Target{}, fmt.Errorf("parse %q: %w", s, err)
+	}
+	return Target{Kind: Host, Name: name, Port: uint16(port)}, nil
+}
+
+// ParseSRV parses a --backend-srv value, "_service._proto.NAME".
+func ParseSRV(s string) (Target, error) {
+	if err := checkName(s); err != nil {
+		return Target{}, fmt.Errorf("parse %q: %w", s, err)
+	}
+	labels := strings.Split(strings.TrimSuffix(s, "."), ".")
+	if len(labels) < 3 || len(labels[0]) < 2 || labels[0][0] != '_' || len(labels[1]) < 2 || labels[1][0] != '_' {
+		return Target{}, fmt.Errorf("parse %q: want _service._proto.NAME, as in _http._tcp.web.default.svc.cluster.local", s)
+	}
+	return Target{Kind: SRV, Name: s}, nil
+}
+
+// checkName checks the syntax of a DNS name: labels of 1 to 63 letters,
+// digits, hyphens and underscores, not starting or ending with a hyphen,
+// 253 characters at most, and an optional trailing dot.
+func checkName(name string) error {
+	n := strings.TrimSuffix(name, ".")
+	if n == "" {
+		return errors.New("empty DNS name")
+	}
+	if len(n) > 253 {
+		return fmt.Errorf("DNS name of %d characters, more than 253", len(n))
+	}
+	for _, l := range strings.Split(n, ".") {
+		if l == "" || len(l) > 63 {
+			return fmt.Errorf("DNS label %q: want 1 to 63 characters", l)
+		}
+		if l[0] == '-' || l[len(l)-1] == '-' {
+			return fmt.Errorf("DNS label %q starts or ends with a hyphen", l)
+		}
+		for _, c := range []byte(l) {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return fmt.Errorf("DNS label %q: character %q not allowed", l, c)
+			}
+		}
+	}
+	return nil
+}
+
+// Backend is a discovered backend address and its weight (1 to
+// MaxWeight).
+type Backend struct {
+	Addr   netip.AddrPort
+	Weight int
+}
+
+// String returns "ip:port" or "ip:port,weight=N" when the weight is not 1,
+// the syntax of --backend.
+func (b Backend) String() string {
+	if b.Weight == 1 {
+		return b.Addr.String()
+	}
+	return b.Addr.String() + ",weight=" + strconv.Itoa(b.Weight)
+}
+
+// Config configures a Watcher. Zero durations and limits take their
+// defaults.
+type Config struct {
+	// Targets are the names to resolve; at least one.
+	Targets []Target
+	// Interval is the time between the starts of two rounds of
+	// resolution, plus a random jitter of up to a tenth of it so that
+	// many balancers do not query in step (--dns-interval). Default 30s.
+	Interval time.Duration
+	// Timeout bounds the resolution of one target in one round, SRV
+	// target lookups included. Default 5s.
+	Timeout time.Duration
+	// MaxAddrs bounds the backends of one target: a bigger answer is a
+	// failure, and the last good answer is kept. Default 1024.
+	MaxAddrs int
+	// Resolver resolves the names; nil means net.DefaultResolver.
+	Resolver *net.Resolver
+}
+
+// DefaultConfig returns the defaults, with no targets.
+func DefaultConfig() Config {
+	return Config{Interval: 30 * time.Second, Timeout: 5 * time.Second, MaxAddrs: 1024}
+}
+
+// Validate reports every problem with c (after defaults are applied to its
+// zero fields), joined.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	if len(c.Targets) == 0 {
+		errs = append(errs, errors.New("no DNS targets"))
+	}
+	for _, t := range c.Targets {
+		switch {
+		case t.Kind == Host && t.Port == 0:
+			errs = append(errs, fmt.Errorf("target %s: port 0", t))
+		case t.Kind != Host && t.Kind != SRV:
+			errs = append(errs, fmt.Errorf("target %s: unknown kind %v", t, t.Kind))
+		}
+		if err := checkName(t.Name); err != nil {
+			errs = append(errs, fmt.Errorf("target %s: %w", t, err))
+		}
+	}
+	if c.Interval < 0 {
+		errs = append(errs, fmt.Errorf("interval %v: want a positive duration", c.Interval))
+	}
+	if c.Timeout < 0 {
+		errs = append(errs, fmt.Errorf("timeout %v: want a positive duration", c.Timeout))
+	}
+	if c.MaxAddrs < 0 {
+		errs = append(errs, fmt.Errorf("max addresses %d: want a positive number", c.MaxAddrs))
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.Interval == 0 {
+		c.Interval = d.Interval
+	}
+	if c.Timeout == 0 {
+		c.Timeout = d.Timeout
+	}
+	if c.MaxAddrs == 0 {
+		c.MaxAddrs = d.MaxAddrs
+	}
+	if c.Resolver == nil {
+		c.Resolver = net.DefaultResolver
+	}
+	return c
+}
+
+// Watcher resolves its targets periodically. It holds no state between
+// calls of Run: each Run starts afresh. Create it with New.
+type Watcher struct {
+	cfg Config // defaults applied; checked by the caller with Validate
+	log *zap.Logger
+}
+
+// New returns a Watcher for cfg, which the caller has checked with
+// Validate; zero fields take their defaults. log receives the failure,
+// recovery and change lines, named "discovery".
+func New(cfg Config, log *zap.Logger) *Watcher {
+	return &Watcher{cfg: cfg.withDefaults(), log: log.Named("discovery")}
+}
+
+// target is the state of one target across rounds; Run's goroutine owns
+// it.
+type target struct {
+	Target
+	last    []Backend // last good answer; nil before the first
+	failing bool      // the last round failed, and that was logged
+}
+
+// Run resolves the targets at once and then every Interval (with jitter)
+// until ctx is done, and calls update with the merged set (deduplicated,
+// sorted by address) whenever it differs from the last call's, starting
+// from an empty set. update runs on Run's goroutine and owns the slice it
+// is given; Run waits for it, so it should be quick. Run returns when ctx
+// is done, after every goroutine it started has returned.
+func (w *Watcher) Run(ctx context.Context, update func([]Backend)) {
+	targets := make([]target, len(w.cfg.Targets))
+	for i, t := range w.cfg.Targets {
+		targets[i].Target = t
+	}
+	var current []Backend
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		w.round(ctx, targets)
+		if ctx.Err() != nil {
+			return
+		}
+		if next := merge(targets); !slices.Equal(next, current) {
+			added, removed := diff(current, next)
+			w.log.Info("backends changed",
+				zap.Int("backends", len(next)), zap.Int("added", added), zap.Int("removed", removed))
+			current = next
+			update(slices.Clone(next))
+		}
+		timer.Reset(w.cfg.Interval + time.Duration(rand.Int64N(int64(w.cfg.Interval/10)+1)))
+	}
+}
+
+// round resolves every target concurrently and records the outcomes,
+// logging the targets whose state changed. It returns when every lookup
+// has returned.
+func (w *Watcher) round(ctx context.Context, targets []target) {
+	type result struct {
+		backends []Backend
+		err      error
+	}
+	results := make([]result, len(targets))
+	var wg sync.WaitGroup
+	for i := range targets {
+		wg.Go(func() {
+			tctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
+			defer cancel()
+			results[i].backends, results[i].err = w.resolve(tctx, targets[i].Target)
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return // cancelled: the outcomes say nothing about DNS
+	}
+	for i := range targets {
+		t, r := &targets[i], results[i]
+		switch {
+		case r.err != nil && !t.failing:
+			t.failing = true
+			w.log.Warn("resolve failed, keeping last good backends",
+				zap.Stringer("target", t.Target), zap.Int("kept", len(t.last)), zap.Error(r.err))
+		case r.err == nil:
+			if t.failing {
+				t.failing = false
+				w.log.Info("resolve recovered",
+					zap.Stringer("target", t.Target), zap.Int("backends", len(r.backends)))
+			}
+			t.last = r.backends
+		}
+	}
+}
+
+// resolve returns the backends of t, sorted and deduplicated.
+func (w *Watcher) resolve(ctx context.Context, t Target) ([]Backend, error) {
+	var bs []Backend
+	var err error
+	if t.Kind == SRV {
+		bs, err = w.resolveSRV(ctx, t.Name)
+	} else {
+		bs, err = w.resolveHost(ctx, t.Name, t.Port, 1)
+	}
+	if err != nil {
+		return nil, err
+	}
+	bs = dedup(bs)
+	if len(bs) == 0 {
+		return nil, errors.New("no usable addresses")
+	}
+	if len(bs) > w.cfg.MaxAddrs {
+		return nil, fmt.Errorf("%d addresses, more than the limit of %d", len(bs), w.cfg.MaxAddrs)
+	}
+	return bs, nil
+}
+
+// resolveHost returns name's A and AAAA addresses at port. It drops
+// addresses no backend can have (unspecified, multicast, broadcast) and
+// fails if none is left.
+func (w *Watcher) resolveHost(ctx context.Context, name string, port uint16, weight int) ([]Backend, error) {
+	addrs, err := w.cfg.Resolver.LookupNetIP(ctx, "ip", name)
+	if err != nil {
+		return nil, err
+	}
+	if len(addrs) > w.cfg.MaxAddrs {
+		return nil, fmt.Errorf("%s: %d addresses, more than the limit of %d", name, len(addrs), w.cfg.MaxAddrs)
+	}
+	bs := make([]Backend, 0, len(addrs))
+	for _, a := range addrs {
+		a = a.Unmap().WithZone("")
+		if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+			continue
+		}
+		bs = append(bs, Backend{Addr: netip.AddrPortFrom(a, port), Weight: weight})
+	}
+	if len(bs) == 0 {
+		return nil, fmt.Errorf("%s: no usable addresses in %d", name, len(addrs))
+	}
+	return bs, nil
+}
+
+// resolveSRV returns the backends of the lowest usable priority of name's
+// SRV records; see the package documentation.
+func (w *Watcher) resolveSRV(ctx context.Context, name string) ([]Backend, error) {
+	_, srvs, err := w.cfg.Resolver.LookupSRV(ctx, "", "", name)
+	if err != nil {
+		return nil, err
+	}
+	if len(srvs) > w.cfg.MaxAddrs {
+		return nil, fmt.Errorf("%d SRV records, more than the limit of %d", len(srvs), w.cfg.MaxAddrs)
+	}
+	slices.SortStableFunc(srvs, func(a, b *net.SRV) int { return int(a.Priority) - int(b.Priority) })
+	for len(srvs) > 0 {
+		prio := srvs[0].Priority
+		n := 1
+		for n < len(srvs) && srvs[n].Priority == prio {
+			n++
+		}
+		group := srvs[:n]
+		srvs = srvs[n:]
+		var bs []Backend
+		var srvWeights []uint16 // per element of bs
+		for _, s := range group {
+			if s.Target == "." || s.Target == "" {
+				continue
+			}
+			got, err := w.resolveHost(ctx, s.Target, s.Port, 0)
+			var dnsErr *net.DNSError
+			if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("SRV target %s: %w", s.Target, err)
+			}
+			if len(bs)+len(got) > w.cfg.MaxAddrs {
+				return nil, fmt.Errorf("more than the limit of %d addresses", w.cfg.MaxAddrs)
+			}
+			bs = append(bs, got...)
+			for range got {
+				srvWeights = append(srvWeights, s.Weight)
+			}
+		}
+		if len(bs) == 0 {
+			continue
+		}
+		maxW := slices.Max(srvWeights)
+		for i, sw := range srvWeights {
+			bs[i].Weight = srvWeight(sw, maxW)
+		}
+		return bs, nil
+	}
+	return nil, errors.New("no SRV record with a resolvable target")
+}
+
+// srvWeight maps an SRV weight to a backend weight, given the largest SRV
+// weight in its group.
+func srvWeight(w, maxW uint16) int {
+	v := int(w)
+	if maxW > MaxWeight {
+		v = (int(w)*MaxWeight + int(maxW)/2) / int(maxW)
+	}
+	return max(v, 1)
+}
+
+// dedup sorts bs by address and keeps one backend per address, with the
+// largest weight given for it.
+func dedup(bs []Backend) []Backend {
+	slices.SortFunc(bs, func(a, b Backend) int {
+		if c := a.Addr.Compare(b.Addr); c != 0 {
+			return c
+		}
+		return b.Weight - a.Weight
+	})
+	return slices.CompactFunc(bs, func(a, b Backend) bool { return a.Addr == b.Addr })
+}
+
+// merge returns the deduplicated, sorted union of the targets' last good
+// answers.
+func merge(targets []target) []Backend {
+	var all []Backend
+	for _, t := range targets {
+		all = append(all, t.last...)
+	}
+	return dedup(all)
+}
+
+// diff counts the backends added and removed between two sorted sets; a
+// weight change counts as neither.
+func diff(old, next []Backend) (added, removed int) {
+	i, j := 0, 0
+	for i < len(old) || j < len(next) {
+		switch {
+		case j == len(next) || (i < len(old) && old[i].Addr.Compare(next[j].Addr) < 0):
+			removed++
+			i++
+		case i == len(old) || old[i].Addr.Compare(next[j].Addr) > 0:
+			added++
+			j++
+		default:
+			i++
+			j++
+		}
+	}
+	return added, removed
+}

@@ -1,0 +1,453 @@
+package discovery
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// tickName is a target every test watcher has: it always answers, and
+// dnsServer.settle counts rounds by its queries.
+const tickName = "tick.test."
+
+var tickBackend = Backend{Addr: netip.MustParseAddrPort("127.0.0.99:1"), Weight: 1}
+
+const (
+	msgFailed    = "resolve failed, keeping last good backends"
+	msgRecovered = "resolve recovered"
+)
+
+// harness runs a Watcher against a dnsServer.
+type harness struct {
+	dns     *dnsServer
+	logs    *observer.ObservedLogs
+	updates chan []Backend
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+// start runs a watcher of tick.test and targets with a short interval; the
+// test's cleanup stops it and waits for Run to return.
+func start(t *testing.T, s *dnsServer, cfg Config) *harness {
+	t.Helper()
+	s.set(t, tickName, "A 127.0.0.99")
+	core, logs := observer.New(zapcore.InfoLevel)
+	cfg.Targets = append([]Target{{Kind: Host, Name: tickName, Port: 1}}, cfg.Targets...)
+	if cfg.Interval == 0 {
+		cfg.Interval = 5 * time.Millisecond
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 2 * time.Second
+	}
+	cfg.Resolver = s.resolver()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{dns: s, logs: logs, updates: make(chan []Backend, 100), done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	w := New(cfg, zap.New(core))
+	go func() {
+		defer close(h.done)
+		w.Run(ctx, func(bs []Backend) { h.updates <- bs })
+	}()
+	t.Cleanup(h.stop)
+	return h
+}
+
+func (h *harness) stop() {
+	h.cancel()
+	<-h.done
+}
+
+// next returns the next update.
+func (h *harness) next(t *testing.T) []Backend {
+	t.Helper()
+	select {
+	case bs := <-h.updates:
+		return bs
+	case <-time.After(10 * time.Second):
+		t.Fatal("no update in 10s")
+		return nil
+	}
+}
+
+// expect waits for the next update and checks it is want plus tickBackend.
+func (h *harness) expect(t *testing.T, want ...string) {
+	t.Helper()
+	got := h.next(t)
+	if w := backends(t, want...); !slices.Equal(got, w) {
+		t.Fatalf("update\n got %v\nwant %v", got, w)
+	}
+}
+
+// quiet waits for a full round and checks it made no update.
+func (h *harness) quiet(t *testing.T) {
+	t.Helper()
+	h.dns.settle(t)
+	select {
+	case bs := <-h.updates:
+		t.Fatalf("unexpected update %v", bs)
+	default:
+	}
+}
+
+func (h *harness) count(msg string) int { return h.logs.FilterMessage(msg).Len() }
+
+// backends parses "ip:port" or "ip:port,weight=N" and adds tickBackend,
+// sorted.
+func backends(t *testing.T, specs ...string) []Backend {
+	t.Helper()
+	bs := []Backend{tickBackend}
+	for _, s := range specs {
+		b := Backend{Weight: 1}
+		addr, w, ok := strings.Cut(s, ",weight=")
+		if ok {
+			if _, err := fmt.Sscan(w, &b.Weight); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b.Addr = netip.MustParseAddrPort(addr)
+		bs = append(bs, b)
+	}
+	slices.SortFunc(bs, func(a, b Backend) int { return a.Addr.Compare(b.Addr) })
+	return bs
+}
+
+func TestParseHost(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want Target
+		err  string
+	}{
+		{in: "web.default.svc.cluster.local:8080", want: Target{Kind: Host, Name: "web.default.svc.cluster.local", Port: 8080}},
+		{in: "web.service.consul.:443", want: Target{Kind: Host, Name: "web.service.consul.", Port: 443}},
+		{in: "localhost:1", want: Target{Kind: Host, Name: "localhost", Port: 1}},
+		{in: "Web-1.Example:65535", want: Target{Kind: Host, Name: "Web-1.Example", Port: 65535}},
+		{in: "web", err: "want NAME:PORT"},
+		{in: "web:", err: "want a number from 1 to 65535"},
+		{in: "web:0", err: "want a number from 1 to 65535"},
+		{in: "web:65536", err: "want a number from 1 to 65535"},
+		{in: "web:http", err: "want a number from 1 to 65535"},
+		{in: ":80", err: "empty DNS name"},
+		{in: "10.0.0.1:80", err: "is an IP address, not a DNS name"},
+		{in: "[::1]:80", err: "is an IP address, not a DNS name"},
+		{in: "a..b:80", err: `DNS label ""`},
+		{in: "-a.b:80", err: "hyphen"},
+		{in: "a b:80", err: "not allowed"},
+		{in: strings.Repeat("a", 64) + ".b:80", err: "want 1 to 63 characters"},
+		{in: strings.Repeat("abcdefg.", 32) + "x:80", err: "more than 253"},
+	} {
+		got, err := ParseHost(c.in)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("ParseHost(%q) error %v, want %q", c.in, err, c.err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("ParseHost(%q) = %+v, %v, want %+v", c.in, got, err, c.want)
+		}
+		if got.String() != c.in {
+			t.Errorf("String() = %q, want %q", got.String(), c.in)
+		}
+	}
+}
+
+func TestParseSRV(t *testing.T) {
+	for _, c := range []struct {
+		in  string
+		err string
+	}{
+		{in: "_http._tcp.web.default.svc.cluster.local"},
+		{in: "_web._tcp.service.consul."},
+		{in: "_dns._udp.example"},
+		{in: "web.service.consul", err: "want _service._proto.NAME"},
+		{in: "_http.web.example", err: "want _service._proto.NAME"},
+		{in: "_http._tcp", err: "want _service._proto.NAME"},
+		{in: "_._tcp.web", err: "want _service._proto.NAME"},
+		{in: "_http._tcp.web:80", err: "not allowed"},
+		{in: "", err: "empty DNS name"},
+	} {
+		got, err := ParseSRV(c.in)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("ParseSRV(%q) error %v, want %q", c.in, err, c.err)
+			}
+			continue
+		}
+		if want := (Target{Kind: SRV, Name: c.in}); err != nil || got != want {
+			t.Errorf("ParseSRV(%q) = %+v, %v", c.in, got, err)
+		}
+		if got.String() != c.in {
+			t.Errorf("String() = %q", got.String())
+		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	if err := (Config{Targets: []Target{{Kind: Host, Name: "a", Port: 1}}}).Validate(); err != nil {
+		t.Fatalf("minimal config: %v", err)
+	}
+	err := Config{
+		Targets:  []Target{{Kind: Host, Name: "a"}, {Kind: 9, Name: "b"}, {Kind: SRV, Name: "bad name"}},
+		Interval: -1, Timeout: -1, MaxAddrs: -1,
+	}.Validate()
+	for _, want := range []string{"port 0", "unknown kind", "not allowed", "interval", "timeout", "max addresses"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not mention %q", err, want)
+		}
+	}
+	if err := (Config{}).Validate(); err == nil || !strings.Contains(err.Error(), "no DNS targets") {
+		t.Errorf("empty config: %v", err)
+	}
+	d := DefaultConfig()
+	if d.Interval != 30*time.Second || d.Timeout != 5*time.Second || d.MaxAddrs != 1024 {
+		t.Errorf("defaults %+v", d)
+	}
+}
+
+func TestHostMembership(t *testing.T) {
+	s := newDNSServer(t)
+	s.set(t, "web.test.", "A 127.0.0.2", "A 127.0.0.1", "A 127.0.0.1", "AAAA ::1", "AAAA ::ffff:127.0.0.3")
+	s.set(t, "alias.test.", "A 127.0.0.2")
+	h := start(t, s, Config{Targets: []Target{
+		{Kind: Host, Name: "web.test.", Port: 8080},
+		{Kind: Host, Name: "alias.test.", Port: 8080}, // same backend twice
+		{Kind: Host, Name: "web.test.", Port: 9090},
+	}})
+	h.expect(t, "127.0.0.1:8080", "127.0.0.2:8080", "127.0.0.3:8080", "[::1]:8080",
+		"127.0.0.1:9090", "127.0.0.2:9090", "127.0.0.3:9090", "[::1]:9090")
+	h.quiet(t)
+
+	// An addition, then a removal.
+	s.set(t, "web.test.", "A 127.0.0.1", "A 127.0.0.4", "AAAA ::1")
+	h.expect(t, "127.0.0.1:8080", "127.0.0.2:8080", "127.0.0.4:8080", "[::1]:8080",
+		"127.0.0.1:9090", "127.0.0.4:9090", "[::1]:9090")
+	s.set(t, "web.test.", "A 127.0.0.4")
+	h.expect(t, "127.0.0.2:8080", "127.0.0.4:8080", "127.0.0.4:9090")
+	// The same answer in another order changes nothing.
+	s.set(t, "alias.test.", "A 127.0.0.4", "A 127.0.0.2")
+	h.quiet(t)
+	if n := h.count("backends changed"); n != 3 {
+		t.Errorf("%d change lines, want 3", n)
+	}
+	if n := h.count(msgFailed); n != 0 {
+		t.Errorf("%d failure lines, want 0", n)
+	}
+}
+
+// TestFailuresKeepLastGood takes a target through each kind of failure:
+// the set never changes, and each failing spell is logged once, as is each
+// recovery.
+func TestFailuresKeepLastGood(t *testing.T) {
+	s := newDNSServer(t)
+	s.set(t, "web.test.", "A 127.0.0.1", "A 127.0.0.2")
+	h := start(t, s, Config{Targets: []Target{{Kind: Host, Name: "web.test.", Port: 80}}, Timeout: 200 * time.Millisecond})
+	h.expect(t, "127.0.0.1:80", "127.0.0.2:80")
+
+	good := func() { s.setMode("web.test.", answer); s.set(t, "web.test.", "A 127.0.0.1", "A 127.0.0.2") }
+	for i, fail := range []struct {
+		name  string
+		apply func()
+	}{
+		{"SERVFAIL", func() { s.setMode("web.test.", servfail) }},
+		{"timeout", func() { s.setMode("web.test.", drop) }},
+		{"NXDOMAIN", func() { s.set(t, "web.test.") }},
+		{"no records of the type", func() { s.set(t, "web.test.", "TXT \"moved\"") }},
+		{"unusable addresses", func() { s.set(t, "web.test.", "A 0.0.0.0", "A 224.0.0.1", "AAAA ::") }},
+	} {
+		t.Run(fail.name, func(t *testing.T) {
+			fail.apply()
+			h.quiet(t)
+			h.quiet(t) // several failing rounds, one line
+			if n := h.count(msgFailed); n != i+1 {
+				t.Fatalf("%d failure lines, want %d", n, i+1)
+			}
+			good()
+			h.quiet(t) // recovered with the same set: no update
+			h.quiet(t)
+			if n := h.count(msgRecovered); n != i+1 {
+				t.Fatalf("%d recovery lines, want %d", n, i+1)
+			}
+		})
+	}
+	// Recovery with a different answer is an update.
+	s.setMode("web.test.", servfail)
+	h.quiet(t)
+	s.setMode("web.test.", answer)
+	s.set(t, "web.test.", "A 127.0.0.3")
+	h.expect(t, "127.0.0.3:80")
+
+	line := h.logs.FilterMessage(msgFailed).All()[0]
+	fields := line.ContextMap()
+	if line.Level != zapcore.WarnLevel || fields["target"] != "web.test.:80" || fields["kept"] != int64(2) || fields["error"] == "" {
+		t.Errorf("failure line %v %v", line.Level, fields)
+	}
+}
+
+// TestFailureBeforeFirstAnswer starts with a failing target: nothing to
+// keep, one line, and the first good answer is the first update.
+func TestFailureBeforeFirstAnswer(t *testing.T) {
+	s := newDNSServer(t)
+	s.setMode("web.test.", servfail)
+	h := start(t, s, Config{Targets: []Target{{Kind: Host, Name: "web.test.", Port: 80}}})
+	h.expect(t) // tick.test alone
+	h.quiet(t)
+	if n := h.count(msgFailed); n != 1 {
+		t.Fatalf("%d failure lines, want 1", n)
+	}
+	s.set(t, "web.test.", "A 127.0.0.1")
+	s.setMode("web.test.", answer)
+	h.expect(t, "127.0.0.1:80")
+}
+
+func TestHugeAnswer(t *testing.T) {
+	s := newDNSServer(t)
+	many := func(n int) []string {
+		var rrs []string
+		for i := range n {
+			rrs = append(rrs, fmt.Sprintf("A 127.0.%d.%d", 1+i/250, 1+i%250))
+		}
+		return rrs
+	}
+	// 500 records are more than a UDP answer holds: the resolver retries
+	// over TCP.
+	s.set(t, "web.test.", many(500)...)
+	h := start(t, s, Config{Targets: []Target{{Kind: Host, Name: "web.test.", Port: 80}}, MaxAddrs: 600})
+	if got := h.next(t); len(got) != 501 {
+		t.Fatalf("%d backends, want 501", len(got))
+	}
+	s.set(t, "web.test.", many(1000)...)
+	h.quiet(t)
+	if n := h.count(msgFailed); n != 1 {
+		t.Fatalf("%d failure lines, want 1", n)
+	}
+	if err := h.logs.FilterMessage(msgFailed).All()[0].ContextMap()["error"]; !strings.Contains(fmt.Sprint(err), "more than the limit of 600") {
+		t.Errorf("error %v", err)
+	}
+}
+
+func TestSRV(t *testing.T) {
+	s := newDNSServer(t)
+	const name = "_http._tcp.web.test."
+	s.set(t, name,
+		"SRV 10 5 8080 a.test.",
+		"SRV 10 0 8080 b.test.",
+		"SRV 10 7 8082 gone.test.", // NXDOMAIN: skipped
+		"SRV 20 1 9090 c.test.",
+	)
+	s.set(t, "a.test.", "A 127.0.1.1", "AAAA ::1")
+	s.set(t, "b.test.", "A 127.0.1.2", "A 127.0.1.1") // 127.0.1.1 twice: the larger weight wins
+	s.set(t, "c.test.", "A 127.0.1.3")
+	h := start(t, s, Config{Targets: []Target{{Kind: SRV, Name: name}}})
+	h.expect(t, "127.0.1.1:8080,weight=5", "127.0.1.2:8080", "[::1]:8080,weight=5")
+
+	// The lowest priority goes: the next one is used.
+	s.set(t, "a.test.")
+	s.set(t, "b.test.")
+	h.expect(t, "127.0.1.3:9090")
+
+	// Weights above MaxWeight scale down, keeping their ratio.
+	s.set(t, name, "SRV 0 65535 1 a.test.", "SRV 0 6553 2 a.test.", "SRV 0 0 3 a.test.")
+	s.set(t, "a.test.", "A 127.0.1.1")
+	h.expect(t, "127.0.1.1:1,weight=1000", "127.0.1.1:2,weight=100", "127.0.1.1:3")
+
+	// A target that fails other than NXDOMAIN fails the SRV target: the
+	// last good set stays.
+	s.setMode("a.test.", servfail)
+	h.quiet(t)
+	if n := h.count(msgFailed); n != 1 {
+		t.Fatalf("%d failure lines, want 1", n)
+	}
+	s.setMode("a.test.", answer)
+	h.quiet(t)
+	// So does an SRV name that is gone, or whose targets all are.
+	s.set(t, name)
+	h.quiet(t)
+	s.set(t, name, "SRV 0 1 1 gone.test.", "SRV 0 1 1 .")
+	h.quiet(t)
+	if n := h.count(msgFailed); n != 2 {
+		t.Fatalf("%d failure lines, want 2", n)
+	}
+	if n := h.count("backends changed"); n != 3 {
+		t.Fatalf("%d change lines, want 3", n)
+	}
+}
+
+func TestSRVWeight(t *testing.T) {
+	for _, c := range []struct {
+		w, max uint16
+		want   int
+	}{
+		{0, 0, 1}, {0, 10, 1}, {10, 10, 10}, {1000, 1000, 1000},
+		{65535, 65535, 1000}, {1, 65535, 1}, {6553, 65535, 100}, {1001, 1001, 1000}, {500, 1001, 500},
+	} {
+		if got := srvWeight(c.w, c.max); got != c.want {
+			t.Errorf("srvWeight(%d, %d) = %d, want %d", c.w, c.max, got, c.want)
+		}
+	}
+}
+
+// TestRunStops cancels Run while a lookup waits on a server that never
+// answers, with a timeout far away: Run returns at once, its goroutines
+// gone (TestMain checks for leaks).
+func TestRunStops(t *testing.T) {
+	s := newDNSServer(t)
+	s.setMode("web.test.", drop)
+	h := start(t, s, Config{Targets: []Target{{Kind: Host, Name: "web.test.", Port: 80}}, Timeout: time.Hour})
+	// Wait until the lookup is in flight.
+	for q := ""; !strings.HasPrefix(q, "web.test. "); {
+		select {
+		case q = <-s.queries:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no query for web.test. in 10s")
+		}
+	}
+	h.stop()
+	select {
+	case bs := <-h.updates:
+		t.Fatalf("update %v after a cancelled round", bs)
+	default:
+	}
+	if n := h.count(msgFailed); n != 0 {
+		t.Fatalf("cancellation logged as a failure")
+	}
+}
+
+func TestMergeAndDiff(t *testing.T) {
+	b := func(s string, w int) Backend { return Backend{Addr: netip.MustParseAddrPort(s), Weight: w} }
+	targets := []target{
+		{last: []Backend{b("10.0.0.2:80", 1), b("10.0.0.1:80", 3)}},
+		{},
+		{last: []Backend{b("10.0.0.1:80", 5), b("[::1]:80", 1), b("10.0.0.1:81", 1)}},
+	}
+	got := merge(targets)
+	want := []Backend{b("10.0.0.1:80", 5), b("10.0.0.1:81", 1), b("10.0.0.2:80", 1), b("[::1]:80", 1)}
+	if !slices.Equal(got, want) {
+		t.Fatalf("merge = %v, want %v", got, want)
+	}
+	next := []Backend{b("10.0.0.1:80", 1), b("10.0.0.3:80", 1), b("[::1]:80", 1), b("[::2]:80", 1)}
+	if a, r := diff(got, next); a != 2 || r != 2 {
+		t.Fatalf("diff = +%d -%d, want +2 -2", a, r)
+	}
+	if a, r := diff(nil, next); a != 4 || r != 0 {
+		t.Fatalf("diff from nothing = +%d -%d", a, r)
+	}
+	if s := fmt.Sprint(want[0], " ", want[1]); s != "10.0.0.1:80,weight=5 10.0.0.1:81" {
+		t.Fatalf("String: %s", s)
+	}
+}
