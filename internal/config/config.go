@@ -320,7 +320,7 @@ func build(g globalVals, svcs []namedService, fdLimit int) (Config, []string) {
 	for _, ns := range svcs {
 		s, sp := buildService(ns)
 		probs = append(probs, sp...)
-		if s.Listen.IsValid() {
+		if s.Listen.IsValid() && s.Listen.Port() != 0 {
 			key := s.Proto + " " + s.Listen.String()
 			if other, dup := listens[key]; dup {
 				probs = append(probs, fmt.Sprintf("%s--listen %q: also the address of service %q", ns.where, s.Listen, other))

@@ -532,10 +532,16 @@ func TestMaxConns(t *testing.T) {
 	}
 }
 
-// bufEcho is an echo backend that copies through a per-connection buffer.
+// bufEcho is an echo backend that copies through a per-connection buffer,
+// and whose listener and connections can be closed separately.
 type bufEcho struct {
-	addr   string
-	active atomic.Int64
+	addr     string
+	ln       *net.TCPListener
+	active   atomic.Int64
+	accepted atomic.Int64
+	mu       sync.Mutex // guards conns
+	conns    map[net.Conn]bool
+	wg       sync.WaitGroup
 }
 
 func copyEcho(tb testing.TB) *bufEcho {
@@ -544,38 +550,58 @@ func copyEcho(tb testing.TB) *bufEcho {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	e := &bufEcho{addr: ln.Addr().String()}
-	var wg sync.WaitGroup
-	tb.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
+	e := &bufEcho{addr: ln.Addr().String(), ln: ln, conns: map[net.Conn]bool{}}
+	tb.Cleanup(func() { e.closeListener(); e.closeConns(); e.wg.Wait() })
+	e.wg.Add(1)
 	go func() {
-		defer wg.Done()
+		defer e.wg.Done()
 		for {
 			c, err := ln.AcceptTCP()
 			if err != nil {
 				return
 			}
+			e.accepted.Add(1)
 			e.active.Add(1)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer e.active.Add(-1)
-				defer c.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 {
-						if _, werr := c.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						c.CloseWrite()
-						return
-					}
-				}
-			}()
+			e.mu.Lock()
+			e.conns[c] = true
+			e.mu.Unlock()
+			e.wg.Add(1)
+			go e.serve(c)
 		}
 	}()
 	return e
+}
+
+func (e *bufEcho) serve(c *net.TCPConn) {
+	defer e.wg.Done()
+	defer e.active.Add(-1)
+	defer func() {
+		e.mu.Lock()
+		delete(e.conns, c)
+		e.mu.Unlock()
+		c.Close()
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			c.CloseWrite()
+			return
+		}
+	}
+}
+
+func (e *bufEcho) closeListener() { e.ln.Close() }
+
+func (e *bufEcho) closeConns() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for c := range e.conns {
+		c.Close()
+	}
 }
