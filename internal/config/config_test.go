@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -142,5 +143,125 @@ func TestHelpListsEveryFlagWithUnits(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "bytes") || !strings.Contains(out.String(), "duration") {
 		t.Error("help does not give units")
+	}
+}
+
+func writeConf(t *testing.T, body string) string {
+	t.Helper()
+	path := t.TempDir() + "/sluice.conf"
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestConfigFile(t *testing.T) {
+	path := writeConf(t, `# comment
+workers 3
+drain-timeout 7s
+
+[service pg]
+listen 127.0.0.1:6432
+backend 127.0.0.1:5432
+backend 127.0.0.1:5433,weight=2
+health-check postgres
+close-on-down
+
+[service cache]
+listen 127.0.0.1:6380
+backend 127.0.0.1:6379
+hash-key src-ip-port
+`)
+	cfg, err := Parse([]string{"--config", path, "--workers", "1"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Workers != 1 {
+		t.Errorf("command line did not override the file: workers %d", cfg.Workers)
+	}
+	if cfg.DrainTimeout != 7*time.Second {
+		t.Errorf("drain timeout %v", cfg.DrainTimeout)
+	}
+	if len(cfg.Services) != 2 || cfg.Services[0].Name != "pg" || cfg.Services[1].Name != "cache" {
+		t.Fatalf("services %+v", cfg.Services)
+	}
+	pg, cache := cfg.Services[0], cfg.Services[1]
+	if len(pg.Backends) != 2 || pg.Backends[1].Weight != 2 || pg.Health.Kind != "postgres" || !pg.CloseOnDown {
+		t.Errorf("pg %+v", pg)
+	}
+	if cache.Proxy.HashKey != balancer.HashSrcIPPort || cache.CloseOnDown || cache.Health.Kind != "tcp" {
+		t.Errorf("cache %+v", cache)
+	}
+}
+
+func TestConfigFileErrors(t *testing.T) {
+	cases := map[string]struct{ body, want string }{
+		"service flag in globals": {"listen 127.0.0.1:1\n[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", ":1: \"listen\" is a service setting"},
+		"unknown key":             {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\nbogus 1\n", ":4: unknown flag: --bogus"},
+		"bad section":             {"[svc a]\n", ":1: bad section"},
+		"duplicate service":       {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n[service a]\nlisten 127.0.0.1:4\nbackend 127.0.0.1:3\n", ":4: service \"a\" defined twice"},
+		"bad value":               {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\nidle-timeout -1s\n", "service a: --idle-timeout \"-1s\""},
+		"no services":             {"workers 1\n", "no service"},
+		"same listen twice":       {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n[service b]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", "also the address of service \"a\""},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse([]string{"--config", writeConf(t, tc.body)}, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+	_, err := Parse([]string{"--config", writeConf(t, "[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n"), "--listen", "127.0.0.1:9"}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--listen: with --config") {
+		t.Fatalf("service flag beside --config: %v", err)
+	}
+	if _, err := Parse([]string{"--config", "/nonexistent/sluice.conf"}, io.Discard); err == nil {
+		t.Fatal("missing config file accepted")
+	}
+}
+
+func TestBackendsFile(t *testing.T) {
+	path := writeConf(t, "# fleet\n127.0.0.1:5432\n127.0.0.1:5433 weight=3 # big one\n\n")
+	specs, err := ReadBackendsFile(path)
+	if err != nil || len(specs) != 2 || specs[1].Weight != 3 {
+		t.Fatalf("specs %v, %v", specs, err)
+	}
+	for body, want := range map[string]string{
+		"127.0.0.1:1\nnope\n":        "line 2",
+		"127.0.0.1:1\n127.0.0.1:1\n": "already on line 1",
+		"127.0.0.1:1 weight=5000\n":  "line 1",
+	} {
+		if _, err := ReadBackendsFile(writeConf(t, body)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err = %v, want %q", body, err, want)
+		}
+	}
+}
+
+func TestFirewallFlags(t *testing.T) {
+	base := []string{"--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001"}
+	cfg, err := Parse(append(base, "--xdp-iface", "eth0", "--deny-cidr", "198.18.0.0/15", "--allow-cidr", "2001:db8::/32",
+		"--rate-limit", "100", "--rate-burst", "20", "--protect-port", "tcp/22", "--protect-port", "53"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := cfg.Firewall
+	if len(fw.Ifaces) != 1 || len(fw.Rules.Deny) != 1 || len(fw.Rules.Allow) != 1 || fw.Rules.RateLimit != 100 ||
+		fw.Rules.RateBurst != 20 || len(fw.Rules.Ports) != 3 {
+		t.Fatalf("firewall %+v", fw)
+	}
+	for _, bad := range [][]string{
+		{"--xdp-iface", "eth0", "--deny-cidr", "198.18.0.1/15"},
+		{"--xdp-iface", "eth0", "--allow-cidr", "nonsense"},
+		{"--xdp-iface", "eth0", "--xdp-mode", "turbo"},
+		{"--xdp-iface", "eth0", "--protect-port", "sctp/9"},
+		{"--xdp-iface", "eth0", "--rate-burst", "5"},
+		{"--deny-cidr", "198.18.0.0/15"},
+	} {
+		_, err := Parse(append(base, bad...), io.Discard)
+		var ue *UsageError
+		if !errors.As(err, &ue) || len(ue.Problems) != 1 {
+			t.Errorf("%v: err = %v, want one problem", bad, err)
+		}
 	}
 }

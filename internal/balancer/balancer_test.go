@@ -1,0 +1,142 @@
+package balancer
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+	"testing"
+
+	"go.uber.org/zap"
+)
+
+func TestParseSpec(t *testing.T) {
+	good := map[string]Spec{
+		"127.0.0.1:80":             {Addr: netip.MustParseAddrPort("127.0.0.1:80"), Weight: 1},
+		" 10.1.2.3:5432,weight=7 ": {Addr: netip.MustParseAddrPort("10.1.2.3:5432"), Weight: 7},
+		"10.1.2.3:5432 weight=0":   {Addr: netip.MustParseAddrPort("10.1.2.3:5432"), Weight: 0},
+		"[2001:db8::1]:443":        {Addr: netip.MustParseAddrPort("[2001:db8::1]:443"), Weight: 1},
+		"[::ffff:10.0.0.1]:80":     {Addr: netip.MustParseAddrPort("10.0.0.1:80"), Weight: 1},
+	}
+	for in, want := range good {
+		got, err := ParseSpec(in)
+		if err != nil || got != want {
+			t.Errorf("ParseSpec(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "host:80", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:80,weight=-1",
+		"127.0.0.1:80,weight=1001", "127.0.0.1:80,weight=x", "127.0.0.1:80,speed=3", "[fe80::1%eth0]:80"} {
+		if _, err := ParseSpec(in); err == nil {
+			t.Errorf("ParseSpec(%q) accepted", in)
+		}
+	}
+}
+
+func TestHashKey(t *testing.T) {
+	ip := netip.MustParseAddr("198.18.0.7")
+	mapped := netip.MustParseAddr("::ffff:198.18.0.7")
+	if HashSrcIP.Hash(ip, 1) != HashSrcIP.Hash(ip, 2) {
+		t.Error("src-ip hash depends on the port")
+	}
+	if HashSrcIPPort.Hash(ip, 1) == HashSrcIPPort.Hash(ip, 2) {
+		t.Error("src-ip-port hash ignores the port")
+	}
+	if HashSrcIP.Hash(ip, 1) != HashSrcIP.Hash(mapped, 1) {
+		t.Error("IPv4-mapped address hashes differently")
+	}
+	// Pinned values: a change reshuffles every deployment's clients.
+	if got := HashSrcIP.Hash(ip, 0); got != 0xcecbee5e4e559d97 {
+		t.Errorf("golden hash changed: %#x", got)
+	}
+}
+
+func testService(t *testing.T, specs ...Spec) *Service {
+	t.Helper()
+	s, err := NewService(ServiceConfig{Name: "t", Loops: 2, PassiveFall: 2}, specs, Hooks{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func spec(a string, w int) Spec { return Spec{Addr: netip.MustParseAddrPort(a), Weight: w} }
+
+func TestServiceMembershipKeepsState(t *testing.T) {
+	s := testService(t, spec("10.0.0.1:1", 1), spec("10.0.0.2:1", 1))
+	b1 := s.Pool().Load().Backends[0]
+	b1.Active.Store(5)
+	if err := s.SetDrained(b1.Addr, true); err != nil {
+		t.Fatal(err)
+	}
+	// The file adds a third and repeats the first: state and counters stay.
+	if err := s.SetSource(SourceFile, []Spec{spec("10.0.0.1:1", 1), spec("10.0.0.3:1", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	info := s.Info()
+	if len(info) != 3 || info[0].State != StateDraining || info[0].ActiveConnections != 5 || len(info[0].Sources) != 2 {
+		t.Fatalf("info %+v", info)
+	}
+	if n := len(s.Pool().Load().Backends); n != 2 {
+		t.Fatalf("%d usable, want 2 (one drained)", n)
+	}
+	// Removing the static list leaves the file's members.
+	s.SetSource(SourceStatic, nil)
+	if got := fmt.Sprint(s.Members()); got != "[10.0.0.1:1 10.0.0.3:1]" {
+		t.Fatalf("members %s", got)
+	}
+	if err := s.SetDrained(netip.MustParseAddrPort("10.9.9.9:1"), true); err == nil {
+		t.Fatal("drained an unknown backend")
+	}
+}
+
+func TestServiceHealthAndPassive(t *testing.T) {
+	s := testService(t, spec("10.0.0.1:1", 1), spec("10.0.0.2:1", 1))
+	a := netip.MustParseAddrPort("10.0.0.1:1")
+	s.SetHealth(a, false, CheckResult{Error: "refused"})
+	if snap := s.Pool().Load(); len(snap.Backends) != 1 || snap.Backends[0].Addr == a {
+		t.Fatalf("down backend still in the table: %v", snap.Backends)
+	}
+	s.SetHealth(a, true, CheckResult{OK: true})
+	if len(s.Pool().Load().Backends) != 2 {
+		t.Fatal("up backend not back in the table")
+	}
+	// Passive: PassiveFall consecutive failures queue an ejection; a success
+	// in between resets the streak.
+	b := s.Pool().Load().Backends[0]
+	s.ReportConnect(b, false)
+	s.ReportConnect(b, true)
+	s.ReportConnect(b, false)
+	select {
+	case <-s.eject:
+		t.Fatal("ejected without consecutive failures")
+	default:
+	}
+	s.ReportConnect(b, false)
+	got := <-s.eject
+	s.ejectBackend(got)
+	if s.Info()[0].State != StateDown {
+		t.Fatalf("state after ejection %v", s.Info()[0].State)
+	}
+}
+
+func TestPickBoundedCap(t *testing.T) {
+	s := testService(t, spec("10.0.0.1:1", 1), spec("10.0.0.2:1", 1), spec("10.0.0.3:1", 2))
+	snap := s.Pool().Load()
+	var scratch []int
+	var total int64
+	const n = 400
+	for i := 0; i < n; i++ {
+		// One hot key for every connection.
+		j := snap.PickBounded(12345, 1.25, total, &scratch)
+		snap.Backends[j].Active.Add(1)
+		total++
+		for _, b := range snap.Backends {
+			share := 1.25 * float64(total) * float64(b.Weight) / 4
+			if float64(b.Active.Load()) > math.Ceil(share) {
+				t.Fatalf("after %d connections %s holds %d > cap %v", total, b.Addr, b.Active.Load(), math.Ceil(share))
+			}
+		}
+	}
+	if snap.PickBounded(12345, 0, total, &scratch) != snap.Pick(12345) {
+		t.Fatal("factor 0 is not plain Pick")
+	}
+}
