@@ -186,7 +186,11 @@ type Config struct {
 	// MaxAddrs bounds the backends of one target: a bigger answer is a
 	// failure, and the last good answer is kept. Default 1024.
 	MaxAddrs int
-	// Resolver resolves the names; nil means net.DefaultResolver.
+	// Resolver resolves the names. nil means a resolver configured like
+	// net.DefaultResolver but with StrictErrors set, so that a timeout or
+	// SERVFAIL on the AAAA query fails the lookup instead of returning the
+	// A answer alone, which would drop the IPv6 backends for a round. A
+	// caller's resolver should set StrictErrors too.
 	Resolver *net.Resolver
 }
 
@@ -238,7 +242,7 @@ func (c Config) withDefaults() Config {
 		c.MaxAddrs = d.MaxAddrs
 	}
 	if c.Resolver == nil {
-		c.Resolver = net.DefaultResolver
+		c.Resolver = &net.Resolver{StrictErrors: true}
 	}
 	return c
 }

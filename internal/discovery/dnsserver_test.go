@@ -80,7 +80,8 @@ func newDNSServer(tb testing.TB) *dnsServer {
 // wrapped: the resolver tells UDP from TCP by its type.)
 func (s *dnsServer) resolver() *net.Resolver {
 	return &net.Resolver{
-		PreferGo: true,
+		PreferGo:     true,
+		StrictErrors: true,
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			addr := s.udpAddr
 			if strings.HasPrefix(network, "tcp") {
@@ -114,11 +115,17 @@ func (s *dnsServer) set(tb testing.TB, name string, rrs ...string) {
 	s.records[strings.ToLower(name)] = parsed
 }
 
-// setMode sets how s answers queries for name.
+// setMode sets how s answers queries for name, or for one type of query
+// when name is followed by a space and the type ("web.test. AAAA").
 func (s *dnsServer) setMode(name string, mode int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.modes[strings.ToLower(name)] = mode
+	name, qtype, _ := strings.Cut(name, " ")
+	key := strings.ToLower(name)
+	if qtype != "" {
+		key += " " + qtype
+	}
+	s.modes[key] = mode
 }
 
 // ServeDNS answers from the records. A name with no records is NXDOMAIN; a
@@ -137,7 +144,7 @@ func (s *dnsServer) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	}
 	name := strings.ToLower(q.Name)
 	s.mu.Lock()
-	mode := s.modes[name]
+	mode := max(s.modes[name], s.modes[name+" "+dns.TypeToString[q.Qtype]])
 	all := s.records[name]
 	s.mu.Unlock()
 	switch mode {
