@@ -17,8 +17,10 @@ type Config struct {
 	// pick a session's backend.
 	HashKey balancer.HashKey
 	// Batch is the most datagrams moved by one recvmmsg(2) or sendmmsg(2)
-	// call, 1 to MaxBatch; 1 uses recvmsg/sendmsg instead. Each proxy holds
-	// 2×Batch buffers of 64 KiB, so that any datagram fits: 4 MiB at 32.
+	// call, 1 to MaxBatch; 1 uses recvmsg/sendmsg instead. Each proxy
+	// holds Batch buffers of 64 KiB so that any datagram fits (2 MiB of
+	// address space at 32; the kernel writes only what arrives, so small
+	// datagrams touch one page of each).
 	Batch int
 	// SocketBuffer is the SO_RCVBUF and SO_SNDBUF, in bytes, that Listen
 	// asks for on the listening socket; best effort (SO_RCVBUFFORCE when

@@ -35,10 +35,10 @@ import (
 )
 
 const (
-	// listenBudget bounds the client datagrams read per readiness event of
-	// the listening socket, so a flood of clients cannot starve replies.
-	// The sockets are level-triggered: what is left is reported again.
-	listenBudget = 64
+	// eventBudget bounds the datagrams read per readiness event of one
+	// socket, so that a flood on one cannot starve the others. Sockets are
+	// level-triggered: what is left is reported again.
+	eventBudget = 64
 	// expireBudget bounds the sessions ended per firing of the expiry
 	// timer; the rest wait one loop iteration.
 	expireBudget = 1024
@@ -54,23 +54,12 @@ type Proxy struct {
 	log     *zap.Logger
 	debug   bool
 
-	lnfd int // the listening socket; -1 before Listen and after Drain
+	lnfd    int    // the listening socket; -1 before Listen and after Drain
+	lnDrops uint32 // the kernel's drop count of lnfd when last read
 
-	// in holds the client datagrams of one listener read; it is empty
-	// between events.
-	in *batch
-	// out holds replies read from session sockets and not yet sent to the
-	// clients: slots 0..pending-1, each with its client's address in its
-	// Name and its backend's counters in outBC. They are sent together
-	// when out is full or at the end of the loop iteration (flush timer),
-	// so that the replies of many sessions cost one sendmmsg.
-	out     *batch
-	outBC   []*BackendCounters
-	pending int
-	flush   loop.Timer
-	// eachReply sends every reply as it is read instead of at the end of
-	// the iteration; for the benchmark that measures the difference.
-	eachReply bool
+	// buf holds the datagrams of one read, from the listening socket or
+	// from a session socket; it is empty between events.
+	buf *batch
 
 	sessions map[netip.AddrPort]*session
 	// lru is the sentinel of the ring of sessions ordered by last activity:
@@ -93,12 +82,7 @@ type Proxy struct {
 // New returns a proxy for one loop. It receives nothing until Listen.
 // limiter is shared by the proxies of all loops of the process.
 func New(l *loop.Loop, cfg Config, lb *balancer.Pool, limiter *SessionLimiter, log *zap.Logger) *Proxy {
-	if cfg.Batch < 1 {
-		cfg.Batch = 1
-	}
-	if cfg.Batch > MaxBatch {
-		cfg.Batch = MaxBatch
-	}
+	cfg.Batch = max(1, min(cfg.Batch, MaxBatch))
 	p := &Proxy{
 		loop:     l,
 		cfg:      cfg,
@@ -107,16 +91,13 @@ func New(l *loop.Loop, cfg Config, lb *balancer.Pool, limiter *SessionLimiter, l
 		log:      log,
 		debug:    log.Core().Enabled(zap.DebugLevel),
 		lnfd:     -1,
-		in:       newBatch(cfg.Batch),
-		out:      newBatch(cfg.Batch),
-		outBC:    make([]*BackendCounters, cfg.Batch),
+		buf:      newBatch(cfg.Batch),
 		sessions: make(map[netip.AddrPort]*session),
 		counters: make(map[netip.AddrPort]*BackendCounters),
 		stats:    new(Stats),
 	}
 	p.lru.next, p.lru.prev = &p.lru, &p.lru
 	p.expiry.F = p.expire
-	p.flush.F = p.flushReplies
 	return p
 }
 
@@ -133,6 +114,7 @@ func (p *Proxy) Listen(fd int) error {
 		return err
 	}
 	p.lnfd = fd
+	p.lnDrops = socketDrops(fd)
 	return nil
 }
 
@@ -141,8 +123,7 @@ func (p *Proxy) Listen(fd int) error {
 // and the replies of a session leave through the listening socket, so a
 // session cannot outlive it; closing the socket at once also lets the
 // kernel give the service's datagrams to the other sockets of its
-// SO_REUSEPORT group (a new process during an upgrade). Replies already
-// read are sent first.
+// SO_REUSEPORT group (a new process during an upgrade).
 func (p *Proxy) Drain() <-chan struct{} {
 	p.CloseAll()
 	if p.drained == nil {
@@ -152,16 +133,15 @@ func (p *Proxy) Drain() <-chan struct{} {
 	return p.drained
 }
 
-// CloseAll sends the replies already read, ends every session and closes
-// the listening socket. The proxy holds no fd afterwards.
+// CloseAll ends every session and closes the listening socket. The proxy
+// holds no fd afterwards.
 func (p *Proxy) CloseAll() {
-	p.flushReplies()
-	p.loop.Cancel(&p.flush)
 	for p.lru.prev != &p.lru {
 		p.end(p.lru.prev)
 	}
 	p.loop.Cancel(&p.expiry)
 	if p.lnfd >= 0 {
+		p.countListenDrops()
 		p.loop.Forget(p.lnfd)
 		unix.Close(p.lnfd)
 		p.lnfd = -1
@@ -174,14 +154,19 @@ type listener Proxy
 // HandleEvent reads client datagrams and sends each on its session.
 func (ln *listener) HandleEvent(uint32) {
 	p := (*Proxy)(ln)
-	b := p.in
-	for read := 0; read < listenBudget && p.lnfd >= 0; {
+	b := p.buf
+	for read := 0; read < eventBudget && p.lnfd >= 0; {
 		n, err := b.recv(p.lnfd, 0, p.cfg.Batch, true)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			return // EAGAIN; nothing else is expected of an unconnected socket
+		}
+		if n == p.cfg.Batch {
+			// A full read means a backlog, the only time the socket's
+			// queue can have overflowed.
+			p.countListenDrops()
 		}
 		snap := p.lb.Load()
 		for i := range n {
@@ -194,10 +179,10 @@ func (ln *listener) HandleEvent(uint32) {
 	}
 }
 
-// forward sends client datagram i of p.in to the client's session,
+// forward sends client datagram i of p.buf to the client's session,
 // opening or remapping the session as needed.
 func (p *Proxy) forward(i int, snap *balancer.Snapshot) {
-	b := p.in
+	b := p.buf
 	if b.msgs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
 		p.stats.drop(DropTruncated, 1)
 		return
@@ -230,14 +215,12 @@ func (p *Proxy) forward(i int, snap *balancer.Snapshot) {
 	s.bc.BytesUp.Add(uint64(len(data)))
 }
 
-// queueReplies reads what the backend of s sent into free slots of p.out,
-// addressed to the client of s, and schedules their sending.
-func (p *Proxy) queueReplies(s *session) {
-	b := p.out
-	for read := 0; read < p.cfg.Batch && s.fd >= 0; {
-		lo := p.pending
-		hi := min(len(b.msgs), lo+p.cfg.Batch-read)
-		n, err := b.recv(s.fd, lo, hi, false)
+// relay reads what the backend of s sent and sends it to the client from
+// the listening socket, a batch at a time.
+func (p *Proxy) relay(s *session) {
+	b := p.buf
+	for read := 0; read < eventBudget; {
+		n, err := b.recv(s.fd, 0, p.cfg.Batch, false)
 		switch err {
 		case nil:
 		case unix.EINTR:
@@ -246,66 +229,69 @@ func (p *Proxy) queueReplies(s *session) {
 			p.stats.drop(DropBackendRefused, 1)
 			continue
 		default:
-			n = 0 // EAGAIN; other errors are transient datagram errors
+			return // EAGAIN; other errors are transient datagram errors
 		}
-		if n == 0 {
-			break
+		if n == p.cfg.Batch {
+			p.countSessionDrops(s)
 		}
-		for i := lo; i < lo+n; i++ {
+		for i := range n {
 			b.iovs[i].SetLen(int(b.msgs[i].Len))
-			b.names[i] = s.name
-			b.msgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+			b.msgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&s.name))
 			b.msgs[i].Hdr.Namelen = s.nameLen
-			p.outBC[i] = s.bc
 		}
-		p.pending += n
-		read += n
 		p.touch(s)
-		if p.pending == len(b.msgs) || p.eachReply {
-			p.flushReplies()
+		p.reply(s, n)
+		read += n
+		if n < p.cfg.Batch {
+			return // the queue is empty, or nearly
 		}
-		if n < hi-lo {
-			break // the socket's queue is empty, or nearly
-		}
-	}
-	if p.pending > 0 && !p.flush.Scheduled() {
-		// A timer due now runs after the events of this iteration: the
-		// loop fires due timers once it has handled every fetched event.
-		p.loop.Schedule(&p.flush, p.loop.Now())
 	}
 }
 
-// flushReplies sends the queued replies to their clients. A reply the
+// reply sends datagrams 0..n-1 of p.buf to the client of s. One the
 // listening socket cannot take now is dropped, never waited for.
-func (p *Proxy) flushReplies() {
-	b := p.out
-	for off := 0; off < p.pending; {
+func (p *Proxy) reply(s *session, n int) {
+	b := p.buf
+	for off := 0; off < n; {
 		if p.lnfd < 0 {
-			p.stats.drop(DropSendClientFailed, p.pending-off)
-			break
+			p.stats.drop(DropSendClientFailed, n-off)
+			return
 		}
-		n, err := b.send(p.lnfd, off, p.pending)
+		k, err := b.send(p.lnfd, off, n)
 		switch err {
 		case nil:
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
 			// The send buffer is full; the rest would fail alike.
-			p.stats.drop(DropSendClientFailed, p.pending-off)
-			off = p.pending
-			continue
+			p.stats.drop(DropSendClientFailed, n-off)
+			return
 		default:
-			// An error of this datagram's destination (EPERM from a
-			// firewall, EHOSTUNREACH, ...): skip it, send the rest.
+			// An error of this datagram (EPERM from a firewall,
+			// EMSGSIZE, ...): skip it, send the rest.
 			p.stats.drop(DropSendClientFailed, 1)
 			off++
 			continue
 		}
-		for i := off; i < off+n; i++ {
-			p.outBC[i].DatagramsDown.Add(1)
-			p.outBC[i].BytesDown.Add(uint64(b.msgs[i].Hdr.Iov.Len))
+		for i := off; i < off+k; i++ {
+			s.bc.DatagramsDown.Add(1)
+			s.bc.BytesDown.Add(uint64(b.msgs[i].Len))
 		}
-		off += n
+		off += k
 	}
-	p.pending = 0
+}
+
+// countListenDrops adds the datagrams the kernel dropped at the listening
+// socket since the last look (its receive queue was full) to the stats.
+func (p *Proxy) countListenDrops() {
+	d := socketDrops(p.lnfd)
+	p.stats.drop(DropListenQueue, int(d-p.lnDrops))
+	p.lnDrops = d
+}
+
+// countSessionDrops is countListenDrops for a session socket.
+func (p *Proxy) countSessionDrops(s *session) {
+	d := socketDrops(s.fd)
+	p.stats.drop(DropSessionQueue, int(d-s.drops))
+	s.drops = d
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -525,4 +526,86 @@ func TestDropReasonNames(t *testing.T) {
 		seen[name] = true
 	}
 	var _ atomic.Uint64 // the counters are atomics; see Stats
+}
+
+// TestQueueDrops stalls the loop while datagrams pour in, so that the
+// kernel drops some at the listening socket and at a session socket, and
+// checks that every datagram is accounted for: forwarded or counted as
+// dropped with the right reason.
+func TestQueueDrops(t *testing.T) {
+	const burst = 400
+	// The backend answers its first datagram with a burst of replies.
+	bk := startID(t, 0, "udp", "127.0.0.1")
+	bk.close() // only its address is wanted; serve the burst here instead
+	pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(bk.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+
+	cfg := testConfig()
+	cfg.SocketBuffer = 1 // the kernel's minimum
+	r := startRig(t, lo4, []netip.AddrPort{bk.addr}, cfg, nil, 1)
+	st := r.proxies[0].Stats()
+	stall := func() {
+		started := make(chan struct{})
+		r.loops[0].Submit(func() { close(started); time.Sleep(300 * time.Millisecond) })
+		<-started
+	}
+	c := newClient(t, "127.0.0.1")
+	c.conn.SetReadBuffer(8 << 20)
+
+	// Client → proxy while the loop sleeps: the listening queue overflows.
+	if _, err := c.conn.WriteToUDPAddrPort([]byte("first"), r.addr); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2048)
+	pc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, from, err := pc.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stall()
+	payload := make([]byte, 1000)
+	for range burst {
+		c.conn.WriteToUDPAddrPort(payload, r.addr)
+	}
+	up := func() (n uint64) {
+		st.ForEachBackend(func(_ netip.AddrPort, c *BackendCounters) { n += c.DatagramsUp.Load() })
+		return n
+	}
+	eventually(t, "every client datagram forwarded or counted as dropped", func() bool {
+		r.do(0, func(p *Proxy) { p.countListenDrops() }) // as a read of a backlog would
+		return up()+st.Drops(DropListenQueue) == 1+burst
+	})
+	t.Logf("client burst: %d forwarded, %d listen_queue_full", up()-1, st.Drops(DropListenQueue))
+	if st.Drops(DropListenQueue) == 0 {
+		t.Errorf("no listening-queue drops with a %d-datagram burst into a minimal buffer", burst)
+	}
+
+	// Backend → proxy while the loop sleeps: the session queue overflows.
+	stall()
+	for range burst {
+		pc.WriteToUDPAddrPort(payload, from)
+	}
+	time.Sleep(400 * time.Millisecond) // the loop wakes up and reads the backlog
+	var got uint64
+	c.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	for {
+		if _, _, err := c.conn.ReadFromUDPAddrPort(c.buf); err != nil {
+			break
+		}
+		got++
+	}
+	r.close() // ending the session reads its final drop count
+	var down uint64
+	st.ForEachBackend(func(_ netip.AddrPort, c *BackendCounters) { down += c.DatagramsDown.Load() })
+	if got != down {
+		t.Errorf("client received %d replies, proxy counted %d sent", got, down)
+	}
+	sq, cf := st.Drops(DropSessionQueue), st.Drops(DropSendClientFailed)
+	t.Logf("backend burst: %d forwarded, %d session_queue_full, %d send_client_failed", down, sq, cf)
+	if down+sq+cf != burst || sq == 0 {
+		t.Errorf("backend sent %d: %d forwarded, %d session_queue_full, %d send_client_failed", burst, down, sq, cf)
+	}
 }

@@ -26,10 +26,11 @@ type session struct {
 	client     netip.AddrPort        // key in p.sessions
 	name       unix.RawSockaddrInet6 // client address as the kernel gave it, for replies
 	nameLen    uint32
+	drops      uint32 // the kernel's drop count of fd when last read
 }
 
 // HandleEvent reads replies from the backend.
-func (s *session) HandleEvent(uint32) { s.p.queueReplies(s) }
+func (s *session) HandleEvent(uint32) { s.p.relay(s) }
 
 // open creates the session of a new client: picks its backend in snap,
 // makes room at the session cap, and connects a socket. It returns nil,
@@ -90,10 +91,12 @@ func (p *Proxy) connect(s *session) error {
 		return err
 	}
 	if s.fd >= 0 {
+		p.countSessionDrops(s)
 		p.loop.Forget(s.fd)
 		unix.Close(s.fd)
 	}
 	s.fd = fd
+	s.drops = 0
 	s.bc = p.countersFor(s.backend)
 	s.bc.Sessions.Add(1)
 	return nil
@@ -200,6 +203,7 @@ func (p *Proxy) expire() {
 
 // end closes the session's socket and forgets it.
 func (p *Proxy) end(s *session) {
+	p.countSessionDrops(s)
 	p.loop.Forget(s.fd)
 	unix.Close(s.fd)
 	s.fd = -1

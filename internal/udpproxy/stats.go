@@ -30,6 +30,14 @@ const (
 	// with ICMP port unreachable (reported on the session socket), so that
 	// datagram was lost there.
 	DropBackendRefused
+	// DropListenQueue: the kernel dropped client datagrams because the
+	// listening socket's receive queue was full (the loop fell behind).
+	// Counted when a read finds a backlog and when the socket closes.
+	DropListenQueue
+	// DropSessionQueue: the kernel dropped backend datagrams because a
+	// session socket's receive queue was full. Counted when a read finds a
+	// backlog and when the session ends.
+	DropSessionQueue
 
 	numDropReasons
 )
@@ -42,13 +50,16 @@ var dropNames = [numDropReasons]string{
 	DropSendClientFailed:  "send_client_failed",
 	DropTruncated:         "truncated",
 	DropBackendRefused:    "backend_refused",
+	DropListenQueue:       "listen_queue_full",
+	DropSessionQueue:      "session_queue_full",
 }
 
 // DropReasons lists every reason, in label order, for exporters that want
 // every series present from the start.
 var DropReasons = [numDropReasons]DropReason{
 	DropNoBackend, DropSessionLimit, DropSocketFailed, DropSendBackendFailed,
-	DropSendClientFailed, DropTruncated, DropBackendRefused,
+	DropSendClientFailed, DropTruncated, DropBackendRefused, DropListenQueue,
+	DropSessionQueue,
 }
 
 func (r DropReason) String() string {
