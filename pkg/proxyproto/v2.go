@@ -135,7 +135,7 @@ func AppendV2Local(b []byte, tlvs ...TLV) []byte {
 // or UDP with valid addresses (else AF_UNSPEC), and ends with h.TLVs, whose
 // CRC32C TLV, if any, is recomputed. It panics if the TLVs do not fit, as
 // AppendV2 does.
-func (h *Header) Append(b []byte) []byte {
+func (h Header) Append(b []byte) []byte {
 	proxied := h.Command == Proxy && (h.Transport == TCP || h.Transport == UDP)
 	if h.Version == 1 {
 		if proxied && h.Transport == TCP {
