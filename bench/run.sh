@@ -79,6 +79,7 @@ pids=()   # every long-running process started here
 CUR=      # the load run in progress, if any
 cleanup() {
 	local rc=$?
+	set +e # stop everything whatever fails here
 	trap - EXIT INT TERM HUP
 	[[ -n $CUR ]] && kill -TERM "$CUR" 2>/dev/null
 	local all=() p
@@ -365,7 +366,14 @@ verify() {
 	local t=$1 pid=${PIDS[$1]:-} s out
 	if [[ $t != direct ]]; then
 		for s in echo sink source; do
-			wait_port "$pid" "$(port "$t" "$s")" || { echo "port $(port "$t" "$s") ($s) not accepting after 10 s"; return 1; }
+			if ! wait_port "$pid" "$(port "$t" "$s")"; then
+				if kill -0 "$pid" 2>/dev/null; then
+					echo "port $(port "$t" "$s") ($s) not accepting after 10 s"
+				else
+					echo "it exited at startup: $(grep -v '^[[:space:]]*$' "$LOGS/$t.log" | tail -n1)"
+				fi
+				return 1
+			fi
 		done
 		if [[ $t == nginx ]]; then # the master starts its 2 workers
 			for _ in $(seq 50); do (($(descendants "$pid" | wc -l) >= 3)) && break; sleep 0.1; done
@@ -427,6 +435,7 @@ has_target nginx && meta nginx "$(first nginx -v)"
 for n in ROUNDS DURATION WARMUP IDLE_CONNS IDLE_HOLD RR_CONNS CONNECT_CONNS UDP_CONNS REDIS_CLIENTS REDIS_REQUESTS; do
 	meta "${n,,}" "${!n}"
 done
+meta nofile "$(ulimit -n)"
 meta scenarios "$SCENARIOS"
 meta targets "$TARGETS"
 if [[ -z $SMOKE ]] && (( ROUNDS < 3 || DURATION < 5 || IDLE_CONNS < 6000 )); then SMOKE=1; fi
@@ -526,6 +535,12 @@ run_one() {
 	idle) [[ $t == direct ]] && return 0 ;; # nothing to measure without a proxy
 	redis) [[ -n $REDIS ]] || return 0 ;;
 	esac
+	kill -0 "$BACKENDS_PID" 2>/dev/null || { echo "bench: the backends (sluice-bench serve) exited; see $LOGS/backends.log" >&2; exit 1; }
+	if [[ $s == redis ]] && ! kill -0 "$REDIS_PID" 2>/dev/null; then
+		note "redis: redis-server exited during the run; the redis scenario stopped there"
+		REDIS=
+		return 0
+	fi
 	local pidt=$t
 	[[ $s == udp && $t == sluice ]] && pidt=sluice-udp
 	if ! alive "$t" $([[ $pidt == sluice-udp ]] && echo "$SLUICE_UDP_PID"); then
@@ -550,7 +565,7 @@ run_one() {
 	redis)
 		if redis_run "$t" "$file"; then
 			log "$(printf 'r%-2s %-8s %-8s %10.0f /s  p99 %7.0f µs  cpu %s µs/op' "$r" "$s" "$t" \
-				"$(jnum ops_per_s "$file")" "$(jnum p99 "$file")" "$(jnum cpu_us_per_op "$file")")" || true
+				"$(jnum ops_per_s "$file")" "$(jnum p99 "$file")" "$(fmt3 "$(jnum cpu_us_per_op "$file")")")" || true
 		else
 			log "r$r $s $t: FAILED: $(tail -n1 "$file.err" 2>/dev/null)"
 		fi
@@ -565,14 +580,17 @@ run_one() {
 	fi
 }
 
+# fmt3 NUMBER: three significant digits, "-" when empty.
+fmt3() { if [[ -n $1 ]]; then printf '%.3g' "$1"; else printf -- -; fi; }
+
 # summary: one progress line per run.
 summary() {
 	local r=$1 s=$2 t=$3 f=$4 line
 	case $s in
-	bulk | bulk4 | pull) line=$(printf '%7.2f Gbit/s  cpu %s s/GiB' "$(jnum gbit_per_s "$f")" "$(jnum cpu_s_per_gib "$f")") ;;
-	idle) line=$(printf '%s opened, %s failed  rss %s KiB/conn' "$(jnum opened "$f")" "$(jnum failed "$f")" "$(jnum rss_per_conn_kib "$f")") ;;
+	bulk | bulk4 | pull) line=$(printf '%7.2f Gbit/s  cpu %s s/GiB' "$(jnum gbit_per_s "$f")" "$(fmt3 "$(jnum cpu_s_per_gib "$f")")") ;;
+	idle) line=$(printf '%s opened, %s failed  rss %s KiB/conn' "$(jnum opened "$f")" "$(jnum failed "$f")" "$(fmt3 "$(jnum rss_per_conn_kib "$f")")") ;;
 	*) line=$(printf '%10.0f /s  p99 %7.0f µs  cpu %s µs/op' "$(jnum ops_per_s "$f")" \
-		"$(sed -n 's/.*"latency_us":{[^}]*"p99":\([0-9.]*\).*/\1/p' "$f")" "$(jnum cpu_us_per_op "$f")") ;;
+		"$(sed -n 's/.*"latency_us":{[^}]*"p99":\([0-9.]*\).*/\1/p' "$f")" "$(fmt3 "$(jnum cpu_us_per_op "$f")")") ;;
 	esac
 	local e; e=$(jnum errors "$f")
 	[[ ${e:-0} == 0 ]] || line+="  ($e errors)"

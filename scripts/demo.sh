@@ -24,6 +24,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/sluice-demo.XXXXXX")
 pids=()      # processes started here, stopped by cleanup
 cleanup() {
 	local rc=$?
+	set +e # stop everything whatever fails here
 	trap - EXIT INT TERM HUP
 	local p
 	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done

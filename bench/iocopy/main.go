@@ -27,6 +27,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 func main() {
@@ -138,17 +139,22 @@ func (p *proxy) closeAll() {
 	p.wg.Wait()
 }
 
-// acceptLoop accepts until ln is closed. Temporary errors such as EMFILE
-// are retried; the client simply waits in the accept queue.
+// acceptLoop accepts until ln is closed. Other errors (EMFILE when the
+// file descriptors run out) are retried after a pause that doubles up to
+// a second, as net/http does; the client waits in the accept queue.
 func (p *proxy) acceptLoop(ln net.Listener, backends []string) {
+	var pause time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			time.Sleep(pause)
 			continue
 		}
+		pause = 0
 		p.wg.Add(1)
 		go p.serve(c.(*net.TCPConn), backends)
 	}

@@ -286,7 +286,9 @@ var scenarios = []scenario{
 		}},
 	{key: "idle", title: "idle: connections held open",
 		what: func(m map[string]string) string {
-			return fmt.Sprintf("%s connections opened through the proxy (one echo round trip each), held %s s; the proxy's VmRSS (summed over its processes) after minus before, per connection: `sluice-bench idle`.", m["idle_conns"], m["idle_hold"])
+			return fmt.Sprintf("%s connections opened through the proxy (one echo round trip each), held %s s; the proxy's VmRSS (summed over its processes) after minus before, divided by the connections held: `sluice-bench idle`. "+
+				"Opening gives up after 64 failed connections, so a proxy that runs out of file descriptors shows fewer connections held "+
+				"(the io.Copy proxy keeps two pipes per connection for its life: 6 descriptors per connection against an open-file limit of %s).", m["idle_conns"], m["idle_hold"], orDash(m["nofile"]))
 		}, metrics: []metric{
 			{name: "connections held", short: "held", higher: true, value: func(r *loadgen.Result) (float64, bool) {
 				if r.Idle == nil {
@@ -578,7 +580,7 @@ func (rd *runData) writeMarkdown(w *strings.Builder, tables []table, svgRel stri
 		var problems []string
 		for _, tg := range t.targets {
 			if t.errors[tg] > 0 && t.first[tg] != "" {
-				problems = append(problems, fmt.Sprintf("%s: %d errors, first: `%s`", label(tg), t.errors[tg], t.first[tg]))
+				problems = append(problems, fmt.Sprintf("%s: %d errors, first: `%s`", label(tg), t.errors[tg], mdCode(t.first[tg])))
 			}
 			for _, e := range t.failed[tg] {
 				problems = append(problems, fmt.Sprintf("%s failed, %s", label(tg), mdCode(e)))
@@ -614,11 +616,11 @@ func tunedNote(version, note string) string {
 	return note
 }
 
-// mdCode keeps a message from breaking a Markdown table or list.
+// mdCode keeps a one-line message from breaking a Markdown list item or a
+// code span in it.
 func mdCode(s string) string {
-	s = strings.ReplaceAll(s, "|", "\\|")
 	s = strings.ReplaceAll(s, "`", "'")
-	return s
+	return strings.ReplaceAll(s, "\n", " ")
 }
 
 // writeSummary prints sluice's ratios to the best peer, one line each.

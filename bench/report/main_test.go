@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sluice-lb/sluice/internal/loadgen"
+)
+
+func TestSummarize(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want stat
+	}{
+		{[]float64{3}, stat{1, 3, 3, 3}},
+		{[]float64{5, 1, 3}, stat{3, 3, 1, 5}},
+		{[]float64{4, 1, 2, 3}, stat{4, 2.5, 1, 4}},
+	} {
+		got, ok := summarize(tc.in)
+		if !ok || got != tc.want {
+			t.Errorf("summarize(%v) = %+v, %v; want %+v", tc.in, got, ok, tc.want)
+		}
+	}
+	if _, ok := summarize(nil); ok {
+		t.Error("summarize(nil) reported a figure")
+	}
+}
+
+// writeRun lays out a run directory as bench/run.sh does.
+func writeRun(tb testing.TB, results map[string]loadgen.Result, errs map[string]string) string {
+	tb.Helper()
+	dir := tb.TempDir()
+	raw := filepath.Join(dir, "raw")
+	if err := os.Mkdir(raw, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	meta := "date\t2026-11-22T00:00:00Z\nkernel\t6.0\nrounds\t3\nduration\t5\nsmoke\t0\n" +
+		"status\tsluice\tok\nnote\tsluice udp: skipped, not supported\n"
+	if err := os.WriteFile(filepath.Join(dir, "meta.tsv"), []byte(meta), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	for name, r := range results {
+		b, err := json.Marshal(r)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(raw, name), b, 0o644); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	for name, e := range errs {
+		if err := os.WriteFile(filepath.Join(raw, name), []byte(e), 0o644); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func bulk(gbps, cpu float64) loadgen.Result {
+	return loadgen.Result{Mode: loadgen.Stream, Ops: 1, Gbps: gbps, Proxy: &loadgen.ProxyResult{CPUSecPerGiB: cpu}}
+}
+
+func TestTablesMedianAndRatioToBestPeer(t *testing.T) {
+	res := map[string]loadgen.Result{}
+	for i, v := range []float64{10, 12, 11} {
+		res[fmt.Sprintf("r%d_bulk_sluice.json", i+1)] = bulk(v, 0.3)
+		res[fmt.Sprintf("r%d_bulk_haproxy.json", i+1)] = bulk(v-2, 0.25) // best CPU
+		res[fmt.Sprintf("r%d_bulk_iocopy.json", i+1)] = bulk(v+4, 0.5)   // best Gbit/s
+		r := bulk(v*3, 0)
+		r.Proxy = nil
+		res[fmt.Sprintf("r%d_bulk_direct.json", i+1)] = r
+	}
+	dir := writeRun(t, res, map[string]string{"r2_bulk_nginx.json.err": "sluice-bench: connection refused\n"})
+	rd, err := load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables := rd.tables()
+	if len(tables) != 1 || tables[0].sc.key != "bulk" {
+		t.Fatalf("want one bulk table, got %d", len(tables))
+	}
+	tb := tables[0]
+	if tb.best[0] != "iocopy" || tb.best[1] != "haproxy" {
+		t.Fatalf("best peers %v, want iocopy for Gbit/s and haproxy for CPU", tb.best)
+	}
+	s := tb.cells["sluice"]
+	if s[0].stat != (stat{3, 11, 10, 12}) {
+		t.Errorf("sluice Gbit/s %+v", s[0].stat)
+	}
+	if got := s[0].ratio; got != 11.0/15 {
+		t.Errorf("sluice Gbit/s ratio %v, want %v", got, 11.0/15)
+	}
+	if got := s[1].ratio; got != 0.3/0.25 {
+		t.Errorf("sluice CPU ratio %v, want %v", got, 0.3/0.25)
+	}
+	if d := tb.cells["direct"]; d[1].ok {
+		t.Error("direct has a proxy CPU figure")
+	}
+	if len(tb.failed["nginx"]) != 1 || tb.runs["nginx"] != 0 {
+		t.Errorf("nginx failure not kept: %v", tb.failed["nginx"])
+	}
+}
+
+func TestRunWritesMarkdownAndValidSVG(t *testing.T) {
+	res := map[string]loadgen.Result{
+		"r1_rr_sluice.json": {Mode: loadgen.RR, Ops: 100, OpsPerSec: 50000,
+			Latency: &loadgen.Latency{Count: 100, P50: 100, P99: 400}, Proxy: &loadgen.ProxyResult{CPUMicrosPerOp: 10}},
+		"r1_rr_nginx.json": {Mode: loadgen.RR, Ops: 100, OpsPerSec: 40000,
+			Latency: &loadgen.Latency{Count: 100, P50: 120, P99: 500}, Proxy: &loadgen.ProxyResult{CPUMicrosPerOp: 12}},
+		"r1_idle_sluice.json": {Mode: loadgen.Idle, Idle: &loadgen.IdleResult{Opened: 6000},
+			Proxy: &loadgen.ProxyResult{RSSPerConnKiB: 0.5}},
+		"r1_idle_iocopy.json": {Mode: loadgen.Idle, Idle: &loadgen.IdleResult{Opened: 3000, Failed: 64}, Errors: 64,
+			FirstError: "connection reset | by peer", Proxy: &loadgen.ProxyResult{RSSPerConnKiB: 15}},
+	}
+	dir := writeRun(t, res, nil)
+	out := t.TempDir()
+	md, svg := filepath.Join(out, "RESULTS.md"), filepath.Join(out, "results.svg")
+	var stdout strings.Builder
+	if err := run(context.Background(), []string{"--dir", dir, "--md", md, "--svg", svg}, &stdout); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	for _, want := range []string{
+		"| rr | req/s ↑ | 50000 | 40000 (nginx) | 1.25 |",
+		"| sluice | 1 | 50000 | 1.25 |",
+		"| idle | RSS KiB/conn ↓ | 0.50 | 15.00 (Go io.Copy) | 0.03 |",
+		"- Go io.Copy: 64 errors, first: `connection reset | by peer`",
+		"](results.svg)",
+		"sluice udp: skipped",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("RESULTS.md lacks %q", want)
+		}
+	}
+	if strings.Contains(text, "SMOKE") {
+		t.Error("a run with smoke 0 is marked as a smoke run")
+	}
+	if !strings.Contains(stdout.String(), "rr       req/s") {
+		t.Errorf("summary lacks the rr line:\n%s", stdout.String())
+	}
+
+	f, err := os.Open(svg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d := xml.NewDecoder(f)
+	rects := 0
+	for {
+		tok, err := d.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("SVG is not well-formed XML: %v", err)
+		}
+		if se, ok := tok.(xml.StartElement); ok && se.Name.Local == "rect" {
+			rects++
+		}
+	}
+	// Background, legend squares and at least one bar per charted figure.
+	if rects < 8 {
+		t.Errorf("SVG has %d rects, want a chart", rects)
+	}
+}
+
+func TestRunNeedsDir(t *testing.T) {
+	if err := run(context.Background(), nil, io.Discard); err == nil {
+		t.Error("run without --dir succeeded")
+	}
+}
