@@ -15,7 +15,27 @@
 // needs room (the loop's least recently active session goes first). A
 // session whose backend has left the backend set is moved to the key's new
 // Maglev choice on its next client datagram; a session whose backend is
-// still in the set keeps it, as a TCP connection does.
+// still in the set keeps it, as a TCP connection does. Checking costs one
+// pointer comparison per datagram while the set is unchanged.
+//
+// Listening addresses must be specific: a socket bound to 0.0.0.0 or ::
+// would need IP_PKTINFO on every datagram to reply from the right address,
+// so Listen refuses them (ErrWildcard).
+//
+// Datagrams are read and written up to Config.Batch at a time with
+// recvmmsg/sendmmsg: client datagrams from the listening socket (each then
+// sent on its session's socket, one send each), and replies from a session
+// socket (sent to the client in one sendmmsg). Measured 2026-11-22 on a
+// 2-vCPU Xeon VM (Linux 6.18, Firecracker) under heavy foreign load, so
+// medians of noisy runs: BenchmarkRoundTrip with 32 clients and 8
+// requests in flight each costs the loop 5.5 µs of CPU per datagram
+// unbatched and 4.7 µs at Batch 32, for 15.5k against 22.8k round trips/s;
+// BenchmarkBatchIO puts the syscall share at about 0.5 µs per call.
+//
+// Drops are counted by reason (see DropReason), including the datagrams
+// the kernel drops when a socket's receive queue overflows, so that every
+// datagram is accounted for. Nothing blocks the loop: a send that would
+// block is a drop.
 //
 // A Proxy belongs to one loop.Loop; all its methods except Stats run on that
 // loop's goroutine (reach them with Loop.Submit). Nothing is done per

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap/zaptest"
+
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
@@ -346,6 +348,7 @@ func TestRemap(t *testing.T) {
 	addrs := []netip.AddrPort{ids[0].addr, ids[1].addr, ids[2].addr}
 	r := startRig(t, lo4, addrs, testConfig(), nil, 1)
 	st := r.proxies[0].Stats()
+	r.do(0, func(p *Proxy) { p.log, p.debug = zaptest.NewLogger(t), true }) // the per-session debug lines
 
 	cs := make([]*client, 30)
 	before := make([]byte, len(cs))

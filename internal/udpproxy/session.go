@@ -167,6 +167,9 @@ func (p *Proxy) evictOldest() bool {
 		return false
 	}
 	p.stats.SessionsEvicted.Add(1)
+	if p.debug {
+		p.log.Debug("udp session evicted", zap.Stringer("client", s.client), zap.Stringer("backend", s.backend))
+	}
 	p.end(s)
 	return true
 }
