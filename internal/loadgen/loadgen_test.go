@@ -38,7 +38,11 @@ func runTB(tb testing.TB, cfg Config) Result {
 	if res.Errors != 0 {
 		tb.Fatalf("Run(%s): %d errors, first: %s", cfg.Mode, res.Errors, res.FirstError)
 	}
-	if res.ElapsedS <= 0 || res.ElapsedS > cfg.Duration.Seconds()+0.05 {
+	slack := 0.05
+	if cfg.Mode == Idle {
+		slack = 2 // the hold is timed by the clock, not by deadlines
+	}
+	if res.ElapsedS <= 0 || res.ElapsedS > cfg.Duration.Seconds()+slack {
 		tb.Fatalf("Run(%s): measured %.3f s, want about %v", cfg.Mode, res.ElapsedS, cfg.Duration)
 	}
 	return res
@@ -112,8 +116,10 @@ func TestRRClosedLoop(t *testing.T) {
 func TestRROpenLoopRate(t *testing.T) {
 	s := testsrv.StartTB(t, testsrv.Echo, "tcp")
 	cfg := config(RR, s)
-	cfg.Conns = 4
-	cfg.Rate = 2000
+	// Many connections at a low rate each: after a stall of the machine
+	// (tests of other packages share it) they catch up quickly.
+	cfg.Conns = 20
+	cfg.Rate = 1000
 	cfg.Duration = 500 * time.Millisecond
 	res := runTB(t, cfg)
 	if got := res.OpsPerSec; got < 0.85*cfg.Rate || got > 1.1*cfg.Rate {
@@ -323,7 +329,7 @@ func TestSourceCIDR(t *testing.T) {
 			s := testsrv.StartTB(t, kind, network)
 			cfg := config(m, s)
 			cfg.Conns = 6
-			cfg.Duration = 100 * time.Millisecond
+			cfg.Duration = 300 * time.Millisecond
 			cfg.SourceCIDR = netip.MustParsePrefix("127.9.0.0/29") // .1 to .6
 			res := runTB(t, cfg)
 			s.Close()
@@ -370,7 +376,7 @@ func TestRunFailsToOpen(t *testing.T) {
 	}
 	cfg := DefaultConfig(Connect)
 	cfg.Target = addr
-	cfg.Duration = 100 * time.Millisecond
+	cfg.Duration = 300 * time.Millisecond
 	res, err := Run(context.Background(), cfg)
 	if err != nil || res.Errors == 0 || res.Ops != 0 || !strings.Contains(res.FirstError, "refused") {
 		t.Errorf("connect against a closed port: %v, %d errors (%s), %d ops", err, res.Errors, res.FirstError, res.Ops)
@@ -496,19 +502,23 @@ func TestCancelStopsEarly(t *testing.T) {
 		cfg.Rate = tc.rate
 		cfg.Duration = time.Hour
 		cfg.Timeout = time.Hour
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
 		start := time.Now()
 		res, err := Run(ctx, cfg)
 		cancel()
 		if err != nil {
 			t.Fatalf("%s: %v", tc.mode, err)
 		}
-		if el := time.Since(start); el > 3*time.Second || res.ElapsedS > 1 || res.Ops == 0 || res.Errors != 0 {
+		// On a starved machine the cancel can come before the load
+		// starts; then there is nothing to count.
+		if el := time.Since(start); el > 3*time.Second || res.ElapsedS > 1 || res.ElapsedS > 0.1 && res.Ops == 0 || res.Errors != 0 {
 			t.Fatalf("%s rate %v: returned after %v with %.3f s measured, %d ops, %d errors (%s)",
 				tc.mode, tc.rate, el, res.ElapsedS, res.Ops, res.Errors, res.FirstError)
 		}
-		if tc.rate > 0 && res.Missed > 2 {
-			t.Fatalf("%s rate %v: %d missed after a cancel", tc.mode, tc.rate, res.Missed)
+		// Missed counts the slots due before the cancel, not the hour
+		// planned (720,000 slots at 200/s).
+		if tc.rate > 0 && float64(res.Missed) > res.ElapsedS*tc.rate+2 {
+			t.Fatalf("%s rate %v: %d missed in %.3f s", tc.mode, tc.rate, res.Missed, res.ElapsedS)
 		}
 	}
 }
