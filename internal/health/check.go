@@ -305,7 +305,10 @@ func (mysqlCheck) Check(ctx context.Context, addr netip.AddrPort) error {
 type grpcCheck struct{ service string }
 
 func (g grpcCheck) Check(ctx context.Context, addr netip.AddrPort) error {
-	cc, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// WithNoProxy: like every other check, probe the backend itself, never
+	// through an HTTPS_PROXY that happens to be in the environment.
+	cc, err := grpc.NewClient(addr.String(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithNoProxy())
 	if err != nil {
 		return err
 	}

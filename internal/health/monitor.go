@@ -115,7 +115,9 @@ func (m *Monitor) Sync(addrs []netip.AddrPort) {
 }
 
 // ForceDown marks addr down in its check loop, so that it must pass Rise
-// checks before it is reported up again (after a passive ejection).
+// checks started after the call before it is reported up again (after a
+// passive ejection). The next report of addr says down. Unknown addresses
+// are ignored.
 func (m *Monitor) ForceDown(addr netip.AddrPort) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -151,6 +153,11 @@ func (m *Monitor) runWorker(ctx context.Context, w *worker) {
 			return
 		case <-t.C:
 		}
+		// An ejection seen before the check starts: this check is the
+		// first of the Rise that must pass.
+		if w.forceDown.Swap(false) {
+			rf.ForceDown()
+		}
 		start := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
 		err := m.checker.Check(cctx, w.addr)
@@ -158,12 +165,15 @@ func (m *Monitor) runWorker(ctx context.Context, w *worker) {
 		if ctx.Err() != nil {
 			return // stopped mid-check: the result means nothing
 		}
-		// Applied after the check, so a check that was under way when
-		// the data path ejected the backend cannot report it up again.
+		var up bool
 		if w.forceDown.Swap(false) {
+			// Ejected while the check was under way: its result
+			// predates the ejection and does not count toward Rise,
+			// so it cannot report the backend up again.
 			rf.ForceDown()
+		} else {
+			up, _ = rf.Observe(err == nil)
 		}
-		up, _ := rf.Observe(err == nil)
 		m.report(w.addr, up, Result{Time: start, Err: err, Duration: time.Since(start)})
 		jitter := time.Duration(rand.Int64N(int64(m.cfg.Interval)/5+1)) - m.cfg.Interval/10
 		t.Reset(m.cfg.Interval + jitter)

@@ -1,0 +1,561 @@
+package health
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// answer is the script of a peer that reads exactly req and then writes
+// each of answers in its own Write (nil req: read nothing), then waits
+// for the check to hang up.
+func answer(tb testing.TB, req []byte, answers ...string) func(c net.Conn) {
+	return func(c net.Conn) {
+		if len(req) > 0 && !readExactly(tb, c, req) {
+			return
+		}
+		for _, a := range answers {
+			if _, err := io.WriteString(c, a); err != nil {
+				return // the check may hang up before reading everything
+			}
+		}
+		silent(c)
+	}
+}
+
+// hangUp is the script of a peer that reads exactly req and closes the
+// connection without answering.
+func hangUp(tb testing.TB, req []byte) func(c net.Conn) {
+	return func(c net.Conn) {
+		if len(req) > 0 {
+			readExactly(tb, c, req)
+		}
+	}
+}
+
+// wantErr checks err against want: "" means healthy, anything else must
+// be a substring of the error.
+func wantErr(tb testing.TB, err error, want string) {
+	tb.Helper()
+	switch {
+	case want == "" && err != nil:
+		tb.Fatalf("check failed on a healthy peer: %v", err)
+	case want != "" && err == nil:
+		tb.Fatalf("check passed, want an error containing %q", want)
+	case want != "" && !strings.Contains(err.Error(), want):
+		tb.Fatalf("check error %q does not contain %q", err, want)
+	}
+}
+
+func TestTCPCheck(t *testing.T) {
+	t.Parallel()
+	ch := newChecker(t, Config{Kind: "tcp"})
+	t.Run("listening", func(t *testing.T) {
+		p := startPeer(t, "127.0.0.1", silent)
+		if err := runCheck(ch, p.addr); err != nil {
+			t.Fatalf("check of a listening port: %v", err)
+		}
+	})
+	t.Run("closed", func(t *testing.T) {
+		err := runCheck(ch, closedAddr(t))
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("check of a closed port: %v, want ECONNREFUSED", err)
+		}
+	})
+}
+
+func TestSendExpectCheck(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name         string
+		send, expect string // as configured, with escapes
+		script       func(tb testing.TB) func(net.Conn)
+		wantErr      string
+	}{
+		{
+			name: "match", send: `PING\r\n`, expect: `+PONG`,
+			script: func(tb testing.TB) func(net.Conn) {
+				return answer(tb, []byte("PING\r\n"), "+PONG\r\n")
+			},
+		},
+		{
+			name: "match split over writes", send: `PING\r\n`, expect: `+PONG\r\n`,
+			script: func(tb testing.TB) func(net.Conn) {
+				return answer(tb, []byte("PING\r\n"), "+P", "ON", "G\r", "\n")
+			},
+		},
+		{
+			name: "banner without send", send: "", expect: `220 `,
+			script: func(tb testing.TB) func(net.Conn) {
+				return answer(tb, nil, "220 mx.example.net ESMTP ready\r\n")
+			},
+		},
+		{
+			name: "match after other lines", send: `GET /healthz HTTP/1.0\r\n\r\n`, expect: `\r\n\r\nok`,
+			script: func(tb testing.TB) func(net.Conn) {
+				return answer(tb, []byte("GET /healthz HTTP/1.0\r\n\r\n"),
+					"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			},
+		},
+		{
+			name: "escaped backslash stays a backslash", send: `a\\nb\t`, expect: `\\n`,
+			script: func(tb testing.TB) func(net.Conn) {
+				return answer(tb, []byte("a\\nb\t"), `got a\nb`)
+			},
+		},
+		{
+			name: "mismatch then close", send: `PING\r\n`, expect: `+PONG`,
+			script: func(tb testing.TB) func(net.Conn) {
+				return func(c net.Conn) {
+					if readExactly(tb, c, []byte("PING\r\n")) {
+						io.WriteString(c, "-ERR unknown command 'PING'\r\n")
+					}
+				}
+			},
+			wantErr: `expected "+PONG", got "-ERR unknown command 'PING'\r\n": EOF`,
+		},
+		{
+			name: "CRLF expected, LF sent", send: `HELLO\r\n`, expect: `OK\r\n`,
+			script: func(tb testing.TB) func(net.Conn) {
+				return func(c net.Conn) {
+					if readExactly(tb, c, []byte("HELLO\r\n")) {
+						io.WriteString(c, "OK\n")
+					}
+				}
+			},
+			wantErr: `expected "OK\r\n", got "OK\n"`,
+		},
+		{
+			name: "hang up without answer", send: `PING\r\n`, expect: `+PONG`,
+			script: func(tb testing.TB) func(net.Conn) {
+				return hangUp(tb, []byte("PING\r\n"))
+			},
+			wantErr: "EOF",
+		},
+		{
+			name: "no match within 64 KiB", send: "", expect: `OK`,
+			script: func(tb testing.TB) func(net.Conn) {
+				return answer(tb, nil, strings.Repeat("x", 70<<10))
+			},
+			wantErr: `expected "OK" within 65536 bytes, got "xxxx`,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := startPeer(t, "127.0.0.1", tc.script(t))
+			ch := newChecker(t, Config{Kind: "send-expect", Send: tc.send, Expect: tc.expect})
+			wantErr(t, runCheck(ch, p.addr), tc.wantErr)
+		})
+	}
+	t.Run("closed port", func(t *testing.T) {
+		t.Parallel()
+		ch := newChecker(t, Config{Kind: "send-expect", Send: "x", Expect: "y"})
+		if err := runCheck(ch, closedAddr(t)); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("check of a closed port: %v, want ECONNREFUSED", err)
+		}
+	})
+}
+
+func TestUnescape(t *testing.T) {
+	for in, want := range map[string]string{
+		``:                ``,
+		`plain`:           `plain`,
+		`PING\r\n`:        "PING\r\n",
+		`a\tb`:            "a\tb",
+		`\\`:              `\`,
+		`\\r\\n`:          `\r\n`,
+		`\\\r`:            "\\\r",
+		`trailing\`:       `trailing\`,
+		`\x41 stays`:      `\x41 stays`,
+		"real\r\nbytes":   "real\r\nbytes",
+		`\r\n\r\n`:        "\r\n\r\n",
+		`QUIT\r\n\\done`:  "QUIT\r\n\\done",
+		`\n\n\t\r\\\\end`: "\n\n\t\r\\\\end",
+	} {
+		if got := unescape(in); got != want {
+			t.Errorf("unescape(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+const (
+	redisPing = "*1\r\n$4\r\nPING\r\n"
+	// redisPassword is 15 bytes long, so its bulk length has two digits.
+	redisPassword = "s3cr3t-passw0rd"
+	redisAuth     = "*2\r\n$4\r\nAUTH\r\n$15\r\n" + redisPassword + "\r\n"
+)
+
+// redisScript answers each command of reqs, in order, with the matching
+// reply, reading one command before answering it as a Redis server does.
+func redisScript(tb testing.TB, reqs []string, replies ...string) func(net.Conn) {
+	return func(c net.Conn) {
+		for i, req := range reqs {
+			if !readExactly(tb, c, []byte(req)) {
+				return
+			}
+			if i < len(replies) {
+				if _, err := io.WriteString(c, replies[i]); err != nil {
+					return
+				}
+			}
+		}
+		silent(c)
+	}
+}
+
+func TestRedisCheck(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		password string
+		script   func(tb testing.TB) func(net.Conn)
+		wantErr  string
+	}{
+		{
+			name: "PONG",
+			script: func(tb testing.TB) func(net.Conn) {
+				return redisScript(tb, []string{redisPing}, "+PONG\r\n")
+			},
+		},
+		{
+			name: "PONG one byte at a time",
+			script: func(tb testing.TB) func(net.Conn) {
+				return func(c net.Conn) {
+					if !readExactly(tb, c, []byte(redisPing)) {
+						return
+					}
+					for _, b := range []byte("+PONG\r\n") {
+						if _, err := c.Write([]byte{b}); err != nil {
+							return
+						}
+					}
+					silent(c)
+				}
+			},
+		},
+		{
+			name: "LOADING",
+			script: func(tb testing.TB) func(net.Conn) {
+				return redisScript(tb, []string{redisPing}, "-LOADING Redis is loading the dataset in memory\r\n")
+			},
+			wantErr: `PING answered "-LOADING Redis is loading the dataset in memory"`,
+		},
+		{
+			name: "NOAUTH without a password",
+			script: func(tb testing.TB) func(net.Conn) {
+				return redisScript(tb, []string{redisPing}, "-NOAUTH Authentication required.\r\n")
+			},
+			wantErr: `PING answered "-NOAUTH Authentication required."`,
+		},
+		{
+			name: "MASTERDOWN",
+			script: func(tb testing.TB) func(net.Conn) {
+				return redisScript(tb, []string{redisPing},
+					"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n")
+			},
+			wantErr: "MASTERDOWN",
+		},
+		{
+			name: "hang up without answer",
+			script: func(tb testing.TB) func(net.Conn) {
+				return hangUp(tb, []byte(redisPing))
+			},
+			wantErr: "read PING reply: EOF",
+		},
+		{
+			name: "line too long",
+			script: func(tb testing.TB) func(net.Conn) {
+				return redisScript(tb, []string{redisPing}, "+"+strings.Repeat("P", 1000))
+			},
+			wantErr: "line too long",
+		},
+		{
+			name: "not redis",
+			script: func(tb testing.TB) func(net.Conn) {
+				return func(c net.Conn) {
+					readExactly(tb, c, []byte(redisPing))
+					io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+				}
+			},
+			wantErr: `PING answered "HTTP/1.1 400 Bad Request"`,
+		},
+		{
+			name: "AUTH then PING", password: redisPassword,
+			script: func(tb testing.TB) func(net.Conn) {
+				return redisScript(tb, []string{redisAuth, redisPing}, "+OK\r\n", "+PONG\r\n")
+			},
+		},
+		{
+			name: "WRONGPASS", password: redisPassword,
+			script: func(tb testing.TB) func(net.Conn) {
+				return redisScript(tb, []string{redisAuth, redisPing},
+					"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+					"-NOAUTH Authentication required.\r\n")
+			},
+			wantErr: `AUTH refused: "-WRONGPASS invalid username-password pair or user is disabled."`,
+		},
+		{
+			name: "AUTH on a server without a password", password: redisPassword,
+			script: func(tb testing.TB) func(net.Conn) {
+				return redisScript(tb, []string{redisAuth, redisPing},
+					"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+					"+PONG\r\n")
+			},
+			wantErr: `AUTH refused: "-ERR AUTH <password> called without any password`,
+		},
+		{
+			name: "AUTH ok, LOADING", password: redisPassword,
+			script: func(tb testing.TB) func(net.Conn) {
+				return redisScript(tb, []string{redisAuth, redisPing},
+					"+OK\r\n", "-LOADING Redis is loading the dataset in memory\r\n")
+			},
+			wantErr: "LOADING",
+		},
+		{
+			name: "hang up after AUTH", password: redisPassword,
+			script: func(tb testing.TB) func(net.Conn) {
+				return hangUp(tb, []byte(redisAuth+redisPing))
+			},
+			wantErr: "read AUTH reply: EOF",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := startPeer(t, "127.0.0.1", tc.script(t))
+			ch := newChecker(t, Config{Kind: "redis", RedisPassword: tc.password})
+			wantErr(t, runCheck(ch, p.addr), tc.wantErr)
+		})
+	}
+}
+
+// pgSSLRequest is the 8-byte SSLRequest: length 8, code 1234<<16 | 5679.
+var pgSSLRequest = []byte{0x00, 0x00, 0x00, 0x08, 0x04, 0xd2, 0x16, 0x2f}
+
+// pgErrorResponse frames an ErrorResponse message: 'E', an int32 length
+// that counts itself, then the severity, code and message fields, each a
+// type byte and a NUL-terminated string, and a final NUL.
+func pgErrorResponse(severity, code, msg string) string {
+	fields := "S" + severity + "\x00C" + code + "\x00M" + msg + "\x00\x00"
+	n := 4 + len(fields)
+	return "E" + string([]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}) + fields
+}
+
+func TestPostgresCheck(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		script  func(tb testing.TB) func(net.Conn)
+		wantErr string
+	}{
+		{
+			name: "N, no TLS",
+			script: func(tb testing.TB) func(net.Conn) {
+				return answer(tb, pgSSLRequest, "N")
+			},
+		},
+		{
+			name: "S, TLS offered",
+			script: func(tb testing.TB) func(net.Conn) {
+				return answer(tb, pgSSLRequest, "S")
+			},
+		},
+		{
+			name: "ErrorResponse",
+			script: func(tb testing.TB) func(net.Conn) {
+				// An ErrorResponse ('E', length, fields): per the
+				// protocol only a server predating SSL support
+				// answers an SSLRequest this way.
+				return answer(tb, pgSSLRequest, pgErrorResponse("FATAL", "0A000",
+					"unsupported frontend protocol 1234.5679: server supports 1.0 to 3.0"))
+			},
+			wantErr: `SSLRequest answered 'E', not a PostgreSQL server`,
+		},
+		{
+			name: "HTTP server",
+			script: func(tb testing.TB) func(net.Conn) {
+				return answer(tb, pgSSLRequest, "HTTP/1.1 400 Bad Request\r\n\r\n")
+			},
+			wantErr: `SSLRequest answered 'H'`,
+		},
+		{
+			name: "hang up without answer",
+			script: func(tb testing.TB) func(net.Conn) {
+				return hangUp(tb, pgSSLRequest)
+			},
+			wantErr: "read SSLRequest answer: EOF",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := startPeer(t, "127.0.0.1", tc.script(t))
+			wantErr(t, runCheck(newChecker(t, Config{Kind: "postgres"}), p.addr), tc.wantErr)
+		})
+	}
+}
+
+// mysqlPacket frames payload as a MySQL packet: 3-byte little-endian
+// length, sequence number, payload.
+func mysqlPacket(seq byte, payload []byte) string {
+	n := len(payload)
+	return string(append([]byte{byte(n), byte(n >> 8), byte(n >> 16), seq}, payload...))
+}
+
+// mysqlHandshake is the shape of the initial handshake a MySQL 8.0 server
+// sends on accept (Protocol::HandshakeV10), 74 bytes of payload.
+var mysqlHandshake = mysqlPacket(0, bytes.Join([][]byte{
+	{0x0a},                   // protocol version 10
+	[]byte("8.0.36\x00"),     // server version, NUL-terminated
+	{0x0d, 0x00, 0x00, 0x00}, // connection id 13
+	[]byte("\x13\x2f\x5c\x7b\x3e\x61\x0f\x48"), // auth-plugin-data-part-1
+	{0x00},           // filler
+	{0xff, 0xff},     // capability flags, lower 2 bytes
+	{0xff},           // character set: utf8mb4_0900_ai_ci
+	{0x02, 0x00},     // status: SERVER_STATUS_AUTOCOMMIT
+	{0xff, 0xdf},     // capability flags, upper 2 bytes
+	{0x15},           // length of auth-plugin-data: 21
+	make([]byte, 10), // reserved
+	[]byte("\x26\x51\x0c\x69\x3a\x17\x42\x7e\x05\x60\x2d\x71\x00"), // auth-plugin-data-part-2
+	[]byte("caching_sha2_password\x00"),
+}, nil))
+
+// mysqlErr is an ERR packet as a server sends it before the handshake,
+// when it does not know the client's capabilities: 0xff, the error code
+// little-endian, the message, no SQL state.
+func mysqlErr(code uint16, msg string) string {
+	return mysqlPacket(0, append([]byte{0xff, byte(code), byte(code >> 8)}, msg...))
+}
+
+func TestMySQLHandshakeShape(t *testing.T) {
+	if len(mysqlHandshake) != 4+74 || mysqlHandshake[:4] != "\x4a\x00\x00\x00" {
+		t.Fatalf("handshake packet: %d bytes, header % x", len(mysqlHandshake), mysqlHandshake[:4])
+	}
+}
+
+func TestMySQLCheck(t *testing.T) {
+	t.Parallel()
+	const hostRefused = "Host '127.0.0.1' is not allowed to connect to this MySQL server"
+	for _, tc := range []struct {
+		name    string
+		send    []string // written on accept, one Write each
+		wantErr string
+	}{
+		{name: "handshake v10", send: []string{mysqlHandshake}},
+		{name: "handshake in pieces", send: []string{mysqlHandshake[:2], mysqlHandshake[2:9], mysqlHandshake[9:]}},
+		{
+			name: "MariaDB handshake",
+			send: []string{mysqlPacket(0, []byte("\x0a5.5.5-10.11.6-MariaDB-0+deb12u1\x00\x2a\x00\x00\x00"+
+				"abcdefgh\x00\xfe\xf7\x2d\x02\x00\xff\x81\x15\x00\x00\x00\x00\x00\x00\x1d\x00\x00\x00"+
+				"ijklmnopqrst\x00mysql_native_password\x00"))},
+		},
+		{name: "ERR host not allowed", send: []string{mysqlErr(1130, hostRefused)}, wantErr: `server refused: "` + hostRefused + `"`},
+		{name: "ERR too many connections", send: []string{mysqlErr(1040, "Too many connections")}, wantErr: `"Too many connections"`},
+		{name: "ERR without message", send: []string{mysqlPacket(0, []byte{0xff})}, wantErr: "server refused"},
+		{name: "HTTP garbage", send: []string{"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"}, wantErr: "bad handshake packet header"},
+		{name: "sequence 1", send: []string{"\x4a\x00\x00\x01" + mysqlHandshake[4:]}, wantErr: "sequence 1"},
+		{name: "empty packet", send: []string{"\x00\x00\x00\x00"}, wantErr: "length 0"},
+		{name: "protocol 9", send: []string{mysqlPacket(0, []byte("\x093.22.0\x00\x01\x00\x00\x00abcdefgh\x00"))}, wantErr: "unknown handshake protocol 9"},
+		{name: "version without NUL", send: []string{mysqlPacket(0, []byte("\x0a8.0.36"))}, wantErr: "without a server version"},
+		{name: "truncated", send: []string{mysqlHandshake[:40]}, wantErr: "read handshake: "},
+		{name: "hang up without answer", send: nil, wantErr: "read handshake header: EOF"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := startPeer(t, "127.0.0.1", func(c net.Conn) {
+				for _, s := range tc.send {
+					if _, err := io.WriteString(c, s); err != nil {
+						return
+					}
+				}
+				if tc.name == "truncated" {
+					return // close mid-packet
+				}
+				if tc.send != nil {
+					silent(c) // a server waits for the handshake response
+				}
+			})
+			wantErr(t, runCheck(newChecker(t, Config{Kind: "mysql"}), p.addr), tc.wantErr)
+		})
+	}
+}
+
+// TestSilentPeerTimesOut runs every protocol check against a peer that
+// accepts and never answers: the check must fail with a timeout at the
+// context's deadline, not before and not much after.
+func TestSilentPeerTimesOut(t *testing.T) {
+	t.Parallel()
+	const timeout = 200 * time.Millisecond
+	for name, c := range map[string]Config{
+		"send-expect":        {Kind: "send-expect", Send: `PING\r\n`, Expect: "PONG"},
+		"send-expect banner": {Kind: "send-expect", Expect: "220 "},
+		"redis":              {Kind: "redis"},
+		"redis AUTH":         {Kind: "redis", RedisPassword: redisPassword},
+		"postgres":           {Kind: "postgres"},
+		"mysql":              {Kind: "mysql"},
+		"grpc":               {Kind: "grpc"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p := startPeer(t, "127.0.0.1", silent)
+			elapsed, err := timedCheck(newChecker(t, c), p.addr, timeout)
+			if err == nil {
+				t.Fatal("check passed against a silent peer")
+			}
+			if !isTimeout(err) && !isGRPCDeadline(err) {
+				t.Fatalf("error %v (%T) is not a timeout", err, err)
+			}
+			if elapsed < timeout-10*time.Millisecond || elapsed > timeout+time.Second {
+				t.Fatalf("check took %v, want about %v", elapsed, timeout)
+			}
+		})
+	}
+}
+
+// TestCheckIPv6 runs the checks that format addresses against peers on
+// ::1, when the host has IPv6 loopback.
+func TestCheckIPv6(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	ln.Close()
+	p := startPeer(t, "::1", redisScript(t, []string{redisPing}, "+PONG\r\n"))
+	if !p.addr.Addr().Is6() {
+		t.Fatalf("peer address %v is not IPv6", p.addr)
+	}
+	if err := runCheck(newChecker(t, Config{Kind: "redis"}), p.addr); err != nil {
+		t.Fatalf("redis check on %v: %v", p.addr, err)
+	}
+	q := startPeer(t, "::1", silent)
+	if err := runCheck(newChecker(t, Config{Kind: "tcp"}), q.addr); err != nil {
+		t.Fatalf("tcp check on %v: %v", q.addr, err)
+	}
+	g := startGRPC(t, "::1")
+	if err := runCheck(newChecker(t, Config{Kind: "grpc"}), g.addr); err != nil {
+		t.Fatalf("grpc check on %v: %v", g.addr, err)
+	}
+}
+
+func TestNewChecker(t *testing.T) {
+	for _, k := range Kinds {
+		c := DefaultConfig()
+		c.Kind = k
+		c.Expect = "x"
+		if ch, err := NewChecker(c); err != nil || ch == nil {
+			t.Errorf("NewChecker(%q) = %v, %v", k, ch, err)
+		}
+	}
+	for _, k := range []string{"", "http", "TCP", "redis "} {
+		if ch, err := NewChecker(Config{Kind: k}); err == nil {
+			t.Errorf("NewChecker(%q) = %v, want an error", k, ch)
+		} else if !strings.Contains(err.Error(), fmt.Sprintf("%q", k)) {
+			t.Errorf("NewChecker(%q) error %q does not name the kind", k, err)
+		}
+	}
+}

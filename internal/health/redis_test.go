@@ -1,0 +1,129 @@
+package health
+
+import (
+	"bytes"
+	"context"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// redisStartTimeout bounds how long startRedis waits for a server to
+// answer; redis-server is ready in milliseconds on an idle machine.
+const redisStartTimeout = 10 * time.Second
+
+// lockedBuffer collects a child's output for the failure message.
+type lockedBuffer struct {
+	mu  sync.Mutex // guards buf
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startRedis runs redis-server on 127.0.0.1, with no persistence and the
+// given password ("" for none), and returns its address once our own
+// check passes against it. The server is killed at cleanup. It skips the
+// test when redis-server is not installed.
+func startRedis(tb testing.TB, password string) netip.AddrPort {
+	tb.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		tb.Skip("redis-server not on PATH: the check against a real Redis is not run")
+	}
+	// redis-server wants an explicit port. Another process may take the
+	// one freePort found before redis binds it, so try a few.
+	var lastErr error
+	for range 3 {
+		port := freePort(tb)
+		args := []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", tb.TempDir(),
+			"--protected-mode", "yes", "--loglevel", "warning"}
+		if password != "" {
+			args = append(args, "--requirepass", password)
+		}
+		cmd := exec.Command(bin, args...)
+		var out lockedBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			tb.Fatalf("start redis-server: %v", err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		stop := func() {
+			cmd.Process.Kill()
+			<-exited
+		}
+		addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
+		if lastErr = waitRedis(addr, password, exited); lastErr == nil {
+			tb.Cleanup(stop)
+			return addr
+		}
+		stop()
+		tb.Logf("redis-server on port %d did not come up: %v\n%s", port, lastErr, out.String())
+	}
+	tb.Fatalf("redis-server did not come up: %v", lastErr)
+	return netip.AddrPort{}
+}
+
+// waitRedis polls addr with the redis check until it passes, the server
+// exits, or redisStartTimeout passes: at most redisStartTimeout/10ms
+// attempts.
+func waitRedis(addr netip.AddrPort, password string, exited <-chan struct{}) error {
+	ch := redisCheck{password: password}
+	deadline := time.Now().Add(redisStartTimeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := ch.Check(ctx, addr)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-exited:
+			return err
+		case <-tick.C:
+		}
+	}
+}
+
+func TestRedisCheckRealServer(t *testing.T) {
+	t.Parallel()
+	t.Run("no password", func(t *testing.T) {
+		t.Parallel()
+		addr := startRedis(t, "")
+		if err := runCheck(newChecker(t, Config{Kind: "redis"}), addr); err != nil {
+			t.Fatalf("check of redis-server: %v", err)
+		}
+		// Redis 6+ refuses AUTH when no password is configured.
+		err := runCheck(newChecker(t, Config{Kind: "redis", RedisPassword: redisPassword}), addr)
+		wantErr(t, err, "AUTH refused")
+	})
+	t.Run("requirepass", func(t *testing.T) {
+		t.Parallel()
+		addr := startRedis(t, redisPassword)
+		if err := runCheck(newChecker(t, Config{Kind: "redis", RedisPassword: redisPassword}), addr); err != nil {
+			t.Fatalf("check with the right password: %v", err)
+		}
+		wantErr(t, runCheck(newChecker(t, Config{Kind: "redis", RedisPassword: "wrong"}), addr),
+			`AUTH refused: "-WRONGPASS`)
+		wantErr(t, runCheck(newChecker(t, Config{Kind: "redis"}), addr), `PING answered "-NOAUTH`)
+	})
+}
