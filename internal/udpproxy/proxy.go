@@ -16,7 +16,8 @@
 // session whose backend has left the backend set is moved to the key's new
 // Maglev choice on its next client datagram; a session whose backend is
 // still in the set keeps it, as a TCP connection does. Checking costs one
-// pointer comparison per datagram while the set is unchanged.
+// pointer comparison per read and one integer comparison per datagram
+// while the set is unchanged.
 //
 // Listening addresses must be specific: a socket bound to 0.0.0.0 or ::
 // would need IP_PKTINFO on every datagram to reply from the right address,
@@ -89,6 +90,12 @@ type Proxy struct {
 	// (or later: it is re-armed lazily) and ends the sessions past theirs.
 	expiry loop.Timer
 
+	// snap is the backend set as of the last client datagrams read, and
+	// epoch counts its changes. A session remembers the epoch at which it
+	// last checked its backend rather than the snapshot, so that an idle
+	// session keeps no old snapshot (and its Maglev table) alive.
+	snap  *balancer.Snapshot
+	epoch uint32
 	// members is the set of backend addresses of membersOf, built when a
 	// session first meets a new snapshot.
 	membersOf *balancer.Snapshot
@@ -188,9 +195,12 @@ func (ln *listener) HandleEvent(uint32) {
 			// queue can have overflowed.
 			p.countListenDrops()
 		}
-		snap := p.lb.Load()
+		if snap := p.lb.Load(); snap != p.snap {
+			p.snap = snap
+			p.epoch++ // wraps after 2^32 changes, far beyond a session's life
+		}
 		for i := range n {
-			p.forward(i, snap)
+			p.forward(i)
 		}
 		read += n
 		if n < p.cfg.Batch {
@@ -201,7 +211,7 @@ func (ln *listener) HandleEvent(uint32) {
 
 // forward sends client datagram i of p.buf to the client's session,
 // opening or remapping the session as needed.
-func (p *Proxy) forward(i int, snap *balancer.Snapshot) {
+func (p *Proxy) forward(i int) {
 	b := p.buf
 	if b.msgs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
 		p.stats.drop(DropTruncated, 1)
@@ -210,10 +220,10 @@ func (p *Proxy) forward(i int, snap *balancer.Snapshot) {
 	client := addrOfRaw(&b.names[i])
 	s := p.sessions[client]
 	if s == nil {
-		if s = p.open(client, &b.names[i], b.msgs[i].Hdr.Namelen, snap); s == nil {
+		if s = p.open(client, &b.names[i], b.msgs[i].Hdr.Namelen); s == nil {
 			return
 		}
-	} else if s.snap != snap && !p.recheck(s, snap) {
+	} else if s.epoch != p.epoch && !p.recheck(s) {
 		return
 	}
 	p.touch(s)

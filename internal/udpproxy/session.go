@@ -16,26 +16,27 @@ import (
 // serves them all.
 type session struct {
 	p          *Proxy
-	fd         int                // UDP socket connected to backend; -1 once ended
-	prev, next *session           // LRU ring neighbours, most recent towards p.lru.next
-	lastActive int64              // loop clock of the last datagram either way
-	hash       uint64             // key hash of the client address
-	snap       *balancer.Snapshot // the snapshot backend was last checked against
-	bc         *BackendCounters   // counters of backend
+	fd         int              // UDP socket connected to backend; -1 once ended
+	prev, next *session         // LRU ring neighbours, most recent towards p.lru.next
+	lastActive int64            // loop clock of the last datagram either way
+	hash       uint64           // key hash of the client address
+	bc         *BackendCounters // counters of backend
 	backend    netip.AddrPort
 	client     netip.AddrPort        // key in p.sessions
 	name       unix.RawSockaddrInet6 // client address as the kernel gave it, for replies
 	nameLen    uint32
 	drops      uint32 // the kernel's drop count of fd when last read
+	epoch      uint32 // p.epoch when backend was last checked against the backend set
 }
 
 // HandleEvent reads replies from the backend.
 func (s *session) HandleEvent(uint32) { s.p.relay(s) }
 
-// open creates the session of a new client: picks its backend in snap,
+// open creates the session of a new client: picks its backend in p.snap,
 // makes room at the session cap, and connects a socket. It returns nil,
 // with the datagram counted as dropped, when it cannot.
-func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen uint32, snap *balancer.Snapshot) *session {
+func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen uint32) *session {
+	snap := p.snap
 	hash := p.cfg.HashKey.Hash(client.Addr(), client.Port())
 	idx := snap.Pick(hash)
 	if idx < 0 {
@@ -50,7 +51,7 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 		}
 	}
 	backend := snap.Backends[idx].Addr
-	s := &session{p: p, fd: -1, hash: hash, snap: snap, backend: backend, client: client, name: *name, nameLen: nameLen}
+	s := &session{p: p, fd: -1, hash: hash, epoch: p.epoch, backend: backend, client: client, name: *name, nameLen: nameLen}
 	err := p.connect(s)
 	if (err == unix.EMFILE || err == unix.ENFILE) && p.evictOldest() {
 		err = p.connect(s)
@@ -106,8 +107,9 @@ func (p *Proxy) connect(s *session) error {
 // a session whose backend is still in the set keeps it; otherwise it moves
 // to the key's choice in the new set. It reports whether s is still usable;
 // when not, s has been ended and the datagram counted as dropped.
-func (p *Proxy) recheck(s *session, snap *balancer.Snapshot) bool {
-	s.snap = snap
+func (p *Proxy) recheck(s *session) bool {
+	snap := p.snap
+	s.epoch = p.epoch
 	if p.isMember(snap, s.backend) {
 		return true
 	}
@@ -213,7 +215,6 @@ func (p *Proxy) end(s *session) {
 	delete(p.sessions, s.client)
 	s.prev.next, s.next.prev = s.next, s.prev
 	s.prev, s.next = nil, nil
-	s.snap = nil
 	p.limiter.Release()
 	p.stats.SessionsEnded.Add(1)
 }
