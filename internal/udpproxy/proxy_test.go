@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap/zaptest"
 
@@ -622,5 +623,13 @@ func TestQueueDrops(t *testing.T) {
 	t.Logf("backend burst: %d forwarded, %d session_queue_full, %d send_client_failed", down, sq, cf)
 	if down+sq+cf != burst || sq == 0 {
 		t.Errorf("backend sent %d: %d forwarded, %d session_queue_full, %d send_client_failed", burst, down, sq, cf)
+	}
+}
+
+// TestSessionSize keeps the per-session memory in check: a session is one
+// of these, a map entry and a socket.
+func TestSessionSize(t *testing.T) {
+	if n := unsafe.Sizeof(session{}); n > 176 {
+		t.Errorf("session is %d bytes; keep it at most 176", n)
 	}
 }
