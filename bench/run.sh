@@ -83,8 +83,10 @@ cleanup() {
 	trap - EXIT INT TERM HUP
 	[[ -n $CUR ]] && kill -TERM "$CUR" 2>/dev/null
 	local all=() p
-	# Children too: nginx workers must not outlive a killed master.
-	for p in "${pids[@]}"; do all+=($(descendants "$p")); done
+	# Children too: nginx workers must not outlive a killed master. Only
+	# pids that are still this shell's children: a recorded pid that died
+	# may have been reused by someone else's process.
+	for p in "${pids[@]}"; do ours "$p" && all+=($(descendants "$p")); done
 	if ((${#all[@]})); then
 		kill -TERM "${all[@]}" 2>/dev/null || true
 		for _ in $(seq 100); do
@@ -103,6 +105,31 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
+
+# ours PID: PID is alive and a child of this shell.
+ours() {
+	[[ -r /proc/$1/stat ]] && awk -v me=$$ '{ sub(/.*\) /, ""); exit !($2 == me) }' "/proc/$1/stat" 2>/dev/null
+}
+
+# stop PID...: SIGTERM to the processes and their descendants, SIGKILL after
+# 10 s, and forget them.
+stop() {
+	local all=() p q keep=()
+	for p; do ours "$p" && all+=($(descendants "$p")); done
+	if ((${#all[@]})); then
+		kill -TERM "${all[@]}" 2>/dev/null || true
+		for _ in $(seq 100); do
+			local alive=0
+			for q in "${all[@]}"; do kill -0 "$q" 2>/dev/null && alive=1; done
+			((alive)) || break
+			sleep 0.1
+		done
+		kill -KILL "${all[@]}" 2>/dev/null || true
+	fi
+	for p; do wait "$p" 2>/dev/null || true; done
+	for q in "${pids[@]}"; do [[ " $* " == *" $q "* ]] || keep+=("$q"); done
+	pids=("${keep[@]}")
+}
 
 # descendants PID: PID and every live process below it.
 descendants() {
@@ -276,8 +303,11 @@ start_sluice() {
 	} >"$f"
 	start sluice "$SLUICE" --config "$f" --workers 2
 	PIDS[sluice]=$LAST
-	# UDP is a separate process so that a build without UDP support still
-	# runs the TCP scenarios.
+}
+
+# UDP is a separate sluice process so that a build without UDP support
+# still runs the TCP scenarios.
+start_sluice_udp() {
 	if has_scen udp; then
 		if "$SLUICE" --help 2>&1 | grep -q -- '--proto'; then
 			start sluice-udp "$SLUICE" --proto udp --listen "127.0.0.1:$(port sluice udp)" \
@@ -347,11 +377,12 @@ start_nginx() {
 	PIDS[nginx]=$LAST
 }
 
+build_iocopy() {
+	go build -o bench/out/bin/iocopy ./bench/iocopy >"$LOGS/iocopy-build.log" 2>&1 ||
+		skip iocopy "failed: go build ./bench/iocopy (see $LOGS/iocopy-build.log)"
+}
+
 start_iocopy() {
-	if ! go build -o bench/out/bin/iocopy ./bench/iocopy >"$LOGS/iocopy-build.log" 2>&1; then
-		skip iocopy "failed: go build ./bench/iocopy (see logs/iocopy-build.log)"
-		return
-	fi
 	start iocopy bench/out/bin/iocopy \
 		--route "127.0.0.1:$(port iocopy echo)=127.0.0.1:$((B + 1)),127.0.0.1:$((B + 2))" \
 		--route "127.0.0.1:$(port iocopy sink)=127.0.0.1:$((B + 3)),127.0.0.1:$((B + 4))" \
@@ -389,11 +420,12 @@ verify() {
 	fi
 }
 
+has_target iocopy && [[ -z ${STATUS[iocopy]:-} ]] && build_iocopy
 for t in $TARGETS; do
 	[[ -n ${STATUS[$t]:-} ]] && continue
 	case $t in
 	direct) ;;
-	sluice) start_sluice ;;
+	sluice) start_sluice; start_sluice_udp ;;
 	haproxy) start_haproxy ;;
 	nginx) start_nginx ;;
 	iocopy) start_iocopy ;;
@@ -521,6 +553,27 @@ open_rate() {
 }
 [[ -n $RR_RATE ]] && meta rr_open_rate "$RR_RATE"
 
+# restart TARGET: stop the target's processes, start them again and check
+# them as at the start. The idle scenario runs on a fresh process: allocators
+# keep the memory of earlier connections, so a second idle run in the same
+# process would measure a growth of about zero.
+restart() {
+	local t=$1 why
+	stop "${PIDS[$t]}"
+	case $t in
+	sluice) start_sluice ;;
+	haproxy) start_haproxy ;;
+	nginx) start_nginx ;;
+	iocopy) start_iocopy ;;
+	esac
+	if ! why=$(verify "$t"); then
+		STATUS[$t]="failed on restart: $why"
+		note "$t: failed to restart for the idle scenario: $why; it is left out from here on"
+		stop "${PIDS[$t]}"
+		return 1
+	fi
+}
+
 # run_one ROUND SCENARIO TARGET
 run_one() {
 	local r=$1 s=$2 t=$3 file=$RAW/r$1_$2_$3.json args=() what limit=$((DURATION + WARMUP + 60))
@@ -547,6 +600,9 @@ run_one() {
 		echo "$t is not running any more" >"$file.err"
 		log "r$r $s $t: skipped, $t is not running any more"
 		return 0
+	fi
+	if [[ $s == idle ]]; then
+		restart "$t" || return 0
 	fi
 	mapfile -t args < <(proxy_args "$pidt")
 	case $s in

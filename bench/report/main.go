@@ -233,8 +233,16 @@ func proxy(q func(p *loadgen.ProxyResult) float64) func(r *loadgen.Result) (floa
 }
 func cpuPerGiB(p *loadgen.ProxyResult) float64 { return p.CPUSecPerGiB }
 func cpuPerOp(p *loadgen.ProxyResult) float64  { return p.CPUMicrosPerOp }
-func rssPerConn(p *loadgen.ProxyResult) float64 {
-	return p.RSSPerConnKiB
+
+// rssPerConn is the idle figure, computed from the before and after VmRSS
+// rather than read from rss_per_conn_kib, which the JSON omits when it is
+// zero or below (memory the process already held).
+func rssPerConn(r *loadgen.Result) (float64, bool) {
+	p := r.Proxy
+	if p == nil || p.Error != "" || r.Idle == nil || r.Idle.Opened == 0 || p.RSSBeforeKiB == 0 || p.RSSAfterKiB == 0 {
+		return 0, false
+	}
+	return float64(p.RSSAfterKiB-p.RSSBeforeKiB) / float64(r.Idle.Opened), true
 }
 
 func bulkMetrics() []metric {
@@ -296,7 +304,7 @@ var scenarios = []scenario{
 				}
 				return float64(r.Idle.Opened), true
 			}},
-			{name: "RSS KiB/conn", short: "RSS KiB/conn", value: proxy(rssPerConn), digits: 2, ratio: true, chart: true},
+			{name: "RSS KiB/conn", short: "RSS KiB/conn", value: rssPerConn, digits: 2, ratio: true, chart: true},
 		}},
 	{key: "redis", title: "redis: a real client",
 		what: func(m map[string]string) string {
@@ -562,7 +570,7 @@ func (rd *runData) writeMarkdown(w *strings.Builder, tables []table, svgRel stri
 					if t.best[i] == tg {
 						v = "**" + v + "**"
 					}
-					if c.stat.n > 1 {
+					if c.stat.n > 1 && c.stat.min != c.stat.max {
 						v += fmt.Sprintf(" (%s–%s)", num(c.stat.min, mt.digits), num(c.stat.max, mt.digits))
 					}
 				}

@@ -116,9 +116,9 @@ func TestRunWritesMarkdownAndValidSVG(t *testing.T) {
 		"r1_rr_nginx.json": {Mode: loadgen.RR, Ops: 100, OpsPerSec: 40000,
 			Latency: &loadgen.Latency{Count: 100, P50: 120, P99: 500}, Proxy: &loadgen.ProxyResult{CPUMicrosPerOp: 12}},
 		"r1_idle_sluice.json": {Mode: loadgen.Idle, Idle: &loadgen.IdleResult{Opened: 6000},
-			Proxy: &loadgen.ProxyResult{RSSPerConnKiB: 0.5}},
+			Proxy: &loadgen.ProxyResult{RSSBeforeKiB: 10000, RSSAfterKiB: 13000}},
 		"r1_idle_iocopy.json": {Mode: loadgen.Idle, Idle: &loadgen.IdleResult{Opened: 3000, Failed: 64}, Errors: 64,
-			FirstError: "connection reset | by peer", Proxy: &loadgen.ProxyResult{RSSPerConnKiB: 15}},
+			FirstError: "connection reset | by peer", Proxy: &loadgen.ProxyResult{RSSBeforeKiB: 5000, RSSAfterKiB: 50000}},
 	}
 	dir := writeRun(t, res, nil)
 	out := t.TempDir()
