@@ -402,11 +402,35 @@ wait:
 		select {
 		case <-ch:
 		case <-deadline.C:
-			s.log.Warn("drain timeout, resetting open connections", zap.Int64("open", s.limiter.Open()))
+			s.logCensus()
 			break wait
 		}
 	}
 	s.closeAll()
+}
+
+// logCensus logs what the connections left at a drain timeout are doing.
+func (s *Server) logCensus() {
+	var connecting, established, half int
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, sv := range s.services {
+		for i, p := range sv.proxies {
+			wg.Add(1)
+			if !s.loops[i].Submit(func() {
+				c, e, h := p.Census()
+				mu.Lock()
+				connecting, established, half = connecting+c, established+e, half+h
+				mu.Unlock()
+				wg.Done()
+			}) {
+				wg.Done()
+			}
+		}
+	}
+	wg.Wait()
+	s.log.Warn("drain timeout, resetting open connections",
+		zap.Int("connecting", connecting), zap.Int("established", established), zap.Int("half_closed", half))
 }
 
 // closeAll resets every connection left, releases the pipe pools, and waits

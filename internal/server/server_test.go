@@ -35,7 +35,9 @@ type running struct {
 // starts the balancer, and stops it at the end of the test.
 func start(tb testing.TB, args ...string) *running {
 	tb.Helper()
-	cfg, err := config.Parse(append([]string{"--listen", "127.0.0.1:0"}, args...), io.Discard)
+	// A drain that needs its timeout is a bug in every test but the one
+	// that tests the timeout; 10s makes it visible in stop below.
+	cfg, err := config.Parse(append([]string{"--listen", "127.0.0.1:0", "--drain-timeout", "10s"}, args...), io.Discard)
 	if err != nil {
 		tb.Fatalf("parse %v: %v", args, err)
 	}
@@ -55,10 +57,14 @@ func start(tb testing.TB, args ...string) *running {
 func (r *running) stop(tb testing.TB) error {
 	tb.Helper()
 	r.cancel()
+	begin := time.Now()
 	select {
 	case err, ok := <-r.done:
 		if ok {
 			close(r.done)
+			if el := time.Since(begin); el > 5*time.Second {
+				tb.Errorf("stopping took %v: connections outlived their clients (see the drain log line)", el)
+			}
 		}
 		return err
 	case <-time.After(30 * time.Second):

@@ -54,6 +54,7 @@ type endpoint struct {
 	fd       int
 	readable bool
 	writable bool
+	hup      bool // the peer's FIN or an error was reported: read until EOF
 	isClient bool
 }
 
@@ -76,6 +77,9 @@ func (h *half) holding() bool {
 func (e *endpoint) HandleEvent(ev uint32) {
 	if ev&(loop.In|loop.RdHup|loop.Hup|loop.Err) != 0 {
 		e.readable = true
+	}
+	if ev&(loop.RdHup|loop.Hup|loop.Err) != 0 {
+		e.hup = true
 	}
 	if ev&(loop.Out|loop.Hup|loop.Err) != 0 {
 		e.writable = true
@@ -339,6 +343,14 @@ func (c *conn) copy(h *half, src, dst *endpoint, max int) (int, error) {
 	}
 	if n == 0 {
 		return 0, nil
+	}
+	if n < max && !src.hup {
+		// A short read emptied the receive queue. Edge-triggered epoll
+		// reports any byte that arrives from now on as a new edge, so
+		// the read that would only say EAGAIN is skipped. Not once a
+		// FIN was reported: its edge has passed, and only a read sees
+		// the end of stream.
+		src.readable = false
 	}
 	w, err := splice.Write(dst.fd, p.buf[:n])
 	if err != nil {

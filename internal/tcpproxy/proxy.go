@@ -116,6 +116,22 @@ func (p *Proxy) Drain() <-chan struct{} {
 	return p.drained
 }
 
+// Census counts the open connections by state, for the log line of a drain
+// that timed out.
+func (p *Proxy) Census() (connecting, established, halfClosed int) {
+	for _, c := range p.conns {
+		switch {
+		case c.state == stateConnecting:
+			connecting++
+		case c.up.shut || c.down.shut:
+			halfClosed++
+		default:
+			established++
+		}
+	}
+	return
+}
+
 // CloseAll resets every open connection, for the end of a drain timeout.
 func (p *Proxy) CloseAll() {
 	for len(p.conns) > 0 {
