@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/discovery"
 	"github.com/sluice-lb/sluice/internal/firewall"
 	"github.com/sluice-lb/sluice/internal/health"
 	"github.com/sluice-lb/sluice/internal/tcpproxy"
@@ -98,6 +99,8 @@ type Service struct {
 	PassiveFall int
 	// CloseOnDown resets a backend's connections when it goes down.
 	CloseOnDown bool
+	// DNS discovers further backends; off when it has no targets.
+	DNS discovery.Config
 }
 
 // fdReserve is the file descriptors kept back from connections and pipes
@@ -143,6 +146,8 @@ type serviceVals struct {
 	health                      health.Config
 	passiveFall                 int
 	closeOnDown                 bool
+	dnsHosts, dnsSRV            []string
+	dnsInterval                 time.Duration
 }
 
 func addGlobalFlags(fs *pflag.FlagSet, g *globalVals) {
@@ -188,6 +193,9 @@ func addServiceFlags(fs *pflag.FlagSet, s *serviceVals) {
 	fs.StringVar(&s.health.GRPCService, "health-grpc-service", "", "grpc check: service name asked of grpc.health.v1 (empty: the whole server)")
 	fs.IntVar(&s.passiveFall, "passive-fall", 3, "consecutive failed connects on the data path that mark a backend down until its active check passes; 0 is off")
 	fs.BoolVar(&s.closeOnDown, "close-on-down", false, "reset a backend's open connections when it goes down (default: leave them alone)")
+	fs.StringArrayVar(&s.dnsHosts, "backend-dns", nil, "discover backends from the A/AAAA records of NAME, as NAME:PORT (repeatable; e.g. a Kubernetes headless service)")
+	fs.StringArrayVar(&s.dnsSRV, "backend-srv", nil, "discover backends from SRV records, as _service._proto.NAME (repeatable; e.g. Consul DNS); SRV weights become backend weights")
+	fs.DurationVar(&s.dnsInterval, "dns-interval", discovery.DefaultConfig().Interval, "time between resolutions of --backend-dns/--backend-srv; a failed resolution keeps the last good set")
 }
 
 // isServiceFlag reports whether name is a per-service flag.
@@ -365,9 +373,30 @@ func buildService(ns namedService) (Service, []string) {
 	} else {
 		s.Listen = ap
 	}
-	if len(v.backends) == 0 && v.backendsFile == "" {
-		probs = append(probs, pre+"no backend: give at least one --backend ip:port or a --backends-file")
+	if len(v.backends) == 0 && v.backendsFile == "" && len(v.dnsHosts) == 0 && len(v.dnsSRV) == 0 {
+		probs = append(probs, pre+"no backend: give at least one --backend ip:port, a --backends-file, --backend-dns or --backend-srv")
 	}
+	s.DNS = discovery.DefaultConfig()
+	for _, h := range v.dnsHosts {
+		t, err := discovery.ParseHost(h)
+		if err != nil {
+			bad("backend-dns", h, "%v", err)
+			continue
+		}
+		s.DNS.Targets = append(s.DNS.Targets, t)
+	}
+	for _, h := range v.dnsSRV {
+		t, err := discovery.ParseSRV(h)
+		if err != nil {
+			bad("backend-srv", h, "%v", err)
+			continue
+		}
+		s.DNS.Targets = append(s.DNS.Targets, t)
+	}
+	if v.dnsInterval < time.Second {
+		bad("dns-interval", v.dnsInterval.String(), "want 1s or more")
+	}
+	s.DNS.Interval = v.dnsInterval
 	seen := map[netip.AddrPort]bool{}
 	for _, b := range v.backends {
 		sp, err := balancer.ParseSpec(b)

@@ -22,6 +22,7 @@ import (
 	"github.com/sluice-lb/sluice/internal/admin"
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/config"
+	"github.com/sluice-lb/sluice/internal/discovery"
 	"github.com/sluice-lb/sluice/internal/firewall"
 	"github.com/sluice-lb/sluice/internal/health"
 	"github.com/sluice-lb/sluice/internal/loop"
@@ -288,6 +289,10 @@ func (s *Server) Run(ctx context.Context) error {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); sv.bal.Run(bg) }()
 		sv.monitor.Sync(sv.bal.Members())
+		if len(sv.cfg.DNS.Targets) > 0 {
+			s.wg.Add(1)
+			go s.discover(bg, sv)
+		}
 	}
 	s.wg.Add(1)
 	go s.watchFiles(bg)
@@ -346,6 +351,7 @@ func (s *Server) logStart() {
 			zap.Stringer("listen", sv.addr),
 			zap.Stringers("backends", sv.bal.Members()),
 			zap.String("backends_file", c.BackendsFile),
+			zap.Int("dns_targets", len(c.DNS.Targets)),
 			zap.Stringer("hash_key", c.Proxy.HashKey),
 			zap.Float64("hash_balance_factor", c.Proxy.BalanceFactor),
 			zap.Stringer("splice", c.Proxy.Splice),
@@ -357,6 +363,22 @@ func (s *Server) logStart() {
 			zap.Int("passive_fall", c.PassiveFall),
 			zap.Bool("close_on_down", c.CloseOnDown))
 	}
+}
+
+// discover merges the backends DNS discovery finds into sv's membership
+// until ctx ends.
+func (s *Server) discover(ctx context.Context, sv *service) {
+	defer s.wg.Done()
+	w := discovery.New(sv.cfg.DNS, s.log.Named("discovery").With(zap.String("service", sv.cfg.Name)))
+	w.Run(ctx, func(found []discovery.Backend) {
+		specs := make([]balancer.Spec, len(found))
+		for i, b := range found {
+			specs[i] = balancer.Spec{Addr: b.Addr, Weight: b.Weight}
+		}
+		if err := sv.bal.SetSource(balancer.SourceDNS, specs); err != nil {
+			s.log.Error("apply discovered backends", zap.String("service", sv.cfg.Name), zap.Error(err))
+		}
+	})
 }
 
 func (s *Server) runLoop(l *loop.Loop, errc chan<- error) {
