@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # bench/run.sh — sluice side by side with HAProxy, nginx stream and a naive
 # Go io.Copy proxy, as /work/shared/BENCHMARKING.md describes: every target
-# is started once, then each scenario runs against each target in turn,
-# ROUNDS times, and bench/report turns the raw JSON into bench/RESULTS.md and
-# bench/results.svg. See bench/README.md.
+# is started once (the idle scenario restarts each target first, so that it
+# measures a fresh process's memory), then each scenario runs against each
+# target in turn, ROUNDS times, and bench/report turns the raw JSON into
+# bench/RESULTS.md and bench/results.svg. See bench/README.md.
 #
 # All traffic goes to 127.0.0.0/8. Every load run is bounded by its own
 # duration or request count and by timeout(1); every process started here is
@@ -82,21 +83,7 @@ cleanup() {
 	set +e # stop everything whatever fails here
 	trap - EXIT INT TERM HUP
 	[[ -n $CUR ]] && kill -TERM "$CUR" 2>/dev/null
-	local all=() p
-	# Children too: nginx workers must not outlive a killed master. Only
-	# pids that are still this shell's children: a recorded pid that died
-	# may have been reused by someone else's process.
-	for p in "${pids[@]}"; do ours "$p" && all+=($(descendants "$p")); done
-	if ((${#all[@]})); then
-		kill -TERM "${all[@]}" 2>/dev/null || true
-		for _ in $(seq 100); do
-			local alive=0
-			for p in "${all[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-			((alive)) || break
-			sleep 0.1
-		done
-		kill -KILL "${all[@]}" 2>/dev/null || true
-	fi
+	((${#pids[@]})) && stop "${pids[@]}"
 	wait 2>/dev/null || true
 	((rc == 0)) || log "bench: stopped (status $rc); raw output kept in $OUT"
 	exit "$rc"
@@ -111,8 +98,10 @@ ours() {
 	[[ -r /proc/$1/stat ]] && awk -v me=$$ '{ sub(/.*\) /, ""); exit !($2 == me) }' "/proc/$1/stat" 2>/dev/null
 }
 
-# stop PID...: SIGTERM to the processes and their descendants, SIGKILL after
-# 10 s, and forget them.
+# stop PID...: SIGTERM to the processes and their descendants (nginx
+# workers must not outlive a killed master), SIGKILL after 10 s, and forget
+# them. Only pids that are still this shell's children count: a recorded pid
+# that died may have been reused by someone else's process.
 stop() {
 	local all=() p q keep=()
 	for p; do ours "$p" && all+=($(descendants "$p")); done
@@ -438,7 +427,8 @@ for t in $TARGETS; do
 		log "target $t ready${PIDS[$t]:+ (pids $(descendants "${PIDS[$t]}" | sort -n | tr '\n' ' '))}"
 	else
 		skip "$t" "failed to start: $why (see $LOGS/$t.log)"
-		[[ -n ${PIDS[$t]:-} ]] && { kill -TERM $(descendants "${PIDS[$t]}") 2>/dev/null || true; }
+		if [[ -n ${PIDS[$t]:-} ]]; then stop "${PIDS[$t]}"; fi
+		if [[ $t == sluice && -n $SLUICE_UDP_PID ]]; then stop "$SLUICE_UDP_PID"; SLUICE_UDP_PID=; fi
 	fi
 done
 SLUICE_UDP=
@@ -448,7 +438,8 @@ if [[ -n $SLUICE_UDP_PID && ${STATUS[sluice]:-} == ok ]]; then
 		SLUICE_UDP=1
 		log "target sluice udp ready (pid $SLUICE_UDP_PID)"
 	else
-		note "sluice udp: skipped, it did not start or answer: $(tail -n1 "$LOGS/sluice-udp.log" 2>/dev/null)"
+		note "sluice udp: skipped, it did not start or answer: $(grep -v '^[[:space:]]*$' "$LOGS/sluice-udp.log" | tail -n1)"
+		stop "$SLUICE_UDP_PID"
 	fi
 fi
 
