@@ -69,6 +69,8 @@ CONF=$OUT/conf
 mkdir -p "$RAW" "$LOGS" "$CONF" bench/out/bin
 META=$OUT/meta.tsv
 : >"$META"
+# Build the report first: a run should not end in a compile error.
+go build -o bench/out/bin/report ./bench/report || { echo "bench: go build ./bench/report failed" >&2; exit 1; }
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
 meta() { local k=$1; shift; printf '%s\t%s\n' "$k" "$*" >>"$META"; }
@@ -662,6 +664,5 @@ done
 # ---------------------------------------------------------------- report
 
 log "writing $RESULTS and $SVG"
-go build -o bench/out/bin/report ./bench/report
 bench/out/bin/report --dir "$OUT" --md "$RESULTS" --svg "$SVG"
 log "done: $RESULTS (raw JSON in $RAW)"

@@ -111,11 +111,11 @@ echo "  sluice pid $sluice_pid listening on 127.0.0.1:$port, admin on 127.0.0.1:
 # 3. Load through sluice. --source-cidr gives each client connection its own
 # loopback source address, so the source-IP hash spreads them.
 say "rr: 50 keep-alive clients, 64-byte request/response, ${SECS} s"
-timeout -k 5 $(( SECS + 30 )) "$BENCH" rr --target "127.0.0.1:$port" --conns 50 \
+timeout --foreground -k 5 $(( SECS + 30 )) "$BENCH" rr --target "127.0.0.1:$port" --conns 50 \
 	--duration "${SECS}s" --source-cidr 127.0.0.0/16 --proxy-pid "$sluice_pid"
 
 say "stream: 1 connection, bulk both ways through an echo, ${SECS} s"
-timeout -k 5 $(( SECS + 30 )) "$BENCH" stream --target "127.0.0.1:$port" --conns 1 \
+timeout --foreground -k 5 $(( SECS + 30 )) "$BENCH" stream --target "127.0.0.1:$port" --conns 1 \
 	--direction both --duration "${SECS}s" --proxy-pid "$sluice_pid"
 
 # 4. How the connections spread, from sluice's own counters (they count
