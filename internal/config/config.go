@@ -148,6 +148,9 @@ type serviceVals struct {
 	closeOnDown                 bool
 	dnsHosts, dnsSRV            []string
 	dnsInterval                 time.Duration
+	sendProxy                   string
+	acceptProxy                 bool
+	trusted                     []string
 }
 
 func addGlobalFlags(fs *pflag.FlagSet, g *globalVals) {
@@ -195,6 +198,9 @@ func addServiceFlags(fs *pflag.FlagSet, s *serviceVals) {
 	fs.BoolVar(&s.closeOnDown, "close-on-down", false, "reset a backend's open connections when it goes down (default: leave them alone)")
 	fs.StringArrayVar(&s.dnsHosts, "backend-dns", nil, "discover backends from the A/AAAA records of NAME, as NAME:PORT (repeatable; e.g. a Kubernetes headless service)")
 	fs.StringArrayVar(&s.dnsSRV, "backend-srv", nil, "discover backends from SRV records, as _service._proto.NAME (repeatable; e.g. Consul DNS); SRV weights become backend weights")
+	fs.StringVar(&s.sendProxy, "proxy-protocol", "", "send the client's address to backends in a PROXY protocol header: v1 (text) or v2 (binary); off when empty")
+	fs.BoolVar(&s.acceptProxy, "accept-proxy-protocol", false, "take the client address from a PROXY v1/v2 header sent by an upstream balancer (needs --proxy-protocol-trusted)")
+	fs.StringArrayVar(&s.trusted, "proxy-protocol-trusted", nil, "peer prefix allowed to send a PROXY header, e.g. 198.18.0.10/32 (repeatable); connections from other peers are closed")
 	fs.DurationVar(&s.dnsInterval, "dns-interval", discovery.DefaultConfig().Interval, "time between resolutions of --backend-dns/--backend-srv; a failed resolution keeps the last good set")
 }
 
@@ -397,6 +403,33 @@ func buildService(ns namedService) (Service, []string) {
 		bad("dns-interval", v.dnsInterval.String(), "want 1s or more")
 	}
 	s.DNS.Interval = v.dnsInterval
+	switch v.sendProxy {
+	case "":
+	case "v1":
+		s.Proxy.SendProxy = 1
+	case "v2":
+		s.Proxy.SendProxy = 2
+	default:
+		bad("proxy-protocol", v.sendProxy, "want v1 or v2")
+	}
+	s.Proxy.AcceptProxy = v.acceptProxy
+	for _, t := range v.trusted {
+		p, err := parsePrefix(t)
+		if err != nil {
+			bad("proxy-protocol-trusted", t, "%v", err)
+			continue
+		}
+		s.Proxy.TrustedProxies = append(s.Proxy.TrustedProxies, p)
+	}
+	if v.acceptProxy && len(v.trusted) == 0 {
+		probs = append(probs, pre+"--accept-proxy-protocol needs --proxy-protocol-trusted: name the balancers allowed to claim client addresses (0.0.0.0/0 and ::/0 trust everyone)")
+	}
+	if !v.acceptProxy && len(v.trusted) > 0 {
+		probs = append(probs, pre+"--proxy-protocol-trusted without --accept-proxy-protocol has no effect")
+	}
+	if (v.sendProxy != "" || v.acceptProxy) && v.proto == "udp" {
+		probs = append(probs, pre+"the PROXY protocol is for TCP services")
+	}
 	seen := map[netip.AddrPort]bool{}
 	for _, b := range v.backends {
 		sp, err := balancer.ParseSpec(b)

@@ -23,12 +23,13 @@ var (
 	descIdle        = prometheus.NewDesc("sluice_idle_timeouts_total", "Connections closed by the idle timeout.", []string{"service"}, nil)
 	descAcceptErrs  = prometheus.NewDesc("sluice_accept_errors_total", "accept(2) failures such as EMFILE.", []string{"service"}, nil)
 	descAcceptPause = prometheus.NewDesc("sluice_accept_pauses_total", "Times accepting paused (fd exhaustion or --max-conns).", []string{"service"}, nil)
+	descProxyErrs   = prometheus.NewDesc("sluice_proxy_protocol_errors_total", "Connections closed for their PROXY header, by reason.", []string{"service", "reason"}, nil)
 	descSpliced     = prometheus.NewDesc("sluice_spliced_bytes_total", "Bytes moved with splice(2) rather than read/write.", []string{"service"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descActive, descConns, descConnErrs, descBytes, descUp, descAccepted, descOpen,
-		descRefused, descResets, descIdle, descAcceptErrs, descAcceptPause, descSpliced, descFirewall} {
+		descRefused, descResets, descIdle, descAcceptErrs, descAcceptPause, descSpliced, descFirewall, descProxyErrs} {
 		ch <- d
 	}
 }
@@ -53,7 +54,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesUp), name, addr, "up")
 			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesDown), name, addr, "down")
 		}
-		var accepted, closed, noBackend, resets, idle, acceptErrs, pauses, spliced uint64
+		var accepted, closed, noBackend, resets, idle, acceptErrs, pauses, spliced, ppBad, ppUntrusted, ppTimeout uint64
 		for _, p := range sv.proxies {
 			st := p.Stats()
 			accepted += st.Accepted.Load()
@@ -64,7 +65,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			acceptErrs += st.AcceptErrors.Load()
 			pauses += st.AcceptPauses.Load()
 			spliced += st.SplicedBytes.Load()
+			ppBad += st.ProxyMalformed.Load()
+			ppUntrusted += st.ProxyUntrusted.Load()
+			ppTimeout += st.ProxyTimeouts.Load()
 		}
+		ch <- prometheus.MustNewConstMetric(descProxyErrs, prometheus.CounterValue, float64(ppBad), name, "malformed")
+		ch <- prometheus.MustNewConstMetric(descProxyErrs, prometheus.CounterValue, float64(ppUntrusted), name, "untrusted")
+		ch <- prometheus.MustNewConstMetric(descProxyErrs, prometheus.CounterValue, float64(ppTimeout), name, "timeout")
 		ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.CounterValue, float64(accepted), name)
 		ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(accepted-closed), name)
 		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(noBackend), name, "no_backend")

@@ -10,6 +10,7 @@ package tcpproxy
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
@@ -75,6 +76,18 @@ type Config struct {
 	// BalanceFactor bounds each backend's open connections to
 	// ceil(factor × its weighted share of the service's); 0 is off.
 	BalanceFactor float64
+	// SendProxy is the PROXY protocol version (1 or 2) sent to backends
+	// ahead of the client's bytes; 0 sends none.
+	SendProxy int
+	// AcceptProxy requires a PROXY header (v1 or v2) from each client, as
+	// sent by an upstream balancer; the address it carries becomes the
+	// client address for hashing and PROXY headers sent on.
+	AcceptProxy bool
+	// TrustedProxies are the peers allowed to send a PROXY header; a
+	// connection from any other peer is closed. Required with AcceptProxy.
+	TrustedProxies []netip.Prefix
+	// MaxHeader caps a client's PROXY header in bytes (v2 with TLVs).
+	MaxHeader int
 }
 
 // DefaultConfig returns the defaults the flags start from.
@@ -87,5 +100,6 @@ func DefaultConfig() Config {
 		Splice:         SpliceAuto,
 		Pool:           splice.DefaultPoolConfig(),
 		Backlog:        4096,
+		MaxHeader:      512,
 	}
 }

@@ -14,7 +14,8 @@ import (
 type connState uint8
 
 const (
-	stateConnecting connState = iota
+	stateHeader     connState = iota // waiting for the client's PROXY header
+	stateConnecting                  // connecting to a backend
 	stateEstablished
 	stateClosed
 )
@@ -37,7 +38,8 @@ type conn struct {
 	// count includes this conn while be is set.
 	be *balancer.Backend
 
-	peer netip.AddrPort     // the client's address
+	peer  netip.AddrPort // the client's address (from its PROXY header, if one was accepted)
+	local netip.AddrPort // the address the client connected to, when a PROXY header said so
 	hash uint64             // key hash of peer
 	snap *balancer.Snapshot // backend set the choice was made from; kept for retries
 
@@ -85,6 +87,12 @@ func (e *endpoint) HandleEvent(ev uint32) {
 		e.writable = true
 	}
 	c := e.c
+	if c.state == stateHeader {
+		if e.isClient && e.readable {
+			c.readHeader()
+		}
+		return
+	}
 	if c.state == stateConnecting {
 		if !e.isClient && ev&(loop.Out|loop.Err|loop.Hup) != 0 {
 			c.connected()
@@ -137,6 +145,11 @@ func (c *conn) connected() {
 	c.state = stateEstablished
 	c.lastActive = p.loop.Now()
 	p.loop.Schedule(&c.timer, c.lastActive+int64(p.cfg.IdleTimeout))
+	if p.cfg.SendProxy != 0 {
+		// Goes out ahead of the client's bytes: the up half writes what
+		// it holds before it reads.
+		c.up.buf = c.proxyHeader(p.getBuf())
+	}
 	if p.debug {
 		p.log.Debug("connection established", zap.Stringer("client", c.peer), zap.Stringer("backend", c.be.Addr), zap.Uint8("attempt", c.attempts))
 	}
@@ -173,6 +186,9 @@ func (c *conn) connectFailed(timedOut bool) {
 func (c *conn) onTimer() {
 	p := c.p
 	switch c.state {
+	case stateHeader:
+		p.stats.ProxyTimeouts.Add(1)
+		c.finish(true)
 	case stateConnecting:
 		c.connectFailed(true)
 	case stateEstablished:

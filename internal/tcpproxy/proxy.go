@@ -51,6 +51,7 @@ type Proxy struct {
 	pref     []int    // scratch for balancer preference lists
 
 	ln          *listener
+	local       netip.AddrPort // the listening address
 	conns       []*conn // open connections; conn.idx is the position
 	stats       *Stats
 	draining    bool
@@ -90,6 +91,9 @@ func (p *Proxy) Conns() int { return len(p.conns) }
 // Listen takes ownership of the listening socket fd and starts accepting on
 // it.
 func (p *Proxy) Listen(fd int) error {
+	if sa, err := unix.Getsockname(fd); err == nil {
+		p.local = addrPortOf(sa)
+	}
 	ln := &listener{p: p, fd: fd}
 	ln.resume.F = ln.rearm
 	if err := p.loop.Add(fd, loop.In, ln); err != nil {
@@ -254,6 +258,23 @@ func (p *Proxy) accept(fd int, sa unix.Sockaddr) {
 		c.finish(true)
 		return
 	}
+	if p.cfg.AcceptProxy {
+		if !p.trusted(c.peer.Addr()) {
+			p.stats.ProxyUntrusted.Add(1)
+			c.finish(true)
+			return
+		}
+		c.state = stateHeader
+		// The header gets as long as a backend connect does.
+		p.loop.Schedule(&c.timer, p.loop.Now()+int64(p.cfg.ConnectTimeout))
+		return // readHeader runs when the client's bytes arrive
+	}
+	c.choose()
+}
+
+// choose picks the backend for c's client address and starts connecting.
+func (c *conn) choose() {
+	p := c.p
 	c.hash = p.cfg.HashKey.Hash(c.peer.Addr(), c.peer.Port())
 	c.snap = p.lb.Load()
 	idx := c.snap.PickBounded(c.hash, p.cfg.BalanceFactor, p.lb.Open.Load(), &p.pref)

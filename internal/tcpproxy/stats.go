@@ -21,6 +21,9 @@ type Stats struct {
 	BytesDown       atomic.Uint64 // bytes backend → client
 	SplicedBytes    atomic.Uint64 // of those, bytes moved with splice(2)
 	PipeFallbacks   atomic.Uint64 // reads that wanted a pipe, found none, and copied
+	ProxyMalformed  atomic.Uint64 // PROXY headers that were malformed, missing or too long
+	ProxyUntrusted  atomic.Uint64 // connections from a peer not trusted to send a PROXY header
+	ProxyTimeouts   atomic.Uint64 // clients that sent no complete PROXY header in time
 	_               [64]byte      // keep the next allocation off the last line
 }
 

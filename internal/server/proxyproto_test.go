@@ -1,0 +1,171 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluice-lb/sluice/internal/tcpproxy"
+	"github.com/sluice-lb/sluice/pkg/proxyproto"
+)
+
+// headerBackend accepts one connection, parses the PROXY header it starts
+// with and sends back "src dst|" followed by an echo of the client's bytes.
+func headerBackend(tb testing.TB, network, addr string) string {
+	tb.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		tb.Skipf("listen %s %s: %v", network, addr, err)
+	}
+	done := make(chan struct{})
+	tb.Cleanup(func() { ln.Close(); <-done })
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 0, 1024)
+		tmp := make([]byte, 1024)
+		for {
+			n, err := c.Read(tmp)
+			buf = append(buf, tmp[:n]...)
+			h, used, perr := proxyproto.Parse(buf)
+			if perr == nil {
+				fmt.Fprintf(c, "v%d %s %s|", h.Version, h.Src, h.Dst)
+				c.Write(buf[used:])
+				io.Copy(c, c)
+				return
+			}
+			if !errors.Is(perr, proxyproto.ErrIncomplete) || err != nil {
+				fmt.Fprintf(c, "bad header %q: %v|", buf, perr)
+				return
+			}
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// roundTrip dials addr from src (may be nil), sends payload and reads the
+// backend's "header|" line plus the echo.
+func roundTrip(tb testing.TB, network string, src net.Addr, addr netip.AddrPort, prefix, payload string) (string, net.Conn) {
+	tb.Helper()
+	d := net.Dialer{LocalAddr: src, Timeout: 5 * time.Second}
+	c, err := d.Dial(network, addr.String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte(prefix + payload)); err != nil {
+		tb.Fatal(err)
+	}
+	var got []byte
+	buf := make([]byte, 512)
+	for !bytes.HasSuffix(got, []byte(payload)) {
+		n, err := c.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			tb.Fatalf("read %q: %v", got, err)
+		}
+	}
+	return string(got), c
+}
+
+// TestSendProxyProtocol checks the v1 and v2 headers a backend gets, for
+// IPv4 and IPv6 clients.
+func TestSendProxyProtocol(t *testing.T) {
+	for _, tc := range []struct{ version, network, loop string }{
+		{"v1", "tcp4", "127.0.0.1"}, {"v2", "tcp4", "127.0.0.1"},
+		{"v1", "tcp6", "::1"}, {"v2", "tcp6", "::1"},
+	} {
+		t.Run(tc.version+"/"+tc.network, func(t *testing.T) {
+			backend := headerBackend(t, tc.network, net.JoinHostPort(tc.loop, "0"))
+			r := start(t, "--listen", net.JoinHostPort(tc.loop, "0"), "--backend", backend, "--proxy-protocol", tc.version, "--health-interval", "1h")
+			got, c := roundTrip(t, tc.network, nil, r.Addr(), "", "payload")
+			want := fmt.Sprintf("%s %s %s|payload", tc.version, c.LocalAddr(), r.Addr())
+			if got != want {
+				t.Fatalf("backend saw %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// TestAcceptProxyProtocol: a trusted peer's header sets the client address
+// (seen by the backend through --proxy-protocol v2 and used for hashing);
+// an untrusted peer, a malformed header and a missing one are closed and
+// counted.
+func TestAcceptProxyProtocol(t *testing.T) {
+	backend := headerBackend(t, "tcp4", "127.0.0.1:0")
+	r := start(t, "--backend", backend, "--proxy-protocol", "v2", "--accept-proxy-protocol",
+		"--proxy-protocol-trusted", "127.0.0.1/32", "--health-interval", "1h", "--connect-timeout", "2s")
+	claimed := netip.MustParseAddrPort("198.18.7.9:4321")
+	dst := netip.MustParseAddrPort("198.18.0.1:443")
+	hdr := string(proxyproto.AppendV1(nil, claimed, dst))
+	got, _ := roundTrip(t, "tcp4", nil, r.Addr(), hdr, "hello")
+	if want := fmt.Sprintf("v2 %s %s|hello", claimed, dst); got != want {
+		t.Fatalf("backend saw %q, want %q", got, want)
+	}
+
+	expectClosed := func(src net.Addr, send string) {
+		t.Helper()
+		d := net.Dialer{LocalAddr: src}
+		c, err := d.Dial("tcp4", r.Addr().String())
+		if err != nil {
+			return // refused at once is closed too
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte(send))
+		n, err := c.Read(make([]byte, 64))
+		if n != 0 || (err != io.EOF && !errors.Is(err, syscall.ECONNRESET)) {
+			t.Fatalf("sent %q from %v: read %d, %v; want the connection closed", send, src, n, err)
+		}
+	}
+	// Untrusted peer (127.0.0.2 is outside 127.0.0.1/32) with a valid header.
+	expectClosed(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, hdr+"hello")
+	// Trusted peer, malformed header and no header at all.
+	expectClosed(nil, "PROXY TCP4 1.2.3.4 5.6.7.8 99999 1\r\nhello")
+	expectClosed(nil, "GET / HTTP/1.0\r\n\r\n")
+	waitFor(t, "counts", func() bool {
+		return sumStats(r, func(s *tcpproxy.Stats) uint64 { return s.ProxyMalformed.Load() }) == 2 &&
+			sumStats(r, func(s *tcpproxy.Stats) uint64 { return s.ProxyUntrusted.Load() }) == 1
+	})
+}
+
+// TestProxyHeaderTimeout: a trusted client that sends nothing is closed
+// after the header timeout (the connect timeout).
+func TestProxyHeaderTimeout(t *testing.T) {
+	r := start(t, "--backend", "127.0.0.1:9", "--accept-proxy-protocol", "--proxy-protocol-trusted", "127.0.0.0/8",
+		"--health-interval", "1h", "--connect-timeout", "300ms")
+	c := r.dial(t)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	begin := time.Now()
+	_, err := c.Read(make([]byte, 1))
+	if err == nil {
+		t.Fatal("read data from a connection that sent no header")
+	}
+	if el := time.Since(begin); el < 250*time.Millisecond {
+		t.Fatalf("closed after %v, before the 300ms header timeout", el)
+	}
+	waitFor(t, "timeout counted", func() bool {
+		return sumStats(r, func(s *tcpproxy.Stats) uint64 { return s.ProxyTimeouts.Load() }) == 1
+	})
+}
+
+// sumStats sums one counter over the first service's proxies.
+func sumStats(r *running, get func(*tcpproxy.Stats) uint64) uint64 {
+	var n uint64
+	for _, p := range r.services[0].proxies {
+		n += get(p.Stats())
+	}
+	return n
+}
