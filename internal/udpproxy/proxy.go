@@ -27,11 +27,14 @@
 // recvmmsg/sendmmsg: client datagrams from the listening socket (each then
 // sent on its session's socket, one send each), and replies from a session
 // socket (sent to the client in one sendmmsg). Measured 2026-11-22 on a
-// 2-vCPU Xeon VM (Linux 6.18, Firecracker) under heavy foreign load, so
-// medians of noisy runs: BenchmarkRoundTrip with 32 clients and 8
-// requests in flight each costs the loop 5.5 µs of CPU per datagram
-// unbatched and 4.7 µs at Batch 32, for 15.5k against 22.8k round trips/s;
-// BenchmarkBatchIO puts the syscall share at about 0.5 µs per call.
+// 2-vCPU Xeon VM (Linux 6.18, Firecracker) shared with other load, medians
+// of five runs: BenchmarkRoundTrip (32 clients, 8 requests in flight each)
+// costs the loop 5.4 µs of CPU per datagram unbatched and 4.3 µs at Batch
+// 32 (35k against 42k round trips/s); with one request in flight, 5.7
+// against 5.1 µs. BenchmarkBatchIO puts the syscall share at about 0.5 µs
+// per call. cmd/sluice-bench udp at a fixed 20k and 40k requests/s (64
+// clients) measured 10% and 4% less proxy CPU per request at Batch 32,
+// with a median latency two to three times lower.
 //
 // Drops are counted by reason (see DropReason), including the datagrams
 // the kernel drops when a socket's receive queue overflows, so that every
