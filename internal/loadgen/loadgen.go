@@ -5,9 +5,11 @@
 // Run owns every goroutine, socket and timer it creates and returns only
 // after all of them are gone. Every run is bounded by Config.Duration (plus
 // warmup and a short drain) and stops by itself; cancelling the context stops
-// it early with the figures measured so far. Targets and source addresses
-// must be loopback addresses: this package is for benchmarking a proxy on
-// the same machine, never for sending traffic elsewhere.
+// it early with the figures measured so far. Source addresses must be
+// loopback addresses, and targets loopback addresses or addresses of the
+// benchmarking ranges 198.18.0.0/15 and 2001:db8::/32 (which tests put in
+// network namespaces they create): this package is for benchmarking a proxy
+// on the same machine, never for sending traffic elsewhere.
 //
 // Latencies are recorded in HDR histograms (1 ns to 60 s, 3 significant
 // digits) and reported in microseconds. Open-loop runs send at fixed
@@ -66,7 +68,8 @@ const (
 type Config struct {
 	// Mode is the kind of load.
 	Mode Mode
-	// Target is the address load is sent to: a loopback address.
+	// Target is the address load is sent to: a loopback address or one of
+	// the benchmarking ranges 198.18.0.0/15 and 2001:db8::/32.
 	Target netip.AddrPort
 	// Conns is the number of connections (Stream, RR, Idle), of concurrent
 	// workers (Connect) or of client sockets (UDP).
@@ -172,8 +175,8 @@ func (c Config) Validate() error {
 	}
 	if !c.Target.IsValid() {
 		bad("target", strconv.Quote(c.Target.String()), "want IP:PORT")
-	} else if !c.Target.Addr().Unmap().IsLoopback() {
-		bad("target", c.Target.String(), "not a loopback address (only 127.0.0.0/8 and ::1 are allowed)")
+	} else if !targetAllowed(c.Target.Addr()) {
+		bad("target", c.Target.String(), "not a loopback address or a benchmarking address (only 127.0.0.0/8, ::1, 198.18.0.0/15 and 2001:db8::/32 are allowed)")
 	} else if c.Target.Port() == 0 {
 		bad("target", c.Target.String(), "port 0")
 	}
@@ -222,6 +225,18 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// targetAllowed reports whether load may be sent to a: a loopback address,
+// or an address of 198.18.0.0/15 (the benchmarking range of RFC 2544) or
+// 2001:db8::/32 (the IPv6 documentation range). Neither is routed on the
+// Internet; tests put them in network namespaces they create themselves.
+// An IPv4-mapped IPv6 address counts as its IPv4 address.
+func targetAllowed(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.IsLoopback() ||
+		netip.MustParsePrefix("198.18.0.0/15").Contains(a) ||
+		netip.MustParsePrefix("2001:db8::/32").Contains(a)
 }
 
 func checkSourceCIDR(p netip.Prefix, target netip.AddrPort) string {

@@ -425,6 +425,44 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+func TestValidateTarget(t *testing.T) {
+	for _, tc := range []struct {
+		target string
+		ok     bool
+	}{
+		{"127.0.0.1:9", true},
+		{"127.255.0.7:9", true},
+		{"[::1]:9", true},
+		{"[::ffff:127.0.0.1]:9", true},
+		{"198.18.0.1:7000", true},
+		{"198.19.255.254:7000", true},
+		{"[::ffff:198.18.0.1]:7000", true},
+		{"[2001:db8::1]:7000", true},
+		{"[2001:db8:ffff::1]:7000", true},
+		{"198.17.255.255:7000", false},
+		{"198.20.0.0:7000", false},
+		{"192.0.2.1:80", false},
+		{"10.0.0.1:80", false},
+		{"8.8.8.8:53", false},
+		{"0.0.0.0:80", false},
+		{"[2001:db9::1]:80", false},
+		{"[2001:db7:ffff::1]:80", false},
+		{"[::]:80", false},
+		{"[fe80::1]:80", false},
+	} {
+		c := DefaultConfig(UDP)
+		c.Target = netip.MustParseAddrPort(tc.target)
+		err := c.Validate()
+		var ce *ConfigError
+		if tc.ok && err != nil {
+			t.Errorf("target %s: %v, want it allowed", tc.target, err)
+		}
+		if !tc.ok && (!errors.As(err, &ce) || ce.Field != "target" || !strings.Contains(ce.Reason, "198.18.0.0/15")) {
+			t.Errorf("target %s: Validate = %v, want a target problem naming the allowed ranges", tc.target, err)
+		}
+	}
+}
+
 func TestSources(t *testing.T) {
 	for _, tc := range []struct {
 		prefix      string
