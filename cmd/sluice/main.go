@@ -11,8 +11,11 @@ import (
 	"os/signal"
 	"syscall"
 
+	"go.uber.org/zap"
+
 	"github.com/sluice-lb/sluice/internal/config"
 	"github.com/sluice-lb/sluice/internal/firewall"
+	"github.com/sluice-lb/sluice/internal/handoff"
 	"github.com/sluice-lb/sluice/internal/server"
 )
 
@@ -53,7 +56,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log := server.NewLogger(stderr, cfg.LogLevel, cfg.LogFormat)
 	defer log.Sync()
-	s, err := server.New(cfg, log)
+	// Started by an upgrade: take over the predecessor's sockets.
+	inherited, predecessor, err := server.Inherit()
+	if err != nil {
+		return fmt.Errorf("upgrade handoff: %w", err)
+	}
+	opts := server.Options{Inherited: inherited}
+	// The path to re-execute on SIGUSR2; a binary replaced on disk since
+	// is what runs next.
+	if exe, err := os.Executable(); err == nil {
+		opts.Executable = exe
+	}
+	if predecessor != nil {
+		defer predecessor.Close()
+		opts.OnReady = func() {
+			if err := handoff.SendReady(predecessor); err != nil {
+				log.Error("tell the old process this one serves", zap.Error(err))
+			}
+		}
+	}
+	s, err := server.New(cfg, log, opts)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -113,9 +115,17 @@ type Server struct {
 	done chan error
 }
 
-// Listen binds addr; Serve starts answering.
-func Listen(addr netip.AddrPort, h http.Handler, log *zap.Logger) (*Server, error) {
-	ln, err := net.Listen("tcp", addr.String())
+// Listen binds addr, or adopts inherited (a listening socket handed over by
+// an upgrade) when it is not nil; Start starts answering.
+func Listen(addr netip.AddrPort, inherited *os.File, h http.Handler, log *zap.Logger) (*Server, error) {
+	var ln net.Listener
+	var err error
+	if inherited != nil {
+		ln, err = net.FileListener(inherited)
+		inherited.Close() // FileListener made its own copy
+	} else {
+		ln, err = net.Listen("tcp", addr.String())
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -123,6 +133,18 @@ func Listen(addr netip.AddrPort, h http.Handler, log *zap.Logger) (*Server, erro
 		srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ErrorLog: zap.NewStdLog(log)},
 		ln:  ln,
 	}, nil
+}
+
+// FD returns the listening socket's descriptor, for an upgrade's handoff;
+// it stays owned by the server.
+func (s *Server) FD() int {
+	fd := -1
+	if sc, ok := s.ln.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			rc.Control(func(u uintptr) { fd = int(u) })
+		}
+	}
+	return fd
 }
 
 // Addr returns the bound address.

@@ -89,7 +89,7 @@ func TestDNSDiscovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Services[0].DNS.Resolver = z.resolver()
-	s, err := New(cfg, zap.NewNop())
+	s, err := New(cfg, zap.NewNop(), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

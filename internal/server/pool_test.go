@@ -488,7 +488,7 @@ func TestAllBackendsDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.InfoLevel)
-	s, err := New(cfg, zap.New(core))
+	s, err := New(cfg, zap.New(core), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -574,7 +574,7 @@ func TestConfigFileServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(cfg, zap.NewNop())
+	s, err := New(cfg, zap.NewNop(), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,12 +18,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluice-lb/sluice/internal/admin"
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/config"
 	"github.com/sluice-lb/sluice/internal/discovery"
 	"github.com/sluice-lb/sluice/internal/firewall"
+	"github.com/sluice-lb/sluice/internal/handoff"
 	"github.com/sluice-lb/sluice/internal/health"
 	"github.com/sluice-lb/sluice/internal/loop"
 	"github.com/sluice-lb/sluice/internal/tcpproxy"
@@ -43,6 +45,9 @@ type Server struct {
 	services []*service
 	admin    *admin.Server
 	fw       *firewall.Firewall // nil without --xdp-iface
+	opts     Options
+	inherit  []handoff.Socket // handed-over sockets not yet claimed by New
+	upgraded chan struct{}    // closed when a successor took over
 	registry *prometheus.Registry
 	checkDur *prometheus.HistogramVec
 
@@ -63,9 +68,12 @@ type service struct {
 }
 
 // New builds the server. On error everything acquired is released.
-func New(cfg config.Config, log *zap.Logger) (_ *Server, err error) {
+func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error) {
 	s := &Server{
 		cfg:      cfg,
+		opts:     opts,
+		upgraded: make(chan struct{}),
+		inherit:  opts.Inherited,
 		log:      log,
 		limiter:  tcpproxy.NewLimiter(cfg.MaxConns),
 		ready:    make(chan struct{}),
@@ -93,6 +101,7 @@ func New(cfg config.Config, log *zap.Logger) (_ *Server, err error) {
 			return nil, err
 		}
 	}
+	defer s.closeUnclaimed()
 	if err := s.startFirewall(); err != nil {
 		return nil, err
 	}
@@ -103,7 +112,7 @@ func New(cfg config.Config, log *zap.Logger) (_ *Server, err error) {
 			svcs = append(svcs, sv.bal)
 		}
 		h := admin.Handler(admin.Deps{Services: svcs, Listening: s.isListening, Gatherer: s.registry}, log.Named("admin"))
-		s.admin, err = admin.Listen(cfg.AdminAddr, h, log.Named("admin"))
+		s.admin, err = admin.Listen(cfg.AdminAddr, s.claim(handoff.KindAdmin, "", "", cfg.AdminAddr), h, log.Named("admin"))
 		if err != nil {
 			return nil, fmt.Errorf("admin endpoint: %w", err)
 		}
@@ -167,18 +176,42 @@ func (s *Server) addService(sc config.Service) error {
 	pc.Pool.MaxIdle = min(pc.Pool.MaxIdle, pc.Pool.MaxPipes)
 	addr := sc.Listen
 	s.services = append(s.services, sv)
+	// Sockets handed over by the process this one replaces come first: a
+	// new socket would miss the connections waiting in their queues.
+	inherited := s.claimAll(handoff.KindListener, sc.Name, sc.Proto, sc.Listen)
 	for i, l := range s.loops {
 		p := tcpproxy.New(l, i, pc, sv.bal, s.limiter, s.log.Named("tcp").With(zap.String("service", sc.Name)))
 		sv.proxies = append(sv.proxies, p)
-		fd, bound, err := tcpproxy.Listen(addr, pc.Backlog)
-		if err != nil {
-			return fmt.Errorf("service %s: %w", sc.Name, err)
+	}
+	for i, p := range sv.proxies {
+		fd := -1
+		if i < len(inherited) {
+			fd = inherited[i]
+			if bound, err := tcpproxy.BoundAddr(fd); err == nil {
+				addr = bound
+			}
+		} else {
+			var bound netip.AddrPort
+			var err error
+			fd, bound, err = tcpproxy.Listen(addr, pc.Backlog)
+			if err != nil {
+				return fmt.Errorf("service %s: %w", sc.Name, err)
+			}
+			addr = bound // port 0: every loop binds the port the first one got
 		}
 		// The loop is not running yet, so registering from here is safe.
 		if err := p.Listen(fd); err != nil {
+			unix.Close(fd)
 			return fmt.Errorf("service %s: register listener: %w", sc.Name, err)
 		}
-		addr = bound // port 0: every loop binds the port the first one got
+	}
+	// More inherited sockets than loops (the old process had more
+	// workers): every one keeps being served, some loops take two.
+	for i := len(sv.proxies); i < len(inherited); i++ {
+		if err := sv.proxies[i%len(sv.proxies)].Listen(inherited[i]); err != nil {
+			unix.Close(inherited[i])
+			return fmt.Errorf("service %s: register listener: %w", sc.Name, err)
+		}
 	}
 	sv.addr = addr
 	return nil
@@ -297,7 +330,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.wg.Add(1)
 	go s.watchFiles(bg)
 	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
+	signal.Notify(hup, syscall.SIGHUP, syscall.SIGUSR2)
 	s.wg.Add(1)
 	go s.onSignals(bg, hup)
 	if s.admin != nil {
@@ -307,9 +340,14 @@ func (s *Server) Run(ctx context.Context) error {
 	close(s.ready)
 	s.logStart()
 
+	if s.opts.OnReady != nil {
+		s.opts.OnReady()
+	}
 	var runErr error
 	select {
 	case <-ctx.Done():
+	case <-s.upgraded:
+		s.log.Info("upgrade done: the new process serves; draining this one")
 	case runErr = <-errc:
 		s.log.Error("event loop failed", zap.Error(runErr))
 	}
@@ -394,7 +432,14 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-hup:
+		case sig := <-hup:
+			if sig == syscall.SIGUSR2 {
+				s.log.Info("SIGUSR2: upgrading")
+				if err := s.Upgrade(); err != nil {
+					s.log.Error("upgrade failed, this process keeps serving", zap.Error(err))
+				}
+				continue
+			}
 			s.log.Info("SIGHUP: reloading backend lists")
 			s.Reload()
 		}

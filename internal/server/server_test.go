@@ -41,7 +41,7 @@ func start(tb testing.TB, args ...string) *running {
 	if err != nil {
 		tb.Fatalf("parse %v: %v", args, err)
 	}
-	s, err := New(cfg, zaptest.NewLogger(tb, zaptest.Level(zap.WarnLevel)))
+	s, err := New(cfg, zaptest.NewLogger(tb, zaptest.Level(zap.WarnLevel)), Options{})
 	if err != nil {
 		tb.Fatalf("new server: %v", err)
 	}

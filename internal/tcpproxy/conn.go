@@ -465,9 +465,11 @@ func (c *conn) finish(reset bool) {
 	c.snap = nil
 	p.stats.Closed.Add(1)
 	p.limiter.Release()
-	if p.ln != nil && !p.ln.armed {
-		p.loop.Cancel(&p.ln.resume)
-		p.ln.rearm()
+	for _, ln := range p.lns {
+		if !ln.armed {
+			p.loop.Cancel(&ln.resume)
+			ln.rearm()
+		}
 	}
 	p.checkDrained()
 }

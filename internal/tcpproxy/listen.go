@@ -46,3 +46,12 @@ func Listen(addr netip.AddrPort, backlog int) (int, netip.AddrPort, error) {
 	}
 	return fd, addrPortOf(got), nil
 }
+
+// BoundAddr returns the address a socket is bound to.
+func BoundAddr(fd int) (netip.AddrPort, error) {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return netip.AddrPort{}, os.NewSyscallError("getsockname", err)
+	}
+	return addrPortOf(sa), nil
+}

@@ -50,7 +50,7 @@ type Proxy struct {
 	freeBufs [][]byte // spare copyBufSize buffers for bytes a blocked writer left over
 	pref     []int    // scratch for balancer preference lists
 
-	ln          *listener
+	lns         []*listener // usually one; more after an upgrade to fewer loops
 	local       netip.AddrPort // the listening address
 	conns       []*conn // open connections; conn.idx is the position
 	stats       *Stats
@@ -89,7 +89,7 @@ func (p *Proxy) PoolStats() splice.Stats { return p.pool.Stats() }
 func (p *Proxy) Conns() int { return len(p.conns) }
 
 // Listen takes ownership of the listening socket fd and starts accepting on
-// it.
+// it. A proxy may have several.
 func (p *Proxy) Listen(fd int) error {
 	if sa, err := unix.Getsockname(fd); err == nil {
 		p.local = addrPortOf(sa)
@@ -100,8 +100,18 @@ func (p *Proxy) Listen(fd int) error {
 		return err
 	}
 	ln.armed = true
-	p.ln = ln
+	p.lns = append(p.lns, ln)
 	return nil
+}
+
+// ListenerFDs returns the listening sockets, for an upgrade's handoff. The
+// proxy keeps them open and accepting.
+func (p *Proxy) ListenerFDs() []int {
+	fds := make([]int, 0, len(p.lns))
+	for _, ln := range p.lns {
+		fds = append(fds, ln.fd)
+	}
+	return fds
 }
 
 // Drain stops accepting, closing the listening socket, and returns a channel
@@ -112,10 +122,10 @@ func (p *Proxy) Drain() <-chan struct{} {
 		p.drained = make(chan struct{})
 	}
 	p.draining = true
-	if p.ln != nil {
-		p.ln.close()
-		p.ln = nil
+	for _, ln := range p.lns {
+		ln.close()
 	}
+	p.lns = nil
 	p.checkDrained()
 	return p.drained
 }

@@ -1,0 +1,203 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-lb/sluice/internal/handoff"
+)
+
+// upgradeEnv names the environment variable that tells a new sluice the fd
+// of the unix socket its predecessor hands its sockets over on.
+const upgradeEnv = "SLUICE_UPGRADE_FD"
+
+// upgradeTimeout bounds the wait for a successor to start serving.
+const upgradeTimeout = 30 * time.Second
+
+// Options are the process-level inputs of a server beside its Config.
+type Options struct {
+	// Inherited are sockets handed over by the process this one replaces;
+	// New adopts those that match a configured service or the admin
+	// endpoint and closes the rest.
+	Inherited []handoff.Socket
+	// Executable is the path re-executed on SIGUSR2 (the binary at the
+	// path this process was started from, possibly replaced since).
+	Executable string
+	// OnReady is called by Run once the loops run.
+	OnReady func()
+}
+
+// Inherit returns the sockets handed over by a predecessor and the socket
+// to confirm readiness on, when this process was started by an upgrade;
+// nil and nil otherwise. The environment variable is cleared so that a
+// later upgrade of this process does not see it.
+func Inherit() ([]handoff.Socket, *net.UnixConn, error) {
+	v := os.Getenv(upgradeEnv)
+	if v == "" {
+		return nil, nil, nil
+	}
+	os.Unsetenv(upgradeEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return nil, nil, fmt.Errorf("%s=%q: not a descriptor", upgradeEnv, v)
+	}
+	f := os.NewFile(uintptr(fd), "handoff")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, nil, fmt.Errorf("handoff socket: %w", err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, nil, errors.New("handoff socket is not a unix socket")
+	}
+	uc.SetDeadline(time.Now().Add(upgradeTimeout))
+	socks, err := handoff.Receive(uc)
+	if err != nil {
+		uc.Close()
+		return nil, nil, fmt.Errorf("receive sockets: %w", err)
+	}
+	uc.SetDeadline(time.Time{})
+	return socks, uc, nil
+}
+
+// claimAll takes the inherited sockets of a kind for a service: same
+// service name and protocol, and the configured address unless its port is
+// 0 (then any address the old process bound for that service).
+func (s *Server) claimAll(kind, service, proto string, addr netip.AddrPort) []int {
+	var fds []int
+	rest := s.inherit[:0]
+	for _, so := range s.inherit {
+		if so.Kind == kind && so.Service == service && so.Proto == proto && (addr.Port() == 0 || so.Addr == addr.String()) {
+			fds = append(fds, so.FD)
+			continue
+		}
+		rest = append(rest, so)
+	}
+	s.inherit = rest
+	return fds
+}
+
+// claim takes one inherited socket as a file, or returns nil.
+func (s *Server) claim(kind, service, proto string, addr netip.AddrPort) *os.File {
+	fds := s.claimAll(kind, service, proto, addr)
+	for _, fd := range fds[min(1, len(fds)):] {
+		unix.Close(fd)
+	}
+	if len(fds) == 0 {
+		return nil
+	}
+	return os.NewFile(uintptr(fds[0]), "inherited")
+}
+
+// closeUnclaimed closes handed-over sockets that no service wanted (the
+// configuration dropped them).
+func (s *Server) closeUnclaimed() {
+	for _, so := range s.inherit {
+		s.log.Warn("closing a handed-over socket the configuration no longer uses", zap.String("kind", so.Kind), zap.String("service", so.Service), zap.String("addr", so.Addr))
+		unix.Close(so.FD)
+	}
+	s.inherit = nil
+}
+
+// Upgrade starts the binary at Options.Executable with the same arguments,
+// hands it every listening socket, and waits until it serves. Then Run
+// stops accepting, drains and returns. If the new process fails to start
+// or to become ready, it is killed and this one keeps serving.
+func (s *Server) Upgrade() error {
+	select {
+	case <-s.upgraded:
+		return errors.New("already upgraded; this process is draining")
+	default:
+	}
+	if s.fw != nil {
+		return errors.New("the XDP firewall cannot be handed over yet: restart to upgrade")
+	}
+	if s.opts.Executable == "" {
+		return errors.New("the path of the executable is unknown")
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socketpair", err)
+	}
+	ours := os.NewFile(uintptr(pair[0]), "handoff")
+	theirs := os.NewFile(uintptr(pair[1]), "handoff-child")
+	c, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		theirs.Close()
+		return fmt.Errorf("handoff socket: %w", err)
+	}
+	conn := c.(*net.UnixConn)
+	defer conn.Close()
+
+	cmd := exec.Command(s.opts.Executable, s.cfg.Args...)
+	cmd.Env = append(os.Environ(), upgradeEnv+"=3")
+	cmd.ExtraFiles = []*os.File{theirs} // fd 3 in the child
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	err = cmd.Start()
+	theirs.Close()
+	if err != nil {
+		return fmt.Errorf("start %s: %w", s.opts.Executable, err)
+	}
+	fail := func(err error) error {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return err
+	}
+	socks := s.sockets()
+	conn.SetDeadline(time.Now().Add(upgradeTimeout))
+	if err := handoff.Send(conn, socks); err != nil {
+		return fail(fmt.Errorf("new process (pid %d) did not take the %d sockets: %w", cmd.Process.Pid, len(socks), err))
+	}
+	if err := handoff.WaitReady(conn); err != nil {
+		return fail(fmt.Errorf("new process (pid %d) did not become ready: %w", cmd.Process.Pid, err))
+	}
+	s.log.Info("new process serves", zap.Int("pid", cmd.Process.Pid), zap.Int("sockets", len(socks)))
+	// The child is not waited for: it outlives this process, which exits
+	// after its drain.
+	close(s.upgraded)
+	return nil
+}
+
+// sockets lists every listening socket, collected on the loops that own
+// them, plus the admin endpoint's.
+func (s *Server) sockets() []handoff.Socket {
+	var mu sync.Mutex
+	var out []handoff.Socket
+	var wg sync.WaitGroup
+	for _, sv := range s.services {
+		for i, p := range sv.proxies {
+			wg.Add(1)
+			if !s.loops[i].Submit(func() {
+				defer wg.Done()
+				fds := p.ListenerFDs()
+				mu.Lock()
+				defer mu.Unlock()
+				for _, fd := range fds {
+					out = append(out, handoff.Socket{Kind: handoff.KindListener, Service: sv.cfg.Name, Proto: sv.cfg.Proto, Addr: sv.addr.String(), FD: fd})
+				}
+			}) {
+				wg.Done()
+			}
+		}
+	}
+	wg.Wait()
+	if s.admin != nil {
+		if fd := s.admin.FD(); fd >= 0 {
+			out = append(out, handoff.Socket{Kind: handoff.KindAdmin, Addr: s.cfg.AdminAddr.String(), FD: fd})
+		}
+	}
+	return out
+}
