@@ -62,6 +62,9 @@ type Config struct {
 	Services []Service
 	// Firewall is the optional XDP firewall; off without interfaces.
 	Firewall Firewall
+	// UDPMaxSessions caps the UDP sessions open at once across loops and
+	// services (each holds one socket); 0 when no service is UDP.
+	UDPMaxSessions int
 }
 
 // Firewall configures the XDP program. Nothing BPF is loaded when Ifaces
@@ -101,6 +104,8 @@ type Service struct {
 	CloseOnDown bool
 	// DNS discovers further backends; off when it has no targets.
 	DNS discovery.Config
+	// UDPSessionTimeout ends a UDP session idle this long.
+	UDPSessionTimeout time.Duration
 }
 
 // fdReserve is the file descriptors kept back from connections and pipes
@@ -130,6 +135,7 @@ type globalVals struct {
 	logLevel          string
 	logFormat         string
 
+	udpMaxSessions       int
 	xdpIfaces            []string
 	xdpMode              string
 	deny, allow, protect []string
@@ -151,6 +157,7 @@ type serviceVals struct {
 	sendProxy                   string
 	acceptProxy                 bool
 	trusted                     []string
+	udpSessionTimeout           time.Duration
 }
 
 func addGlobalFlags(fs *pflag.FlagSet, g *globalVals) {
@@ -163,6 +170,7 @@ func addGlobalFlags(fs *pflag.FlagSet, g *globalVals) {
 	fs.StringVar(&g.admin, "admin-addr", "", "admin HTTP endpoint (health, backends, metrics), ip:port; off when empty. It has no authentication: keep it on loopback")
 	fs.StringVar(&g.logLevel, "log-level", "info", "minimum log level: debug, info, warn or error")
 	fs.StringVar(&g.logFormat, "log-format", "console", "log encoding: json or console")
+	fs.IntVar(&g.udpMaxSessions, "udp-max-sessions", 4096, "UDP sessions open at once (one socket each); at the cap the least recently active session of the loop is evicted")
 	fs.StringArrayVar(&g.xdpIfaces, "xdp-iface", nil, "attach the XDP firewall to this interface (repeatable); without it nothing BPF is loaded")
 	fs.StringVar(&g.xdpMode, "xdp-mode", "auto", "XDP attach mode: auto (native when the driver has it, else generic), native or generic")
 	fs.StringArrayVar(&g.deny, "deny-cidr", nil, "XDP: drop packets from this source prefix to the protected ports (repeatable, IPv4 or IPv6)")
@@ -185,7 +193,8 @@ func addServiceFlags(fs *pflag.FlagSet, s *serviceVals) {
 	fs.IntVar(&s.connectRetries, "connect-retries", dp.ConnectRetries, "further backends tried, in the client's hash preference order, after a failed connect")
 	fs.DurationVar(&s.idleTimeout, "idle-timeout", dp.IdleTimeout, "close a connection after this long with no bytes in either direction; idle pooled database sessions count as idle too, so raise it if your pools keep connections idle longer")
 	fs.StringVar(&s.splice, "splice", dp.Splice.String(), "byte moving: auto (read/write for small messages, splice(2) for bulk), always, or never (read/write only)")
-	fs.StringVar(&s.health.Kind, "health-check", dh.Kind, "active check: tcp, send-expect, redis, postgres, mysql or grpc")
+	fs.StringVar(&s.health.Kind, "health-check", "", "active check: tcp, send-expect, redis, postgres, mysql, grpc or none (default: tcp for TCP services, none for UDP; UDP services may use send-expect)")
+	fs.DurationVar(&s.udpSessionTimeout, "udp-session-timeout", 30*time.Second, "UDP: end a client's session after this long with no datagram either way")
 	fs.DurationVar(&s.health.Interval, "health-interval", dh.Interval, "time between checks of a backend (jittered)")
 	fs.DurationVar(&s.health.Timeout, "health-timeout", dh.Timeout, "time allowed for one check")
 	fs.IntVar(&s.health.Rise, "health-rise", dh.Rise, "consecutive passed checks that bring a down backend up")
@@ -343,6 +352,14 @@ func build(g globalVals, svcs []namedService, fdLimit int) (Config, []string) {
 		}
 		cfg.Services = append(cfg.Services, s)
 	}
+	for _, sv := range cfg.Services {
+		if sv.Proto == "udp" {
+			cfg.UDPMaxSessions = g.udpMaxSessions
+		}
+	}
+	if g.udpMaxSessions < 1 || g.udpMaxSessions > 1<<20 {
+		bad("", "udp-max-sessions", strconv.Itoa(g.udpMaxSessions), "want 1 to 1048576")
+	}
 	if g.maxConns < 0 {
 		bad("", "max-conns", strconv.Itoa(g.maxConns), "want a positive number, or leave it out to derive it from the open-file limit")
 	} else if g.workers >= 1 && g.workers <= 256 {
@@ -372,10 +389,23 @@ func buildService(ns namedService) (Service, []string) {
 	if v.proto != "tcp" && v.proto != "udp" {
 		bad("proto", v.proto, "want tcp or udp")
 	}
+	s.UDPSessionTimeout = v.udpSessionTimeout
+	if v.udpSessionTimeout <= 0 {
+		bad("udp-session-timeout", v.udpSessionTimeout.String(), "want a positive duration")
+	}
+	if s.Health.Kind == "" {
+		s.Health.Kind = "tcp"
+		if v.proto == "udp" {
+			s.Health.Kind = "none"
+		}
+	}
+	s.Health.Network = v.proto
 	if v.listen == "" {
 		probs = append(probs, pre+"--listen is required (e.g. --listen 127.0.0.1:7000)")
 	} else if ap, err := parseAddr(v.listen); err != nil {
 		bad("listen", v.listen, "%v", err)
+	} else if v.proto == "udp" && ap.Addr().IsUnspecified() {
+		bad("listen", v.listen, "a UDP service needs a specific address, not a wildcard: replies must come from the address clients sent to")
 	} else {
 		s.Listen = ap
 	}
@@ -430,6 +460,13 @@ func buildService(ns namedService) (Service, []string) {
 	if (v.sendProxy != "" || v.acceptProxy) && v.proto == "udp" {
 		probs = append(probs, pre+"the PROXY protocol is for TCP services")
 	}
+	if v.balanceFactor != 0 && v.proto == "udp" {
+		probs = append(probs, pre+"--hash-balance-factor is for TCP services")
+	}
+	if v.health.Kind == "none" && v.passiveFall > 0 && v.proto == "tcp" {
+		// Nothing would bring an ejected backend back.
+		s.PassiveFall = 0
+	}
 	seen := map[netip.AddrPort]bool{}
 	for _, b := range v.backends {
 		sp, err := balancer.ParseSpec(b)
@@ -476,7 +513,7 @@ func buildService(ns namedService) (Service, []string) {
 	} else {
 		s.Proxy.Splice = m
 	}
-	for _, p := range v.health.Validate() {
+	for _, p := range s.Health.Validate() {
 		probs = append(probs, pre+p)
 	}
 	if v.passiveFall < 0 || v.passiveFall > 1000 {
@@ -501,7 +538,7 @@ func parseAddr(s string) (netip.AddrPort, error) {
 // limit leaves a third of it for pipes; the pipe pools get what connections
 // leave. It returns a problem line when --max-conns cannot fit.
 func sizeFDs(cfg *Config, limit int) string {
-	avail := limit - fdReserve - 4*cfg.Workers*max(1, len(cfg.Services))
+	avail := limit - fdReserve - 4*cfg.Workers*max(1, len(cfg.Services)) - cfg.UDPMaxSessions
 	if cfg.MaxConns == 0 {
 		cfg.MaxConns = avail / 3
 		if cfg.MaxConns < 1 {

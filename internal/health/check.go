@@ -49,10 +49,15 @@ type Config struct {
 	// GRPCService is the service name asked of grpc.health.v1 ("" is the
 	// server as a whole).
 	GRPCService string
+	// Network is "tcp" (default) or "udp": the send-expect check of a UDP
+	// service sends Send as one datagram and expects a reply containing
+	// Expect.
+	Network string
 }
 
-// Kinds lists the check kinds.
-var Kinds = []string{"tcp", "send-expect", "redis", "postgres", "mysql", "grpc"}
+// Kinds lists the check kinds. "none" runs no check: backends stay up
+// unless drained.
+var Kinds = []string{"tcp", "send-expect", "redis", "postgres", "mysql", "grpc", "none"}
 
 // DefaultConfig returns the defaults the flags start from.
 func DefaultConfig() Config {
@@ -84,15 +89,23 @@ func (c Config) Validate() []string {
 	if c.Kind == "send-expect" && c.Expect == "" {
 		probs = append(probs, "--health-expect is required with --health-check send-expect")
 	}
+	if c.Network == "udp" && c.Kind != "send-expect" && c.Kind != "none" {
+		probs = append(probs, fmt.Sprintf("--health-check %q: a UDP service can use send-expect or none", c.Kind))
+	}
 	return probs
 }
 
-// NewChecker returns the checker c.Kind names.
+// NewChecker returns the checker c.Kind names; nil for "none".
 func NewChecker(c Config) (Checker, error) {
 	switch c.Kind {
+	case "none":
+		return nil, nil
 	case "tcp":
 		return tcpCheck{}, nil
 	case "send-expect":
+		if c.Network == "udp" {
+			return udpSendExpect{send: []byte(unescape(c.Send)), expect: []byte(unescape(c.Expect))}, nil
+		}
 		return sendExpect{send: []byte(unescape(c.Send)), expect: []byte(unescape(c.Expect))}, nil
 	case "redis":
 		return redisCheck{password: c.RedisPassword}, nil
@@ -171,6 +184,36 @@ func clip(b []byte) []byte {
 		return b[:64]
 	}
 	return b
+}
+
+// udpSendExpect sends one datagram and wants a reply containing expect.
+// An ICMP port unreachable fails it at once (the connected socket reports
+// ECONNREFUSED).
+type udpSendExpect struct{ send, expect []byte }
+
+func (u udpSendExpect) Check(ctx context.Context, addr netip.AddrPort) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", addr.String())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if _, err := c.Write(u.send); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return fmt.Errorf("no reply containing %q: %w", u.expect, err)
+		}
+		if bytes.Contains(buf[:n], u.expect) {
+			return nil
+		}
+	}
 }
 
 type redisCheck struct{ password string }

@@ -2,10 +2,12 @@ package health
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -547,7 +549,8 @@ func TestNewChecker(t *testing.T) {
 		c := DefaultConfig()
 		c.Kind = k
 		c.Expect = "x"
-		if ch, err := NewChecker(c); err != nil || ch == nil {
+		ch, err := NewChecker(c)
+		if err != nil || (ch == nil) != (k == "none") {
 			t.Errorf("NewChecker(%q) = %v, %v", k, ch, err)
 		}
 	}
@@ -557,5 +560,60 @@ func TestNewChecker(t *testing.T) {
 		} else if !strings.Contains(err.Error(), fmt.Sprintf("%q", k)) {
 			t.Errorf("NewChecker(%q) error %q does not name the kind", k, err)
 		}
+	}
+}
+
+// TestUDPSendExpect: a UDP send-expect check passes on the expected reply,
+// fails on another one, on silence and on a closed port.
+func TestUDPSendExpect(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			switch string(buf[:n]) {
+			case "ping":
+				pc.WriteTo([]byte("pong"), from)
+			case "quiet":
+			default:
+				pc.WriteTo([]byte("what?"), from)
+			}
+		}
+	}()
+	addr := netip.MustParseAddrPort(pc.LocalAddr().String())
+	check := func(send string) error {
+		c := Config{Kind: "send-expect", Network: "udp", Send: send, Expect: "pong"}
+		ch, err := NewChecker(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		return ch.Check(ctx, addr)
+	}
+	if err := check("ping"); err != nil {
+		t.Fatalf("healthy peer: %v", err)
+	}
+	if err := check("other"); err == nil {
+		t.Fatal("wrong reply passed")
+	}
+	if err := check("quiet"); err == nil {
+		t.Fatal("silence passed")
+	}
+	closed, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	caddr := netip.MustParseAddrPort(closed.LocalAddr().String())
+	closed.Close()
+	ch, _ := NewChecker(Config{Kind: "send-expect", Network: "udp", Send: "ping", Expect: "pong"})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := ch.Check(ctx, caddr); err == nil {
+		t.Fatal("closed port passed")
 	}
 }

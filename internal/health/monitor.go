@@ -82,7 +82,8 @@ type worker struct {
 	forceDown atomic.Bool
 }
 
-// NewMonitor returns a monitor with no backends.
+// NewMonitor returns a monitor with no backends. A nil checker ("none")
+// makes a monitor that never checks.
 func NewMonitor(cfg Config, checker Checker, report Report) *Monitor {
 	return &Monitor{cfg: cfg, checker: checker, report: report, workers: make(map[netip.AddrPort]*worker)}
 }
@@ -92,8 +93,8 @@ func NewMonitor(cfg Config, checker Checker, report Report) *Monitor {
 func (m *Monitor) Sync(addrs []netip.AddrPort) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed {
-		return
+	if m.closed || m.checker == nil {
+		return // closed, or "none": no checks to run
 	}
 	want := make(map[netip.AddrPort]bool, len(addrs))
 	for _, a := range addrs {

@@ -32,6 +32,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		descRefused, descResets, descIdle, descAcceptErrs, descAcceptPause, descSpliced, descFirewall, descProxyErrs} {
 		ch <- d
 	}
+	for _, d := range udpDescs {
+		ch <- d
+	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -44,6 +47,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				up = 1
 			}
 			ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, name, bi.Address)
+		}
+		if sv.cfg.Proto == "udp" {
+			collectUDP(ch, sv)
+			continue
 		}
 		for _, b := range sv.bal.Backends() {
 			addr := b.Addr.String()

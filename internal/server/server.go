@@ -29,6 +29,7 @@ import (
 	"github.com/sluice-lb/sluice/internal/health"
 	"github.com/sluice-lb/sluice/internal/loop"
 	"github.com/sluice-lb/sluice/internal/tcpproxy"
+	"github.com/sluice-lb/sluice/internal/udpproxy"
 )
 
 // fileCheckInterval is how often backends files are checked for changes.
@@ -41,6 +42,7 @@ type Server struct {
 	cfg      config.Config
 	log      *zap.Logger
 	limiter  *tcpproxy.Limiter
+	sessions *udpproxy.SessionLimiter
 	loops    []*loop.Loop
 	services []*service
 	admin    *admin.Server
@@ -62,9 +64,19 @@ type service struct {
 	cfg     config.Service
 	bal     *balancer.Service
 	monitor *health.Monitor
-	proxies []*tcpproxy.Proxy // proxies[i] runs on loops[i]
+	proxies []*tcpproxy.Proxy // TCP: proxies[i] runs on loops[i]
+	udp     []*udpproxy.Proxy // UDP: udp[i] runs on loops[i]
+	each    []loopProxy       // either, for the lifecycle
 	addr    netip.AddrPort
 	file    fileStamp // last seen state of the backends file
+}
+
+// loopProxy is what the lifecycle needs of a TCP or UDP proxy. Its methods
+// run on the proxy's loop.
+type loopProxy interface {
+	Drain() <-chan struct{}
+	CloseAll()
+	ListenerFDs() []int
 }
 
 // New builds the server. On error everything acquired is released.
@@ -76,6 +88,7 @@ func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error
 		inherit:  opts.Inherited,
 		log:      log,
 		limiter:  tcpproxy.NewLimiter(cfg.MaxConns),
+		sessions: udpproxy.NewSessionLimiter(cfg.UDPMaxSessions),
 		ready:    make(chan struct{}),
 		registry: prometheus.NewRegistry(),
 	}
@@ -121,9 +134,6 @@ func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error
 }
 
 func (s *Server) addService(sc config.Service) error {
-	if sc.Proto != "tcp" {
-		return fmt.Errorf("service %s: proto %s is not supported yet", sc.Name, sc.Proto)
-	}
 	sv := &service{cfg: sc}
 	static := sc.Backends
 	var fileSpecs []balancer.Spec
@@ -170,18 +180,22 @@ func (s *Server) addService(sc config.Service) error {
 			return fmt.Errorf("service %s: %w", sc.Name, err)
 		}
 	}
+	s.services = append(s.services, sv)
+	if sc.Proto == "udp" {
+		return s.addUDP(sv)
+	}
 	pc := sc.Proxy
 	pc.Pool.PipeSize = s.cfg.PipeSize
 	pc.Pool.MaxPipes = s.cfg.MaxPipes / len(s.cfg.Services)
 	pc.Pool.MaxIdle = min(pc.Pool.MaxIdle, pc.Pool.MaxPipes)
 	addr := sc.Listen
-	s.services = append(s.services, sv)
 	// Sockets handed over by the process this one replaces come first: a
 	// new socket would miss the connections waiting in their queues.
 	inherited := s.claimAll(handoff.KindListener, sc.Name, sc.Proto, sc.Listen)
 	for i, l := range s.loops {
 		p := tcpproxy.New(l, i, pc, sv.bal, s.limiter, s.log.Named("tcp").With(zap.String("service", sc.Name)))
 		sv.proxies = append(sv.proxies, p)
+		sv.each = append(sv.each, p)
 	}
 	for i, p := range sv.proxies {
 		fd := -1
@@ -231,8 +245,9 @@ func (s *Server) release() {
 		s.fw.Close()
 	}
 	for _, sv := range s.services {
-		for _, p := range sv.proxies {
+		for _, p := range sv.each {
 			p.Drain() // closes its listener; the loop has not run
+			p.CloseAll()
 		}
 	}
 	for _, l := range s.loops {
@@ -451,7 +466,7 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 func (s *Server) drain() {
 	var chans []<-chan struct{}
 	for _, sv := range s.services {
-		for i, p := range sv.proxies {
+		for i, p := range sv.each {
 			ch := make(chan (<-chan struct{}), 1)
 			if !s.loops[i].Submit(func() { ch <- p.Drain() }) {
 				continue
@@ -505,7 +520,7 @@ func (s *Server) logCensus() {
 func (s *Server) closeAll() {
 	var wg sync.WaitGroup
 	for _, sv := range s.services {
-		for i, p := range sv.proxies {
+		for i, p := range sv.each {
 			wg.Add(1)
 			if !s.loops[i].Submit(func() { p.CloseAll(); wg.Done() }) {
 				wg.Done()

@@ -178,7 +178,7 @@ func (s *Server) sockets() []handoff.Socket {
 	var out []handoff.Socket
 	var wg sync.WaitGroup
 	for _, sv := range s.services {
-		for i, p := range sv.proxies {
+		for i, p := range sv.each {
 			wg.Add(1)
 			if !s.loops[i].Submit(func() {
 				defer wg.Done()

@@ -148,6 +148,15 @@ func (p *Proxy) Listen(fd int) error {
 	return nil
 }
 
+// ListenerFDs returns the listening socket, for an upgrade's handoff; the
+// proxy keeps it open.
+func (p *Proxy) ListenerFDs() []int {
+	if p.lnfd < 0 {
+		return nil
+	}
+	return []int{p.lnfd}
+}
+
 // Drain closes the listening socket and ends every session at once, then
 // returns a closed channel. UDP has no end-of-session signal to wait for,
 // and the replies of a session leave through the listening socket, so a

@@ -1,0 +1,116 @@
+package server
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-lb/sluice/internal/handoff"
+	"github.com/sluice-lb/sluice/internal/tcpproxy"
+	"github.com/sluice-lb/sluice/internal/udpproxy"
+)
+
+// addUDP builds a UDP service's proxies, one per loop, each with its own
+// SO_REUSEPORT socket (or one handed over by an upgrade).
+func (s *Server) addUDP(sv *service) error {
+	sc := sv.cfg
+	uc := udpproxy.DefaultConfig()
+	uc.SessionTimeout = sc.UDPSessionTimeout
+	uc.HashKey = sc.Proxy.HashKey
+	log := s.log.Named("udp").With(zap.String("service", sc.Name))
+	for _, l := range s.loops {
+		p := udpproxy.New(l, uc, sv.bal.Pool(), s.sessions, log)
+		sv.udp = append(sv.udp, p)
+		sv.each = append(sv.each, p)
+	}
+	inherited := s.claimAll(handoff.KindListener, sc.Name, sc.Proto, sc.Listen)
+	addr := sc.Listen
+	for i, p := range sv.udp {
+		var fd int
+		if i < len(inherited) {
+			fd = inherited[i]
+			if bound, err := tcpproxy.BoundAddr(fd); err == nil {
+				addr = bound
+			}
+		} else {
+			var bound netip.AddrPort
+			var err error
+			fd, bound, err = udpproxy.Listen(addr, uc.SocketBuffer)
+			if err != nil {
+				return fmt.Errorf("service %s: %w", sc.Name, err)
+			}
+			addr = bound
+		}
+		if err := p.Listen(fd); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("service %s: register listener: %w", sc.Name, err)
+		}
+	}
+	// A UDP proxy reads one socket; sockets beyond the loop count (the old
+	// process had more workers) are closed, losing only datagrams queued
+	// on them.
+	for _, fd := range inherited[min(len(inherited), len(sv.udp)):] {
+		unix.Close(fd)
+	}
+	sv.addr = addr
+	return nil
+}
+
+var (
+	descUDPActive   = prometheus.NewDesc("sluice_udp_sessions_active", "UDP sessions open.", []string{"service"}, nil)
+	descUDPSessions = prometheus.NewDesc("sluice_udp_sessions_total", "UDP session events: created, expired (idle timeout), evicted (at --udp-max-sessions), remapped (backend left).", []string{"service", "event"}, nil)
+	descUDPDgrams   = prometheus.NewDesc("sluice_udp_datagrams_total", "UDP datagrams forwarded, per backend and direction.", []string{"service", "backend", "direction"}, nil)
+	descUDPBytes    = prometheus.NewDesc("sluice_udp_bytes_total", "UDP payload bytes forwarded, per backend and direction.", []string{"service", "backend", "direction"}, nil)
+	descUDPDrops    = prometheus.NewDesc("sluice_udp_drops_total", "UDP datagrams dropped, by reason.", []string{"service", "reason"}, nil)
+)
+
+var udpDescs = []*prometheus.Desc{descUDPActive, descUDPSessions, descUDPDgrams, descUDPBytes, descUDPDrops}
+
+// collectUDP sums a UDP service's per-loop counters into a scrape.
+func collectUDP(ch chan<- prometheus.Metric, sv *service) {
+	name := sv.cfg.Name
+	var active int64
+	var created, expired, evicted, remapped uint64
+	var drops [len(udpproxy.DropReasons)]uint64
+	type traffic struct{ dUp, bUp, dDown, bDown uint64 }
+	per := map[netip.AddrPort]*traffic{}
+	for _, p := range sv.udp {
+		st := p.Stats()
+		active += st.Active()
+		created += st.SessionsCreated.Load()
+		expired += st.SessionsExpired.Load()
+		evicted += st.SessionsEvicted.Load()
+		remapped += st.Remaps.Load()
+		for i, r := range udpproxy.DropReasons {
+			drops[i] += st.Drops(r)
+		}
+		st.ForEachBackend(func(addr netip.AddrPort, c *udpproxy.BackendCounters) {
+			t := per[addr]
+			if t == nil {
+				t = &traffic{}
+				per[addr] = t
+			}
+			t.dUp += c.DatagramsUp.Load()
+			t.bUp += c.BytesUp.Load()
+			t.dDown += c.DatagramsDown.Load()
+			t.bDown += c.BytesDown.Load()
+		})
+	}
+	ch <- prometheus.MustNewConstMetric(descUDPActive, prometheus.GaugeValue, float64(active), name)
+	for ev, v := range map[string]uint64{"created": created, "expired": expired, "evicted": evicted, "remapped": remapped} {
+		ch <- prometheus.MustNewConstMetric(descUDPSessions, prometheus.CounterValue, float64(v), name, ev)
+	}
+	for i, r := range udpproxy.DropReasons {
+		ch <- prometheus.MustNewConstMetric(descUDPDrops, prometheus.CounterValue, float64(drops[i]), name, r.String())
+	}
+	for addr, t := range per {
+		a := addr.String()
+		ch <- prometheus.MustNewConstMetric(descUDPDgrams, prometheus.CounterValue, float64(t.dUp), name, a, "up")
+		ch <- prometheus.MustNewConstMetric(descUDPDgrams, prometheus.CounterValue, float64(t.dDown), name, a, "down")
+		ch <- prometheus.MustNewConstMetric(descUDPBytes, prometheus.CounterValue, float64(t.bUp), name, a, "up")
+		ch <- prometheus.MustNewConstMetric(descUDPBytes, prometheus.CounterValue, float64(t.bDown), name, a, "down")
+	}
+}

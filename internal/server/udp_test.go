@@ -1,0 +1,60 @@
+package server
+
+import (
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/sluice-lb/sluice/internal/testsrv"
+)
+
+// TestUDPService runs a UDP service through the server: replies come back
+// intact from the service address, clients stick to a backend, the metrics
+// count the datagrams, and a UDP send-expect check takes a dead backend
+// out.
+func TestUDPService(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "udp")
+	b := testsrv.StartTB(t, testsrv.Echo, "udp")
+	r := start(t, "--proto", "udp", "--backend", a.Addr().String(), "--backend", b.Addr().String(), "--admin-addr", "127.0.0.1:0",
+		"--health-check", "send-expect", "--health-send", "ping", "--health-expect", "ping",
+		"--health-interval", "50ms", "--health-timeout", "200ms", "--health-fall", "2", "--health-rise", "1")
+	const clients, each = 8, 20
+	for i := 0; i < clients; i++ {
+		c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 4, byte(1+i))}, net.UDPAddrFromAddrPort(r.Addr()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		buf := make([]byte, 2048)
+		for j := 0; j < each; j++ {
+			msg := fmt.Sprintf("client %d datagram %d", i, j)
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write([]byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+			n, from, err := c.ReadFromUDP(buf)
+			if err != nil || string(buf[:n]) != msg {
+				t.Fatalf("client %d: reply %q, %v", i, buf[:n], err)
+			}
+			if from.AddrPort() != r.Addr() {
+				t.Fatalf("reply from %v, want the service address %v", from, r.Addr())
+			}
+		}
+	}
+	_, body := httpGet(t, "http://"+r.AdminAddr()+"/metrics")
+	m := parseMetrics(body)
+	var up, down float64
+	for _, s := range []*testsrv.Server{a, b} {
+		up += m[fmt.Sprintf(`sluice_udp_datagrams_total{backend="%s",direction="up",service="default"}`, s.Addr())]
+		down += m[fmt.Sprintf(`sluice_udp_datagrams_total{backend="%s",direction="down",service="default"}`, s.Addr())]
+	}
+	if up != clients*each || down != clients*each {
+		t.Fatalf("metrics count %v up and %v down, sent %d", up, down, clients*each)
+	}
+	if got := m[`sluice_udp_sessions_total{event="created",service="default"}`]; got != clients {
+		t.Fatalf("sessions created %v, want %d", got, clients)
+	}
+	a.Close()
+	waitFor(t, "dead UDP backend marked down", func() bool { return backendState(t, r, a.Addr()) == "down" })
+}
