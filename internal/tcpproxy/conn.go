@@ -38,10 +38,10 @@ type conn struct {
 	// count includes this conn while be is set.
 	be *balancer.Backend
 
-	peer  netip.AddrPort // the client's address (from its PROXY header, if one was accepted)
-	local netip.AddrPort // the address the client connected to, when a PROXY header said so
-	hash uint64             // key hash of peer
-	snap *balancer.Snapshot // backend set the choice was made from; kept for retries
+	peer  netip.AddrPort     // the client's address (from its PROXY header, if one was accepted)
+	local netip.AddrPort     // the address the client connected to, when a PROXY header said so
+	hash  uint64             // key hash of peer
+	snap  *balancer.Snapshot // backend set the choice was made from; kept for retries
 
 	timer      loop.Timer // connect timeout while connecting, then idle timeout
 	lastActive int64      // loop clock of the last byte moved

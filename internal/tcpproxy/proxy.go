@@ -50,9 +50,9 @@ type Proxy struct {
 	freeBufs [][]byte // spare copyBufSize buffers for bytes a blocked writer left over
 	pref     []int    // scratch for balancer preference lists
 
-	lns         []*listener // usually one; more after an upgrade to fewer loops
+	lns         []*listener    // usually one; more after an upgrade to fewer loops
 	local       netip.AddrPort // the listening address
-	conns       []*conn // open connections; conn.idx is the position
+	conns       []*conn        // open connections; conn.idx is the position
 	stats       *Stats
 	draining    bool
 	drained     chan struct{}
