@@ -158,6 +158,8 @@ type serviceVals struct {
 	acceptProxy                 bool
 	trusted                     []string
 	udpSessionTimeout           time.Duration
+	accessLog                   bool
+	accessLogSample             float64
 }
 
 func addGlobalFlags(fs *pflag.FlagSet, g *globalVals) {
@@ -194,6 +196,8 @@ func addServiceFlags(fs *pflag.FlagSet, s *serviceVals) {
 	fs.DurationVar(&s.idleTimeout, "idle-timeout", dp.IdleTimeout, "close a connection after this long with no bytes in either direction; idle pooled database sessions count as idle too, so raise it if your pools keep connections idle longer")
 	fs.StringVar(&s.splice, "splice", dp.Splice.String(), "byte moving: auto (read/write for small messages, splice(2) for bulk), always, or never (read/write only)")
 	fs.StringVar(&s.health.Kind, "health-check", "", "active check: tcp, send-expect, redis, postgres, mysql, grpc or none (default: tcp for TCP services, none for UDP; UDP services may use send-expect)")
+	fs.BoolVar(&s.accessLog, "access-log", false, "log one line per closed TCP connection: client, backend, bytes each way, duration, close reason")
+	fs.Float64Var(&s.accessLogSample, "access-log-sample", 1, "fraction of connections the access log records, 0 to 1 (e.g. 0.01)")
 	fs.DurationVar(&s.udpSessionTimeout, "udp-session-timeout", 30*time.Second, "UDP: end a client's session after this long with no datagram either way")
 	fs.DurationVar(&s.health.Interval, "health-interval", dh.Interval, "time between checks of a backend (jittered)")
 	fs.DurationVar(&s.health.Timeout, "health-timeout", dh.Timeout, "time allowed for one check")
@@ -390,6 +394,11 @@ func buildService(ns namedService) (Service, []string) {
 		bad("proto", v.proto, "want tcp or udp")
 	}
 	s.UDPSessionTimeout = v.udpSessionTimeout
+	s.Proxy.AccessLog = v.accessLog
+	s.Proxy.AccessLogSample = v.accessLogSample
+	if v.accessLogSample < 0 || v.accessLogSample > 1 {
+		bad("access-log-sample", strconv.FormatFloat(v.accessLogSample, 'g', -1, 64), "want a fraction from 0 to 1")
+	}
 	if v.udpSessionTimeout <= 0 {
 		bad("udp-session-timeout", v.udpSessionTimeout.String(), "want a positive duration")
 	}

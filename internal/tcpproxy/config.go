@@ -88,18 +88,23 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// MaxHeader caps a client's PROXY header in bytes (v2 with TLVs).
 	MaxHeader int
+	// AccessLog logs one line per closed connection when set.
+	AccessLog bool
+	// AccessLogSample is the fraction of connections logged, 0 to 1.
+	AccessLogSample float64
 }
 
 // DefaultConfig returns the defaults the flags start from.
 func DefaultConfig() Config {
 	return Config{
-		ConnectTimeout: 3 * time.Second,
-		ConnectRetries: 2,
-		IdleTimeout:    time.Hour,
-		HashKey:        balancer.HashSrcIP,
-		Splice:         SpliceAuto,
-		Pool:           splice.DefaultPoolConfig(),
-		Backlog:        4096,
-		MaxHeader:      512,
+		ConnectTimeout:  3 * time.Second,
+		ConnectRetries:  2,
+		IdleTimeout:     time.Hour,
+		HashKey:         balancer.HashSrcIP,
+		Splice:          SpliceAuto,
+		Pool:            splice.DefaultPoolConfig(),
+		Backlog:         4096,
+		MaxHeader:       512,
+		AccessLogSample: 1,
 	}
 }

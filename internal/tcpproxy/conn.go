@@ -13,6 +13,29 @@ import (
 
 type connState uint8
 
+// closeReason says why a connection ended, for the access log; it also
+// decides whether the sockets are closed with a reset.
+type closeReason uint8
+
+const (
+	reasonClosed       closeReason = iota // both sides finished (FIN both ways)
+	reasonIdle                            // idle timeout
+	reasonClientReset                     // the client reset or failed; the backend is reset
+	reasonBackendReset                    // the backend reset or failed; the client is reset
+	reasonNoBackend                       // no backend accepted the connection
+	reasonProxyHeader                     // bad, missing, late or untrusted PROXY header
+	reasonBackendDown                     // --close-on-down
+	reasonShutdown                        // reset at the end of a drain
+	reasonInternal                        // the loop could not register the socket
+)
+
+var reasonNames = [...]string{"closed", "idle_timeout", "client_reset", "backend_reset", "no_backend", "proxy_header", "backend_down", "shutdown", "internal"}
+
+func (r closeReason) String() string { return reasonNames[r] }
+
+// reset reports whether the sockets are closed with RST rather than FIN.
+func (r closeReason) reset() bool { return r != reasonClosed && r != reasonIdle }
+
 const (
 	stateHeader     connState = iota // waiting for the client's PROXY header
 	stateConnecting                  // connecting to a backend
@@ -43,8 +66,12 @@ type conn struct {
 	hash  uint64             // key hash of peer
 	snap  *balancer.Snapshot // backend set the choice was made from; kept for retries
 
-	timer      loop.Timer // connect timeout while connecting, then idle timeout
-	lastActive int64      // loop clock of the last byte moved
+	timer      loop.Timer     // connect timeout while connecting, then idle timeout
+	lastActive int64          // loop clock of the last byte moved
+	start      int64          // loop clock at accept
+	bytesUp    uint64         // bytes client → backend
+	bytesDown  uint64         // bytes backend → client
+	backendFor netip.AddrPort // the backend of the last connect attempt, for the access log
 }
 
 // endpoint is one socket of a conn with the readiness the loop last
@@ -106,6 +133,7 @@ func (e *endpoint) HandleEvent(ev uint32) {
 func (c *conn) dial(bidx int) {
 	p := c.p
 	c.be = c.snap.Backends[bidx]
+	c.backendFor = c.be.Addr
 	c.be.Active.Add(1)
 	p.lb.Open.Add(1)
 	c.attempts++
@@ -180,7 +208,7 @@ func (c *conn) connectFailed(timedOut bool) {
 	if p.debug {
 		p.log.Debug("no backend accepted the connection", zap.Stringer("client", c.peer), zap.Uint8("attempts", c.attempts))
 	}
-	c.finish(true)
+	c.finish(reasonNoBackend)
 }
 
 func (c *conn) onTimer() {
@@ -188,7 +216,7 @@ func (c *conn) onTimer() {
 	switch c.state {
 	case stateHeader:
 		p.stats.ProxyTimeouts.Add(1)
-		c.finish(true)
+		c.finish(reasonProxyHeader)
 	case stateConnecting:
 		c.connectFailed(true)
 	case stateEstablished:
@@ -198,7 +226,7 @@ func (c *conn) onTimer() {
 			return
 		}
 		p.stats.IdleTimeouts.Add(1)
-		c.finish(false)
+		c.finish(reasonIdle)
 	}
 }
 
@@ -214,7 +242,7 @@ func (c *conn) run() {
 		return
 	}
 	if c.up.shut && c.down.shut {
-		c.finish(false)
+		c.finish(reasonClosed)
 	}
 }
 
@@ -228,15 +256,15 @@ func (e *pumpError) Error() string { return e.err.Error() }
 
 func (c *conn) fail(err error) {
 	c.p.stats.Resets.Add(1)
-	if c.p.debug {
-		pe := err.(*pumpError)
-		side := "backend"
-		if pe.at.isClient {
-			side = "client"
-		}
-		c.p.log.Debug("connection reset", zap.Stringer("client", c.peer), zap.String("side", side), zap.Error(pe.err))
+	pe := err.(*pumpError)
+	reason := reasonBackendReset
+	if pe.at.isClient {
+		reason = reasonClientReset
 	}
-	c.finish(true)
+	if c.p.debug {
+		c.p.log.Debug("connection reset", zap.Stringer("client", c.peer), zap.Stringer("reason", reason), zap.Error(pe.err))
+	}
+	c.finish(reason)
 }
 
 // pump moves bytes of h from src to dst until a syscall would block, the
@@ -318,9 +346,11 @@ func (c *conn) pump(h *half, src, dst *endpoint) error {
 		default:
 			c.lastActive = p.loop.Now()
 			if src.isClient {
+				c.bytesUp += uint64(n)
 				p.stats.BytesUp.Add(uint64(n))
 				c.be.Loops[p.id].BytesUp.Add(uint64(n))
 			} else {
+				c.bytesDown += uint64(n)
 				p.stats.BytesDown.Add(uint64(n))
 				c.be.Loops[p.id].BytesDown.Add(uint64(n))
 			}
@@ -433,15 +463,20 @@ func (c *conn) closeBackend(reset bool) {
 	c.backend.fd = -1
 }
 
-// finish ends the connection: both sockets are closed (with a reset when
-// reset is set, so that the peer sees an abort rather than a clean end),
+// finish ends the connection: both sockets are closed (with a reset unless
+// the reason is a clean end or the idle timeout, so that the peer sees an
+// abort),
 // pipes and buffers go back, and the slot is released.
-func (c *conn) finish(reset bool) {
+func (c *conn) finish(reason closeReason) {
 	if c.state == stateClosed {
 		return
 	}
 	p := c.p
 	c.state = stateClosed
+	reset := reason.reset()
+	if p.access != nil {
+		p.logAccess(c, reason)
+	}
 	p.loop.Cancel(&c.timer)
 	closeSocket(p.loop, c.client.fd, reset)
 	c.client.fd = -1

@@ -35,7 +35,7 @@ func (c *conn) readHeader() {
 		return
 	}
 	if err != nil || n == 0 {
-		c.finish(true) // the client left before sending a header
+		c.finish(reasonProxyHeader) // the client left before sending a header
 		return
 	}
 	h, used, err := proxyproto.Parser{MaxV2Len: max}.Parse(p.buf[:n])
@@ -49,12 +49,12 @@ func (c *conn) readHeader() {
 		if p.debug {
 			p.log.Debug("bad PROXY header", zap.Stringer("peer", c.peer), zap.Error(err))
 		}
-		c.finish(true)
+		c.finish(reasonProxyHeader)
 		return
 	}
 	// Consume exactly the header; the client's own bytes stay queued.
 	if got, err := splice.Read(c.client.fd, p.buf[:used]); err != nil || got != used {
-		c.finish(true)
+		c.finish(reasonProxyHeader)
 		return
 	}
 	if h.Command == proxyproto.Proxy && h.Src.IsValid() {

@@ -1,6 +1,7 @@
 package tcpproxy
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"time"
@@ -57,6 +58,8 @@ type Proxy struct {
 	draining    bool
 	drained     chan struct{}
 	pauseLogged bool
+	access      *zap.Logger // the access log; nil when off
+	rng         *rand.Rand  // samples the access log
 }
 
 // New returns a proxy for one loop. It does not accept until Listen.
@@ -64,7 +67,7 @@ type Proxy struct {
 // id is the loop's number (0 to loops-1) for the per-loop counters of the
 // service's backends.
 func New(l *loop.Loop, id int, cfg Config, svc *balancer.Service, limiter *Limiter, log *zap.Logger) *Proxy {
-	return &Proxy{
+	p := &Proxy{
 		loop:    l,
 		id:      id,
 		cfg:     cfg,
@@ -77,6 +80,29 @@ func New(l *loop.Loop, id int, cfg Config, svc *balancer.Service, limiter *Limit
 		buf:     make([]byte, copyBufSize),
 		stats:   new(Stats),
 	}
+	if cfg.AccessLog {
+		p.access = log.Named("access")
+		p.rng = rand.New(rand.NewPCG(uint64(id), uint64(time.Now().UnixNano())))
+	}
+	return p
+}
+
+// logAccess writes c's access-log line, if sampled.
+func (p *Proxy) logAccess(c *conn, reason closeReason) {
+	if p.cfg.AccessLogSample < 1 && p.rng.Float64() >= p.cfg.AccessLogSample {
+		return
+	}
+	backend := ""
+	if c.backendFor.IsValid() {
+		backend = c.backendFor.String()
+	}
+	p.access.Info("connection",
+		zap.Stringer("client", c.peer),
+		zap.String("backend", backend),
+		zap.Uint64("bytes_up", c.bytesUp),
+		zap.Uint64("bytes_down", c.bytesDown),
+		zap.Duration("duration", time.Duration(p.loop.Now()-c.start)),
+		zap.Stringer("reason", reason))
 }
 
 // Stats returns the proxy's counters; safe for concurrent use.
@@ -149,7 +175,7 @@ func (p *Proxy) Census() (connecting, established, halfClosed int) {
 // CloseAll resets every open connection, for the end of a drain timeout.
 func (p *Proxy) CloseAll() {
 	for len(p.conns) > 0 {
-		p.conns[len(p.conns)-1].finish(true)
+		p.conns[len(p.conns)-1].finish(reasonShutdown)
 	}
 	p.pool.Close()
 }
@@ -259,19 +285,19 @@ func (ln *listener) close() {
 func (p *Proxy) accept(fd int, sa unix.Sockaddr) {
 	p.stats.Accepted.Add(1)
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	c := &conn{p: p, idx: len(p.conns), peer: addrPortOf(sa)}
+	c := &conn{p: p, idx: len(p.conns), peer: addrPortOf(sa), start: p.loop.Now()}
 	c.client = endpoint{c: c, fd: fd, isClient: true}
 	c.backend = endpoint{c: c, fd: -1}
 	c.timer.F = c.onTimer
 	p.conns = append(p.conns, c)
 	if err := p.loop.Add(fd, loop.In|loop.Out|loop.RdHup|loop.Edge, &c.client); err != nil {
-		c.finish(true)
+		c.finish(reasonInternal)
 		return
 	}
 	if p.cfg.AcceptProxy {
 		if !p.trusted(c.peer.Addr()) {
 			p.stats.ProxyUntrusted.Add(1)
-			c.finish(true)
+			c.finish(reasonProxyHeader)
 			return
 		}
 		c.state = stateHeader
@@ -292,7 +318,7 @@ func (c *conn) choose() {
 		// Every backend is down: refuse at once rather than hold the
 		// client (the service logs the state change once).
 		p.stats.NoBackend.Add(1)
-		c.finish(true)
+		c.finish(reasonNoBackend)
 		return
 	}
 	c.dial(idx)
@@ -302,7 +328,7 @@ func (c *conn) choose() {
 func (p *Proxy) CloseBackend(b *balancer.Backend) {
 	for i := 0; i < len(p.conns); {
 		if c := p.conns[i]; c.be == b {
-			c.finish(true) // moves the last conn into slot i
+			c.finish(reasonBackendDown) // moves the last conn into slot i
 			continue
 		}
 		i++
