@@ -265,3 +265,27 @@ func TestFirewallFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestREADMEConfigExample keeps the README's config file example valid.
+func TestREADMEConfigExample(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "### Config file")
+	if !ok {
+		t.Fatal("README has no config file section")
+	}
+	_, block, ok := strings.Cut(rest, "```\n")
+	block, _, ok2 := strings.Cut(block, "```")
+	if !ok || !ok2 {
+		t.Fatal("no example block in the config file section")
+	}
+	cfg, err := Parse([]string{"--config", writeConf(t, block)}, io.Discard)
+	if err != nil {
+		t.Fatalf("README example: %v", err)
+	}
+	if len(cfg.Services) != 2 || cfg.Services[1].Proto != "udp" || len(cfg.Firewall.Ifaces) != 1 {
+		t.Fatalf("README example parsed to %+v", cfg)
+	}
+}
