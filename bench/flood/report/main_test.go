@@ -1,0 +1,78 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestSummarize(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want stats
+		text string
+	}{
+		{[]float64{3}, stats{3, 3, 3}, "3.0"},
+		{[]float64{5, 1, 3}, stats{3, 1, 5}, "3.0 (1.0–5.0)"},
+		{[]float64{4, 1, 2, 3}, stats{2.5, 1, 4}, "2.5 (1.0–4.0)"},
+	} {
+		got := summarize(tc.in)
+		if got != tc.want || got.format(1) != tc.text {
+			t.Errorf("summarize(%v) = %+v %q, want %+v %q", tc.in, got, got.format(1), tc.want, tc.text)
+		}
+	}
+}
+
+func TestReport(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, s string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("meta.tsv", "date\t2026-11-22T01:00:00Z\nkernel\t6.18\nxdp\tnative\n")
+	head := "round\tfw\tflood\twall_s\tsl_utime\tsl_stime\tdenied\tpassed\ttcp_insegs\tsyncookies\tlisten_drops\tcpu_user\tcpu_sys\tcpu_softirq\tcpu_idle\tcpu_total\tveth_drops\tflood_sent\tflood_s\tflood_cpu\trr\n"
+	rows := ""
+	for _, r := range []struct{ round, fw, flood, denied, sent, p99, utime string }{
+		{"1", "on", "none", "0", "0", "100", "10"},
+		{"1", "on", "100000", "1000000", "1000000", "110", "10"},
+		{"2", "on", "100000", "1000000", "1000000", "130", "30"},
+		{"2", "on", "none", "0", "0", "100", "10"},
+		{"1", "off", "none", "0", "0", "100", "10"},
+		{"1", "off", "100000", "0", "1000000", "500", "10"},
+	} {
+		rr := "raw/" + r.round + r.fw + r.flood + ".json"
+		write(rr, `{"ops_per_s":2000,"errors":0,"latency_us":{"p50":50,"p99":`+r.p99+`,"p99_9":900}}`)
+		rows += strings.Join([]string{r.round, r.fw, r.flood, "10", r.utime, "100", r.denied, "5", "20000", "0", "0",
+			"1", "1", "1", "1", "4", "0", r.sent, "10", "500", rr}, "\t") + "\n"
+	}
+	write("phases.tsv", head+rows)
+	out := filepath.Join(dir, "FLOOD.md")
+	if err := run([]string{"--dir", dir, "--out", out}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := string(b)
+	for _, want := range []string{
+		"## flood\n",
+		"| firewall, no flood (2) | firewall, flood 100k/s (2) | no firewall, no flood (1) | no firewall, flood 100k/s (1) |",
+		"| dropped by XDP /s | 0 | 100000 | 0 | 0 |",
+		"| allowed p99 µs | 100 | 120 (110–130) | 100 | 500 |",
+		// Round 1: 1.10, round 2: 1.30; median 1.20 meets the target.
+		"**firewall, flood 100k/s** against the same round's no-flood phase (2 rounds): allowed p99 × 1.20 (1.10–1.30) (target ≤ 1.20: met)",
+		"**no firewall, flood 100k/s** against the same round's no-flood phase (1 round): allowed p99 × 5.00;",
+		"(native)",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+}
