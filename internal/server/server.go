@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -102,6 +103,11 @@ func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error
 			s.release()
 		}
 	}()
+	// Each loop keeps its P while it waits in epoll (see loop.wait); one P
+	// more leaves room for health checks, the admin endpoint and the GC.
+	if n := cfg.Workers + 1; runtime.GOMAXPROCS(0) < n {
+		runtime.GOMAXPROCS(n)
+	}
 	for i := 0; i < cfg.Workers; i++ {
 		l, err := loop.New()
 		if err != nil {
