@@ -35,6 +35,8 @@
 #                                 or hping3 (one source, 198.18.0.200, -a; apt-get install hping3)
 #   FLOODS="100000 0"             flood rates, SYNs/s, one phase each per round; 0 = as fast as
 #                                 the generator goes (it then takes a core of its own)
+#   QUIET_IDLE=60 QUIET_WAIT=8    before each phase, wait up to QUIET_WAIT s for a second with at
+#                                 least QUIET_IDLE % of the machine idle (it is shared)
 #   OUT_MD=bench/FLOOD.md
 set -Eeuo pipefail
 
@@ -48,8 +50,10 @@ RR_CONNS=${RR_CONNS:-50}
 FLOOD_TOOL=${FLOOD_TOOL:-synflood}
 FLOODS=${FLOODS:-100000 0}
 OUT_MD=${OUT_MD:-bench/FLOOD.md}
+QUIET_IDLE=${QUIET_IDLE:-60}
+QUIET_WAIT=${QUIET_WAIT:-8}
 
-for n in ROUNDS PHASE WARMUP NOFW_ROUNDS RR_RATE RR_CONNS; do
+for n in ROUNDS PHASE WARMUP NOFW_ROUNDS RR_RATE RR_CONNS QUIET_IDLE QUIET_WAIT; do
 	[[ ${!n} =~ ^[0-9]+$ ]] || { echo "flood: $n=${!n}: want a whole number" >&2; exit 2; }
 done
 for f in $FLOODS; do
@@ -226,6 +230,20 @@ cpustat() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print $
 
 now() { date +%s.%N; }
 
+# quiet: wait (up to QUIET_WAIT s) until the machine's idle share over one
+# second is at least QUIET_IDLE %: other people's builds on this shared
+# machine starve the load generator, which shows as send lag. Prints the
+# last idle share.
+quiet() {
+	local a b idle=0 i
+	for i in $(seq "$QUIET_WAIT"); do
+		a=$(cpustat); sleep 1; b=$(cpustat)
+		idle=$(awk -v a="$a" -v b="$b" 'BEGIN { split(a, x); split(b, y); printf "%.0f", 100 * (y[4] - x[4]) / (y[5] - x[5]) }')
+		((idle >= QUIET_IDLE)) && break
+	done
+	echo "$idle"
+}
+
 FLOOD_SECS=$((WARMUP + PHASE + 6)) # the rr run (connect, warmup, measured time, drain) fits inside
 # start_flood PPS OUTFILE: the flood in the client namespace, in the
 # background; sets FLOOD.
@@ -261,14 +279,15 @@ stop_flood() {
 	FLOOD=
 }
 
-printf 'round\tfw\tflood\twall_s\tsl_utime\tsl_stime\tdenied\tpassed\ttcp_insegs\tsyncookies\tlisten_drops\tcpu_user\tcpu_sys\tcpu_softirq\tcpu_idle\tcpu_total\tveth_drops\tflood_sent\tflood_s\tflood_cpu\trr\n' >"$PHASES"
+printf 'round\tfw\tflood\twall_s\tsl_utime\tsl_stime\tdenied\tpassed\ttcp_insegs\tsyncookies\tlisten_drops\tcpu_user\tcpu_sys\tcpu_softirq\tcpu_idle\tcpu_total\tveth_drops\tidle_before\tflood_sent\tflood_s\tflood_cpu\trr\n' >"$PHASES"
 
 # phase ROUND on|off none|PPS: one measurement of the allowed client,
 # without a flood or under one at PPS SYNs/s (0: flat out).
 phase() {
 	local r=$1 fw=$2 fl=$3 tag="r$1_fw-$2_flood-$3"
 	local rr=$RAW/$tag.rr.json fo=$RAW/$tag.flood.out
-	local flood_sent=0 flood_s=0 flood_cpu=0 g
+	local flood_sent=0 flood_s=0 flood_cpu=0 g idle
+	idle=$(quiet)
 	if [[ $fl != none ]]; then
 		start_flood "$fl" "$fo"
 		sleep 1
@@ -300,13 +319,13 @@ phase() {
 	fi
 	local wall
 	wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
 		"$r" "$fw" "$fl" "$wall" $((u1 - u0)) $((s1 - s0)) $((d1 - d0)) $((p1 - p0)) \
-		$((i1 - i0)) $((c1 - c0)) $((l1 - l0)) $((cu1 - cu0)) $((cs1 - cs0)) $((cq1 - cq0)) $((ci1 - ci0)) $((ct1 - ct0)) $((v1 - v0)) \
+		$((i1 - i0)) $((c1 - c0)) $((l1 - l0)) $((cu1 - cu0)) $((cs1 - cs0)) $((cq1 - cq0)) $((ci1 - ci0)) $((ct1 - ct0)) $((v1 - v0)) "$idle" \
 		"$flood_sent" "$flood_s" "$flood_cpu" "raw/$tag.rr.json" >>"$PHASES"
-	log "$(printf '%-18s p99 %8s us  sluice utime %3s ticks  XDP drops %9s  SYNs sent %9s' "$tag" \
-		"$(sed -n 's/.*"latency_us":{[^}]*"p99":\([0-9.]*\).*/\1/p' "$rr")" $((u1 - u0)) $((d1 - d0)) "$flood_sent")"
-	sleep 0.5
+	log "$(printf '%-22s idle before %3s%%  p99 %8s us  send lag p99 %8s us  sluice utime %3s ticks  XDP drops %8s  SYNs sent %8s' "$tag" "$idle" \
+		"$(sed -n 's/.*"latency_us":{[^}]*"p99":\([0-9.]*\).*/\1/p' "$rr")" \
+		"$(sed -n 's/.*"send_lag_us":{[^}]*"p99":\([0-9.]*\).*/\1/p' "$rr")" $((u1 - u0)) $((d1 - d0)) "$flood_sent")"
 }
 
 meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"

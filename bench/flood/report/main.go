@@ -96,6 +96,7 @@ type phase struct {
 	cpuSoft  float64 // machine softirq ticks
 	cpuTotal float64
 	vethDrop float64 // client veth transmit drops: the server end's ring was full
+	idle     float64 // % of the machine idle in the second before the phase
 	sent     float64 // flood SYNs sent
 	floodS   float64
 	floodCPU float64 // generator ticks
@@ -108,7 +109,10 @@ type rrResult struct {
 	TargetRate float64 `json:"target_rate_per_s"`
 	Errors     uint64  `json:"errors"`
 	Missed     uint64  `json:"missed"`
-	Latency    *struct {
+	SendLag    *struct {
+		P99 float64 `json:"p99"`
+	} `json:"send_lag_us"`
+	Latency *struct {
 		P50  float64 `json:"p50"`
 		P99  float64 `json:"p99"`
 		P999 float64 `json:"p99_9"`
@@ -156,6 +160,7 @@ func readPhases(dir string) ([]phase, error) {
 			cpuTotal: num("cpu_total"),
 			cpuSoft:  num("cpu_softirq"),
 			vethDrop: num("veth_drops"),
+			idle:     num("idle_before"),
 			sent:     num("flood_sent"),
 			floodS:   num("flood_s"),
 			floodCPU: num("flood_cpu") / clk,
@@ -200,6 +205,21 @@ var figures = []figure{
 	{"allowed p99 µs", func(p phase) float64 { return p.rr.Latency.P99 }, 0},
 	{"allowed p99.9 µs", func(p phase) float64 { return p.rr.Latency.P999 }, 0},
 	{"allowed errors", func(p phase) float64 { return float64(p.rr.Errors) }, 0},
+	{"client send lag p99 µs", func(p phase) float64 { return p.sendLag() }, 0},
+	{"machine idle before %", func(p phase) float64 { return p.idle }, 0},
+}
+
+// maxBaselineLag is the most send lag (p99, µs) a no-flood phase may have
+// to serve as a baseline: beyond it the load generator itself was starved
+// of CPU, by other people's work on the shared machine, and its latencies
+// say little about sluice.
+const maxBaselineLag = 1000
+
+func (p phase) sendLag() float64 {
+	if p.rr.SendLag == nil {
+		return 0
+	}
+	return p.rr.SendLag.P99
 }
 
 func div(a, b float64) float64 {
@@ -336,6 +356,7 @@ func writeVerdict(b *strings.Builder, ps []phase) {
 			continue
 		}
 		var ratios, rises []float64
+		var skipped []string
 		for _, f := range ps {
 			if !g.has(f) {
 				continue
@@ -345,10 +366,15 @@ func writeVerdict(b *strings.Builder, ps []phase) {
 				continue
 			}
 			n := ps[i]
+			if n.sendLag() > maxBaselineLag {
+				skipped = append(skipped, fmt.Sprintf("round %d (baseline send lag p99 %.0f µs)", n.round, n.sendLag()))
+				continue
+			}
 			ratios = append(ratios, div(f.rr.Latency.P99, n.rr.Latency.P99))
 			rises = append(rises, 1000*(div(f.utime, f.wallS)-div(n.utime, n.wallS)))
 		}
 		if len(ratios) == 0 {
+			fmt.Fprintf(b, "- **%s**: no round had an undisturbed baseline; left out: %s.\n", g, strings.Join(skipped, ", "))
 			continue
 		}
 		r, u := summarize(ratios), summarize(rises)
@@ -366,6 +392,9 @@ func writeVerdict(b *strings.Builder, ps []phase) {
 			// the phase is below what it can show.
 			noise := 2 * 10 / ps[0].wallS // ms/s
 			fmt.Fprintf(b, " (target: no rise beyond the %.1f ms/s of 2 clock ticks: %s)", noise, met(u.med <= noise))
+		}
+		if len(skipped) > 0 {
+			fmt.Fprintf(b, " Left out, as the load generator was starved by other work before any flood: %s", strings.Join(skipped, ", "))
 		}
 		b.WriteString(".\n")
 	}
