@@ -122,7 +122,7 @@ func (e *endpoint) HandleEvent(ev uint32) {
 	}
 	if c.state == stateConnecting {
 		if !e.isClient && ev&(loop.Out|loop.Err|loop.Hup) != 0 {
-			c.connected()
+			c.connected(ev)
 		}
 		return
 	}
@@ -159,10 +159,11 @@ func (c *conn) dial(bidx int) {
 }
 
 // connected is called when the connecting backend socket reports
-// writability or an error; SO_ERROR tells which.
-func (c *conn) connected() {
-	soerr, err := unix.GetsockoptInt(c.backend.fd, unix.SOL_SOCKET, unix.SO_ERROR)
-	if err != nil || soerr != 0 {
+// writability or an error. A failed non-blocking connect always raises
+// EPOLLERR (with EPOLLHUP), so writability alone means success and no
+// getsockopt(SO_ERROR) is needed.
+func (c *conn) connected(ev uint32) {
+	if ev&(loop.Err|loop.Hup) != 0 {
 		c.connectFailed(false)
 		return
 	}

@@ -28,6 +28,11 @@ func Listen(addr netip.AddrPort, backlog int) (int, netip.AddrPort, error) {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 		return fail("setsockopt SO_REUSEPORT", err)
 	}
+	// Accepted sockets inherit TCP_NODELAY from the listener: the proxy
+	// passes on its clients' writes as they come, without Nagle's delay.
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		return fail("setsockopt TCP_NODELAY", err)
+	}
 	if family == unix.AF_INET6 {
 		// An IPv6 listener takes IPv6 only; listen on an IPv4 address for IPv4.
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {

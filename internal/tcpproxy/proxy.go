@@ -284,7 +284,7 @@ func (ln *listener) close() {
 // accept sets up a new client connection and starts its backend connect.
 func (p *Proxy) accept(fd int, sa unix.Sockaddr) {
 	p.stats.Accepted.Add(1)
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	// TCP_NODELAY comes from the listening socket (see Listen).
 	c := &conn{p: p, idx: len(p.conns), peer: addrPortOf(sa), start: p.loop.Now()}
 	c.client = endpoint{c: c, fd: fd, isClient: true}
 	c.backend = endpoint{c: c, fd: -1}
