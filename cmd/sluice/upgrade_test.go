@@ -254,3 +254,47 @@ func TestUpgradeFailureKeepsServing(t *testing.T) {
 		t.Fatalf("exit after SIGTERM: %v %v", st, err)
 	}
 }
+
+// TestUpgradeWithFirewall: the XDP link is handed over too; the new
+// process swaps its program in, so the deny rule holds across the upgrade
+// and no allowed connection fails. Needs root (loads BPF, attaches to lo).
+func TestUpgradeWithFirewall(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loads an XDP program")
+	}
+	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	addr := freeAddr(t)
+	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String(), "--xdp-iface", "lo", "--xdp-mode", "generic",
+		"--deny-cidr", "127.0.0.77/32", "--drain-timeout", "10s")
+	p.waitLog(t, "sluice started")
+	denied := func() bool {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 77)}, Timeout: 300 * time.Millisecond}
+		c, err := d.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	}
+	if !denied() {
+		t.Fatal("denied source connected before the upgrade")
+	}
+	load := startConnectLoad(addr, 2)
+	defer load.finish()
+	load.waitOK(t, 100)
+	p.cmd.Signal(syscall.SIGUSR2)
+	served := p.waitLog(t, "new process serves")
+	child := int(served["pid"].(float64))
+	if st, err := p.cmd.Wait(); err != nil || !st.Success() {
+		t.Fatalf("old process: %v %v", st, err)
+	}
+	load.waitOK(t, 100)
+	load.finish()
+	if f := load.failed.Load(); f != 0 {
+		t.Fatalf("%d connections failed across the upgrade: %v", f, load.firstErr.Load())
+	}
+	if !denied() {
+		t.Fatal("denied source connected after the upgrade: the firewall was not carried over")
+	}
+	syscall.Kill(child, syscall.SIGTERM)
+	waitExit(t, child)
+}

@@ -174,6 +174,52 @@ func (f *Firewall) Attach(iface string, mode Mode) error {
 	return explain("attach xdp to "+iface, errs, true, currentPrivileges(), kernelRelease())
 }
 
+// LinkFD is an attachment with its bpf_link descriptor, for an upgrade's
+// handoff to a successor process.
+type LinkFD struct {
+	Attachment
+	FD int // owned by the Firewall: the receiver gets its own copy
+}
+
+// LinkFDs returns every attachment's bpf_link descriptor.
+func (f *Firewall) LinkFDs() []LinkFD {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []LinkFD
+	for _, a := range f.links {
+		if l, ok := a.link.(interface{ FD() int }); ok {
+			out = append(out, LinkFD{a.Attachment, l.FD()})
+		}
+	}
+	return out
+}
+
+// Adopt takes over a link a predecessor attached to iface, given its
+// bpf_link descriptor (received over the upgrade handoff; Adopt owns it
+// from then on, also on error). The link's program is swapped for this
+// firewall's in one BPF_LINK_UPDATE, so the interface is never without a
+// program; the predecessor closing its own descriptor later leaves the link
+// to this process. Counters and rate-limit buckets start afresh with the
+// new maps.
+func (f *Firewall) Adopt(iface string, mode Mode, fd int) error {
+	l, err := link.NewFromFD(fd)
+	if err != nil {
+		return fmt.Errorf("adopt xdp link on %s: %w", iface, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		l.Close()
+		return ErrClosed
+	}
+	if err := l.Update(f.objs.XdpFirewall); err != nil {
+		l.Close()
+		return fmt.Errorf("adopt xdp link on %s: replace program: %w", iface, err)
+	}
+	f.links = append(f.links, attached{Attachment{iface, mode}, l})
+	return nil
+}
+
 // Attachments returns the interfaces the program is attached to, in the
 // order of Attach.
 func (f *Firewall) Attachments() []Attachment {

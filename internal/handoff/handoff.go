@@ -35,6 +35,7 @@ const maxFrame = 1 << 20
 const (
 	KindListener = "listener" // a service's listening socket (TCP or UDP)
 	KindAdmin    = "admin"    // the admin HTTP endpoint's listening socket
+	KindXDPLink  = "xdp-link" // a bpf_link of the XDP firewall; Addr is the interface, Proto the mode
 )
 
 // Socket describes one passed file descriptor.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/sluice-lb/sluice/internal/config"
 	"github.com/sluice-lb/sluice/internal/firewall"
+	"github.com/sluice-lb/sluice/internal/handoff"
 )
 
 // firewallRules returns the rules with the services' listen ports added to
@@ -33,7 +34,15 @@ func (s *Server) startFirewall() error {
 		return err
 	}
 	for _, ifc := range fc.Ifaces {
-		if err := fw.Attach(ifc, fc.Mode); err != nil {
+		// After an upgrade the predecessor's link is taken over: a second
+		// XDP program cannot be attached to the interface.
+		var err error
+		if fd, mode, ok := s.claimLink(ifc); ok {
+			err = fw.Adopt(ifc, mode, fd)
+		} else {
+			err = fw.Attach(ifc, fc.Mode)
+		}
+		if err != nil {
 			fw.Close()
 			return err
 		}
@@ -85,4 +94,19 @@ func (s *Server) collectFirewall(ch chan<- prometheus.Metric) {
 	for _, v := range c.Verdicts() {
 		ch <- prometheus.MustNewConstMetric(descFirewall, prometheus.CounterValue, float64(v.Packets), v.Verdict)
 	}
+}
+
+// claimLink takes the inherited bpf_link of iface, if any.
+func (s *Server) claimLink(iface string) (fd int, mode firewall.Mode, ok bool) {
+	for i, so := range s.inherit {
+		if so.Kind == handoff.KindXDPLink && so.Addr == iface {
+			s.inherit = append(s.inherit[:i], s.inherit[i+1:]...)
+			m, err := firewall.ParseMode(so.Proto)
+			if err != nil {
+				m = firewall.ModeAuto
+			}
+			return so.FD, m, true
+		}
+	}
+	return -1, 0, false
 }

@@ -121,9 +121,6 @@ func (s *Server) Upgrade() error {
 		return errors.New("already upgraded; this process is draining")
 	default:
 	}
-	if s.fw != nil {
-		return errors.New("the XDP firewall cannot be handed over yet: restart to upgrade")
-	}
 	if s.opts.Executable == "" {
 		return errors.New("the path of the executable is unknown")
 	}
@@ -194,6 +191,11 @@ func (s *Server) sockets() []handoff.Socket {
 		}
 	}
 	wg.Wait()
+	if s.fw != nil {
+		for _, l := range s.fw.LinkFDs() {
+			out = append(out, handoff.Socket{Kind: handoff.KindXDPLink, Addr: l.Iface, Proto: l.Mode.String(), FD: l.FD})
+		}
+	}
 	if s.admin != nil {
 		if fd := s.admin.FD(); fd >= 0 {
 			out = append(out, handoff.Socket{Kind: handoff.KindAdmin, Addr: s.cfg.AdminAddr.String(), FD: fd})
