@@ -61,7 +61,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesUp), name, addr, "up")
 			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesDown), name, addr, "down")
 		}
-		var accepted, closed, noBackend, resets, idle, acceptErrs, pauses, spliced, ppBad, ppUntrusted, ppTimeout uint64
+		var accepted, closed, noBackend, resets, idle, acceptErrs, pauses, spliced, ppBad, ppUntrusted, ppTimeout, ppDenied uint64
 		for _, p := range sv.proxies {
 			st := p.Stats()
 			accepted += st.Accepted.Load()
@@ -75,7 +75,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ppBad += st.ProxyMalformed.Load()
 			ppUntrusted += st.ProxyUntrusted.Load()
 			ppTimeout += st.ProxyTimeouts.Load()
+			ppDenied += st.ProxyDenied.Load()
 		}
+		ch <- prometheus.MustNewConstMetric(descProxyErrs, prometheus.CounterValue, float64(ppDenied), name, "denied")
 		ch <- prometheus.MustNewConstMetric(descProxyErrs, prometheus.CounterValue, float64(ppBad), name, "malformed")
 		ch <- prometheus.MustNewConstMetric(descProxyErrs, prometheus.CounterValue, float64(ppUntrusted), name, "untrusted")
 		ch <- prometheus.MustNewConstMetric(descProxyErrs, prometheus.CounterValue, float64(ppTimeout), name, "timeout")

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -168,4 +169,37 @@ func sumStats(r *running, get func(*tcpproxy.Stats) uint64) uint64 {
 		n += get(p.Stats())
 	}
 	return n
+}
+
+// TestProxiedAddressFirewalled: with the firewall on, the deny list also
+// applies to the address a trusted upstream claims in its PROXY header
+// (the XDP program sees only the upstream). Needs root: loads the XDP
+// program on lo.
+func TestProxiedAddressFirewalled(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loads an XDP program")
+	}
+	backend := headerBackend(t, "tcp4", "127.0.0.1:0")
+	r := start(t, "--backend", backend, "--accept-proxy-protocol", "--proxy-protocol-trusted", "127.0.0.1/32", "--proxy-protocol", "v2",
+		"--xdp-iface", "lo", "--xdp-mode", "generic", "--deny-cidr", "198.18.66.0/24", "--health-interval", "1h")
+	dst := netip.MustParseAddrPort("198.18.0.1:443")
+	// A denied claimed address is closed and counted.
+	c, err := net.Dial("tcp4", r.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write(proxyproto.AppendV1(nil, netip.MustParseAddrPort("198.18.66.5:1000"), dst))
+	if n, err := c.Read(make([]byte, 16)); n != 0 || err == nil {
+		t.Fatalf("denied claimed address got %d bytes, %v", n, err)
+	}
+	waitFor(t, "denial counted", func() bool {
+		return sumStats(r, func(s *tcpproxy.Stats) uint64 { return s.ProxyDenied.Load() }) == 1
+	})
+	// An allowed one goes through, its claimed address passed on.
+	got, _ := roundTrip(t, "tcp4", nil, r.Addr(), string(proxyproto.AppendV1(nil, netip.MustParseAddrPort("198.18.7.9:1000"), dst)), "x")
+	if want := "v2 198.18.7.9:1000 198.18.0.1:443|x"; got != want {
+		t.Fatalf("allowed claimed address: backend said %q, want %q", got, want)
+	}
 }

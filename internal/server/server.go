@@ -47,7 +47,8 @@ type Server struct {
 	loops    []*loop.Loop
 	services []*service
 	admin    *admin.Server
-	fw       *firewall.Firewall // nil without --xdp-iface
+	fw       *firewall.Firewall   // nil without --xdp-iface
+	proxied  tcpproxy.SourceRules // the firewall's lists, for PROXY-claimed addresses
 	opts     Options
 	inherit  []handoff.Socket // handed-over sockets not yet claimed by New
 	upgraded chan struct{}    // closed when a successor took over
@@ -191,6 +192,9 @@ func (s *Server) addService(sc config.Service) error {
 		return s.addUDP(sv)
 	}
 	pc := sc.Proxy
+	if pc.AcceptProxy && len(s.cfg.Firewall.Ifaces) > 0 {
+		pc.ProxiedRules = &s.proxied
+	}
 	pc.Pool.PipeSize = s.cfg.PipeSize
 	pc.Pool.MaxPipes = s.cfg.MaxPipes / len(s.cfg.Services)
 	pc.Pool.MaxIdle = min(pc.Pool.MaxIdle, pc.Pool.MaxPipes)

@@ -88,6 +88,9 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// MaxHeader caps a client's PROXY header in bytes (v2 with TLVs).
 	MaxHeader int
+	// ProxiedRules, when set, are checked against the client addresses
+	// that accepted PROXY headers claim.
+	ProxiedRules *SourceRules
 	// AccessLog logs one line per closed connection when set.
 	AccessLog bool
 	// AccessLogSample is the fraction of connections logged, 0 to 1.

@@ -60,6 +60,11 @@ func (c *conn) readHeader() {
 	if h.Command == proxyproto.Proxy && h.Src.IsValid() {
 		c.peer = h.Src
 		c.local = h.Dst
+		if !p.cfg.ProxiedRules.Admit(c.peer.Addr()) {
+			p.stats.ProxyDenied.Add(1)
+			c.finish(reasonProxyHeader)
+			return
+		}
 	}
 	p.loop.Cancel(&c.timer)
 	c.choose()

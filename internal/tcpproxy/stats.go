@@ -24,6 +24,7 @@ type Stats struct {
 	ProxyMalformed  atomic.Uint64 // PROXY headers that were malformed, missing or too long
 	ProxyUntrusted  atomic.Uint64 // connections from a peer not trusted to send a PROXY header
 	ProxyTimeouts   atomic.Uint64 // clients that sent no complete PROXY header in time
+	ProxyDenied     atomic.Uint64 // clients whose PROXY-claimed address the deny/allow lists refuse
 	_               [64]byte      // keep the next allocation off the last line
 }
 
