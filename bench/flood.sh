@@ -37,6 +37,8 @@
 #                                 the generator goes (it then takes a core of its own)
 #   QUIET_IDLE=60 QUIET_WAIT=8    before each phase, wait up to QUIET_WAIT s for a second with at
 #                                 least QUIET_IDLE % of the machine idle (it is shared)
+#   PERF=1                        sample sluice with perf (cpu-clock:u and :k every 250 µs of CPU) for an
+#                                 exact user/system split; /proc/PID/stat splits by the 250 Hz tick
 #   OUT_MD=bench/FLOOD.md
 set -Eeuo pipefail
 
@@ -50,10 +52,11 @@ RR_CONNS=${RR_CONNS:-50}
 FLOOD_TOOL=${FLOOD_TOOL:-synflood}
 FLOODS=${FLOODS:-100000 0}
 OUT_MD=${OUT_MD:-bench/FLOOD.md}
+PERF=${PERF:-1}
 QUIET_IDLE=${QUIET_IDLE:-60}
 QUIET_WAIT=${QUIET_WAIT:-8}
 
-for n in ROUNDS PHASE WARMUP NOFW_ROUNDS RR_RATE RR_CONNS QUIET_IDLE QUIET_WAIT; do
+for n in ROUNDS PHASE WARMUP NOFW_ROUNDS RR_RATE RR_CONNS QUIET_IDLE QUIET_WAIT PERF; do
 	[[ ${!n} =~ ^[0-9]+$ ]] || { echo "flood: $n=${!n}: want a whole number" >&2; exit 2; }
 done
 for f in $FLOODS; do
@@ -65,6 +68,10 @@ done
 [[ $(id -u) == 0 ]] || { echo "flood: needs root (network namespaces, XDP, raw sockets)" >&2; exit 1; }
 command -v ip >/dev/null || { echo "flood: needs iproute2's ip" >&2; exit 1; }
 command -v curl >/dev/null || { echo "flood: needs curl (admin metrics)" >&2; exit 1; }
+if [[ $PERF == 1 ]] && ! perf record -q -e cpu-clock:u -c 250000 -o /dev/null -- true >/dev/null 2>&1; then
+	echo "flood: perf cannot sample cpu-clock here; using /proc/PID/stat only" >&2
+	PERF=0
+fi
 if [[ $FLOOD_TOOL == hping3 ]] && ! command -v hping3 >/dev/null; then
 	echo "flood: FLOOD_TOOL=hping3 needs hping3 (apt-get install -y hping3)" >&2; exit 1
 fi
@@ -100,12 +107,14 @@ ADMIN=$SRV_IP:9000
 
 pids=()  # long-running processes started here
 FLOOD=   # the flood in progress, if any
+PERFREC= # the perf record in progress, if any
 NS_MADE=()
 cleanup() {
 	local rc=$?
 	set +e
 	trap - EXIT INT TERM HUP
 	[[ -n $FLOOD ]] && kill -TERM "$FLOOD" 2>/dev/null
+	[[ -n $PERFREC ]] && kill -INT "$PERFREC" 2>/dev/null
 	((${#pids[@]})) && stop "${pids[@]}"
 	wait 2>/dev/null
 	# Deleting a namespace destroys the veth end in it, and the pair.
@@ -230,6 +239,31 @@ cpustat() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print $
 
 now() { date +%s.%N; }
 
+# perf_start FILE: sample sluice's threads in user and in kernel mode, one
+# sample per 250 µs of CPU time; bounded by timeout. Sets PERFREC.
+perf_start() {
+	PERFREC=
+	((PERF)) || return 0
+	timeout -s INT $((WARMUP + PHASE + 40)) perf record -q -e cpu-clock:u -e cpu-clock:k -c 250000 \
+		-p "$SLUICE" -o "$1" >/dev/null 2>>"$LOGS/perf.log" &
+	PERFREC=$!
+	sleep 0.2 # perf attaches
+}
+
+# perf_stop FILE: stop the sampling; prints sluice's user and kernel CPU
+# in ms (-1 -1 without perf).
+perf_stop() {
+	if [[ -z $PERFREC ]]; then echo -1 -1; return; fi
+	local g
+	g=$(cat "/proc/$PERFREC/task/$PERFREC/children" 2>/dev/null | awk '{ print $1 }')
+	[[ -n $g ]] && kill -INT "$g" 2>/dev/null
+	wait "$PERFREC" 2>/dev/null || true
+	PERFREC=
+	perf script -i "$1" -F event 2>>"$LOGS/perf.log" |
+		awk '/cpu-clock:u/ { u++ } /cpu-clock:k/ { k++ } END { printf "%.2f %.2f\n", u * 0.25, k * 0.25 }'
+	rm -f "$1"
+}
+
 # quiet: wait (up to QUIET_WAIT s) until the machine's idle share over one
 # second is at least QUIET_IDLE %: other people's builds on this shared
 # machine starve the load generator, which shows as send lag. Prints the
@@ -279,7 +313,7 @@ stop_flood() {
 	FLOOD=
 }
 
-printf 'round\tfw\tflood\twall_s\tsl_utime\tsl_stime\tdenied\tpassed\ttcp_insegs\tsyncookies\tlisten_drops\tcpu_user\tcpu_sys\tcpu_softirq\tcpu_idle\tcpu_total\tveth_drops\tidle_before\tflood_sent\tflood_s\tflood_cpu\trr\n' >"$PHASES"
+printf 'round\tfw\tflood\twall_s\tsl_utime\tsl_stime\tdenied\tpassed\ttcp_insegs\tsyncookies\tlisten_drops\tcpu_user\tcpu_sys\tcpu_softirq\tcpu_idle\tcpu_total\tveth_drops\tidle_before\tperf_user_ms\tperf_sys_ms\tflood_sent\tflood_s\tflood_cpu\trr\n' >"$PHASES"
 
 # phase ROUND on|off none|PPS: one measurement of the allowed client,
 # without a flood or under one at PPS SYNs/s (0: flat out).
@@ -293,7 +327,8 @@ phase() {
 		sleep 1
 		kill -0 "$FLOOD" 2>/dev/null || { echo "flood: the flood generator died; see $fo and $LOGS/flood.log" >&2; exit 1; }
 	fi
-	local t0 u0 s0 d0 p0 i0 c0 l0 cu0 cs0 cq0 ci0 ct0 v0
+	local t0 u0 s0 d0 p0 i0 c0 l0 cu0 cs0 cq0 ci0 ct0 v0 pu ps
+	perf_start "$RAW/$tag.perf.data"
 	t0=$(now); read -r u0 s0 < <(procstat "$SLUICE"); v0=$(vethdrops)
 	d0=$(verdict denied); p0=$(verdict passed)
 	read -r i0 c0 l0 < <(tcpstats); read -r cu0 cs0 cq0 ci0 ct0 < <(cpustat)
@@ -302,6 +337,8 @@ phase() {
 		--proxy-pid "$SLUICE" --json >"$rr" 2>>"$LOGS/rr.log" || log "rr $tag failed (status $?)"
 	local t1 u1 s1 d1 p1 i1 c1 l1 cu1 cs1 cq1 ci1 ct1 v1
 	t1=$(now); read -r u1 s1 < <(procstat "$SLUICE"); v1=$(vethdrops)
+	perf_stop "$RAW/$tag.perf.data" >"$RAW/$tag.perf.txt" # not in a subshell: it waits for perf
+	read -r pu ps <"$RAW/$tag.perf.txt"
 	d1=$(verdict denied); p1=$(verdict passed)
 	read -r i1 c1 l1 < <(tcpstats); read -r cu1 cs1 cq1 ci1 ct1 < <(cpustat)
 	if [[ $fl != none ]]; then
@@ -319,13 +356,13 @@ phase() {
 	fi
 	local wall
 	wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
 		"$r" "$fw" "$fl" "$wall" $((u1 - u0)) $((s1 - s0)) $((d1 - d0)) $((p1 - p0)) \
-		$((i1 - i0)) $((c1 - c0)) $((l1 - l0)) $((cu1 - cu0)) $((cs1 - cs0)) $((cq1 - cq0)) $((ci1 - ci0)) $((ct1 - ct0)) $((v1 - v0)) "$idle" \
+		$((i1 - i0)) $((c1 - c0)) $((l1 - l0)) $((cu1 - cu0)) $((cs1 - cs0)) $((cq1 - cq0)) $((ci1 - ci0)) $((ct1 - ct0)) $((v1 - v0)) "$idle" "$pu" "$ps" \
 		"$flood_sent" "$flood_s" "$flood_cpu" "raw/$tag.rr.json" >>"$PHASES"
-	log "$(printf '%-22s idle before %3s%%  p99 %8s us  send lag p99 %8s us  sluice utime %3s ticks  XDP drops %8s  SYNs sent %8s' "$tag" "$idle" \
+	log "$(printf '%-22s idle before %3s%%  p99 %8s us  send lag p99 %8s us  sluice user %7s ms (%3s ticks)  XDP drops %8s  SYNs sent %8s' "$tag" "$idle" \
 		"$(sed -n 's/.*"latency_us":{[^}]*"p99":\([0-9.]*\).*/\1/p' "$rr")" \
-		"$(sed -n 's/.*"send_lag_us":{[^}]*"p99":\([0-9.]*\).*/\1/p' "$rr")" $((u1 - u0)) $((d1 - d0)) "$flood_sent")"
+		"$(sed -n 's/.*"send_lag_us":{[^}]*"p99":\([0-9.]*\).*/\1/p' "$rr")" "$pu" $((u1 - u0)) $((d1 - d0)) "$flood_sent")"
 }
 
 meta date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -36,7 +36,7 @@ func TestReport(t *testing.T) {
 		}
 	}
 	write("meta.tsv", "date\t2026-11-22T01:00:00Z\nkernel\t6.18\nxdp\tnative\n")
-	head := "round\tfw\tflood\twall_s\tsl_utime\tsl_stime\tdenied\tpassed\ttcp_insegs\tsyncookies\tlisten_drops\tcpu_user\tcpu_sys\tcpu_softirq\tcpu_idle\tcpu_total\tveth_drops\tidle_before\tflood_sent\tflood_s\tflood_cpu\trr\n"
+	head := "round\tfw\tflood\twall_s\tsl_utime\tsl_stime\tdenied\tpassed\ttcp_insegs\tsyncookies\tlisten_drops\tcpu_user\tcpu_sys\tcpu_softirq\tcpu_idle\tcpu_total\tveth_drops\tidle_before\tperf_user_ms\tperf_sys_ms\tflood_sent\tflood_s\tflood_cpu\trr\n"
 	rows := ""
 	for _, r := range []struct{ round, fw, flood, denied, sent, p99, utime string }{
 		{"1", "on", "none", "0", "0", "100", "10"},
@@ -55,7 +55,7 @@ func TestReport(t *testing.T) {
 		}
 		write(rr, `{"ops_per_s":2000,"errors":0,"send_lag_us":{"p99":`+lag+`},"latency_us":{"p50":50,"p99":`+r.p99+`,"p99_9":900}}`)
 		rows += strings.Join([]string{r.round, r.fw, r.flood, "10", r.utime, "100", r.denied, "5", "20000", "0", "0",
-			"1", "1", "1", "1", "4", "0", "90", r.sent, "10", "500", rr}, "\t") + "\n"
+			"1", "1", "1", "1", "4", "0", "90", "-1", "-1", r.sent, "10", "500", rr}, "\t") + "\n"
 	}
 	write("phases.tsv", head+rows)
 	out := filepath.Join(dir, "FLOOD.md")
@@ -67,6 +67,9 @@ func TestReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	md := string(b)
+	if strings.Contains(md, "(perf)") {
+		t.Errorf("perf rows in a report of a run without perf:\n%s", md)
+	}
 	for _, want := range []string{
 		"## flood\n",
 		"| firewall, no flood (3) | firewall, flood 100k/s (3) | no firewall, no flood (1) | no firewall, flood 100k/s (1) |",

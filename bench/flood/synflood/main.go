@@ -112,6 +112,7 @@ func (c config) check() error {
 type summary struct {
 	Sent     uint64  `json:"sent"`
 	Errors   uint64  `json:"errors"` // sends refused, mostly ENOBUFS
+	Skipped  uint64  `json:"skipped"` // paced runs: packets not sent because the generator fell more than 10 ms behind
 	ElapsedS float64 `json:"elapsed_s"`
 	PPS      float64 `json:"pps"`
 	Sources  int     `json:"sources"`
@@ -133,13 +134,15 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if c.json {
 		return json.NewEncoder(stdout).Encode(s)
 	}
-	_, err = fmt.Fprintf(stdout, "synflood: %d SYNs from %s (%d sources) to %s in %.2f s: %.0f/s, %d send errors\n",
-		s.Sent, s.Src, s.Sources, s.Dst, s.ElapsedS, s.PPS, s.Errors)
+	_, err = fmt.Fprintf(stdout, "synflood: %d SYNs from %s (%d sources) to %s in %.2f s: %.0f/s, %d send errors, %d skipped after stalls\n",
+		s.Sent, s.Src, s.Sources, s.Dst, s.ElapsedS, s.PPS, s.Errors, s.Skipped)
 	return err
 }
 
 // flood sends SYNs with send until the duration, the count or ctx ends.
-// Paced runs send what is due every millisecond.
+// Paced runs send what is due every millisecond; after a stall (a busy
+// machine) they catch up at most 10 ms worth at once and skip the rest, so
+// that the rate stays a rate instead of turning into bursts.
 func flood(ctx context.Context, c config, send func([]byte, *unix.SockaddrInet4) error) summary {
 	srcs := addrs(c.src)
 	to := &unix.SockaddrInet4{Addr: c.dst.Addr().As4()}
@@ -157,7 +160,7 @@ func flood(ctx context.Context, c config, send func([]byte, *unix.SockaddrInet4)
 		defer tick.Stop()
 	}
 	var i uint64
-	for s.Sent < limit {
+	for s.Sent+s.Skipped < limit {
 		now := time.Now()
 		if !now.Before(end) || ctx.Err() != nil {
 			break
@@ -165,9 +168,13 @@ func flood(ctx context.Context, c config, send func([]byte, *unix.SockaddrInet4)
 		batch := uint64(1024) // flat out: look at the clock every batch
 		if c.pps > 0 {
 			due := min(limit, uint64(now.Sub(start).Seconds()*float64(c.pps))+1)
-			batch = due - min(due, s.Sent+s.Errors)
+			batch = due - min(due, s.Sent+s.Errors+s.Skipped)
+			if most := uint64(c.pps)/100 + 1; batch > most {
+				s.Skipped += batch - most
+				batch = most
+			}
 		}
-		for ; batch > 0 && s.Sent < limit; batch-- {
+		for ; batch > 0 && s.Sent+s.Skipped < limit; batch-- {
 			buildSYN(&pkt, srcs[i%uint64(len(srcs))], c.dst, uint16(1024+rand.N(64512)), rand.Uint32())
 			i++
 			if err := send(pkt[:], to); err != nil {

@@ -102,4 +102,17 @@ func TestFloodCyclesSourcesAndBounds(t *testing.T) {
 	if s.Sent < 500 || s.Sent > 700 || s.ElapsedS > 0.5 {
 		t.Fatalf("paced at 2000/s for 300 ms: sent %d in %.3f s", s.Sent, s.ElapsedS)
 	}
+
+	// A stall: the lost time is skipped, not sent in one burst.
+	stalled := false
+	s = flood(context.Background(), c, func([]byte, *unix.SockaddrInet4) error {
+		if !stalled {
+			stalled = true
+			time.Sleep(100 * time.Millisecond)
+		}
+		return nil
+	})
+	if s.Skipped < 100 || s.Sent+s.Skipped < 500 || s.Sent+s.Skipped > 700 {
+		t.Fatalf("paced at 2000/s for 300 ms with a 100 ms stall: sent %d, skipped %d", s.Sent, s.Skipped)
+	}
 }
