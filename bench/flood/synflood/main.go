@@ -111,7 +111,7 @@ func (c config) check() error {
 // summary is what a run did; its JSON names are read by bench/flood.sh.
 type summary struct {
 	Sent     uint64  `json:"sent"`
-	Errors   uint64  `json:"errors"` // sends refused, mostly ENOBUFS
+	Errors   uint64  `json:"errors"`  // sends refused, mostly ENOBUFS
 	Skipped  uint64  `json:"skipped"` // paced runs: packets not sent because the generator fell more than 10 ms behind
 	ElapsedS float64 `json:"elapsed_s"`
 	PPS      float64 `json:"pps"`
