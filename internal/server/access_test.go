@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"io"
 	"net"
 	"testing"
@@ -11,7 +10,6 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/sluice-lb/sluice/internal/config"
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
@@ -21,21 +19,10 @@ func TestAccessLog(t *testing.T) {
 	for _, sample := range []string{"1", "0"} {
 		t.Run("sample="+sample, func(t *testing.T) {
 			echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-			cfg, err := config.Parse([]string{"--listen", "127.0.0.1:0", "--backend", echo.Addr().String(),
-				"--access-log", "--access-log-sample", sample, "--health-interval", "1h"}, io.Discard)
-			if err != nil {
-				t.Fatal(err)
-			}
+			cfg := parse(t, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String(),
+				"--access-log", "--access-log-sample", sample, "--health-interval", "1h")
 			core, logs := observer.New(zapcore.InfoLevel)
-			s, err := New(cfg, zap.New(core), Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- s.Run(ctx) }()
-			defer func() { cancel(); <-done }()
-			<-s.Ready()
+			s := startCfg(t, cfg, zap.New(core))
 			c, err := net.Dial("tcp", s.Addr().String())
 			if err != nil {
 				t.Fatal(err)

@@ -13,7 +13,6 @@ import (
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
 
-	"github.com/sluice-lb/sluice/internal/config"
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
@@ -84,19 +83,9 @@ func TestDNSDiscovery(t *testing.T) {
 	t.Cleanup(func() { b.Close() })
 	z := startZone(t)
 	z.set("db.test", netip.MustParseAddr("127.0.0.1"))
-	cfg, err := config.Parse([]string{"--listen", "127.0.0.1:0", "--backend-dns", fmt.Sprintf("db.test:%d", port), "--dns-interval", "1s"}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := parse(t, []string{"--listen", "127.0.0.1:0", "--backend-dns", fmt.Sprintf("db.test:%d", port), "--dns-interval", "1s"}...)
 	cfg.Services[0].DNS.Resolver = z.resolver()
-	s, err := New(cfg, zap.NewNop(), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	s := startCfg(t, cfg, zap.NewNop())
 	want := func(addrs ...string) func() bool {
 		return func() bool { return fmt.Sprint(s.Service("default").Members()) == fmt.Sprint(addrs) }
 	}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,7 +25,6 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
-	"github.com/sluice-lb/sluice/internal/config"
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
@@ -483,20 +481,9 @@ func parseMetrics(body string) map[string]float64 {
 // and the log says so once, not per connection.
 func TestAllBackendsDown(t *testing.T) {
 	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	cfg, err := config.Parse(append([]string{"--listen", "127.0.0.1:0", "--backend", a.Addr().String()}, fastHealth...), io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := parse(t, append([]string{"--listen", "127.0.0.1:0", "--backend", a.Addr().String()}, fastHealth...)...)
 	core, logs := observer.New(zapcore.InfoLevel)
-	s, err := New(cfg, zap.New(core), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-s.Ready()
+	s := startCfg(t, cfg, zap.New(core))
 	a.Close()
 	waitFor(t, "all down", func() bool { return !s.Service("default").Up() })
 	for i := 0; i < 10; i++ {
@@ -570,19 +557,8 @@ func TestConfigFileServices(t *testing.T) {
 		"backend "+b.Addr().String()+",weight=2",
 		"health-check tcp",
 	)
-	cfg, err := config.Parse([]string{"--config", path}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(cfg, zap.NewNop(), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-s.Ready()
+	cfg := parse(t, []string{"--config", path}...)
+	s := startCfg(t, cfg, zap.NewNop())
 	for name, backend := range map[string]*testsrv.Server{"one": a, "two": b} {
 		c, err := net.Dial("tcp", s.ServiceAddr(name).String())
 		if err != nil {

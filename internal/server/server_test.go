@@ -37,11 +37,25 @@ func start(tb testing.TB, args ...string) *running {
 	tb.Helper()
 	// A drain that needs its timeout is a bug in every test but the one
 	// that tests the timeout; 10s makes it visible in stop below.
-	cfg, err := config.Parse(append([]string{"--listen", "127.0.0.1:0", "--drain-timeout", "10s"}, args...), io.Discard)
+	cfg := parse(tb, append([]string{"--listen", "127.0.0.1:0", "--drain-timeout", "10s"}, args...)...)
+	return startCfg(tb, cfg, zaptest.NewLogger(tb, zaptest.Level(zap.WarnLevel)))
+}
+
+// parse parses a command line for a test.
+func parse(tb testing.TB, args ...string) config.Config {
+	tb.Helper()
+	cfg, err := config.Parse(args, io.Discard)
 	if err != nil {
 		tb.Fatalf("parse %v: %v", args, err)
 	}
-	s, err := New(cfg, zaptest.NewLogger(tb, zaptest.Level(zap.WarnLevel)), Options{})
+	return cfg
+}
+
+// startCfg starts a balancer from cfg, logging to log, and stops it at the
+// end of the test.
+func startCfg(tb testing.TB, cfg config.Config, log *zap.Logger) *running {
+	tb.Helper()
+	s, err := New(cfg, log, Options{})
 	if err != nil {
 		tb.Fatalf("new server: %v", err)
 	}

@@ -42,13 +42,20 @@ func TestUDPService(t *testing.T) {
 			}
 		}
 	}
-	_, body := httpGet(t, "http://"+r.AdminAddr()+"/metrics")
-	m := parseMetrics(body)
+	// A reply is counted just after it is sent, so the client can see it
+	// first: wait for the count rather than read it once.
+	var m map[string]float64
 	var up, down float64
-	for _, s := range []*testsrv.Server{a, b} {
-		up += m[fmt.Sprintf(`sluice_udp_datagrams_total{backend="%s",direction="up",service="default"}`, s.Addr())]
-		down += m[fmt.Sprintf(`sluice_udp_datagrams_total{backend="%s",direction="down",service="default"}`, s.Addr())]
-	}
+	waitFor(t, "datagram counts", func() bool {
+		_, body := httpGet(t, "http://"+r.AdminAddr()+"/metrics")
+		m = parseMetrics(body)
+		up, down = 0, 0
+		for _, s := range []*testsrv.Server{a, b} {
+			up += m[fmt.Sprintf(`sluice_udp_datagrams_total{backend="%s",direction="up",service="default"}`, s.Addr())]
+			down += m[fmt.Sprintf(`sluice_udp_datagrams_total{backend="%s",direction="down",service="default"}`, s.Addr())]
+		}
+		return up >= clients*each && down >= clients*each
+	})
 	if up != clients*each || down != clients*each {
 		t.Fatalf("metrics count %v up and %v down, sent %d", up, down, clients*each)
 	}
