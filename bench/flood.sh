@@ -28,14 +28,14 @@
 # the defaults.
 #
 # Settings (environment):
-#   ROUNDS=3 PHASE=6 WARMUP=1     rounds with the firewall; measured and warmup seconds per phase
+#   ROUNDS=4 PHASE=5 WARMUP=1     rounds with the firewall; measured and warmup seconds per phase
 #   NOFW_ROUNDS=1                 rounds without the firewall
 #   RR_RATE=2000 RR_CONNS=50      the allowed client: open-loop requests/s over keep-alive connections
 #   FLOOD_TOOL=synflood           synflood (bench/flood/synflood: cycles through the denied /25)
 #                                 or hping3 (one source, 198.18.0.200, -a; apt-get install hping3)
 #   FLOODS="100000 0"             flood rates, SYNs/s, one phase each per round; 0 = as fast as
 #                                 the generator goes (it then takes a core of its own)
-#   QUIET_IDLE=60 QUIET_WAIT=8    before each phase, wait up to QUIET_WAIT s for a second with at
+#   QUIET_IDLE=60 QUIET_WAIT=5    before each phase, wait up to QUIET_WAIT s for a second with at
 #                                 least QUIET_IDLE % of the machine idle (it is shared)
 #   PERF=1                        sample sluice with perf (cpu-clock:u and :k every 250 µs of CPU) for an
 #                                 exact user/system split; /proc/PID/stat splits by the 250 Hz tick
@@ -43,8 +43,8 @@
 set -Eeuo pipefail
 
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-3}
-PHASE=${PHASE:-6}
+ROUNDS=${ROUNDS:-4}
+PHASE=${PHASE:-5}
 WARMUP=${WARMUP:-1}
 NOFW_ROUNDS=${NOFW_ROUNDS:-1}
 RR_RATE=${RR_RATE:-2000}
@@ -54,7 +54,7 @@ FLOODS=${FLOODS:-100000 0}
 OUT_MD=${OUT_MD:-bench/FLOOD.md}
 PERF=${PERF:-1}
 QUIET_IDLE=${QUIET_IDLE:-60}
-QUIET_WAIT=${QUIET_WAIT:-8}
+QUIET_WAIT=${QUIET_WAIT:-5}
 
 for n in ROUNDS PHASE WARMUP NOFW_ROUNDS RR_RATE RR_CONNS QUIET_IDLE QUIET_WAIT PERF; do
 	[[ ${!n} =~ ^[0-9]+$ ]] || { echo "flood: $n=${!n}: want a whole number" >&2; exit 2; }
@@ -313,7 +313,7 @@ stop_flood() {
 	FLOOD=
 }
 
-printf 'round\tfw\tflood\twall_s\tsl_utime\tsl_stime\tdenied\tpassed\ttcp_insegs\tsyncookies\tlisten_drops\tcpu_user\tcpu_sys\tcpu_softirq\tcpu_idle\tcpu_total\tveth_drops\tidle_before\tperf_user_ms\tperf_sys_ms\tflood_sent\tflood_s\tflood_cpu\trr\n' >"$PHASES"
+printf 'round\tfw\tflood\twall_s\tsl_utime\tsl_stime\tdenied\tdenied_s\tpassed\ttcp_insegs\tsyncookies\tlisten_drops\tcpu_user\tcpu_sys\tcpu_softirq\tcpu_idle\tcpu_total\tveth_drops\tidle_before\tperf_user_ms\tperf_sys_ms\tflood_sent\tflood_s\tflood_cpu\trr\n' >"$PHASES"
 
 # phase ROUND on|off none|PPS: one measurement of the allowed client,
 # without a flood or under one at PPS SYNs/s (0: flat out).
@@ -324,23 +324,24 @@ phase() {
 	idle=$(quiet)
 	if [[ $fl != none ]]; then
 		start_flood "$fl" "$fo"
-		sleep 1
+		sleep 0.5 # the flood reaches its rate
 		kill -0 "$FLOOD" 2>/dev/null || { echo "flood: the flood generator died; see $fo and $LOGS/flood.log" >&2; exit 1; }
 	fi
-	local t0 u0 s0 d0 p0 i0 c0 l0 cu0 cs0 cq0 ci0 ct0 v0 pu ps
+	local t0 u0 s0 d0 e0 p0 i0 c0 l0 cu0 cs0 cq0 ci0 ct0 v0 pu ps
 	perf_start "$RAW/$tag.perf.data"
+	# Both snapshots take the same steps in the same order.
 	t0=$(now); read -r u0 s0 < <(procstat "$SLUICE"); v0=$(vethdrops)
-	d0=$(verdict denied); p0=$(verdict passed)
+	d0=$(verdict denied); e0=$(now); p0=$(verdict passed)
 	read -r i0 c0 l0 < <(tcpstats); read -r cu0 cs0 cq0 ci0 ct0 < <(cpustat)
 	timeout $((WARMUP + PHASE + 30)) ip netns exec "$CLI" "$BIN/sluice-bench" rr --target $LISTEN \
 		--rate "$RR_RATE" --conns "$RR_CONNS" --warmup "${WARMUP}s" --duration "${PHASE}s" --timeout 5s \
 		--proxy-pid "$SLUICE" --json >"$rr" 2>>"$LOGS/rr.log" || log "rr $tag failed (status $?)"
-	local t1 u1 s1 d1 p1 i1 c1 l1 cu1 cs1 cq1 ci1 ct1 v1
+	local t1 u1 s1 d1 e1 p1 i1 c1 l1 cu1 cs1 cq1 ci1 ct1 v1
 	t1=$(now); read -r u1 s1 < <(procstat "$SLUICE"); v1=$(vethdrops)
+	d1=$(verdict denied); e1=$(now); p1=$(verdict passed)
+	read -r i1 c1 l1 < <(tcpstats); read -r cu1 cs1 cq1 ci1 ct1 < <(cpustat)
 	perf_stop "$RAW/$tag.perf.data" >"$RAW/$tag.perf.txt" # not in a subshell: it waits for perf
 	read -r pu ps <"$RAW/$tag.perf.txt"
-	d1=$(verdict denied); p1=$(verdict passed)
-	read -r i1 c1 l1 < <(tcpstats); read -r cu1 cs1 cq1 ci1 ct1 < <(cpustat)
 	if [[ $fl != none ]]; then
 		g=$(flood_pid)
 		[[ -n $g ]] && flood_cpu=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$g/stat" 2>/dev/null || echo 0)
@@ -354,10 +355,11 @@ phase() {
 		fi
 		flood_sent=${flood_sent:-0} flood_s=${flood_s:-0}
 	fi
-	local wall
+	local wall denied_s
 	wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-		"$r" "$fw" "$fl" "$wall" $((u1 - u0)) $((s1 - s0)) $((d1 - d0)) $((p1 - p0)) \
+	denied_s=$(awk -v a="$e0" -v b="$e1" 'BEGIN { printf "%.3f", b - a }')
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+		"$r" "$fw" "$fl" "$wall" $((u1 - u0)) $((s1 - s0)) $((d1 - d0)) "$denied_s" $((p1 - p0)) \
 		$((i1 - i0)) $((c1 - c0)) $((l1 - l0)) $((cu1 - cu0)) $((cs1 - cs0)) $((cq1 - cq0)) $((ci1 - ci0)) $((ct1 - ct0)) $((v1 - v0)) "$idle" "$pu" "$ps" \
 		"$flood_sent" "$flood_s" "$flood_cpu" "raw/$tag.rr.json" >>"$PHASES"
 	log "$(printf '%-22s idle before %3s%%  p99 %8s us  send lag p99 %8s us  sluice user %7s ms (%3s ticks)  XDP drops %8s  SYNs sent %8s' "$tag" "$idle" \
