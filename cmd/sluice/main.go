@@ -23,6 +23,9 @@ import (
 const exitUsage = 2
 
 func main() {
+	// A reload or upgrade signal that arrives before the server handles
+	// them must not kill the process (their default action).
+	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

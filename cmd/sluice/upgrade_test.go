@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -294,6 +295,52 @@ func TestUpgradeWithFirewall(t *testing.T) {
 	}
 	if !denied() {
 		t.Fatal("denied source connected after the upgrade: the firewall was not carried over")
+	}
+	syscall.Kill(child, syscall.SIGTERM)
+	waitExit(t, child)
+}
+
+// TestUpgradeNotifiesSystemd: under a service manager (NOTIFY_SOCKET), the
+// old process hands the main-pid role to its successor with MAINPID= and
+// waits on a BARRIER before it exits, as systemd needs to keep the service.
+func TestUpgradeNotifiesSystemd(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	nc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	p := startCopy(t, "--listen", freeAddr(t), "--backend", echo.Addr().String())
+	p.waitLog(t, "sluice started")
+	p.cmd.Signal(syscall.SIGUSR2)
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	buf, oob := make([]byte, 256), make([]byte, 256)
+	n, _, _, _, err := nc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mainpid := string(buf[:n])
+	n, oobn, _, _, err := nc.ReadMsgUnix(buf, oob)
+	if err != nil || string(buf[:n]) != "BARRIER=1" {
+		t.Fatalf("second message %q, %v; want BARRIER=1", buf[:n], err)
+	}
+	msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+	if len(msgs) != 1 {
+		t.Fatal("BARRIER=1 without a descriptor")
+	}
+	fds, _ := unix.ParseUnixRights(&msgs[0])
+	for _, fd := range fds {
+		unix.Close(fd) // releases the barrier, as systemd does
+	}
+	served := p.waitLog(t, "new process serves")
+	child := int(served["pid"].(float64))
+	if want := "MAINPID=" + strconv.Itoa(child); mainpid != want {
+		t.Fatalf("first message %q, want %q", mainpid, want)
+	}
+	if st, err := p.cmd.Wait(); err != nil || !st.Success() {
+		t.Fatalf("old process: %v %v", st, err)
 	}
 	syscall.Kill(child, syscall.SIGTERM)
 	waitExit(t, child)

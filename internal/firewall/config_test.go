@@ -146,7 +146,7 @@ func TestExplain(t *testing.T) {
 	eperm := fmt.Errorf("map create: %w", unix.EPERM)
 	unsupported := fmt.Errorf("link: %w", ebpf.ErrNotSupported)
 	einval := fmt.Errorf("load program: %w", unix.EINVAL)
-	all := privileges{bpf: true, netAdmin: true}
+	all := privileges{bpf: true, netAdmin: true, perfmon: true}
 	tests := []struct {
 		name    string
 		err     error
@@ -156,9 +156,10 @@ func TestExplain(t *testing.T) {
 		is      error
 		says    string
 	}{
-		{"no caps", eperm, false, privileges{}, "6.1.0", ErrPermission, "lacks CAP_BPF and CAP_NET_ADMIN"},
-		{"no bpf", eperm, false, privileges{netAdmin: true}, "6.1.0", ErrPermission, "lacks CAP_BPF:"},
-		{"no net admin", eperm, false, privileges{bpf: true}, "6.1.0", ErrPermission, "lacks CAP_NET_ADMIN:"},
+		{"no caps", eperm, false, privileges{}, "6.1.0", ErrPermission, "lacks CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"},
+		{"no bpf", eperm, false, privileges{netAdmin: true, perfmon: true}, "6.1.0", ErrPermission, "lacks CAP_BPF:"},
+		{"no net admin", eperm, false, privileges{bpf: true, perfmon: true}, "6.1.0", ErrPermission, "lacks CAP_NET_ADMIN:"},
+		{"no perfmon", fmt.Errorf("load program: %w", unix.EACCES), false, privileges{bpf: true, netAdmin: true}, "6.18.0", ErrPermission, "lacks CAP_PERFMON:"},
 		{"attach no net admin", eperm, true, privileges{}, "6.1.0", ErrPermission, "lacks CAP_NET_ADMIN:"},
 		{"all caps still refused", eperm, false, all, "6.1.0", ErrPermission, "lockdown"},
 		{"not supported", unsupported, true, all, "5.4.0-150-generic", ErrUnsupported, "kernel 5.4.0-150-generic, need 5.12 or later"},

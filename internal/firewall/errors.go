@@ -30,6 +30,10 @@ const minKernel = "5.12"
 type privileges struct {
 	bpf      bool // CAP_BPF or CAP_SYS_ADMIN: create maps, load programs
 	netAdmin bool // CAP_NET_ADMIN or CAP_SYS_ADMIN: load and attach XDP
+	// perfmon is CAP_PERFMON or CAP_SYS_ADMIN: without it the verifier
+	// refuses the packet-pointer arithmetic of the parsers ("pointer
+	// arithmetic with it prohibited for !root"), as measured on 6.18.
+	perfmon bool
 }
 
 // currentPrivileges reads the effective capabilities of the calling thread
@@ -39,13 +43,14 @@ func currentPrivileges() privileges {
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
 	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return privileges{bpf: true, netAdmin: true}
+		return privileges{bpf: true, netAdmin: true, perfmon: true}
 	}
 	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
 	sys := has(unix.CAP_SYS_ADMIN)
 	return privileges{
 		bpf:      sys || has(unix.CAP_BPF),
 		netAdmin: sys || has(unix.CAP_NET_ADMIN),
+		perfmon:  sys || has(unix.CAP_PERFMON),
 	}
 }
 
@@ -58,7 +63,13 @@ func (p privileges) missing(attach bool) string {
 	if !p.netAdmin {
 		m = append(m, "CAP_NET_ADMIN")
 	}
-	return strings.Join(m, " and ")
+	if !p.perfmon && !attach {
+		m = append(m, "CAP_PERFMON")
+	}
+	if len(m) > 1 {
+		return strings.Join(m[:len(m)-1], ", ") + " and " + m[len(m)-1]
+	}
+	return strings.Join(m, "")
 }
 
 // kernelRelease returns uname -r.
@@ -102,7 +113,7 @@ func explain(what string, err error, attach bool, p privileges, release string) 
 		if m := p.missing(attach); m != "" {
 			return fmt.Errorf("%s: %w: the process lacks %s: %w", what, ErrPermission, m, err)
 		}
-		return fmt.Errorf("%s: %w although the process has CAP_BPF and CAP_NET_ADMIN (kernel lockdown, an LSM or seccomp?): %w", what, ErrPermission, err)
+		return fmt.Errorf("%s: %w although the process has CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (kernel lockdown, an LSM or seccomp?): %w", what, ErrPermission, err)
 	case errors.Is(err, ebpf.ErrNotSupported):
 		return fmt.Errorf("%s: %w: kernel %s, need %s or later: %w", what, ErrUnsupported, release, minKernel, err)
 	case olderThan(release, minKernel):

@@ -373,6 +373,12 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case <-s.upgraded:
 		s.log.Info("upgrade done: the new process serves; draining this one")
+		// The admin socket is shared with the successor: stop answering
+		// on it at once, or probes would meet this draining process.
+		if s.admin != nil {
+			s.admin.Close()
+			s.admin = nil
+		}
 	case runErr = <-errc:
 		s.log.Error("event loop failed", zap.Error(runErr))
 	}

@@ -162,6 +162,11 @@ func (s *Server) Upgrade() error {
 		return fail(fmt.Errorf("new process (pid %d) did not become ready: %w", cmd.Process.Pid, err))
 	}
 	s.log.Info("new process serves", zap.Int("pid", cmd.Process.Pid), zap.Int("sockets", len(socks)))
+	// Under systemd, the successor becomes the service's main process
+	// before this one exits, or systemd would stop the service with it.
+	if err := notifyMainPID(cmd.Process.Pid); err != nil {
+		s.log.Warn("tell systemd the new main pid", zap.Error(err))
+	}
 	// The child is not waited for: it outlives this process, which exits
 	// after its drain.
 	close(s.upgraded)
