@@ -32,9 +32,9 @@ func TestSourceRules(t *testing.T) {
 	}
 	r.Set(pfx("198.18.1.0/24"), pfx("198.18.0.0/16"))
 	for addr, want := range map[string]bool{
-		"198.18.1.9": false, // deny wins
-		"198.18.2.9": true,
-		"198.19.0.1": false, // outside the allow list
+		"198.18.1.9":  false, // deny wins
+		"198.18.2.9":  true,
+		"198.19.0.1":  false, // outside the allow list
 		"2001:db8::1": false,
 	} {
 		if got := r.Admit(netip.MustParseAddr(addr)); got != want {
