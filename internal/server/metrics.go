@@ -61,7 +61,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesUp), name, addr, "up")
 			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesDown), name, addr, "down")
 		}
-		var accepted, closed, noBackend, resets, idle, acceptErrs, pauses, spliced, ppBad, ppUntrusted, ppTimeout, ppDenied uint64
+		var accepted, closed, noBackend, resets, idle, acceptErrs, pauses, spliced, ppBad, ppUntrusted, ppTimeout, ppDenied, localErrs uint64
 		for _, p := range sv.proxies {
 			st := p.Stats()
 			accepted += st.Accepted.Load()
@@ -76,6 +76,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ppUntrusted += st.ProxyUntrusted.Load()
 			ppTimeout += st.ProxyTimeouts.Load()
 			ppDenied += st.ProxyDenied.Load()
+			localErrs += st.LocalErrors.Load()
 		}
 		ch <- prometheus.MustNewConstMetric(descProxyErrs, prometheus.CounterValue, float64(ppDenied), name, "denied")
 		ch <- prometheus.MustNewConstMetric(descProxyErrs, prometheus.CounterValue, float64(ppBad), name, "malformed")
@@ -84,6 +85,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.CounterValue, float64(accepted), name)
 		ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(accepted-closed), name)
 		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(noBackend), name, "no_backend")
+		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(localErrs), name, "local_resources")
 		ch <- prometheus.MustNewConstMetric(descResets, prometheus.CounterValue, float64(resets), name)
 		ch <- prometheus.MustNewConstMetric(descIdle, prometheus.CounterValue, float64(idle), name)
 		ch <- prometheus.MustNewConstMetric(descAcceptErrs, prometheus.CounterValue, float64(acceptErrs), name)

@@ -141,18 +141,22 @@ func (c *conn) dial(bidx int) {
 	sa, family := sockaddrOf(c.be.Addr)
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		c.connectFailed(false)
+		c.localFailure(err)
 		return
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	c.backend = endpoint{c: c, fd: fd}
 	err = unix.Connect(fd, sa)
 	if err != nil && err != unix.EINPROGRESS {
-		c.connectFailed(false)
+		if isLocal(err) {
+			c.localFailure(err)
+		} else {
+			c.connectFailed(false)
+		}
 		return
 	}
 	if err := p.loop.Add(fd, loop.In|loop.Out|loop.RdHup|loop.Edge, &c.backend); err != nil {
-		c.connectFailed(false)
+		c.localFailure(err)
 		return
 	}
 	p.loop.Schedule(&c.timer, p.loop.Now()+int64(p.cfg.ConnectTimeout))
@@ -210,6 +214,31 @@ func (c *conn) connectFailed(timedOut bool) {
 		p.log.Debug("no backend accepted the connection", zap.Stringer("client", c.peer), zap.Uint8("attempts", c.attempts))
 	}
 	c.finish(reasonNoBackend)
+}
+
+// isLocal reports whether a connect error is this host's (out of fds,
+// memory or ephemeral ports), not the backend's.
+func isLocal(err error) bool {
+	switch err {
+	case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.EADDRNOTAVAIL, unix.EAGAIN:
+		return true
+	}
+	return false
+}
+
+// localFailure ends a connection whose backend connect failed for a reason
+// of this host's. It neither counts against the backend (no passive
+// ejection of a healthy backend because this process ran out of fds) nor
+// tries another one, which would fail alike.
+func (c *conn) localFailure(err error) {
+	p := c.p
+	p.stats.LocalErrors.Add(1)
+	if p.debug {
+		p.log.Debug("cannot connect to a backend: local resources", zap.Stringer("client", c.peer), zap.Error(err))
+	}
+	c.closeBackend(false)
+	c.release()
+	c.finish(reasonInternal)
 }
 
 func (c *conn) onTimer() {

@@ -16,6 +16,7 @@ type Stats struct {
 	Resets          atomic.Uint64 // connections ended by a reset from either side
 	IdleTimeouts    atomic.Uint64 // connections closed by the idle timeout
 	AcceptErrors    atomic.Uint64 // accept(2) failures (EMFILE, ENFILE, ENOBUFS, ...)
+	LocalErrors     atomic.Uint64 // backend connects this host could not make (out of fds, memory or ports)
 	AcceptPauses    atomic.Uint64 // times accepting was paused (fd exhaustion or --max-conns)
 	BytesUp         atomic.Uint64 // bytes client → backend
 	BytesDown       atomic.Uint64 // bytes backend → client

@@ -3,8 +3,11 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -344,4 +347,139 @@ func TestUpgradeNotifiesSystemd(t *testing.T) {
 	}
 	syscall.Kill(child, syscall.SIGTERM)
 	waitExit(t, child)
+}
+
+// cpuSeconds returns utime+stime of pid.
+func cpuSeconds(tb testing.TB, pid int) float64 {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return float64(ut+st) / 100
+}
+
+// TestAcceptEMFILEDoesNotSpin: when accept(2) runs out of file descriptors
+// sluice pauses accepting instead of spinning, logs it once, and serves
+// again once descriptors are free.
+func TestAcceptEMFILEDoesNotSpin(t *testing.T) {
+	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	addr := freeAddr(t)
+	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String(), "--health-interval", "1h", "--max-conns", "100")
+	p.waitLog(t, "sluice started")
+	pid := p.cmd.Pid
+	var old unix.Rlimit
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
+		t.Skipf("prlimit: %v", err)
+	}
+	// The limit caps descriptor numbers: set it to the lowest free one, so
+	// the next accept fails.
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	used := map[int]bool{}
+	for _, e := range ents {
+		n, _ := strconv.Atoi(e.Name())
+		used[n] = true
+	}
+	lowest := 0
+	for used[lowest] {
+		lowest++
+	}
+	low := unix.Rlimit{Cur: uint64(lowest), Max: old.Max}
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &low, nil); err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 40; i++ { // the kernel completes the handshakes; sluice cannot accept them all
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			break
+		}
+		conns = append(conns, c)
+	}
+	p.waitLog(t, "accept failing, pausing accepts")
+	before := cpuSeconds(t, pid)
+	time.Sleep(time.Second) // the span over which CPU is measured, not synchronisation
+	if used := cpuSeconds(t, pid) - before; used > 0.3 {
+		t.Fatalf("sluice used %.2f s of CPU in 1 s while out of descriptors: it spins", used)
+	}
+	// Free the descriptors: the waiting connections are served.
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil); err != nil {
+		t.Fatal(err)
+	}
+	last := conns[len(conns)-1]
+	last.SetDeadline(time.Now().Add(10 * time.Second))
+	last.Write([]byte("ping"))
+	if _, err := io.ReadFull(last, make([]byte, 4)); err != nil {
+		t.Fatalf("connection queued during the pause not served after: %v", err)
+	}
+}
+
+// TestLocalFDShortageSparesBackend: when sluice can accept a client but not
+// open the backend socket (out of descriptors), the backend is not blamed:
+// no passive ejection, and the failure is counted as local.
+func TestLocalFDShortageSparesBackend(t *testing.T) {
+	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	addr, admin := freeAddr(t), freeAddr(t)
+	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String(), "--health-interval", "1h",
+		"--passive-fall", "2", "--admin-addr", admin)
+	p.waitLog(t, "sluice started")
+	pid := p.cmd.Pid
+	var old unix.Rlimit
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
+		t.Skipf("prlimit: %v", err)
+	}
+	// Room for exactly one more descriptor: the accepted client's.
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	used := map[int]bool{}
+	for _, e := range ents {
+		n, _ := strconv.Atoi(e.Name())
+		used[n] = true
+	}
+	free := 0
+	for used[free] {
+		free++
+	}
+	free++
+	for used[free] {
+		free++
+	}
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(free), Max: old.Max}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if errors.Is(err, syscall.ECONNRESET) {
+			continue // sluice's reset beat the dialer's own check
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Read(make([]byte, 1)) // closed by sluice
+		c.Close()
+	}
+	unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil)
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`sluice_connections_failed_total{reason="local_resources",service="default"} 4`,
+		fmt.Sprintf(`sluice_backend_up{backend="%s",service="default"} 1`, echo.Addr()),
+		fmt.Sprintf(`sluice_backend_connect_errors_total{backend="%s",service="default"} 0`, echo.Addr()),
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
 }
