@@ -26,7 +26,7 @@ const (
 	reasonProxyHeader                     // bad, missing, late or untrusted PROXY header
 	reasonBackendDown                     // --close-on-down
 	reasonShutdown                        // reset at the end of a drain
-	reasonInternal                        // the loop could not register the socket
+	reasonInternal                        // local resources: no fd, memory or port for the backend, or the loop could not register a socket
 )
 
 var reasonNames = [...]string{"closed", "idle_timeout", "client_reset", "backend_reset", "no_backend", "proxy_header", "backend_down", "shutdown", "internal"}
@@ -66,18 +66,18 @@ type conn struct {
 	hash  uint64             // key hash of peer
 	snap  *balancer.Snapshot // backend set the choice was made from; kept for retries
 
-	timer      loop.Timer     // connect timeout while connecting, then idle timeout
-	lastActive int64          // loop clock of the last byte moved
-	start      int64          // loop clock at accept
-	bytesUp    uint64         // bytes client → backend
-	bytesDown  uint64         // bytes backend → client
-	backendFor netip.AddrPort // the backend of the last connect attempt, for the access log
+	timer       loop.Timer        // connect timeout while connecting, then idle timeout
+	lastActive  int64             // loop clock of the last byte moved
+	start       int64             // loop clock at accept
+	bytesUp     uint64            // bytes client → backend
+	bytesDown   uint64            // bytes backend → client
+	lastBackend *balancer.Backend // the backend of the last connect attempt, for the access log
 }
 
 // endpoint is one socket of a conn with the readiness the loop last
-// reported. The flags are cleared only when a syscall answers EAGAIN, which
-// is what edge-triggered epoll requires: a new edge is reported only after
-// that.
+// reported. The flags are cleared only when a syscall answers EAGAIN, or
+// readable by a short read (see copy), which is what edge-triggered epoll
+// requires: a new edge is reported only after that.
 type endpoint struct {
 	c        *conn
 	fd       int
@@ -133,7 +133,7 @@ func (e *endpoint) HandleEvent(ev uint32) {
 func (c *conn) dial(bidx int) {
 	p := c.p
 	c.be = c.snap.Backends[bidx]
-	c.backendFor = c.be.Addr
+	c.lastBackend = c.be
 	c.be.Active.Add(1)
 	p.lb.Open.Add(1)
 	c.attempts++

@@ -93,8 +93,8 @@ func (p *Proxy) logAccess(c *conn, reason closeReason) {
 		return
 	}
 	backend := ""
-	if c.backendFor.IsValid() {
-		backend = c.backendFor.String()
+	if c.lastBackend != nil {
+		backend = c.lastBackend.Addr.String()
 	}
 	p.access.Info("connection",
 		zap.Stringer("client", c.peer),
