@@ -31,8 +31,10 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -125,12 +127,27 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW) // implies IP_HDRINCL
+	// One thread sends; a flood generator that spreads over every core
+	// would take the CPU from what it is meant to measure.
+	runtime.GOMAXPROCS(1)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_NONBLOCK, unix.IPPROTO_RAW) // implies IP_HDRINCL
 	if err != nil {
 		return fmt.Errorf("open raw socket: %w", os.NewSyscallError("socket", err))
 	}
 	defer unix.Close(fd)
-	s := flood(ctx, c, func(pkt []byte, to *unix.SockaddrInet4) error { return unix.Sendto(fd, pkt, 0, to) })
+	to := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: c.dst.Addr().As4()}
+	s := flood(ctx, c, func(pkt []byte) error {
+		// A raw syscall: the socket does not block (a full buffer is
+		// an error), so the scheduler need not hand the P to another
+		// thread around each send, as unix.Sendto would have it do;
+		// with that, one sender kept two cores busy.
+		_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&pkt[0])), uintptr(len(pkt)),
+			0, uintptr(unsafe.Pointer(&to)), unix.SizeofSockaddrInet4)
+		if e != 0 {
+			return e
+		}
+		return nil
+	})
 	if c.json {
 		return json.NewEncoder(stdout).Encode(s)
 	}
@@ -139,13 +156,13 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	return err
 }
 
-// flood sends SYNs with send until the duration, the count or ctx ends.
+// flood sends SYNs to c.dst with send until the duration, the count or ctx
+// ends.
 // Paced runs send what is due every millisecond; after a stall (a busy
 // machine) they catch up at most 10 ms worth at once and skip the rest, so
 // that the rate stays a rate instead of turning into bursts.
-func flood(ctx context.Context, c config, send func([]byte, *unix.SockaddrInet4) error) summary {
+func flood(ctx context.Context, c config, send func([]byte) error) summary {
 	srcs := addrs(c.src)
-	to := &unix.SockaddrInet4{Addr: c.dst.Addr().As4()}
 	var pkt [40]byte
 	s := summary{Sources: len(srcs), Src: c.src.String(), Dst: c.dst.String()}
 	start := time.Now()
@@ -177,7 +194,7 @@ func flood(ctx context.Context, c config, send func([]byte, *unix.SockaddrInet4)
 		for ; batch > 0 && s.Sent+s.Skipped < limit; batch-- {
 			buildSYN(&pkt, srcs[i%uint64(len(srcs))], c.dst, uint16(1024+rand.N(64512)), rand.Uint32())
 			i++
-			if err := send(pkt[:], to); err != nil {
+			if err := send(pkt[:]); err != nil {
 				s.Errors++
 				continue
 			}

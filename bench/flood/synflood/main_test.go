@@ -80,9 +80,9 @@ func TestFloodCyclesSourcesAndBounds(t *testing.T) {
 		count:    300,
 	}
 	seen := map[netip.Addr]int{}
-	s := flood(context.Background(), c, func(pkt []byte, to *unix.SockaddrInet4) error {
-		if netip.AddrFrom4(to.Addr) != c.dst.Addr() {
-			t.Errorf("sent to %v", to.Addr)
+	s := flood(context.Background(), c, func(pkt []byte) error {
+		if netip.AddrFrom4([4]byte(pkt[16:20])) != c.dst.Addr() {
+			t.Errorf("sent to %v", pkt[16:20])
 		}
 		seen[netip.AddrFrom4([4]byte(pkt[12:16]))]++
 		return nil
@@ -98,14 +98,14 @@ func TestFloodCyclesSourcesAndBounds(t *testing.T) {
 
 	// Paced: about pps × duration.
 	c.count, c.pps, c.duration = 0, 2000, 300*time.Millisecond
-	s = flood(context.Background(), c, func([]byte, *unix.SockaddrInet4) error { return nil })
+	s = flood(context.Background(), c, func([]byte) error { return nil })
 	if s.Sent < 500 || s.Sent > 700 || s.ElapsedS > 0.5 {
 		t.Fatalf("paced at 2000/s for 300 ms: sent %d in %.3f s", s.Sent, s.ElapsedS)
 	}
 
 	// A stall: the lost time is skipped, not sent in one burst.
 	stalled := false
-	s = flood(context.Background(), c, func([]byte, *unix.SockaddrInet4) error {
+	s = flood(context.Background(), c, func([]byte) error {
 		if !stalled {
 			stalled = true
 			time.Sleep(100 * time.Millisecond)
