@@ -25,7 +25,8 @@ import (
 //
 // Part one runs sluice from flags; part two from a config file, with a
 // rate limit, and changes the deny list by rewriting the file and sending
-// SIGHUP.
+// SIGHUP. A denied client's connect must time out: its SYN vanishes in XDP,
+// whereas a refusal would mean the SYN got through.
 const (
 	allowedIP = "198.18.0.2"
 	deniedIP  = "198.18.0.3"
@@ -58,8 +59,6 @@ func TestFirewall(t *testing.T) {
 		return err == nil
 	})
 	admin := adminClient(top.srv)
-	// A client in the denied range that connects to a protected port
-	// must see its SYN vanish: a refusal would mean the SYN got through.
 
 	t.Run("flags", func(t *testing.T) { testFlags(t, bin, top, admin) })
 	if t.Failed() {
