@@ -64,6 +64,7 @@ func run(_ context.Context, args []string, stdout io.Writer) error {
 	}
 	var md strings.Builder
 	run.writeMarkdown(&md, tables, filepath.ToSlash(rel))
+	writeAlso(&md, filepath.Dir(*mdPath))
 	if err := os.WriteFile(*mdPath, []byte(md.String()), 0o644); err != nil {
 		return fmt.Errorf("write markdown: %w", err)
 	}
@@ -74,6 +75,26 @@ func run(_ context.Context, args []string, stdout io.Writer) error {
 	}
 	writeSummary(stdout, tables)
 	return nil
+}
+
+// also are measurements kept beside RESULTS.md by other scripts; the ones
+// present are linked at the end.
+var also = []struct{ file, what string }{
+	{"TARGETS.md", "the performance targets of the issues against the figures of a full run"},
+	{"SPLICE.md", "sluice's CPU per request for each --splice mode by message size (`bench/splice-modes.sh`)"},
+	{"FLOOD.md", "a SYN flood from a denied range against the XDP firewall, with an allowed client's latency (`bench/flood.sh`)"},
+}
+
+func writeAlso(w *strings.Builder, dir string) {
+	var have []string
+	for _, a := range also {
+		if _, err := os.Stat(filepath.Join(dir, a.file)); err == nil {
+			have = append(have, fmt.Sprintf("- [%s](%s): %s\n", a.file, a.file, a.what))
+		}
+	}
+	if len(have) > 0 {
+		w.WriteString("## Also measured\n\n" + strings.Join(have, "") + "\n")
+	}
 }
 
 // peers are the targets that sluice is compared with; direct is not one.

@@ -74,7 +74,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 const modeList = "serve, stream, rr, connect, udp, idle"
 
 const topUsage = `sluice-bench: load generator and test backends for sluice.
-Traffic goes to loopback addresses only (127.0.0.0/8, ::1).
+Traffic goes only to loopback addresses (127.0.0.0/8, ::1) or to the benchmarking
+ranges used inside test network namespaces (198.18.0.0/15, 2001:db8::/32).
 
 Usage:
   sluice-bench serve   [--echo ADDR]... [--sink ADDR]... [--source ADDR]... [--udp-echo ADDR]...

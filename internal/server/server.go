@@ -471,7 +471,7 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 				}
 				continue
 			}
-			s.log.Info("SIGHUP: reloading backend lists")
+			s.log.Info("SIGHUP: reloading backend lists and firewall rules")
 			s.Reload()
 		}
 	}
