@@ -377,17 +377,7 @@ func TestAcceptEMFILEDoesNotSpin(t *testing.T) {
 	}
 	// The limit caps descriptor numbers: set it to the lowest free one, so
 	// the next accept fails.
-	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	used := map[int]bool{}
-	for _, e := range ents {
-		n, _ := strconv.Atoi(e.Name())
-		used[n] = true
-	}
-	lowest := 0
-	for used[lowest] {
-		lowest++
-	}
-	low := unix.Rlimit{Cur: uint64(lowest), Max: old.Max}
+	low := unix.Rlimit{Cur: uint64(freeFD(t, pid, 0)), Max: old.Max}
 	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &low, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -437,21 +427,7 @@ func TestLocalFDShortageSparesBackend(t *testing.T) {
 		t.Skipf("prlimit: %v", err)
 	}
 	// Room for exactly one more descriptor: the accepted client's.
-	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	used := map[int]bool{}
-	for _, e := range ents {
-		n, _ := strconv.Atoi(e.Name())
-		used[n] = true
-	}
-	free := 0
-	for used[free] {
-		free++
-	}
-	free++
-	for used[free] {
-		free++
-	}
-	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(free), Max: old.Max}, nil); err != nil {
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(freeFD(t, pid, 1)), Max: old.Max}, nil); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 4; i++ {
@@ -481,5 +457,31 @@ func TestLocalFDShortageSparesBackend(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+// freeFD returns the (skip+1)-th lowest descriptor number pid has free: an
+// open-file limit of that number leaves pid exactly skip descriptors.
+func freeFD(tb testing.TB, pid, skip int) int {
+	tb.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	used := map[int]bool{}
+	for _, e := range ents {
+		n, _ := strconv.Atoi(e.Name())
+		used[n] = true
+	}
+	fd := 0
+	for {
+		for used[fd] {
+			fd++
+		}
+		if skip == 0 {
+			return fd
+		}
+		skip--
+		fd++
 	}
 }

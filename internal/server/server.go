@@ -198,17 +198,43 @@ func (s *Server) addService(sc config.Service) error {
 	pc.Pool.PipeSize = s.cfg.PipeSize
 	pc.Pool.MaxPipes = s.cfg.MaxPipes / len(s.cfg.Services)
 	pc.Pool.MaxIdle = min(pc.Pool.MaxIdle, pc.Pool.MaxPipes)
-	addr := sc.Listen
-	// Sockets handed over by the process this one replaces come first: a
-	// new socket would miss the connections waiting in their queues.
-	inherited := s.claimAll(handoff.KindListener, sc.Name, sc.Proto, sc.Listen)
 	for i, l := range s.loops {
 		p := tcpproxy.New(l, i, pc, sv.bal, s.limiter, s.log.Named("tcp").With(zap.String("service", sc.Name)))
 		sv.proxies = append(sv.proxies, p)
 		sv.each = append(sv.each, p)
 	}
-	for i, p := range sv.proxies {
-		fd := -1
+	extra, err := s.openListeners(sv,
+		func(a netip.AddrPort) (int, netip.AddrPort, error) { return tcpproxy.Listen(a, pc.Backlog) },
+		func(i, fd int) error { return sv.proxies[i].Listen(fd) })
+	if err != nil {
+		return err
+	}
+	// More inherited sockets than loops (the old process had more
+	// workers): every one keeps being served, some loops take two.
+	for i, fd := range extra {
+		if err := sv.proxies[i%len(sv.proxies)].Listen(fd); err != nil {
+			for _, fd := range extra[i:] {
+				unix.Close(fd)
+			}
+			return fmt.Errorf("service %s: register listener: %w", sc.Name, err)
+		}
+	}
+	return nil
+}
+
+// openListeners gives each loop a listening socket for sv and sets
+// sv.addr: the sockets handed over by the process this one replaces come
+// first (a new socket would miss the connections waiting in their queues),
+// then new ones made by bind; with port 0 every loop binds the port the
+// first one got. listen registers socket i with loop i's proxy; the loops
+// are not running yet, so that is safe from here. Inherited sockets beyond
+// the loop count are returned for the caller to place or close.
+func (s *Server) openListeners(sv *service, bind func(netip.AddrPort) (int, netip.AddrPort, error), listen func(i, fd int) error) ([]int, error) {
+	sc := sv.cfg
+	inherited := s.claimAll(handoff.KindListener, sc.Name, sc.Proto, sc.Listen)
+	addr := sc.Listen
+	for i := range s.loops {
+		var fd int
 		if i < len(inherited) {
 			fd = inherited[i]
 			if bound, err := tcpproxy.BoundAddr(fd); err == nil {
@@ -217,28 +243,26 @@ func (s *Server) addService(sc config.Service) error {
 		} else {
 			var bound netip.AddrPort
 			var err error
-			fd, bound, err = tcpproxy.Listen(addr, pc.Backlog)
-			if err != nil {
-				return fmt.Errorf("service %s: %w", sc.Name, err)
+			if fd, bound, err = bind(addr); err != nil {
+				closeAll(inherited[i:])
+				return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 			}
-			addr = bound // port 0: every loop binds the port the first one got
+			addr = bound
 		}
-		// The loop is not running yet, so registering from here is safe.
-		if err := p.Listen(fd); err != nil {
+		if err := listen(i, fd); err != nil {
 			unix.Close(fd)
-			return fmt.Errorf("service %s: register listener: %w", sc.Name, err)
-		}
-	}
-	// More inherited sockets than loops (the old process had more
-	// workers): every one keeps being served, some loops take two.
-	for i := len(sv.proxies); i < len(inherited); i++ {
-		if err := sv.proxies[i%len(sv.proxies)].Listen(inherited[i]); err != nil {
-			unix.Close(inherited[i])
-			return fmt.Errorf("service %s: register listener: %w", sc.Name, err)
+			closeAll(inherited[min(i+1, len(inherited)):])
+			return nil, fmt.Errorf("service %s: register listener: %w", sc.Name, err)
 		}
 	}
 	sv.addr = addr
-	return nil
+	return inherited[min(len(inherited), len(s.loops)):], nil
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
 }
 
 // closeBackend resets b's connections on every loop (--close-on-down).

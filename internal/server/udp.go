@@ -1,15 +1,11 @@
 package server
 
 import (
-	"fmt"
 	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
-	"github.com/sluice-lb/sluice/internal/handoff"
-	"github.com/sluice-lb/sluice/internal/tcpproxy"
 	"github.com/sluice-lb/sluice/internal/udpproxy"
 )
 
@@ -26,36 +22,16 @@ func (s *Server) addUDP(sv *service) error {
 		sv.udp = append(sv.udp, p)
 		sv.each = append(sv.each, p)
 	}
-	inherited := s.claimAll(handoff.KindListener, sc.Name, sc.Proto, sc.Listen)
-	addr := sc.Listen
-	for i, p := range sv.udp {
-		var fd int
-		if i < len(inherited) {
-			fd = inherited[i]
-			if bound, err := tcpproxy.BoundAddr(fd); err == nil {
-				addr = bound
-			}
-		} else {
-			var bound netip.AddrPort
-			var err error
-			fd, bound, err = udpproxy.Listen(addr, uc.SocketBuffer)
-			if err != nil {
-				return fmt.Errorf("service %s: %w", sc.Name, err)
-			}
-			addr = bound
-		}
-		if err := p.Listen(fd); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("service %s: register listener: %w", sc.Name, err)
-		}
+	extra, err := s.openListeners(sv,
+		func(a netip.AddrPort) (int, netip.AddrPort, error) { return udpproxy.Listen(a, uc.SocketBuffer) },
+		func(i, fd int) error { return sv.udp[i].Listen(fd) })
+	if err != nil {
+		return err
 	}
 	// A UDP proxy reads one socket; sockets beyond the loop count (the old
 	// process had more workers) are closed, losing only datagrams queued
 	// on them.
-	for _, fd := range inherited[min(len(inherited), len(sv.udp)):] {
-		unix.Close(fd)
-	}
-	sv.addr = addr
+	closeAll(extra)
 	return nil
 }
 
