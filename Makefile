@@ -16,7 +16,7 @@ build: ## build bin/sluice and bin/sluice-bench
 test: ## all tests with the race detector (privileged ones skip unless root), then short fuzz runs
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
-	$(MAKE) fuzz FUZZTIME=10s
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=10s
 
 test-unit: ## the tests without the race detector, quick
 	$(GO) test -count=1 $(PKGS)
