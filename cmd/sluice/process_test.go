@@ -201,12 +201,32 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	load := startConnectLoad(addr, 4)
 	defer load.finish()
 	load.waitOK(t, 200)
+	// A connection held open keeps the old process draining for a while.
+	held, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held.SetDeadline(time.Now().Add(30 * time.Second))
+	held.Write([]byte("held"))
+	io.ReadFull(held, make([]byte, 4))
 
 	if err := p.cmd.Signal(syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
 	served := p.waitLog(t, "new process serves")
 	child := int(served["pid"].(float64))
+	// While it drains, the old process must be idle even though new
+	// connections keep arriving on the sockets it handed over.
+	before := cpuSeconds(t, p.cmd.Pid)
+	time.Sleep(time.Second) // the span over which CPU is measured, not synchronisation
+	if used := cpuSeconds(t, p.cmd.Pid) - before; used > 0.3 {
+		t.Fatalf("the draining old process used %.2f s of CPU in 1 s", used)
+	}
+	held.Write([]byte("more"))
+	if _, err := io.ReadFull(held, make([]byte, 4)); err != nil {
+		t.Fatalf("connection held across the upgrade broke: %v", err)
+	}
+	held.Close()
 	st, err := p.cmd.Wait()
 	if err != nil || !st.Success() {
 		t.Fatalf("old process: %v %v", st, err)

@@ -135,7 +135,9 @@ func (l *Loop) Remove(fd int) error {
 }
 
 // Forget drops the registration of fd without an epoll_ctl call, for a
-// caller that is about to close fd (closing removes it from epoll). Loop
+// caller that is about to close fd. Closing removes it from the epoll set
+// only if no other descriptor (a dup, or a copy passed to another process)
+// refers to the same open file: use Remove for shared sockets. Loop
 // goroutine only.
 func (l *Loop) Forget(fd int) {
 	if fd >= 0 && fd < len(l.entries) {

@@ -274,7 +274,10 @@ func (ln *listener) rearm() {
 func (ln *listener) close() {
 	ln.p.loop.Cancel(&ln.resume)
 	if ln.armed {
-		ln.p.loop.Forget(ln.fd)
+		// Remove, not Forget: after an upgrade the socket lives on in the
+		// successor, so closing this fd would not take it out of the
+		// epoll set, and its readiness would wake this loop forever.
+		ln.p.loop.Remove(ln.fd)
 	}
 	unix.Close(ln.fd)
 	ln.fd = -1

@@ -181,7 +181,10 @@ func (p *Proxy) CloseAll() {
 	p.loop.Cancel(&p.expiry)
 	if p.lnfd >= 0 {
 		p.countListenDrops()
-		p.loop.Forget(p.lnfd)
+		// Remove, not Forget: after an upgrade the socket lives on in the
+		// successor, and an fd closed while its file stays open is not
+		// taken out of the epoll set.
+		p.loop.Remove(p.lnfd)
 		unix.Close(p.lnfd)
 		p.lnfd = -1
 	}
