@@ -127,29 +127,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
-# ours PID: PID is alive and a child of this shell.
-ours() {
-	[[ -r /proc/$1/stat ]] && awk -v me=$$ '{ sub(/.*\) /, ""); exit !($2 == me) }' "/proc/$1/stat" 2>/dev/null
-}
-
-# stop PID...: SIGTERM to those still our children, SIGKILL after 10 s.
-stop() {
-	local p mine=() keep=() q
-	for p; do ours "$p" && mine+=("$p"); done
-	if ((${#mine[@]})); then
-		kill -TERM "${mine[@]}" 2>/dev/null || true
-		for _ in $(seq 100); do
-			local alive=0
-			for q in "${mine[@]}"; do kill -0 "$q" 2>/dev/null && alive=1; done
-			((alive)) || break
-			sleep 0.1
-		done
-		kill -KILL "${mine[@]}" 2>/dev/null || true
-	fi
-	for p; do wait "$p" 2>/dev/null || true; done
-	for q in "${pids[@]}"; do [[ " $* " == *" $q "* ]] || keep+=("$q"); done
-	pids=("${keep[@]}")
-}
+. bench/procs.sh # ours, stop, descendants
 
 # start NAME NS CMD...: run CMD in namespace NS in the background, logging
 # to logs/NAME.log; sets LAST to its pid, which is CMD's own (ip netns exec
