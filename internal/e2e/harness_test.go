@@ -284,8 +284,6 @@ func (p *proc) wait() {
 	close(p.done)
 }
 
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
 // exited reports whether the process has ended.
 func (p *proc) exited() bool {
 	select {
