@@ -20,26 +20,41 @@ type LoopCounters struct {
 
 // Backend is a backend of a service as the data path sees it: its address
 // and weight (fixed for the object's life) and its live counters. A change
-// of weight makes a new Backend. Safe for concurrent use.
+// of weight makes a new Backend that shares the old one's counters, so
+// connections opened before the change still count, and uncount, right.
+// Safe for concurrent use.
 type Backend struct {
 	Addr   netip.AddrPort
 	Weight int
 
 	// Active is the connections (or UDP sessions) open to the backend on
 	// all loops, counted from the moment it is chosen.
-	Active atomic.Int64
+	Active *ActiveCount
 	// failStreak is the consecutive connect failures seen by the data path
 	// (passive health); reset by a success.
-	failStreak atomic.Int32
-	_          [64]byte
+	failStreak *atomic.Int32
 
 	// Loops holds one LoopCounters per event loop, indexed by loop number.
 	Loops []LoopCounters
 }
 
+// ActiveCount is a counter on a cache line of its own: every loop updates
+// it when a connection to its backend opens or closes.
+type ActiveCount struct {
+	atomic.Int64
+	_ [56]byte
+}
+
 // NewBackend returns a backend with counters for loops event loops.
 func NewBackend(s Spec, loops int) *Backend {
-	return &Backend{Addr: s.Addr, Weight: s.Weight, Loops: make([]LoopCounters, loops)}
+	return &Backend{Addr: s.Addr, Weight: s.Weight, Active: new(ActiveCount), failStreak: new(atomic.Int32), Loops: make([]LoopCounters, loops)}
+}
+
+// reweighted returns a backend like b with weight w, sharing b's counters.
+func (b *Backend) reweighted(w int) *Backend {
+	nb := *b
+	nb.Weight = w
+	return &nb
 }
 
 // Counts are a backend's counters summed over loops.

@@ -140,3 +140,30 @@ func TestPickBoundedCap(t *testing.T) {
 		t.Fatal("factor 0 is not plain Pick")
 	}
 }
+
+// TestReweightSharesCounters: a weight change publishes a new Backend, but
+// a connection opened before it and closed after it leaves the open count
+// at zero, and the totals go on from where they were.
+func TestReweightSharesCounters(t *testing.T) {
+	s := testService(t, spec("10.0.0.1:1", 1), spec("10.0.0.2:1", 1))
+	before := s.Pool().Load().Backends[0]
+	before.Active.Add(1) // a connection opens
+	before.Loops[0].Connections.Add(1)
+	if err := s.SetSource(SourceStatic, []Spec{spec("10.0.0.1:1", 5), spec("10.0.0.2:1", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	after := s.Pool().Load().Backends[0]
+	if after == before || after.Weight != 5 {
+		t.Fatalf("weight change did not publish a new backend: %+v", after)
+	}
+	if after.Active.Load() != 1 {
+		t.Fatalf("open count after the change %d, want 1", after.Active.Load())
+	}
+	before.Active.Add(-1) // the old connection closes on the old object
+	if after.Active.Load() != 0 || s.Info()[0].ActiveConnections != 0 {
+		t.Fatalf("open count %d after the only connection closed", after.Active.Load())
+	}
+	if after.Counts().Connections != 1 {
+		t.Fatalf("connections total reset by the weight change: %d", after.Counts().Connections)
+	}
+}

@@ -222,13 +222,13 @@ func (s *Service) merge() {
 				*m = *old
 				m.sources = [numSources]bool{}
 			}
-			if old == nil || old.b.Weight != sp.Weight {
+			switch {
+			case old == nil:
 				m.b = NewBackend(sp, s.cfg.Loops)
-				if old != nil {
-					// A new weight makes a new Backend: carry the
-					// open-connection count for bounded loads.
-					m.b.Active.Store(old.b.Active.Load())
-				}
+			case old.b.Weight != sp.Weight:
+				// A new weight makes a new Backend (snapshots are
+				// immutable); it shares the old one's counters.
+				m.b = old.b.reweighted(sp.Weight)
 			}
 			m.sources[src] = true
 			want[sp.Addr] = m
@@ -344,7 +344,7 @@ func (s *Service) ReportConnect(b *Backend, ok bool) {
 func (s *Service) ejectBackend(b *Backend) {
 	s.mu.Lock()
 	m := s.members[b.Addr]
-	if m == nil || m.b != b || !m.healthy {
+	if m == nil || !m.healthy {
 		s.mu.Unlock()
 		return
 	}

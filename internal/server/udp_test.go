@@ -62,6 +62,13 @@ func TestUDPService(t *testing.T) {
 	if got := m[`sluice_udp_sessions_total{event="created",service="default"}`]; got != clients {
 		t.Fatalf("sessions created %v, want %d", got, clients)
 	}
+	var active int64
+	for _, bi := range r.Service("default").Info() {
+		active += bi.ActiveConnections
+	}
+	if active != clients {
+		t.Fatalf("backends report %d active sessions, want %d", active, clients)
+	}
 	a.Close()
 	waitFor(t, "dead UDP backend marked down", func() bool { return backendState(t, r, a.Addr()) == "down" })
 }

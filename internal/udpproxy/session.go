@@ -16,11 +16,12 @@ import (
 // serves them all.
 type session struct {
 	p          *Proxy
-	fd         int              // UDP socket connected to backend; -1 once ended
-	prev, next *session         // LRU ring neighbours, most recent towards p.lru.next
-	lastActive int64            // loop clock of the last datagram either way
-	hash       uint64           // key hash of the client address
-	bc         *BackendCounters // counters of backend
+	fd         int               // UDP socket connected to backend; -1 once ended
+	prev, next *session          // LRU ring neighbours, most recent towards p.lru.next
+	lastActive int64             // loop clock of the last datagram either way
+	hash       uint64            // key hash of the client address
+	bc         *BackendCounters  // counters of backend
+	be         *balancer.Backend // the backend; its Active count includes this session
 	backend    netip.AddrPort
 	client     netip.AddrPort        // key in p.sessions
 	name       unix.RawSockaddrInet6 // client address as the kernel gave it, for replies
@@ -62,6 +63,8 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 		return nil
 	}
 	p.sessions[client] = s
+	s.be = snap.Backends[idx]
+	s.be.Active.Add(1)
 	s.prev, s.next = &p.lru, p.lru.next
 	s.prev.next, s.next.prev = s, s
 	s.lastActive = p.loop.Now()
@@ -121,6 +124,9 @@ func (p *Proxy) recheck(s *session) bool {
 	}
 	old := s.backend
 	s.backend = snap.Backends[idx].Addr
+	s.be.Active.Add(-1)
+	s.be = snap.Backends[idx]
+	s.be.Active.Add(1)
 	if err := p.connect(s); err != nil {
 		p.stats.drop(DropSocketFailed, 1)
 		p.end(s)
@@ -216,6 +222,7 @@ func (p *Proxy) end(s *session) {
 	s.prev.next, s.next.prev = s.next, s.prev
 	s.prev, s.next = nil, nil
 	p.limiter.Release()
+	s.be.Active.Add(-1)
 	p.stats.SessionsEnded.Add(1)
 }
 
