@@ -140,8 +140,10 @@ func TestBackendKilledUnderLoad(t *testing.T) {
 	// The kill: a stops accepting (connects are refused), then its open
 	// connections die too. Connects refused in between are retried on the
 	// next backend, so no client connection may fail.
-	killed := time.Now()
 	a.closeListener()
+	// Taken once the listener is closed: a connection started before could
+	// still land in a's accept queue and be reset with it.
+	killed := time.Now()
 	addrA := netip.MustParseAddrPort(a.addr)
 	waitFor(t, "backend a marked down", func() bool { return backendState(t, r, addrA) == balancer.StateDown })
 	detected := time.Now()
