@@ -182,24 +182,11 @@ func (r *randReader) Read(p []byte) (int, error) { return r.r.Read(p) }
 // the backend, the backend can still answer: it reads to EOF and then
 // writes its reply.
 func TestHalfCloseResponseAfterFIN(t *testing.T) {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		c, err := ln.AcceptTCP()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	addr, served := oneConnBackend(t, func(c *net.TCPConn) {
 		n, _ := io.Copy(io.Discard, c)
 		fmt.Fprintf(c, "got %d bytes", n)
-	}()
-	r := start(t, "--backend", ln.Addr().String())
+	})
+	r := start(t, "--backend", addr)
 	c := r.dial(t)
 	if _, err := c.Write(bytes.Repeat([]byte("x"), 100000)); err != nil {
 		t.Fatal(err)
@@ -213,7 +200,7 @@ func TestHalfCloseResponseAfterFIN(t *testing.T) {
 	if string(reply) != "got 100000 bytes" {
 		t.Fatalf("reply %q", reply)
 	}
-	wg.Wait()
+	<-served
 }
 
 // TestManyConnections holds 2,000 connections open at once through the
@@ -398,32 +385,19 @@ func TestIdleTimeout(t *testing.T) {
 // TestResetPassedOn: a backend that aborts its connection makes the client
 // see a reset, not a clean end.
 func TestResetPassedOn(t *testing.T) {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		c, err := ln.AcceptTCP()
-		if err != nil {
-			return
-		}
+	addr, served := oneConnBackend(t, func(c *net.TCPConn) {
 		io.ReadFull(c, make([]byte, 5))
 		c.SetLinger(0)
-		c.Close()
-	}()
-	r := start(t, "--backend", ln.Addr().String())
+	})
+	r := start(t, "--backend", addr)
 	c := r.dial(t)
 	c.Write([]byte("hello"))
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	_, err = c.Read(make([]byte, 1))
+	_, err := c.Read(make([]byte, 1))
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("read = %v, want connection reset", err)
 	}
-	wg.Wait()
+	<-served
 	waitFor(t, "reset counted", func() bool { return r.Stats().Resets == 1 })
 }
 
@@ -624,4 +598,26 @@ func (e *bufEcho) closeConns() {
 	for c := range e.conns {
 		c.Close()
 	}
+}
+
+// oneConnBackend is a backend that accepts one connection, hands it to
+// serve, and closes it; served is closed once that is done.
+func oneConnBackend(tb testing.TB, serve func(*net.TCPConn)) (addr string, served <-chan struct{}) {
+	tb.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan struct{})
+	tb.Cleanup(func() { ln.Close(); <-done })
+	go func() {
+		defer close(done)
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		serve(c)
+	}()
+	return ln.Addr().String(), done
 }
