@@ -37,6 +37,14 @@
 #                                 the generator goes (it then takes a core of its own)
 #   QUIET_IDLE=60 QUIET_WAIT=5    before each phase, wait up to QUIET_WAIT s for a second with at
 #                                 least QUIET_IDLE % of the machine idle (it is shared)
+#   PIN=0                         PIN=1 keeps the attacker's CPU apart from the server's, as on two
+#                                 machines: sluice, its backends, the allowed client and the server
+#                                 veth end's receive processing (threaded NAPI, GRO on) on CPU 0,
+#                                 the flood generator on CPU 1, and reports the receive CPU. On two
+#                                 cores that leaves the whole server one core, and its tail
+#                                 latency suffers from it (bench/FLOOD-pinned.md); PIN=0 lets the
+#                                 scheduler place everything (the generator then competes with the
+#                                 server, and veth drops what XDP rejects on the sender's CPU)
 #   PERF=1                        sample sluice with perf (cpu-clock:u and :k every 250 µs of CPU) for an
 #                                 exact user/system split; /proc/PID/stat splits by the 250 Hz tick
 #   OUT_MD=bench/FLOOD.md
@@ -53,10 +61,11 @@ FLOOD_TOOL=${FLOOD_TOOL:-synflood}
 FLOODS=${FLOODS:-100000 0}
 OUT_MD=${OUT_MD:-bench/FLOOD.md}
 PERF=${PERF:-1}
+PIN=${PIN:-0}
 QUIET_IDLE=${QUIET_IDLE:-60}
 QUIET_WAIT=${QUIET_WAIT:-5}
 
-for n in ROUNDS PHASE WARMUP NOFW_ROUNDS RR_RATE RR_CONNS QUIET_IDLE QUIET_WAIT PERF; do
+for n in ROUNDS PHASE WARMUP NOFW_ROUNDS RR_RATE RR_CONNS QUIET_IDLE QUIET_WAIT PERF PIN; do
 	[[ ${!n} =~ ^[0-9]+$ ]] || { echo "flood: $n=${!n}: want a whole number" >&2; exit 2; }
 done
 for f in $FLOODS; do
@@ -71,6 +80,16 @@ command -v curl >/dev/null || { echo "flood: needs curl (admin metrics)" >&2; ex
 if [[ $PERF == 1 ]] && ! perf record -q -e cpu-clock:u -c 250000 -o /dev/null -- true >/dev/null 2>&1; then
 	echo "flood: perf cannot sample cpu-clock here; using /proc/PID/stat only" >&2
 	PERF=0
+fi
+SRV_CPU=()   # prefix of the server side's commands (and the allowed client's)
+FLOOD_CPU=() # prefix of the flood generator
+if ((PIN)); then
+	(($(nproc) >= 2)) || { echo "flood: PIN=1 needs at least 2 CPUs (set PIN=0)" >&2; exit 2; }
+	for c in taskset ethtool pgrep; do
+		command -v $c >/dev/null || { echo "flood: PIN=1 needs $c (util-linux, ethtool, procps), or set PIN=0" >&2; exit 1; }
+	done
+	SRV_CPU=(taskset -c 0)
+	FLOOD_CPU=(taskset -c 1)
 fi
 if [[ $FLOOD_TOOL == hping3 ]] && ! command -v hping3 >/dev/null; then
 	echo "flood: FLOOD_TOOL=hping3 needs hping3 (apt-get install -y hping3)" >&2; exit 1
@@ -147,8 +166,31 @@ ip -n "$CLI" addr add $CLI_IP/24 dev "$CDEV"
 for ns in "$SRV" "$CLI"; do ip -n "$ns" link set lo up; done
 ip -n "$SRV" link set "$SDEV" up
 ip -n "$CLI" link set "$CDEV" up
+if ((PIN)); then
+	# veth processes what it receives in the sender's softirq, on the
+	# sender's CPU, unless the receiving end has NAPI (GRO or XDP on) and,
+	# without XDP, the sending end has no TSO. Threaded NAPI then moves
+	# that work into a kernel thread that can be pinned to the server's
+	# CPU, as a NIC's receive queue is served by the receiving machine:
+	# with or without the firewall, the server's CPU pays for what arrives.
+	ip netns exec "$SRV" ethtool -K "$SDEV" gro on >/dev/null
+	ip netns exec "$CLI" ethtool -K "$CDEV" tso off >/dev/null
+	ip netns exec "$SRV" sh -c "echo 1 > /sys/class/net/$SDEV/threaded"
+fi
 
-start backends "$SRV" "$BIN/sluice-bench" serve --echo $SRV_IP:7001 --echo $SRV_IP:7002 --ready-file "$OUT/backends.ready"
+# pin_napi: put the server veth end's NAPI threads on CPU 0 (PIN=1); they
+# can be made anew when XDP is attached or detached.
+pin_napi() {
+	((PIN)) || return 0
+	local t n=0
+	for t in $(pgrep "^napi/${SDEV:0:10}"); do
+		taskset -p -c 0 "$t" >/dev/null && n=$((n + 1))
+	done
+	((n > 0)) || { echo "flood: no NAPI thread for $SDEV to pin" >&2; exit 1; }
+}
+pin_napi
+
+start backends "$SRV" "${SRV_CPU[@]}" "$BIN/sluice-bench" serve --echo $SRV_IP:7001 --echo $SRV_IP:7002 --ready-file "$OUT/backends.ready"
 BACKENDS=$LAST
 for _ in $(seq 100); do
 	[[ -s $OUT/backends.ready ]] && break
@@ -168,7 +210,7 @@ start_sluice() {
 		fw=(--xdp-iface "$SDEV" --deny-cidr $DENY)
 		name=sluice-fw
 	fi
-	start "$name" "$SRV" "$BIN/sluice" --listen $LISTEN --backend $SRV_IP:7001 --backend $SRV_IP:7002 \
+	start "$name" "$SRV" "${SRV_CPU[@]}" "$BIN/sluice" --listen $LISTEN --backend $SRV_IP:7001 --backend $SRV_IP:7002 \
 		--admin-addr $ADMIN --health-interval 500ms --drain-timeout 2s "${fw[@]}"
 	SLUICE=$LAST
 	local ok=
@@ -178,6 +220,7 @@ start_sluice() {
 		sleep 0.1
 	done
 	[[ -n $ok ]] || { echo "flood: sluice did not become ready; see $LOGS/$name.log" >&2; exit 1; }
+	pin_napi
 	timeout 10 ip netns exec "$CLI" "$BIN/sluice-bench" connect --target $LISTEN --requests 3 --duration 5s >/dev/null ||
 		{ echo "flood: no echo through sluice" >&2; exit 1; }
 	if [[ $1 == on ]]; then
@@ -216,6 +259,18 @@ vethdrops() { ip -n "$CLI" -s link show dev "$CDEV" | awk '/TX:/ { getline; prin
 cpustat() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print $2 + $3, $4, $8, $5 + $6, t; exit }' /proc/stat; }
 
 now() { date +%s.%N; }
+
+# napiticks: CPU ticks of the server veth end's NAPI threads, where, with
+# PIN=1, everything the server receives is processed (XDP drops included);
+# -1 without PIN.
+napiticks() {
+	((PIN)) || { echo -1; return; }
+	local t n=0
+	for t in $(pgrep "^napi/${SDEV:0:10}"); do
+		n=$((n + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$t/stat" 2>/dev/null || echo 0)))
+	done
+	echo "$n"
+}
 
 # perf_start FILE: sample sluice's threads in user and in kernel mode, one
 # sample per 250 µs of CPU time; bounded by timeout. Sets PERFREC.
@@ -264,13 +319,13 @@ start_flood() {
 	if [[ $FLOOD_TOOL == synflood ]]; then
 		local count=()
 		((pps > 0)) && count=(--count $((pps * FLOOD_SECS)))
-		timeout $((FLOOD_SECS + 5)) ip netns exec "$CLI" "$BIN/synflood" --src $DENY --dst $LISTEN \
+		timeout $((FLOOD_SECS + 5)) ip netns exec "$CLI" "${FLOOD_CPU[@]}" "$BIN/synflood" --src $DENY --dst $LISTEN \
 			--duration "${FLOOD_SECS}s" --pps "$pps" "${count[@]}" --json >"$out" 2>>"$LOGS/flood.log" &
 	else
 		# One source from the denied range; -c bounds the count, timeout the time.
 		local rate=(--flood)
 		((pps > 0)) && rate=(-i "u$((1000000 / pps))")
-		timeout -s INT $((FLOOD_SECS)) ip netns exec "$CLI" hping3 -q -S -p 7000 -a 198.18.0.200 \
+		timeout -s INT $((FLOOD_SECS)) ip netns exec "$CLI" "${FLOOD_CPU[@]}" hping3 -q -S -p 7000 -a 198.18.0.200 \
 			-c 100000000 "${rate[@]}" $SRV_IP >"$out" 2>&1 &
 	fi
 	FLOOD=$!
@@ -291,7 +346,7 @@ stop_flood() {
 	FLOOD=
 }
 
-printf 'round\tfw\tflood\twall_s\tsl_utime\tsl_stime\tdenied\tdenied_s\tpassed\ttcp_insegs\tsyncookies\tlisten_drops\tcpu_user\tcpu_sys\tcpu_softirq\tcpu_idle\tcpu_total\tveth_drops\tidle_before\tperf_user_ms\tperf_sys_ms\tflood_sent\tflood_s\tflood_cpu\trr\n' >"$PHASES"
+printf 'round\tfw\tflood\twall_s\tsl_utime\tsl_stime\tdenied\tdenied_s\tpassed\ttcp_insegs\tsyncookies\tlisten_drops\tcpu_user\tcpu_sys\tcpu_softirq\tcpu_idle\tcpu_total\tveth_drops\tidle_before\tperf_user_ms\tperf_sys_ms\tflood_sent\tflood_s\tflood_cpu\tnapi_cpu\trr\n' >"$PHASES"
 
 # phase ROUND on|off none|PPS: one measurement of the allowed client,
 # without a flood or under one at PPS SYNs/s (0: flat out).
@@ -305,17 +360,17 @@ phase() {
 		sleep 0.5 # the flood reaches its rate
 		kill -0 "$FLOOD" 2>/dev/null || { echo "flood: the flood generator died; see $fo and $LOGS/flood.log" >&2; exit 1; }
 	fi
-	local t0 u0 s0 d0 e0 p0 i0 c0 l0 cu0 cs0 cq0 ci0 ct0 v0 pu ps
+	local t0 u0 s0 d0 e0 p0 i0 c0 l0 cu0 cs0 cq0 ci0 ct0 v0 n0 pu ps
 	perf_start "$RAW/$tag.perf.data"
 	# Both snapshots take the same steps in the same order.
-	t0=$(now); read -r u0 s0 < <(procstat "$SLUICE"); v0=$(vethdrops)
+	t0=$(now); read -r u0 s0 < <(procstat "$SLUICE"); v0=$(vethdrops); n0=$(napiticks)
 	d0=$(verdict denied); e0=$(now); p0=$(verdict passed)
 	read -r i0 c0 l0 < <(tcpstats); read -r cu0 cs0 cq0 ci0 ct0 < <(cpustat)
-	timeout $((WARMUP + PHASE + 30)) ip netns exec "$CLI" "$BIN/sluice-bench" rr --target $LISTEN \
+	timeout $((WARMUP + PHASE + 30)) ip netns exec "$CLI" "${SRV_CPU[@]}" "$BIN/sluice-bench" rr --target $LISTEN \
 		--rate "$RR_RATE" --conns "$RR_CONNS" --warmup "${WARMUP}s" --duration "${PHASE}s" --timeout 5s \
 		--proxy-pid "$SLUICE" --json >"$rr" 2>>"$LOGS/rr.log" || log "rr $tag failed (status $?)"
-	local t1 u1 s1 d1 e1 p1 i1 c1 l1 cu1 cs1 cq1 ci1 ct1 v1
-	t1=$(now); read -r u1 s1 < <(procstat "$SLUICE"); v1=$(vethdrops)
+	local t1 u1 s1 d1 e1 p1 i1 c1 l1 cu1 cs1 cq1 ci1 ct1 v1 n1
+	t1=$(now); read -r u1 s1 < <(procstat "$SLUICE"); v1=$(vethdrops); n1=$(napiticks)
 	d1=$(verdict denied); e1=$(now); p1=$(verdict passed)
 	read -r i1 c1 l1 < <(tcpstats); read -r cu1 cs1 cq1 ci1 ct1 < <(cpustat)
 	perf_stop "$RAW/$tag.perf.data" >"$RAW/$tag.perf.txt" # not in a subshell: it waits for perf
@@ -336,10 +391,12 @@ phase() {
 	local wall denied_s
 	wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
 	denied_s=$(awk -v a="$e0" -v b="$e1" 'BEGIN { printf "%.3f", b - a }')
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+	local napi=-1
+	((n0 >= 0)) && napi=$((n1 - n0))
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
 		"$r" "$fw" "$fl" "$wall" $((u1 - u0)) $((s1 - s0)) $((d1 - d0)) "$denied_s" $((p1 - p0)) \
 		$((i1 - i0)) $((c1 - c0)) $((l1 - l0)) $((cu1 - cu0)) $((cs1 - cs0)) $((cq1 - cq0)) $((ci1 - ci0)) $((ct1 - ct0)) $((v1 - v0)) "$idle" "$pu" "$ps" \
-		"$flood_sent" "$flood_s" "$flood_cpu" "raw/$tag.rr.json" >>"$PHASES"
+		"$flood_sent" "$flood_s" "$flood_cpu" "$napi" "raw/$tag.rr.json" >>"$PHASES"
 	log "$(printf '%-22s idle before %3s%%  p99 %8s us  send lag p99 %8s us  sluice user %7s ms (%3s ticks)  XDP drops %8s  SYNs sent %8s' "$tag" "$idle" \
 		"$(sed -n 's/.*"latency_us":{[^}]*"p99":\([0-9.]*\).*/\1/p' "$rr")" \
 		"$(sed -n 's/.*"send_lag_us":{[^}]*"p99":\([0-9.]*\).*/\1/p' "$rr")" "$pu" $((u1 - u0)) $((d1 - d0)) "$flood_sent")"
@@ -350,7 +407,8 @@ meta kernel "$(uname -r)"
 meta go "$(go version | awk '{ print $3 }')"
 meta cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) ($(nproc) CPUs)"
 meta clk_tck "$(getconf CLK_TCK)"
-meta settings "ROUNDS=$ROUNDS NOFW_ROUNDS=$NOFW_ROUNDS PHASE=${PHASE}s WARMUP=${WARMUP}s RR_RATE=$RR_RATE RR_CONNS=$RR_CONNS FLOOD_TOOL=$FLOOD_TOOL FLOODS=\"$FLOODS\""
+meta settings "ROUNDS=$ROUNDS NOFW_ROUNDS=$NOFW_ROUNDS PHASE=${PHASE}s WARMUP=${WARMUP}s RR_RATE=$RR_RATE RR_CONNS=$RR_CONNS FLOOD_TOOL=$FLOOD_TOOL FLOODS=\"$FLOODS\" PIN=$PIN"
+if ((PIN)); then meta pin "server side on CPU 0, flood on CPU 1"; else meta pin none; fi
 meta loadavg "$(cut -d' ' -f1-3 /proc/loadavg)"
 
 log "sluice with the XDP firewall on $SDEV"

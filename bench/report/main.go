@@ -83,6 +83,7 @@ var also = []struct{ file, what string }{
 	{"TARGETS.md", "the performance targets of the issues against the figures of a full run"},
 	{"SPLICE.md", "sluice's CPU per request for each --splice mode by message size (`bench/splice-modes.sh`)"},
 	{"FLOOD.md", "a SYN flood from a denied range against the XDP firewall, with an allowed client's latency (`bench/flood.sh`)"},
+	{"FLOOD-pinned.md", "the same with the flood generator on a CPU of its own and everything the server receives processed on the server's (`PIN=1 bench/flood.sh`)"},
 }
 
 func writeAlso(w *strings.Builder, dir string) {

@@ -103,6 +103,7 @@ type phase struct {
 	sent     float64 // flood SYNs sent
 	floodS   float64
 	floodCPU float64 // generator ticks
+	napiCPU  float64 // the server veth end's NAPI threads, s; -1 when not pinned (older runs: absent)
 	rr       rrResult
 }
 
@@ -172,6 +173,12 @@ func readPhases(dir string) ([]phase, error) {
 			perfSys:  num("perf_sys_ms") / 1000,
 		}
 		p.cpuBusy = p.cpuTotal - num("cpu_idle")
+		p.napiCPU = -1
+		if _, ok := col["napi_cpu"]; ok {
+			if v := num("napi_cpu"); v >= 0 {
+				p.napiCPU = v / clk
+			}
+		}
 		if err := errors.Join(errs...); err != nil {
 			return nil, fmt.Errorf("phases.tsv line %d: %w", n+2, err)
 		}
@@ -204,6 +211,7 @@ var figures = []figure{
 	{"sluice user CPU ms/s (/proc)", func(p phase) float64 { return 1000 * div(p.utime, p.wallS) }, 1},
 	{"sluice system CPU ms/s (/proc)", func(p phase) float64 { return 1000 * div(p.stime, p.wallS) }, 1},
 	{"flood generator CPU %", func(p phase) float64 { return 100 * div(p.floodCPU, p.floodS) }, 0},
+	{"server receive (NAPI thread) CPU %", func(p phase) float64 { return 100 * div(p.napiCPU, p.wallS) }, 1},
 	{"veth ring full, drops /s", func(p phase) float64 { return div(p.vethDrop, p.wallS) }, 0},
 	{"machine busy %", func(p phase) float64 { return 100 * div(p.cpuBusy, p.cpuTotal) }, 0},
 	{"machine softirq %", func(p phase) float64 { return 100 * div(p.cpuSoft, p.cpuTotal) }, 1},
@@ -329,8 +337,12 @@ func write(w io.Writer, m meta, ps []phase, run string) error {
 	}
 	b.WriteString("\n")
 	perf := !slices.ContainsFunc(ps, func(p phase) bool { return p.perfUser < 0 })
+	napi := !slices.ContainsFunc(ps, func(p phase) bool { return p.napiCPU < 0 })
 	for _, f := range figures {
 		if !perf && strings.HasSuffix(f.head, "(perf)") {
+			continue
+		}
+		if !napi && strings.Contains(f.head, "NAPI") {
 			continue
 		}
 		fmt.Fprintf(&b, "| %s |", f.head)
@@ -446,8 +458,17 @@ func writeMethod(b *strings.Builder, m meta) {
 		"packets lost because the server end's XDP receive ring, which the flood shares with the allowed client, was full. "+
 		"sluice's user and system CPU come from perf (`perf record -e cpu-clock:u -e cpu-clock:k -c 250000 -p PID`: a sample per 250 µs of CPU in each mode, counted) "+
 		"and, for comparison, from fields 14 and 15 of `/proc/PID/stat`, whose split this kernel (tick accounting) samples at the 250 Hz tick and then scales, "+
-		"so that over a few seconds at these small values it is noisy and can even stand still; the verdicts use perf when it ran. "+
-		"The flood generator shares the two cores with everything else, so part of what the allowed client feels under the flood "+
-		"is CPU taken by the generator itself (and, with native XDP on veth, the drops run in the sender's softirq).\n",
+		"so that over a few seconds at these small values it is noisy and can even stand still; the verdicts use perf when it ran. ",
 		strings.TrimSpace(m.get("xdp")))
+	if pin := m.get("pin"); pin != "?" && pin != "none" {
+		fmt.Fprintf(b, "CPUs (%s): sluice, its backends and the allowed client run on CPU 0 and the flood generator on CPU 1, "+
+			"as if the attacker were another machine. The server's veth end has GRO on and threaded NAPI, its NAPI thread pinned to CPU 0, "+
+			"and the client end has TSO off, so that everything the server receives, flood and allowed client alike, "+
+			"is processed on the server's CPU, with or without the firewall, as a NIC's receive queue is served by the receiving host; "+
+			"its CPU is the NAPI thread row. On veth that processing is dearer than XDP on a NIC's own buffers: packets arrive as skbs, "+
+			"and veth copies one into a fresh page before running XDP when it lacks XDP's 256 bytes of headroom, as socket-made packets do.\n", pin)
+	} else {
+		b.WriteString("The flood generator shares the two cores with everything else, so part of what the allowed client feels under the flood " +
+			"is CPU taken by the generator itself (and, with native XDP on veth, the drops run in the sender's softirq).\n")
+	}
 }

@@ -7,6 +7,35 @@ import (
 	"testing"
 )
 
+// fixture returns a temporary run directory and a func that writes a file
+// into it.
+func fixture(t *testing.T) (string, func(name, s string)) {
+	dir := t.TempDir()
+	return dir, func(name, s string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// report runs the command on dir and returns what it wrote.
+func report(t *testing.T, dir string) string {
+	t.Helper()
+	out := filepath.Join(dir, "FLOOD.md")
+	if err := run([]string{"--dir", dir, "--out", out}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
 func TestSummarize(t *testing.T) {
 	for _, tc := range []struct {
 		in   []float64
@@ -25,16 +54,7 @@ func TestSummarize(t *testing.T) {
 }
 
 func TestReport(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, s string) {
-		t.Helper()
-		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir, write := fixture(t)
 	write("meta.tsv", "date\t2026-11-22T01:00:00Z\nkernel\t6.18\nxdp\tnative\n")
 	head := "round\tfw\tflood\twall_s\tsl_utime\tsl_stime\tdenied\tdenied_s\tpassed\ttcp_insegs\tsyncookies\tlisten_drops\tcpu_user\tcpu_sys\tcpu_softirq\tcpu_idle\tcpu_total\tveth_drops\tidle_before\tperf_user_ms\tperf_sys_ms\tflood_sent\tflood_s\tflood_cpu\trr\n"
 	rows := ""
@@ -58,17 +78,12 @@ func TestReport(t *testing.T) {
 			"1", "1", "1", "1", "4", "0", "90", "-1", "-1", r.sent, "10", "500", rr}, "\t") + "\n"
 	}
 	write("phases.tsv", head+rows)
-	out := filepath.Join(dir, "FLOOD.md")
-	if err := run([]string{"--dir", dir, "--out", out}); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	md := string(b)
+	md := report(t, dir)
 	if strings.Contains(md, "(perf)") {
 		t.Errorf("perf rows in a report of a run without perf:\n%s", md)
+	}
+	if strings.Contains(md, "NAPI") {
+		t.Errorf("a NAPI row in a report of a run without the napi_cpu column:\n%s", md)
 	}
 	for _, want := range []string{
 		"## flood\n",
@@ -85,5 +100,34 @@ func TestReport(t *testing.T) {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
+	}
+}
+
+// TestReportPinned reads a run made with PIN=1: the NAPI threads' CPU is a
+// row, and the method says where everything ran.
+func TestReportPinned(t *testing.T) {
+	dir, write := fixture(t)
+	write("meta.tsv", "xdp\tnative\npin\tserver side on CPU 0, flood on CPU 1\n")
+	head := "round\tfw\tflood\twall_s\tsl_utime\tsl_stime\tdenied\tdenied_s\tpassed\ttcp_insegs\tsyncookies\tlisten_drops\tcpu_user\tcpu_sys\tcpu_softirq\tcpu_idle\tcpu_total\tveth_drops\tidle_before\tperf_user_ms\tperf_sys_ms\tflood_sent\tflood_s\tflood_cpu\tnapi_cpu\trr\n"
+	rows := ""
+	for _, r := range []struct{ flood, napi string }{{"none", "20"}, {"100000", "150"}} {
+		rr := "raw/" + r.flood + ".json"
+		write(rr, `{"ops_per_s":2000,"errors":0,"send_lag_us":{"p99":20},"latency_us":{"p50":50,"p99":100,"p99_9":900}}`)
+		// 10 s per phase: 20 ticks are 2% of a CPU, 150 ticks 15%.
+		rows += strings.Join([]string{"1", "on", r.flood, "10", "10", "100", "0", "10", "5", "20000", "0", "0",
+			"1", "1", "1", "1", "4", "0", "90", "-1", "-1", "0", "10", "500", r.napi, rr}, "\t") + "\n"
+	}
+	write("phases.tsv", head+rows)
+	md := report(t, dir)
+	for _, want := range []string{
+		"| server receive (NAPI thread) CPU % | 2.0 | 15.0 |",
+		"CPUs (server side on CPU 0, flood on CPU 1)",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "The flood generator shares the two cores") {
+		t.Errorf("a pinned run described as unpinned:\n%s", md)
 	}
 }
