@@ -67,6 +67,10 @@ type Loop struct {
 	now     int64
 	stopped bool
 	running []func() // scratch slice for the submitted queue being run
+
+	// deferred are the funcs to run once the events of the current
+	// wake-up have been handled (Defer); flushing is their scratch slice.
+	deferred, flushing []func()
 }
 
 // New creates a loop with its epoll instance and wake-up eventfd.
@@ -206,12 +210,32 @@ func (l *Loop) Run() error {
 				}
 			}
 		}
+		l.runDeferred()
 		if n == len(l.events) && len(l.events) < 4096 {
 			l.events = make([]unix.EpollEvent, 2*len(l.events))
 		}
 		l.runTimers()
+		l.runDeferred()
 	}
 	return ErrStopped
+}
+
+// Defer runs fn once, after the handlers of every event of the current
+// wake-up have run (or, from a timer, after the timers due): the place to
+// flush work gathered from several events, such as datagrams for one
+// socket collected from several others and sent with one sendmmsg(2). Each
+// call runs fn once; a func deferred by a deferred func runs in the same
+// round. Loop goroutine only.
+func (l *Loop) Defer(fn func()) { l.deferred = append(l.deferred, fn) }
+
+func (l *Loop) runDeferred() {
+	for len(l.deferred) > 0 {
+		l.flushing, l.deferred = l.deferred, l.flushing[:0]
+		for i, fn := range l.flushing {
+			fn()
+			l.flushing[i] = nil
+		}
+	}
 }
 
 // wait is epoll_wait(2) made with RawSyscall: the loop's goroutine keeps

@@ -211,3 +211,49 @@ func TestEventDispatchAndStaleRegistration(t *testing.T) {
 	default:
 	}
 }
+
+// TestDefer checks that deferred funcs run once each, in order, after the
+// event that deferred them, including those deferred by a deferred func
+// and by a timer, with no further event to wake the loop.
+func TestDefer(t *testing.T) {
+	l := runLoop(t)
+	got := make(chan string, 16)
+	onLoop(t, l, func() {
+		l.Defer(func() {
+			got <- "d1"
+			l.Defer(func() { got <- "d3" })
+		})
+		l.Defer(func() { got <- "d2" })
+		got <- "event"
+	})
+	want := []string{"event", "d1", "d2", "d3"}
+	for i, w := range want {
+		select {
+		case g := <-got:
+			if g != w {
+				t.Fatalf("step %d: got %q, want %q (order %v)", i, g, w, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("step %d: %q never ran", i, w)
+		}
+	}
+
+	// From a timer: the loop has nothing else to wake it, so the func
+	// runs only if the loop flushes after its timers.
+	var tm Timer
+	tm.F = func() { l.Defer(func() { got <- "after timer" }) }
+	onLoop(t, l, func() { l.Schedule(&tm, l.Now()+int64(time.Millisecond)) })
+	select {
+	case g := <-got:
+		if g != "after timer" {
+			t.Fatalf("got %q, want the timer's deferred func", g)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a func deferred by a timer never ran")
+	}
+	select {
+	case g := <-got:
+		t.Fatalf("%q ran twice", g)
+	default:
+	}
+}

@@ -23,8 +23,9 @@ type batch struct {
 	bufs  [][]byte                // bufSize each
 
 	// calls and moved count the recv and send syscalls made and the
-	// datagrams they moved, for the benchmarks' datagrams-per-call figure.
-	calls, moved uint64
+	// datagrams they moved, for the benchmarks' datagrams-per-call figure;
+	// sends counts the send syscalls alone.
+	calls, moved, sends uint64
 }
 
 func newBatch(n int) *batch {
@@ -89,6 +90,7 @@ func (b *batch) recv(fd, lo, hi int, names bool) (int, error) {
 // does. One slot uses sendmsg, more use sendmmsg.
 func (b *batch) send(fd, lo, hi int) (int, error) {
 	b.calls++
+	b.sends++
 	if hi-lo == 1 {
 		_, _, e := unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msgs[lo].Hdr)), unix.MSG_DONTWAIT)
 		if e != 0 {

@@ -25,8 +25,14 @@
 //
 // Datagrams are read and written up to Config.Batch at a time with
 // recvmmsg/sendmmsg: client datagrams from the listening socket (each then
-// sent on its session's socket, one send each), and replies from a session
-// socket (sent to the client in one sendmmsg). Measured 2026-11-22 on a
+// sent on its session's socket, one send each), and replies, read from
+// every session socket that is ready in one wake-up of the loop and sent to
+// their clients together in one sendmmsg on the listening socket.
+// Gathering the replies, measured 2026-11-22 against the build before it
+// (cmd/sluice-bench udp, 16 clients, closed loop, 5 s, alternating, two
+// rounds): 52.1k and 48.9k against 65.4k and 57.0k round trips/s; strace
+// over 20,000 round trips counted 3,927 reply sends instead of 20,000, and
+// 53,000 syscalls in all instead of 73,000. Measured 2026-11-22 on a
 // 2-vCPU Xeon VM (Linux 6.18, Firecracker) shared with other load, medians
 // of five runs: BenchmarkRoundTrip (32 clients, 8 requests in flight each)
 // costs the loop 5.4 µs of CPU per datagram unbatched and 4.3 µs at Batch
@@ -81,9 +87,17 @@ type Proxy struct {
 	lnfd    int    // the listening socket; -1 before Listen and after Drain
 	lnDrops uint32 // the kernel's drop count of lnfd when last read
 
-	// buf holds the datagrams of one read, from the listening socket or
-	// from a session socket; it is empty between events.
-	buf *batch
+	// buf holds the datagrams of one read from the listening socket, or
+	// the replies gathered from session sockets during one wake-up: slots
+	// 0..pend-1 wait to go to their clients, slot i for session owner[i].
+	// They go out in one sendmmsg when the wake-up's events are handled
+	// (flushQueued: the loop will call flush), when the slots run out, or
+	// before the listening socket is read into the same slots.
+	buf         *batch
+	pend        int
+	owner       []*session
+	flushQueued bool
+	flush       func() // flushDeferred, bound once
 
 	sessions map[netip.AddrPort]*session
 	// lru is the sentinel of the ring of sessions ordered by last activity:
@@ -122,12 +136,14 @@ func New(l *loop.Loop, cfg Config, lb *balancer.Pool, limiter *SessionLimiter, l
 		debug:    log.Core().Enabled(zap.DebugLevel),
 		lnfd:     -1,
 		buf:      newBatch(cfg.Batch),
+		owner:    make([]*session, cfg.Batch),
 		sessions: make(map[netip.AddrPort]*session),
 		counters: make(map[netip.AddrPort]*BackendCounters),
 		stats:    new(Stats),
 	}
 	p.lru.next, p.lru.prev = &p.lru, &p.lru
 	p.expiry.F = p.expire
+	p.flush = p.flushDeferred
 	return p
 }
 
@@ -175,6 +191,7 @@ func (p *Proxy) Drain() <-chan struct{} {
 // CloseAll ends every session and closes the listening socket. The proxy
 // holds no fd afterwards.
 func (p *Proxy) CloseAll() {
+	p.flushReplies()
 	for p.lru.prev != &p.lru {
 		p.end(p.lru.prev)
 	}
@@ -197,6 +214,9 @@ type listener Proxy
 func (ln *listener) HandleEvent(uint32) {
 	p := (*Proxy)(ln)
 	b := p.buf
+	// The slots are about to be reused, and handling client datagrams can
+	// end or remap sessions: the replies gathered so far go first.
+	p.flushReplies()
 	for read := 0; read < eventBudget && p.lnfd >= 0; {
 		n, err := b.recv(p.lnfd, 0, p.cfg.Batch, true)
 		if err == unix.EINTR {
@@ -260,12 +280,17 @@ func (p *Proxy) forward(i int) {
 	s.bc.BytesUp.Add(uint64(len(data)))
 }
 
-// relay reads what the backend of s sent and sends it to the client from
-// the listening socket, a batch at a time.
+// relay reads what the backend of s sent into the free slots of p.buf,
+// to go to the client from the listening socket with the replies of other
+// sessions ready in the same wake-up.
 func (p *Proxy) relay(s *session) {
 	b := p.buf
 	for read := 0; read < eventBudget; {
-		n, err := b.recv(s.fd, 0, p.cfg.Batch, false)
+		if p.pend == p.cfg.Batch {
+			p.flushReplies()
+		}
+		lo := p.pend
+		n, err := b.recv(s.fd, lo, p.cfg.Batch, false)
 		switch err {
 		case nil:
 		case unix.EINTR:
@@ -276,27 +301,44 @@ func (p *Proxy) relay(s *session) {
 		default:
 			return // EAGAIN; other errors are transient datagram errors
 		}
-		if n == p.cfg.Batch {
+		if lo+n == p.cfg.Batch {
 			p.countSessionDrops(s)
 		}
-		for i := range n {
+		for i := lo; i < lo+n; i++ {
 			b.iovs[i].SetLen(int(b.msgs[i].Len))
 			b.msgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&s.name))
 			b.msgs[i].Hdr.Namelen = s.nameLen
+			p.owner[i] = s
+		}
+		p.pend += n
+		if !p.flushQueued {
+			p.flushQueued = true
+			p.loop.Defer(p.flush)
 		}
 		p.touch(s)
-		p.reply(s, n)
 		read += n
-		if n < p.cfg.Batch {
+		if lo+n < p.cfg.Batch {
 			return // the queue is empty, or nearly
 		}
 	}
 }
 
-// reply sends datagrams 0..n-1 of p.buf to the client of s. One the
-// listening socket cannot take now is dropped, never waited for.
-func (p *Proxy) reply(s *session, n int) {
-	b := p.buf
+// flushDeferred is flushReplies run by the loop after a wake-up's events.
+func (p *Proxy) flushDeferred() {
+	p.flushQueued = false
+	p.flushReplies()
+}
+
+// flushReplies sends the gathered replies, slots 0..pend-1 of p.buf, to
+// their clients. One the listening socket cannot take now is dropped, never
+// waited for.
+func (p *Proxy) flushReplies() {
+	b, n := p.buf, p.pend
+	if n == 0 {
+		return
+	}
+	p.pend = 0
+	defer clear(p.owner[:n])
 	for off := 0; off < n; {
 		if p.lnfd < 0 {
 			p.stats.drop(DropSendClientFailed, n-off)
@@ -319,8 +361,9 @@ func (p *Proxy) reply(s *session, n int) {
 			continue
 		}
 		for i := off; i < off+k; i++ {
-			s.bc.DatagramsDown.Add(1)
-			s.bc.BytesDown.Add(uint64(b.msgs[i].Len))
+			bc := p.owner[i].bc
+			bc.DatagramsDown.Add(1)
+			bc.BytesDown.Add(uint64(b.msgs[i].Len))
 		}
 		off += k
 	}

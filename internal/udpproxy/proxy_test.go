@@ -633,3 +633,79 @@ func TestSessionSize(t *testing.T) {
 		t.Errorf("session is %d bytes; keep it at most 176", n)
 	}
 }
+
+// TestRepliesGathered checks that the replies of several sessions that are
+// ready in one wake-up of the loop go to their clients together: one
+// sendmmsg per Batch replies, not one send each, and each reply to its own
+// client.
+func TestRepliesGathered(t *testing.T) {
+	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	backend := be.LocalAddr().(*net.UDPAddr).AddrPort()
+	cfg := testConfig()
+	r := startRig(t, netip.MustParseAddrPort("127.0.0.1:0"), []netip.AddrPort{backend}, cfg, nil, 1)
+
+	const n = 10
+	clients := make([]*client, n)
+	for i := range clients {
+		clients[i] = newClient(t, "127.0.0.1")
+		if _, err := clients[i].conn.WriteToUDPAddrPort([]byte(fmt.Sprintf("req-%d", i)), r.addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The backend takes every request before answering any, so that all
+	// sessions are open and their replies can be queued together.
+	froms := make([]netip.AddrPort, 0, n)
+	reqs := make([]string, 0, n)
+	buf := make([]byte, 2048)
+	be.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for range n {
+		k, from, err := be.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("backend: %v", err)
+		}
+		froms = append(froms, from)
+		reqs = append(reqs, string(buf[:k]))
+	}
+
+	// Hold the loop while the replies land in the session sockets (a
+	// loopback send has queued its datagram when it returns).
+	blocked, release := make(chan struct{}), make(chan struct{})
+	if !r.loops[0].Submit(func() { close(blocked); <-release }) {
+		t.Fatal("submit refused")
+	}
+	<-blocked
+	sends0 := r.proxies[0].buf.sends
+	for i, from := range froms {
+		if _, err := be.WriteToUDPAddrPort([]byte("re:"+reqs[i]), from); err != nil {
+			close(release)
+			t.Fatal(err)
+		}
+	}
+	close(release)
+
+	for i, c := range clients {
+		c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		k, from, err := c.conn.ReadFromUDPAddrPort(c.buf)
+		if err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		if want := fmt.Sprintf("re:req-%d", i); string(c.buf[:k]) != want || from != r.addr {
+			t.Errorf("client %d got %q from %v, want %q from %v", i, c.buf[:k], from, want, r.addr)
+		}
+	}
+	var sends, down uint64
+	r.do(0, func(p *Proxy) {
+		sends = p.buf.sends - sends0
+		down = p.counters[backend].DatagramsDown.Load()
+	})
+	if want := uint64((n + cfg.Batch - 1) / cfg.Batch); sends != want {
+		t.Errorf("%d replies went out in %d sends, want %d (batches of %d)", n, sends, want, cfg.Batch)
+	}
+	if down != n {
+		t.Errorf("backend counters: %d datagrams down, want %d", down, n)
+	}
+}
