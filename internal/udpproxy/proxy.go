@@ -32,7 +32,7 @@
 // (cmd/sluice-bench udp, 16 clients, closed loop, 5 s, alternating, two
 // rounds): 52.1k and 48.9k against 65.4k and 57.0k round trips/s; strace
 // over 20,000 round trips counted 3,927 reply sends instead of 20,000, and
-// 53,000 syscalls in all instead of 73,000. Measured 2026-11-22 on a
+// 55,000 syscalls in all instead of 73,000. Measured 2026-11-22 on a
 // 2-vCPU Xeon VM (Linux 6.18, Firecracker) shared with other load, medians
 // of five runs: BenchmarkRoundTrip (32 clients, 8 requests in flight each)
 // costs the loop 5.4 µs of CPU per datagram unbatched and 4.3 µs at Batch
