@@ -17,6 +17,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-lb/sluice/internal/rawsys"
 )
 
 // Event bits passed to handlers; they are the epoll bits.
@@ -106,7 +108,7 @@ func (l *Loop) Add(fd int, events uint32, h Handler) error {
 	l.nextGen++
 	gen := l.nextGen
 	ev := unix.EpollEvent{Events: events, Fd: int32(fd), Pad: gen}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		return os.NewSyscallError("epoll_ctl add", err)
 	}
 	l.entries[fd] = entry{h: h, gen: gen}
@@ -119,7 +121,7 @@ func (l *Loop) Modify(fd int, events uint32) error {
 		return fmt.Errorf("modify fd %d: not registered", fd)
 	}
 	ev := unix.EpollEvent{Events: events, Fd: int32(fd), Pad: l.entries[fd].gen}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, fd, &ev); err != nil {
+	if err := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, fd, &ev); err != nil {
 		return os.NewSyscallError("epoll_ctl mod", err)
 	}
 	return nil
@@ -132,7 +134,7 @@ func (l *Loop) Remove(fd int) error {
 		return fmt.Errorf("remove fd %d: not registered", fd)
 	}
 	l.entries[fd] = entry{}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil); err != nil {
+	if err := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil); err != nil {
 		return os.NewSyscallError("epoll_ctl del", err)
 	}
 	return nil

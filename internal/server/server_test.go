@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -201,6 +202,47 @@ func TestHalfCloseResponseAfterFIN(t *testing.T) {
 		t.Fatalf("reply %q", reply)
 	}
 	<-served
+}
+
+// TestHalfCloseBackendFirst is the other order: the backend speaks first
+// and sends its FIN, then the client answers and closes. When the second
+// FIN arrives both directions have ended and sluice closes both sockets
+// without a shutdown of its own: each side must still see all the bytes
+// and a clean end, never a reset.
+func TestHalfCloseBackendFirst(t *testing.T) {
+	got := make(chan string, 1)
+	addr, served := oneConnBackend(t, func(c *net.TCPConn) {
+		c.Write([]byte("hello"))
+		c.CloseWrite()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(c)
+		if err != nil {
+			got <- "error: " + err.Error()
+			return
+		}
+		got <- string(b)
+	})
+	r := start(t, "--backend", addr)
+	c := r.dial(t)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	greeting, err := io.ReadAll(c)
+	if err != nil || string(greeting) != "hello" {
+		t.Fatalf("client read %q, %v; want hello and EOF", greeting, err)
+	}
+	if _, err := c.Write(bytes.Repeat([]byte("y"), 100000)); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	if b := <-got; b != strings.Repeat("y", 100000) {
+		t.Fatalf("backend read %d bytes (%.40q), want 100000 y and EOF", len(b), b)
+	}
+	<-served
+	// The client's socket is closed by sluice once both FINs have passed:
+	// a clean close reads as EOF, a reset as ECONNRESET.
+	var one [1]byte
+	if n, err := c.Read(one[:]); n != 0 || err != io.EOF {
+		t.Fatalf("client read after both FINs = %d, %v; want EOF", n, err)
+	}
 }
 
 // TestManyConnections holds 2,000 connections open at once through the

@@ -8,6 +8,7 @@ import (
 
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/loop"
+	"github.com/sluice-lb/sluice/internal/rawsys"
 	"github.com/sluice-lb/sluice/internal/splice"
 )
 
@@ -138,15 +139,14 @@ func (c *conn) dial(bidx int) {
 	p.lb.Open.Add(1)
 	c.attempts++
 	c.state = stateConnecting
-	sa, family := sockaddrOf(c.be.Addr)
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := rawsys.Socket(rawsys.Family(c.be.Addr), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		c.localFailure(err)
 		return
 	}
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	_ = rawsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	c.backend = endpoint{c: c, fd: fd}
-	err = unix.Connect(fd, sa)
+	err = rawsys.Connect(fd, c.be.Addr)
 	if err != nil && err != unix.EINPROGRESS {
 		if isLocal(err) {
 			c.localFailure(err)
@@ -317,7 +317,13 @@ func (c *conn) pump(h *half, src, dst *endpoint) error {
 		if h.eof {
 			if !h.shut {
 				h.shut = true
-				_ = unix.Shutdown(dst.fd, unix.SHUT_WR)
+				// When the other direction has ended too, both sockets
+				// are about to be closed, and the close sends dst its
+				// FIN: everything dst sent has been read, so it is not
+				// a reset.
+				if !c.other(h).shut {
+					_ = rawsys.Shutdown(dst.fd, unix.SHUT_WR)
+				}
 			}
 			break
 		}
@@ -393,6 +399,14 @@ func (c *conn) pump(h *half, src, dst *endpoint) error {
 		h.pipe = nil
 	}
 	return nil
+}
+
+// other returns the half of c that is not h.
+func (c *conn) other(h *half) *half {
+	if h == &c.up {
+		return &c.down
+	}
+	return &c.up
 }
 
 func (c *conn) useSplice(h *half) bool {
@@ -547,7 +561,7 @@ func closeSocket(l *loop.Loop, fd int, reset bool) {
 	}
 	l.Forget(fd)
 	if reset {
-		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		_ = rawsys.LingerZero(fd)
 	}
-	unix.Close(fd)
+	rawsys.Close(fd)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/loop"
+	"github.com/sluice-lb/sluice/internal/rawsys"
 	"github.com/sluice-lb/sluice/internal/splice"
 )
 
@@ -221,7 +222,7 @@ func (ln *listener) HandleEvent(uint32) {
 			ln.pause(limitPause)
 			return
 		}
-		nfd, sa, err := unix.Accept4(ln.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		nfd, peer, err := rawsys.Accept4(ln.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		if err != nil {
 			p.limiter.Release()
 			switch err {
@@ -245,7 +246,7 @@ func (ln *listener) HandleEvent(uint32) {
 			}
 		}
 		p.pauseLogged = false
-		p.accept(nfd, sa)
+		p.accept(nfd, peer)
 	}
 }
 
@@ -285,10 +286,10 @@ func (ln *listener) close() {
 }
 
 // accept sets up a new client connection and starts its backend connect.
-func (p *Proxy) accept(fd int, sa unix.Sockaddr) {
+func (p *Proxy) accept(fd int, peer netip.AddrPort) {
 	p.stats.Accepted.Add(1)
 	// TCP_NODELAY comes from the listening socket (see Listen).
-	c := &conn{p: p, idx: len(p.conns), peer: addrPortOf(sa), start: p.loop.Now()}
+	c := &conn{p: p, idx: len(p.conns), peer: peer, start: p.loop.Now()}
 	c.client = endpoint{c: c, fd: fd, isClient: true}
 	c.backend = endpoint{c: c, fd: -1}
 	c.timer.F = c.onTimer

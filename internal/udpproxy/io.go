@@ -5,6 +5,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-lb/sluice/internal/rawsys"
 )
 
 // bufSize is the size of every datagram buffer. The largest UDP payload is
@@ -126,9 +128,9 @@ func addrOfRaw(sa *unix.RawSockaddrInet6) netip.AddrPort {
 	switch sa.Family {
 	case unix.AF_INET:
 		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), ntohs(sa4.Port))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), rawsys.Ntohs(sa4.Port))
 	case unix.AF_INET6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), ntohs(sa.Port))
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), rawsys.Ntohs(sa.Port))
 	}
 	return netip.AddrPort{}
 }
@@ -139,28 +141,14 @@ func rawOf(ap netip.AddrPort, family int) (unix.RawSockaddrInet6, uint32) {
 	if family == unix.AF_INET {
 		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&sa))
 		sa4.Family = unix.AF_INET
-		sa4.Port = htons(ap.Port())
+		sa4.Port = rawsys.Htons(ap.Port())
 		sa4.Addr = ap.Addr().Unmap().As4()
 		return sa, unix.SizeofSockaddrInet4
 	}
 	sa.Family = unix.AF_INET6
-	sa.Port = htons(ap.Port())
+	sa.Port = rawsys.Htons(ap.Port())
 	sa.Addr = ap.Addr().As16()
 	return sa, unix.SizeofSockaddrInet6
-}
-
-// ntohs and htons convert the port of a raw sockaddr, stored in network
-// byte order in a uint16 field.
-func ntohs(p uint16) uint16 {
-	b := (*[2]byte)(unsafe.Pointer(&p))
-	return uint16(b[0])<<8 | uint16(b[1])
-}
-
-func htons(p uint16) uint16 {
-	var r uint16
-	b := (*[2]byte)(unsafe.Pointer(&r))
-	b[0], b[1] = byte(p>>8), byte(p)
-	return r
 }
 
 func sockaddrOf(ap netip.AddrPort) (unix.Sockaddr, int) {
