@@ -33,6 +33,9 @@
 #   RR_RATE=2000 RR_CONNS=50      the allowed client: open-loop requests/s over keep-alive connections
 #   FLOOD_TOOL=synflood           synflood (bench/flood/synflood: cycles through the denied /25)
 #                                 or hping3 (one source, 198.18.0.200, -a; apt-get install hping3)
+#   FLOOD_TICK=100us              synflood's pacing interval: what is due is sent once per tick,
+#                                 so each burst lasts rate × tick SYNs (the 1 ms of earlier runs
+#                                 held a CPU for about 250 µs per burst at 100k/s)
 #   FLOODS="100000 0"             flood rates, SYNs/s, one phase each per round; 0 = as fast as
 #                                 the generator goes (it then takes a core of its own)
 #   QUIET_IDLE=60 QUIET_WAIT=5    before each phase, wait up to QUIET_WAIT s for a second with at
@@ -59,6 +62,7 @@ RR_RATE=${RR_RATE:-2000}
 RR_CONNS=${RR_CONNS:-50}
 FLOOD_TOOL=${FLOOD_TOOL:-synflood}
 FLOODS=${FLOODS:-100000 0}
+FLOOD_TICK=${FLOOD_TICK:-100us}
 OUT_MD=${OUT_MD:-bench/FLOOD.md}
 PERF=${PERF:-1}
 PIN=${PIN:-0}
@@ -320,7 +324,7 @@ start_flood() {
 		local count=()
 		((pps > 0)) && count=(--count $((pps * FLOOD_SECS)))
 		timeout $((FLOOD_SECS + 5)) ip netns exec "$CLI" "${FLOOD_CPU[@]}" "$BIN/synflood" --src $DENY --dst $LISTEN \
-			--duration "${FLOOD_SECS}s" --pps "$pps" "${count[@]}" --json >"$out" 2>>"$LOGS/flood.log" &
+			--duration "${FLOOD_SECS}s" --pps "$pps" --tick "$FLOOD_TICK" "${count[@]}" --json >"$out" 2>>"$LOGS/flood.log" &
 	else
 		# One source from the denied range; -c bounds the count, timeout the time.
 		local rate=(--flood)
@@ -407,7 +411,7 @@ meta kernel "$(uname -r)"
 meta go "$(go version | awk '{ print $3 }')"
 meta cpu "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) ($(nproc) CPUs)"
 meta clk_tck "$(getconf CLK_TCK)"
-meta settings "ROUNDS=$ROUNDS NOFW_ROUNDS=$NOFW_ROUNDS PHASE=${PHASE}s WARMUP=${WARMUP}s RR_RATE=$RR_RATE RR_CONNS=$RR_CONNS FLOOD_TOOL=$FLOOD_TOOL FLOODS=\"$FLOODS\" PIN=$PIN"
+meta settings "ROUNDS=$ROUNDS NOFW_ROUNDS=$NOFW_ROUNDS PHASE=${PHASE}s WARMUP=${WARMUP}s RR_RATE=$RR_RATE RR_CONNS=$RR_CONNS FLOOD_TOOL=$FLOOD_TOOL FLOOD_TICK=$FLOOD_TICK FLOODS=\"$FLOODS\" PIN=$PIN"
 if ((PIN)); then meta pin "server side on CPU 0, flood on CPU 1"; else meta pin none; fi
 meta loadavg "$(cut -d' ' -f1-3 /proc/loadavg)"
 

@@ -32,6 +32,9 @@ func TestParseRefusesOtherRanges(t *testing.T) {
 		{[]string{"--dst", "198.18.0.1:7000", "--duration", "6m"}, "--duration"},
 		{[]string{"--dst", "198.18.0.1:7000", "--duration", "1s", "--pps", "-1"}, "--pps"},
 		{[]string{"--duration", "1s"}, "--dst"},
+		{[]string{"--dst", "198.18.0.1:7000", "--duration", "1s", "--tick", "1ms"}, ""},
+		{[]string{"--dst", "198.18.0.1:7000", "--duration", "1s", "--tick", "1µs"}, "--tick"},
+		{[]string{"--dst", "198.18.0.1:7000", "--duration", "1s", "--tick", "1s"}, "--tick"},
 	} {
 		_, err := parse(tc.args)
 		switch {
@@ -97,7 +100,7 @@ func TestFloodCyclesSourcesAndBounds(t *testing.T) {
 	}
 
 	// Paced: about pps × duration.
-	c.count, c.pps, c.duration = 0, 2000, 300*time.Millisecond
+	c.count, c.pps, c.duration, c.tick = 0, 2000, 300*time.Millisecond, time.Millisecond
 	s = flood(context.Background(), c, func([]byte) error { return nil })
 	if s.Sent < 500 || s.Sent > 700 || s.ElapsedS > 0.5 {
 		t.Fatalf("paced at 2000/s for 300 ms: sent %d in %.3f s", s.Sent, s.ElapsedS)
@@ -114,5 +117,30 @@ func TestFloodCyclesSourcesAndBounds(t *testing.T) {
 	})
 	if s.Skipped < 100 || s.Sent+s.Skipped < 500 || s.Sent+s.Skipped > 700 {
 		t.Fatalf("paced at 2000/s for 300 ms with a 100 ms stall: sent %d, skipped %d", s.Sent, s.Skipped)
+	}
+}
+
+// TestFloodTickBoundsBursts checks that a finer tick sends the same rate
+// in smaller bursts: at 100k/s, 100 SYNs a burst with a 1 ms tick, 10 with
+// 100 µs (more when the ticker is late on a busy machine, so the bound
+// here is half the 1 ms burst).
+func TestFloodTickBoundsBursts(t *testing.T) {
+	c := config{
+		src:      netip.MustParsePrefix("198.18.0.128/25"),
+		dst:      netip.MustParseAddrPort("198.18.0.1:7000"),
+		pps:      100000,
+		duration: 200 * time.Millisecond,
+	}
+	mean := func(tick time.Duration) float64 {
+		c.tick = tick
+		s := flood(context.Background(), c, func([]byte) error { return nil })
+		if s.Bursts == 0 || s.Sent < 10000 {
+			t.Fatalf("tick %v: sent %d in %d bursts, want about 20000", tick, s.Sent, s.Bursts)
+		}
+		return float64(s.Sent) / float64(s.Bursts)
+	}
+	coarse, fine := mean(time.Millisecond), mean(100*time.Microsecond)
+	if coarse < 80 || fine > coarse/2 {
+		t.Errorf("mean burst: %.1f SYNs with a 1 ms tick, %.1f with 100 µs; want about 100 and 10", coarse, fine)
 	}
 }
