@@ -233,6 +233,12 @@ func (s *Server) openListeners(sv *service, bind func(netip.AddrPort) (int, neti
 	sc := sv.cfg
 	inherited := s.claimAll(handoff.KindListener, sc.Name, sc.Proto, sc.Listen)
 	addr := sc.Listen
+	if len(inherited) == 0 {
+		// New sockets only: inherited ones are this service's own group.
+		if err := checkFree(sc.Proto, addr); err != nil {
+			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
+		}
+	}
 	for i := range s.loops {
 		var fd int
 		if i < len(inherited) {

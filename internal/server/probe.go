@@ -1,0 +1,58 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// errInUse is checkFree's error for an address another socket holds.
+var errInUse = errors.New("address already in use by another socket (another sluice, or another server, is there)")
+
+// checkFree reports an error when another socket already holds addr for
+// proto ("tcp" or "udp"). The loops' sockets take SO_REUSEPORT, one per
+// loop; a socket of the same user that also has it (a second sluice
+// started by mistake) would join their group, and the kernel would share
+// the connections or datagrams between the two processes without a word.
+// A probe bound without SO_REUSEPORT fails where such a socket, or any
+// other, is bound. For TCP the probe has SO_REUSEADDR, so that the
+// TIME_WAIT connections of an earlier run do not count. Port 0 is always
+// free.
+func checkFree(proto string, addr netip.AddrPort) error {
+	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	if addr.Port() == 0 {
+		return nil
+	}
+	typ := unix.SOCK_STREAM
+	if proto == "udp" {
+		typ = unix.SOCK_DGRAM
+	}
+	family := unix.AF_INET6
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}
+	if addr.Addr().Is4() {
+		family = unix.AF_INET
+		sa = &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("listen on %s/%s: %w", addr, proto, os.NewSyscallError("socket", err))
+	}
+	defer unix.Close(fd)
+	if typ == unix.SOCK_STREAM {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	}
+	if family == unix.AF_INET6 {
+		// As the listeners: IPv6 only.
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		if err == unix.EADDRINUSE {
+			return fmt.Errorf("listen on %s/%s: %w", addr, proto, errInUse)
+		}
+		return fmt.Errorf("listen on %s/%s: %w", addr, proto, os.NewSyscallError("bind", err))
+	}
+	return nil
+}
