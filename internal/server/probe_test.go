@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/sluice-lb/sluice/internal/handoff"
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
@@ -101,4 +102,37 @@ func TestCheckFree(t *testing.T) {
 	if err := checkFree("tcp", addr); err != nil {
 		t.Errorf("a port with only TIME_WAIT connections left: %v", err)
 	}
+}
+
+// TestRenamedServiceUpgrade: an upgrade whose configuration renamed a
+// service keeps its address; the predecessor's socket there is sluice's
+// own, handed over under the old name, so the new one may bind beside it.
+func TestRenamedServiceUpgrade(t *testing.T) {
+	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	held := reusePortSocket(t, unix.SOCK_STREAM)
+	// The handed-over copy: what the predecessor would pass.
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // any socket to stand for the old name's fd
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := ln.(*net.TCPListener).File()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// New owns what is handed over (it closes the sockets no service
+	// claims): give it a descriptor of its own.
+	fd, err := unix.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := parse(t, "--listen", held.String(), "--backend", backend.Addr().String())
+	s, err := New(cfg, zap.NewNop(), Options{Inherited: []handoff.Socket{
+		{Kind: handoff.KindListener, Service: "old-name", Proto: "tcp", Addr: held.String(), FD: fd},
+	}})
+	if err != nil {
+		t.Fatalf("New beside the predecessor's socket for a renamed service: %v", err)
+	}
+	s.release()
 }

@@ -51,9 +51,12 @@ type Server struct {
 	proxied  tcpproxy.SourceRules // the firewall's lists, for PROXY-claimed addresses
 	opts     Options
 	inherit  []handoff.Socket // handed-over sockets not yet claimed by New
-	upgraded chan struct{}    // closed when a successor took over
-	registry *prometheus.Registry
-	checkDur *prometheus.HistogramVec
+	// handedOver holds "proto addr" of every listener the predecessor
+	// handed over, claimed or not: the address checks leave those alone.
+	handedOver map[string]bool
+	upgraded   chan struct{} // closed when a successor took over
+	registry   *prometheus.Registry
+	checkDur   *prometheus.HistogramVec
 
 	wg        sync.WaitGroup // loop goroutines and background workers
 	ready     chan struct{}
@@ -93,6 +96,12 @@ func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error
 		sessions: udpproxy.NewSessionLimiter(cfg.UDPMaxSessions),
 		ready:    make(chan struct{}),
 		registry: prometheus.NewRegistry(),
+	}
+	s.handedOver = make(map[string]bool)
+	for _, so := range opts.Inherited {
+		if so.Kind == handoff.KindListener {
+			s.handedOver[so.Proto+" "+so.Addr] = true
+		}
 	}
 	s.checkDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "sluice_health_check_duration_seconds",
@@ -233,8 +242,10 @@ func (s *Server) openListeners(sv *service, bind func(netip.AddrPort) (int, neti
 	sc := sv.cfg
 	inherited := s.claimAll(handoff.KindListener, sc.Name, sc.Proto, sc.Listen)
 	addr := sc.Listen
-	if len(inherited) == 0 {
-		// New sockets only: inherited ones are this service's own group.
+	if len(inherited) == 0 && !s.handedOver[sc.Proto+" "+addr.String()] {
+		// New sockets only, and not on an address the predecessor of an
+		// upgrade still listens on (a service renamed in the new
+		// configuration): those sockets are sluice's own group.
 		if err := checkFree(sc.Proto, addr); err != nil {
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 		}
