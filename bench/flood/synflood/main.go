@@ -142,7 +142,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	defer unix.Close(fd)
 	to := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: c.dst.Addr().As4()}
-	s := flood(ctx, c, func(pkt []byte) error {
+	s := flood(ctx, c, realClock{}, func(pkt []byte) error {
 		// A raw syscall: the socket does not block (a full buffer is
 		// an error), so the scheduler need not hand the P to another
 		// thread around each send, as unix.Sendto would have it do;
@@ -171,23 +171,19 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 // each burst holds that CPU for its whole length (100 SYNs a millisecond at
 // 100k/s held it for about 250 µs, as long as the rise in the allowed
 // client's p99 measured then).
-func flood(ctx context.Context, c config, send func([]byte) error) summary {
+func flood(ctx context.Context, c config, clk clock, send func([]byte) error) summary {
 	srcs := addrs(c.src)
 	var pkt [40]byte
 	s := summary{Sources: len(srcs), Src: c.src.String(), Dst: c.dst.String()}
-	start := time.Now()
+	start := clk.Now()
 	end := start.Add(c.duration)
 	limit := c.count
 	if limit == 0 {
 		limit = ^uint64(0)
 	}
-	// A sleep, not a time.Ticker: the runtime's timers wake up about once a
-	// millisecond when nothing else happens, so a 100 µs ticker still
-	// sent bursts of a millisecond. nanosleep(2) is a kernel hrtimer.
-	tick := unix.NsecToTimespec(c.tick.Nanoseconds())
 	var i uint64
 	for s.Sent+s.Skipped < limit {
-		now := time.Now()
+		now := clk.Now()
 		if !now.Before(end) || ctx.Err() != nil {
 			break
 		}
@@ -213,13 +209,31 @@ func flood(ctx context.Context, c config, send func([]byte) error) summary {
 			s.Sent++
 		}
 		if c.pps > 0 {
-			ts := tick
-			_ = unix.Nanosleep(&ts, nil) // EINTR: a signal, seen by ctx at the top
+			clk.Sleep(c.tick)
 		}
 	}
-	s.ElapsedS = time.Since(start).Seconds()
+	s.ElapsedS = clk.Now().Sub(start).Seconds()
 	s.PPS = float64(s.Sent) / s.ElapsedS
 	return s
+}
+
+// clock is the time flood paces by: realClock, or a fake one in tests.
+type clock interface {
+	Now() time.Time
+	Sleep(d time.Duration)
+}
+
+// realClock sleeps with nanosleep(2), not a time.Ticker: the runtime's
+// timers wake up about once a millisecond when nothing else happens, so a
+// 100 µs ticker still sent bursts of a millisecond; nanosleep is a kernel
+// hrtimer.
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+func (realClock) Sleep(d time.Duration) {
+	ts := unix.NsecToTimespec(d.Nanoseconds())
+	_ = unix.Nanosleep(&ts, nil) // EINTR: a signal, seen by ctx at the top of the loop
 }
 
 // addrs lists the addresses of p, at most 65536 of them.

@@ -83,7 +83,7 @@ func TestFloodCyclesSourcesAndBounds(t *testing.T) {
 		count:    300,
 	}
 	seen := map[netip.Addr]int{}
-	s := flood(context.Background(), c, func(pkt []byte) error {
+	s := flood(context.Background(), c, realClock{}, func(pkt []byte) error {
 		if netip.AddrFrom4([4]byte(pkt[16:20])) != c.dst.Addr() {
 			t.Errorf("sent to %v", pkt[16:20])
 		}
@@ -101,14 +101,14 @@ func TestFloodCyclesSourcesAndBounds(t *testing.T) {
 
 	// Paced: about pps × duration.
 	c.count, c.pps, c.duration, c.tick = 0, 2000, 300*time.Millisecond, time.Millisecond
-	s = flood(context.Background(), c, func([]byte) error { return nil })
+	s = flood(context.Background(), c, realClock{}, func([]byte) error { return nil })
 	if s.Sent < 500 || s.Sent > 700 || s.ElapsedS > 0.5 {
 		t.Fatalf("paced at 2000/s for 300 ms: sent %d in %.3f s", s.Sent, s.ElapsedS)
 	}
 
 	// A stall: the lost time is skipped, not sent in one burst.
 	stalled := false
-	s = flood(context.Background(), c, func([]byte) error {
+	s = flood(context.Background(), c, realClock{}, func([]byte) error {
 		if !stalled {
 			stalled = true
 			time.Sleep(100 * time.Millisecond)
@@ -120,10 +120,15 @@ func TestFloodCyclesSourcesAndBounds(t *testing.T) {
 	}
 }
 
-// TestFloodTickBoundsBursts checks that a finer tick sends the same rate
-// in smaller bursts: at 100k/s, 100 SYNs a burst with a 1 ms tick, 10 with
-// 100 µs (more when the ticker is late on a busy machine, so the bound
-// here is half the 1 ms burst).
+// fakeClock advances only when flood sleeps.
+type fakeClock struct{ t time.Time }
+
+func (f *fakeClock) Now() time.Time        { return f.t }
+func (f *fakeClock) Sleep(d time.Duration) { f.t = f.t.Add(d) }
+
+// TestFloodTickBoundsBursts checks that the tick sets the burst size: at
+// 100k/s, 100 SYNs a burst with a 1 ms tick and 10 with 100 µs, the rate
+// the same.
 func TestFloodTickBoundsBursts(t *testing.T) {
 	c := config{
 		src:      netip.MustParsePrefix("198.18.0.128/25"),
@@ -131,16 +136,26 @@ func TestFloodTickBoundsBursts(t *testing.T) {
 		pps:      100000,
 		duration: 200 * time.Millisecond,
 	}
-	mean := func(tick time.Duration) float64 {
-		c.tick = tick
-		s := flood(context.Background(), c, func([]byte) error { return nil })
-		if s.Bursts == 0 || s.Sent < 10000 {
-			t.Fatalf("tick %v: sent %d in %d bursts, want about 20000", tick, s.Sent, s.Bursts)
+	for _, tc := range []struct {
+		tick  time.Duration
+		burst uint64
+	}{{time.Millisecond, 100}, {100 * time.Microsecond, 10}} {
+		c.tick = tc.tick
+		biggest, n := uint64(0), uint64(0)
+		clk := &fakeClock{t: time.Unix(0, 0)}
+		last := clk.t
+		s := flood(context.Background(), c, clk, func([]byte) error {
+			if clk.t != last { // a new tick: a new burst
+				last, n = clk.t, 0
+			}
+			n++
+			biggest = max(biggest, n)
+			return nil
+		})
+		// The first burst also carries the packet due at time zero; the
+		// last tick's packets fall after the end.
+		if biggest > tc.burst+1 || s.Sent < 19890 || s.Sent > 20001 {
+			t.Errorf("tick %v: biggest burst %d (want %d), %d sent in %d bursts (want about 20000 in all)", tc.tick, biggest, tc.burst, s.Sent, s.Bursts)
 		}
-		return float64(s.Sent) / float64(s.Bursts)
-	}
-	coarse, fine := mean(time.Millisecond), mean(100*time.Microsecond)
-	if coarse < 80 || fine > coarse/2 {
-		t.Errorf("mean burst: %.1f SYNs with a 1 ms tick, %.1f with 100 µs; want about 100 and 10", coarse, fine)
 	}
 }
