@@ -56,3 +56,43 @@ func checkFree(proto string, addr netip.AddrPort) error {
 	}
 	return nil
 }
+
+// protoAddr is a listening address of a protocol ("tcp" or "udp").
+type protoAddr struct {
+	proto string
+	addr  netip.AddrPort
+}
+
+// ownListener reports whether another service of this process, or a
+// listener the predecessor of an upgrade handed over, already listens for
+// sv's protocol on an address that overlaps addr. The probe would fail on
+// those sockets, which are sluice's own: a wildcard service and a specific
+// one on the same port, a service renamed or moved between the wildcard
+// and a specific address by an upgrade.
+func (s *Server) ownListener(sv *service, addr netip.AddrPort) bool {
+	for _, o := range s.services {
+		if o != sv && o.cfg.Proto == sv.cfg.Proto && overlaps(o.addr, addr) {
+			return true
+		}
+	}
+	for _, h := range s.handedOver {
+		if h.proto == sv.cfg.Proto && overlaps(h.addr, addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// overlaps reports whether sockets bound to a and b would conflict: the
+// same port, and the same address or a wildcard of the same family (the
+// listeners are IPv6-only, so :: does not cover IPv4).
+func overlaps(a, b netip.AddrPort) bool {
+	if !a.IsValid() || !b.IsValid() || a.Port() != b.Port() {
+		return false
+	}
+	x, y := a.Addr().Unmap(), b.Addr().Unmap()
+	if x == y {
+		return true
+	}
+	return x.Is4() == y.Is4() && (x.IsUnspecified() || y.IsUnspecified())
+}

@@ -2,9 +2,12 @@ package server
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -104,14 +107,13 @@ func TestCheckFree(t *testing.T) {
 	}
 }
 
-// TestRenamedServiceUpgrade: an upgrade whose configuration renamed a
-// service keeps its address; the predecessor's socket there is sluice's
-// own, handed over under the old name, so the new one may bind beside it.
-func TestRenamedServiceUpgrade(t *testing.T) {
-	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	held := reusePortSocket(t, unix.SOCK_STREAM)
-	// The handed-over copy: what the predecessor would pass.
-	ln, err := net.Listen("tcp", "127.0.0.1:0") // any socket to stand for the old name's fd
+// standIn returns a descriptor of a throwaway socket to stand for the one
+// an upgrade's predecessor hands over under another name or address. New
+// owns what is handed over (it closes the sockets no service claims), so
+// the descriptor is the caller's to give away.
+func standIn(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,13 +122,21 @@ func TestRenamedServiceUpgrade(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// New owns what is handed over (it closes the sockets no service
-	// claims): give it a descriptor of its own.
 	fd, err := unix.Dup(int(f.Fd()))
 	f.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return fd
+}
+
+// TestRenamedServiceUpgrade: an upgrade whose configuration renamed a
+// service keeps its address; the predecessor's socket there is sluice's
+// own, handed over under the old name, so the new one may bind beside it.
+func TestRenamedServiceUpgrade(t *testing.T) {
+	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	held := reusePortSocket(t, unix.SOCK_STREAM)
+	fd := standIn(t)
 	cfg := parse(t, "--listen", held.String(), "--backend", backend.Addr().String())
 	s, err := New(cfg, zap.NewNop(), Options{Inherited: []handoff.Socket{
 		{Kind: handoff.KindListener, Service: "old-name", Proto: "tcp", Addr: held.String(), FD: fd},
@@ -135,4 +145,65 @@ func TestRenamedServiceUpgrade(t *testing.T) {
 		t.Fatalf("New beside the predecessor's socket for a renamed service: %v", err)
 	}
 	s.release()
+}
+
+// TestOwnOverlappingServices: one service on the wildcard and one on a
+// specific address of the same port, in one configuration, are both
+// sluice's: the check must not take the first for a stranger.
+func TestOwnOverlappingServices(t *testing.T) {
+	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	port := netip.MustParseAddrPort(freePort(t)).Port()
+	conf := fmt.Sprintf("[service any]\nlisten 0.0.0.0:%d\nbackend %s\n[service vip]\nlisten 127.0.0.1:%d\nbackend %s\n",
+		port, backend.Addr(), port, backend.Addr())
+	path := filepath.Join(t.TempDir(), "sluice.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(parse(t, "--config", path), zap.NewNop(), Options{})
+	if err != nil {
+		t.Fatalf("New with a wildcard and a specific service on port %d: %v", port, err)
+	}
+	s.release()
+}
+
+// TestUpgradeMovesToWildcard: an upgrade whose configuration moves a
+// service from a specific address to the wildcard of the same port binds
+// beside the predecessor's socket, which is handed over.
+func TestUpgradeMovesToWildcard(t *testing.T) {
+	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	held := reusePortSocket(t, unix.SOCK_STREAM) // the predecessor's, on 127.0.0.1
+	fd := standIn(t)
+	wild := netip.AddrPortFrom(netip.IPv4Unspecified(), held.Port())
+	cfg := parse(t, "--listen", wild.String(), "--backend", backend.Addr().String())
+	s, err := New(cfg, zap.NewNop(), Options{Inherited: []handoff.Socket{
+		{Kind: handoff.KindListener, Service: "default", Proto: "tcp", Addr: held.String(), FD: fd},
+	}})
+	if err != nil {
+		t.Fatalf("New on %v beside the predecessor's %v: %v", wild, held, err)
+	}
+	s.release()
+}
+
+func TestOverlaps(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"127.0.0.1:80", "127.0.0.1:80", true},
+		{"127.0.0.1:80", "127.0.0.1:81", false},
+		{"127.0.0.1:80", "127.0.0.2:80", false},
+		{"0.0.0.0:80", "127.0.0.1:80", true},
+		{"127.0.0.1:80", "0.0.0.0:80", true},
+		{"[::]:80", "127.0.0.1:80", false}, // IPv6-only listeners
+		{"[::]:80", "[::1]:80", true},
+		{"[::ffff:127.0.0.1]:80", "127.0.0.1:80", true},
+	} {
+		if got := overlaps(ap(tc.a), ap(tc.b)); got != tc.want {
+			t.Errorf("overlaps(%s, %s) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+	if overlaps(netip.AddrPort{}, ap("0.0.0.0:0")) {
+		t.Error("an unset address overlaps")
+	}
 }

@@ -51,9 +51,9 @@ type Server struct {
 	proxied  tcpproxy.SourceRules // the firewall's lists, for PROXY-claimed addresses
 	opts     Options
 	inherit  []handoff.Socket // handed-over sockets not yet claimed by New
-	// handedOver holds "proto addr" of every listener the predecessor
-	// handed over, claimed or not: the address checks leave those alone.
-	handedOver map[string]bool
+	// handedOver lists every listener the predecessor handed over,
+	// claimed or not: the address checks leave those addresses alone.
+	handedOver []protoAddr
 	upgraded   chan struct{} // closed when a successor took over
 	registry   *prometheus.Registry
 	checkDur   *prometheus.HistogramVec
@@ -97,10 +97,9 @@ func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error
 		ready:    make(chan struct{}),
 		registry: prometheus.NewRegistry(),
 	}
-	s.handedOver = make(map[string]bool)
 	for _, so := range opts.Inherited {
-		if so.Kind == handoff.KindListener {
-			s.handedOver[so.Proto+" "+so.Addr] = true
+		if a, err := netip.ParseAddrPort(so.Addr); err == nil && so.Kind == handoff.KindListener {
+			s.handedOver = append(s.handedOver, protoAddr{so.Proto, a})
 		}
 	}
 	s.checkDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -242,10 +241,9 @@ func (s *Server) openListeners(sv *service, bind func(netip.AddrPort) (int, neti
 	sc := sv.cfg
 	inherited := s.claimAll(handoff.KindListener, sc.Name, sc.Proto, sc.Listen)
 	addr := sc.Listen
-	if len(inherited) == 0 && !s.handedOver[sc.Proto+" "+addr.String()] {
-		// New sockets only, and not on an address the predecessor of an
-		// upgrade still listens on (a service renamed in the new
-		// configuration): those sockets are sluice's own group.
+	if len(inherited) == 0 && !s.ownListener(sv, addr) {
+		// New sockets only, and not beside sluice's own: those sockets
+		// are this process's or its predecessor's.
 		if err := checkFree(sc.Proto, addr); err != nil {
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 		}
