@@ -52,7 +52,25 @@ func (s *Server) startFirewall() error {
 	for _, a := range fw.Attachments() {
 		s.log.Info("xdp firewall attached", zap.String("iface", a.Iface), zap.Stringer("mode", a.Mode))
 	}
+	s.warnProxiedRateLimit(fc)
 	return nil
+}
+
+// warnProxiedRateLimit warns, once at start, when the per-source rate limit
+// meets a service that takes PROXY headers: the XDP program sees the
+// trusted upstream's address, so every client behind one upstream shares
+// that upstream's budget, and the limit is not applied to the addresses
+// the headers claim (the deny and allow lists are).
+func (s *Server) warnProxiedRateLimit(fc config.Firewall) {
+	if fc.Rules.RateLimit == 0 {
+		return
+	}
+	for _, sv := range s.services {
+		if sv.cfg.Proxy.AcceptProxy {
+			s.log.Warn("--rate-limit counts the connections of a PROXY-protocol upstream as one source's: all clients behind it share its budget, and the addresses its headers claim are not limited",
+				zap.String("service", sv.cfg.Name), zap.Uint32("rate_limit", fc.Rules.RateLimit))
+		}
+	}
 }
 
 // updateFirewall applies reloaded rules without detaching the program.

@@ -12,6 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/sluice-lb/sluice/internal/config"
+	"github.com/sluice-lb/sluice/internal/firewall"
 	"github.com/sluice-lb/sluice/internal/tcpproxy"
 	"github.com/sluice-lb/sluice/pkg/proxyproto"
 )
@@ -201,5 +207,39 @@ func TestProxiedAddressFirewalled(t *testing.T) {
 	got, _ := roundTrip(t, "tcp4", nil, r.Addr(), string(proxyproto.AppendV1(nil, netip.MustParseAddrPort("198.18.7.9:1000"), dst)), "x")
 	if want := "v2 198.18.7.9:1000 198.18.0.1:443|x"; got != want {
 		t.Fatalf("allowed claimed address: backend said %q, want %q", got, want)
+	}
+}
+
+// TestProxiedRateLimitWarning: with a per-source rate limit, a service
+// that takes PROXY headers gets a warning at start (its upstream counts as
+// one source); without the limit, or without PROXY, there is none.
+func TestProxiedRateLimitWarning(t *testing.T) {
+	backend := headerBackend(t, "tcp4", "127.0.0.1:0")
+	core, logs := observer.New(zapcore.WarnLevel)
+	cfg := parse(t, "--listen", "127.0.0.1:0", "--backend", backend, "--accept-proxy-protocol",
+		"--proxy-protocol-trusted", "127.0.0.1/32", "--health-interval", "1h")
+	s, err := New(cfg, zap.New(core), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.release()
+	s.warnProxiedRateLimit(config.Firewall{})
+	if n := logs.Len(); n != 0 {
+		t.Fatalf("%d warnings without a rate limit", n)
+	}
+	s.warnProxiedRateLimit(config.Firewall{Rules: firewall.Config{RateLimit: 100}})
+	got := logs.FilterMessageSnippet("PROXY-protocol upstream").All()
+	if len(got) != 1 || got[0].ContextMap()["service"] != "default" {
+		t.Fatalf("warnings: %v; want one for service default", logs.All())
+	}
+
+	plain, err := New(parse(t, "--listen", "127.0.0.1:0", "--backend", backend, "--health-interval", "1h"), zap.New(core), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.release()
+	plain.warnProxiedRateLimit(config.Firewall{Rules: firewall.Config{RateLimit: 100}})
+	if n := logs.Len(); n != 1 {
+		t.Fatalf("a service without PROXY headers was warned about: %v", logs.All())
 	}
 }
