@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -126,65 +125,20 @@ func waitExit(tb testing.TB, pid int) {
 	}
 }
 
-// connectLoad opens a new connection per round trip until stopped.
-type connectLoad struct {
-	ok, failed atomic.Int64
-	firstErr   atomic.Value
-	stop       chan struct{}
-	stopOnce   sync.Once
-	wg         sync.WaitGroup
+// startConnectLoad opens a new connection per round trip, from workers
+// clients, until stopped.
+func startConnectLoad(addr string, workers int) *testsrv.ConnectLoad {
+	return testsrv.StartConnectLoad(testsrv.LoadConfig{Target: addr, Clients: workers, Msg: []byte("ping"), Rounds: 1000000})
 }
 
-func startConnectLoad(addr string, workers int) *connectLoad {
-	l := &connectLoad{stop: make(chan struct{})}
-	for i := 0; i < workers; i++ {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			buf := make([]byte, 4)
-			for n := 0; n < 1000000; n++ { // bounded; stop ends it far sooner
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				err := func() error {
-					c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-					if err != nil {
-						return err
-					}
-					defer c.Close()
-					c.SetDeadline(time.Now().Add(5 * time.Second))
-					if _, err := c.Write([]byte("ping")); err != nil {
-						return err
-					}
-					_, err = io.ReadFull(c, buf)
-					return err
-				}()
-				if err != nil {
-					l.failed.Add(1)
-					l.firstErr.CompareAndSwap(nil, err)
-				} else {
-					l.ok.Add(1)
-				}
-			}
-		}()
-	}
-	return l
-}
-
-func (l *connectLoad) finish() {
-	l.stopOnce.Do(func() { close(l.stop) })
-	l.wg.Wait()
-}
-
-func (l *connectLoad) waitOK(tb testing.TB, n int64) {
+// waitOK waits until l has made n more successful round trips.
+func waitOK(tb testing.TB, l *testsrv.ConnectLoad, n int64) {
 	tb.Helper()
-	target := l.ok.Load() + n
+	target := l.OK.Load() + n
 	deadline := time.Now().Add(30 * time.Second)
-	for l.ok.Load() < target {
+	for l.OK.Load() < target {
 		if time.Now().After(deadline) {
-			tb.Fatalf("load stalled at %d round trips (%d failed: %v)", l.ok.Load(), l.failed.Load(), l.firstErr.Load())
+			tb.Fatalf("load stalled at %d round trips (%d failed: %v)", l.OK.Load(), l.Failed.Load(), l.FirstErr())
 		}
 		time.Sleep(5 * time.Millisecond) // polling a counter; no event to wait on
 	}
@@ -199,8 +153,8 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String(), "--admin-addr", admin, "--drain-timeout", "10s")
 	p.waitLog(t, "sluice started")
 	load := startConnectLoad(addr, 4)
-	defer load.finish()
-	load.waitOK(t, 200)
+	defer load.Stop()
+	waitOK(t, load, 200)
 	// A connection held open keeps the old process draining for a while.
 	held, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -232,10 +186,10 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		t.Fatalf("old process: %v %v", st, err)
 	}
 	// Only the new process is left: it must carry the load on its own.
-	load.waitOK(t, 300)
-	load.finish()
-	if f := load.failed.Load(); f != 0 {
-		t.Fatalf("%d of %d connections failed across the upgrade; first: %v", f, f+load.ok.Load(), load.firstErr.Load())
+	waitOK(t, load, 300)
+	load.Stop()
+	if f := load.Failed.Load(); f != 0 {
+		t.Fatalf("%d of %d connections failed across the upgrade; first: %v", f, f+load.OK.Load(), load.FirstErr())
 	}
 	// The admin endpoint moved too.
 	c, err := net.Dial("tcp", admin)
@@ -268,10 +222,10 @@ func TestUpgradeFailureKeepsServing(t *testing.T) {
 		t.Fatalf("error %q", e)
 	}
 	load := startConnectLoad(addr, 1)
-	load.waitOK(t, 20)
-	load.finish()
-	if load.failed.Load() != 0 {
-		t.Fatalf("connections failed after a failed upgrade: %v", load.firstErr.Load())
+	waitOK(t, load, 20)
+	load.Stop()
+	if load.Failed.Load() != 0 {
+		t.Fatalf("connections failed after a failed upgrade: %v", load.FirstErr())
 	}
 	p.cmd.Signal(syscall.SIGTERM)
 	if st, err := p.cmd.Wait(); err != nil || !st.Success() {
@@ -303,18 +257,18 @@ func TestUpgradeWithFirewall(t *testing.T) {
 		t.Fatal("denied source connected before the upgrade")
 	}
 	load := startConnectLoad(addr, 2)
-	defer load.finish()
-	load.waitOK(t, 100)
+	defer load.Stop()
+	waitOK(t, load, 100)
 	p.cmd.Signal(syscall.SIGUSR2)
 	served := p.waitLog(t, "new process serves")
 	child := int(served["pid"].(float64))
 	if st, err := p.cmd.Wait(); err != nil || !st.Success() {
 		t.Fatalf("old process: %v %v", st, err)
 	}
-	load.waitOK(t, 100)
-	load.finish()
-	if f := load.failed.Load(); f != 0 {
-		t.Fatalf("%d connections failed across the upgrade: %v", f, load.firstErr.Load())
+	waitOK(t, load, 100)
+	load.Stop()
+	if f := load.Failed.Load(); f != 0 {
+		t.Fatalf("%d connections failed across the upgrade: %v", f, load.FirstErr())
 	}
 	if !denied() {
 		t.Fatal("denied source connected after the upgrade: the firewall was not carried over")

@@ -14,8 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -31,88 +29,35 @@ import (
 // fastHealth are health flags that detect a dead backend in ~0.2 s.
 var fastHealth = []string{"--health-interval", "50ms", "--health-timeout", "200ms", "--health-fall", "2", "--health-rise", "1"}
 
-// load runs clients that each open a connection, do one round trip and
-// close, until stop is closed. Each client uses its own 127.0.0.x source
-// address so src-ip hashing spreads them.
-type load struct {
-	ok, failed atomic.Int64
-	firstErr   atomic.Value
-	stop       chan struct{}
-	wg         sync.WaitGroup
-
-	mu       sync.Mutex  // guards failedAt
-	failedAt []time.Time // start times of the failed round trips
-}
-
-func startLoad(tb testing.TB, target netip.AddrPort, clients int) *load {
+// startLoad runs clients that each open a connection, do one round trip
+// and close, until the test ends. Each client uses its own 127.0.1.x
+// source address so src-ip hashing spreads them.
+func startLoad(tb testing.TB, target netip.AddrPort, clients int) *testsrv.ConnectLoad {
 	tb.Helper()
-	l := &load{stop: make(chan struct{})}
-	for i := 0; i < clients; i++ {
-		src := &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(10+i))}
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			d := net.Dialer{LocalAddr: src, Timeout: 5 * time.Second}
-			buf := make([]byte, 5)
-			for n := 0; n < 100000; n++ { // bounded; stop ends it far sooner
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				begin := time.Now()
-				err := func() error {
-					c, err := d.Dial("tcp", target.String())
-					if err != nil {
-						return err
-					}
-					defer c.Close()
-					c.SetDeadline(time.Now().Add(5 * time.Second))
-					if _, err := c.Write([]byte("hello")); err != nil {
-						return err
-					}
-					_, err = io.ReadFull(c, buf)
-					return err
-				}()
-				if err != nil {
-					l.failed.Add(1)
-					l.firstErr.CompareAndSwap(nil, err)
-					l.mu.Lock()
-					l.failedAt = append(l.failedAt, begin)
-					l.mu.Unlock()
-				} else {
-					l.ok.Add(1)
-				}
-			}
-		}()
-	}
-	tb.Cleanup(l.finish)
+	l := testsrv.StartConnectLoad(testsrv.LoadConfig{
+		Target:  target.String(),
+		Clients: clients,
+		Source:  func(i int) *net.TCPAddr { return &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(10+i))} },
+		Msg:     []byte("hello"),
+	})
+	tb.Cleanup(l.Stop)
 	return l
 }
 
-// finish stops the clients and waits for them; idempotent.
-func (l *load) finish() {
-	select {
-	case <-l.stop:
-	default:
-		close(l.stop)
-	}
-	l.wg.Wait()
-}
-
 // waitProgress waits until the load has made n more successful round trips.
-func (l *load) waitProgress(tb testing.TB, n int64) {
+func waitProgress(tb testing.TB, l *testsrv.ConnectLoad, n int64) {
 	tb.Helper()
-	target := l.ok.Load() + n
-	waitFor(tb, fmt.Sprintf("%d more round trips", n), func() bool { return l.ok.Load() >= target })
+	target := l.OK.Load() + n
+	waitFor(tb, fmt.Sprintf("%d more round trips", n), func() bool { return l.OK.Load() >= target })
 }
 
-func (l *load) check(tb testing.TB) {
+// checkLoad fails tb unless every round trip of l succeeded, and some did.
+func checkLoad(tb testing.TB, l *testsrv.ConnectLoad) {
 	tb.Helper()
-	if f := l.failed.Load(); f != 0 {
-		tb.Fatalf("%d of %d connections failed; first: %v", f, f+l.ok.Load(), l.firstErr.Load())
+	if f := l.Failed.Load(); f != 0 {
+		tb.Fatalf("%d of %d connections failed; first: %v", f, f+l.OK.Load(), l.FirstErr())
 	}
-	if l.ok.Load() == 0 {
+	if l.OK.Load() == 0 {
 		tb.Fatal("no connection succeeded")
 	}
 }
@@ -133,7 +78,7 @@ func TestBackendKilledUnderLoad(t *testing.T) {
 	a, b, c := copyEcho(t), copyEcho(t), copyEcho(t)
 	r := start(t, append([]string{"--backend", a.addr, "--backend", b.addr, "--backend", c.addr}, fastHealth...)...)
 	l := startLoad(t, r.Addr(), 16)
-	l.waitProgress(t, 300)
+	waitProgress(t, l, 300)
 	if a.accepted.Load() == 0 {
 		t.Fatal("backend a got no connection before the kill; the clients do not spread")
 	}
@@ -149,15 +94,15 @@ func TestBackendKilledUnderLoad(t *testing.T) {
 	detected := time.Now()
 	a.closeConns()
 	after := a.accepted.Load()
-	l.waitProgress(t, 500)
-	l.finish()
+	waitProgress(t, l, 500)
+	l.Stop()
 	// A connection that had completed its handshake with a but was still
 	// in a's accept queue is reset by a's kernel when a closes its
 	// listener: that is the backend dying under it, which no L4 balancer
 	// can undo once the client's bytes were sent. Such connections started
 	// before the kill; every connection started after it must succeed.
 	var late, early int
-	for _, at := range l.failedAt {
+	for _, at := range l.FailedAt() {
 		switch {
 		case at.After(killed):
 			late++
@@ -166,12 +111,12 @@ func TestBackendKilledUnderLoad(t *testing.T) {
 		}
 	}
 	if late > 0 {
-		t.Fatalf("%d connections started after the kill failed (detected after %v); first error %v", late, detected.Sub(killed), l.firstErr.Load())
+		t.Fatalf("%d connections started after the kill failed (detected after %v); first error %v", late, detected.Sub(killed), l.FirstErr())
 	}
 	if early > 16 {
 		t.Fatalf("%d connections in flight at the kill failed, more than the 16 clients", early)
 	}
-	if l.ok.Load() == 0 {
+	if l.OK.Load() == 0 {
 		t.Fatal("no connection succeeded")
 	}
 	if got := a.accepted.Load(); got != after {
@@ -237,10 +182,10 @@ func TestBackendsFileReloadUnderLoad(t *testing.T) {
 		}
 		want := fmt.Sprint(sortedAddrs(srv, set))
 		waitFor(t, "membership "+want, func() bool { return fmt.Sprint(r.Service("default").Members()) == want })
-		l.waitProgress(t, 50)
+		waitProgress(t, l, 50)
 	}
-	l.finish()
-	l.check(t)
+	l.Stop()
+	checkLoad(t, l)
 
 	// A bad file is rejected whole; the set in force stays.
 	before := fmt.Sprint(r.Service("default").Members())
