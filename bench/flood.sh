@@ -35,7 +35,8 @@
 #                                 or hping3 (one source, 198.18.0.200, -a; apt-get install hping3)
 #   FLOOD_TICK=100us              synflood's pacing interval: what is due is sent once per tick,
 #                                 so each burst lasts rate × tick SYNs (the 1 ms of earlier runs
-#                                 held a CPU for about 250 µs per burst at 100k/s)
+#                                 held a CPU for about 240 µs per burst at 100k/s, by
+#                                 the generator's CPU share)
 #   FLOODS="100000 0"             flood rates, SYNs/s, one phase each per round; 0 = as fast as
 #                                 the generator goes (it then takes a core of its own)
 #   QUIET_IDLE=60 QUIET_WAIT=5    before each phase, wait up to QUIET_WAIT s for a second with at
