@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -147,12 +148,28 @@ func TestRenamedServiceUpgrade(t *testing.T) {
 	s.release()
 }
 
+// freeFixedPort returns a TCP port below the kernel's ephemeral range
+// (32768 and up by default) that is free on every address: a port picked
+// by the kernel could be given to another test's outgoing connection
+// before this test binds it, and then the check would rightly refuse it.
+func freeFixedPort(t *testing.T) uint16 {
+	t.Helper()
+	for range 100 {
+		port := uint16(20000 + rand.IntN(12000))
+		if checkFree("tcp", netip.AddrPortFrom(netip.IPv4Unspecified(), port)) == nil {
+			return port
+		}
+	}
+	t.Fatal("no free port in 20000-32000")
+	return 0
+}
+
 // TestOwnOverlappingServices: one service on the wildcard and one on a
 // specific address of the same port, in one configuration, are both
 // sluice's: the check must not take the first for a stranger.
 func TestOwnOverlappingServices(t *testing.T) {
 	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	port := netip.MustParseAddrPort(freePort(t)).Port()
+	port := freeFixedPort(t)
 	conf := fmt.Sprintf("[service any]\nlisten 0.0.0.0:%d\nbackend %s\n[service vip]\nlisten 127.0.0.1:%d\nbackend %s\n",
 		port, backend.Addr(), port, backend.Addr())
 	path := filepath.Join(t.TempDir(), "sluice.conf")
