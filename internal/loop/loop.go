@@ -70,6 +70,12 @@ type Loop struct {
 	stopped bool
 	running []func() // scratch slice for the submitted queue being run
 
+	// quiet is set when the last wait returned no event: the loop is
+	// idle, and its next wait may sleep long (see wait).
+	quiet bool
+	// wakeups counts returns from epoll_wait, for tests.
+	wakeups int
+
 	// deferred are the funcs to run once the events of the current
 	// wake-up have been handled (Defer); flushing is their scratch slice.
 	deferred, flushing []func()
@@ -198,6 +204,8 @@ func (l *Loop) Run() error {
 		if err != nil && err != unix.EINTR {
 			return os.NewSyscallError("epoll_wait", err)
 		}
+		l.wakeups++
+		l.quiet = n == 0
 		l.now = int64(time.Since(l.start))
 		for i := 0; i < n; i++ {
 			ev := &l.events[i]
@@ -240,18 +248,36 @@ func (l *Loop) runDeferred() {
 	}
 }
 
-// wait is epoll_wait(2) made with RawSyscall: the loop's goroutine keeps
-// its P while the thread sleeps in the kernel. With a regular Syscall the
-// runtime's sysmon would hand the P away each time the wait blocks for more
-// than 20 µs and the goroutine would take it back on wake-up, which on a
-// busy balancer costs futex wake-ups, thread switches and a sysmon polling
-// every 20 µs (measured 2026-11-22 on the 2-core test VM: ~8% of the
-// proxy's CPU in sysmon's nanosleep alone under connect load). The runtime
-// still preempts the goroutine every 10 ms with a signal, which ends the
-// wait with EINTR, so garbage collection and other goroutines are not
-// starved; the server gives the runtime one P more than it has loops.
+// wait is epoll_wait(2). While the loop is busy it is made with
+// RawSyscall: the goroutine keeps its P while the thread waits in the
+// kernel, so a wake-up costs no scheduler work. With a regular Syscall on
+// every wait, the runtime's sysmon takes the P of a thread that sleeps in
+// the kernel and then polls every 20 µs for a while, which under load costs
+// more than it saves (measured 2026-11-22 on the 2-core test VM: sysmon's
+// nanosleeps rose from about 100 to 1,500–2,400 a second under rr and
+// connect load).
+//
+// A goroutine that keeps its P without scheduling is preempted by sysmon
+// every 10 ms: a signal ends the wait with EINTR and, since the goroutine is
+// locked to its thread, the P is handed to another thread and back. That
+// is a few thread switches per loop every 10 ms, busy or idle: an idle
+// sluice with two loops made about 480 context switches a second and used
+// about 1.8% of a CPU doing nothing. So once a wait has returned no event
+// (timed out, or cut short by that signal), the loop is idle and the next
+// wait is a regular Syscall: the goroutine is then in a system call and is
+// not preempted, sysmon takes back the P after 10 ms and, once every P is
+// idle, sleeps itself. A busy loop's waits return events, and stay raw.
+//
+// Either way garbage collection and other goroutines are not starved; the
+// server gives the runtime one P more than it has loops.
 func (l *Loop) wait(msec int) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), uintptr(msec), 0, 0)
+	var r uintptr
+	var e unix.Errno
+	if l.quiet && msec != 0 {
+		r, _, e = unix.Syscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), uintptr(msec), 0, 0)
+	} else {
+		r, _, e = unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), uintptr(msec), 0, 0)
+	}
 	if e != 0 {
 		return 0, e
 	}
