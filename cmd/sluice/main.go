@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluice-lb/sluice/internal/config"
+	_ "github.com/sluice-lb/sluice/internal/earlysig" // SIGHUP and SIGUSR2 must not kill a starting process
 	"github.com/sluice-lb/sluice/internal/firewall"
 	"github.com/sluice-lb/sluice/internal/handoff"
 	"github.com/sluice-lb/sluice/internal/server"
@@ -23,9 +24,6 @@ import (
 const exitUsage = 2
 
 func main() {
-	// A reload or upgrade signal that arrives before the server handles
-	// them must not kill the process (their default action).
-	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

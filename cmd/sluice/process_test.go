@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -457,5 +458,41 @@ func freeFD(tb testing.TB, pid, skip int) int {
 		}
 		skip--
 		fd++
+	}
+}
+
+// SIGHUP and SIGUSR2 kill a process that does not handle them. sluice
+// ignores them from package earlysig's init, before the heavy packages
+// (gRPC, Prometheus, zap, cilium/ebpf, net/http) spend milliseconds in
+// theirs; GODEBUG=inittrace=1 prints the order.
+func TestSignalsIgnoredEarlyInInit(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, "--help")
+	cmd.Env = append(os.Environ(), "SLUICE_MAIN=1", "GODEBUG=inittrace=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("sluice --help: %v\n%s", err, out)
+	}
+	order := map[string]int{}
+	n := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[0] == "init" {
+			order[f[1]] = n
+			n++
+		}
+	}
+	early, ok := order["github.com/sluice-lb/sluice/internal/earlysig"]
+	if !ok {
+		t.Fatalf("no init of internal/earlysig in the trace of %d inits", n)
+	}
+	for _, heavy := range []string{"google.golang.org/grpc", "github.com/prometheus/client_golang/prometheus", "go.uber.org/zap", "github.com/cilium/ebpf", "net/http"} {
+		if i, ok := order[heavy]; !ok {
+			t.Errorf("%s: not in the init trace", heavy)
+		} else if i < early {
+			t.Errorf("%s initialises (#%d) before internal/earlysig (#%d)", heavy, i, early)
+		}
 	}
 }
