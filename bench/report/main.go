@@ -125,6 +125,7 @@ type runData struct {
 	notes   []string
 	status  map[string]string // target -> "ok" or why it was skipped
 	results map[key][]loadgen.Result
+	roundOf map[key][]int    // the round of each result, in the same order
 	errs    map[key][]string // first line of each failed run's stderr
 	rounds  int
 }
@@ -139,6 +140,7 @@ func load(dir string) (*runData, error) {
 		meta:    map[string]string{},
 		status:  map[string]string{},
 		results: map[key][]loadgen.Result{},
+		roundOf: map[key][]int{},
 		errs:    map[key][]string{},
 	}
 	if err := rd.readMeta(filepath.Join(dir, "meta.tsv")); err != nil {
@@ -172,6 +174,7 @@ func load(dir string) (*runData, error) {
 			continue
 		}
 		rd.results[k] = append(rd.results[k], r)
+		rd.roundOf[k] = append(rd.roundOf[k], round)
 	}
 	if n, err := strconv.Atoi(rd.meta["rounds"]); err == nil {
 		rd.rounds = n
@@ -384,6 +387,12 @@ type cell struct {
 	ok    bool
 	stat  stat
 	ratio float64 // median / best peer's median; 0 when there is none
+	// won of paired: in how many of the rounds that measured both this
+	// target and the best peer this target did better than the peer in
+	// the same round. Targets run back to back within a round, so this
+	// pairing cancels the machine's slow drifts that medians over the
+	// rounds keep.
+	won, paired int
 }
 
 // table is one scenario's figures.
@@ -452,13 +461,37 @@ func (rd *runData) tables() []table {
 			if best == "" || bv == 0 {
 				continue
 			}
+			peer := rd.byRound(key{sc.key, best}, m)
 			for _, tg := range t.targets {
-				if c := t.cells[tg]; c[i].ok {
-					c[i].ratio = c[i].stat.median / bv
+				c := t.cells[tg]
+				if !c[i].ok {
+					continue
+				}
+				c[i].ratio = c[i].stat.median / bv
+				for r, v := range rd.byRound(key{sc.key, tg}, m) {
+					pv, ok := peer[r]
+					if !ok {
+						continue
+					}
+					c[i].paired++
+					if m.higher && v > pv || !m.higher && v < pv {
+						c[i].won++
+					}
 				}
 			}
 		}
 		out = append(out, t)
+	}
+	return out
+}
+
+// byRound returns metric m of k's results by round.
+func (rd *runData) byRound(k key, m metric) map[int]float64 {
+	out := map[int]float64{}
+	for j := range rd.results[k] {
+		if v, ok := m.value(&rd.results[k][j]); ok {
+			out[rd.roundOf[k][j]] = v
+		}
 	}
 	return out
 }
@@ -549,7 +582,10 @@ func (rd *runData) writeMarkdown(w *strings.Builder, tables []table, svgRel stri
 	fmt.Fprintf(w, "![ratio of each target's median to the best peer's, per scenario](%s)\n\n", svgRel)
 
 	// Summary: sluice against the best peer.
-	fmt.Fprintf(w, "## sluice against the best peer\n\n| scenario | figure | sluice | best peer | ×best |\n|---|---|---:|---:|---:|\n")
+	fmt.Fprintf(w, "## sluice against the best peer\n\n"+
+		"**rounds ahead** pairs the rounds: in how many of them sluice did better than that peer in the same round "+
+		"(the targets run back to back within a round, so the pairing cancels the machine's slower drifts).\n\n"+
+		"| scenario | figure | sluice | best peer | ×best | rounds ahead |\n|---|---|---:|---:|---:|---:|\n")
 	for _, t := range tables {
 		sc, ok := t.cells["sluice"]
 		for i, mt := range t.sc.metrics {
@@ -557,14 +593,17 @@ func (rd *runData) writeMarkdown(w *strings.Builder, tables []table, svgRel stri
 				continue
 			}
 			bp := t.cells[t.best[i]][i].stat.median
-			sv, rt := "–", "–"
+			sv, rt, ra := "–", "–", "–"
 			if ok && sc[i].ok {
 				sv = num(sc[i].stat.median, mt.digits)
 				if sc[i].ratio > 0 {
 					rt = fmt.Sprintf("%.2f", sc[i].ratio)
 				}
+				if sc[i].paired > 0 {
+					ra = fmt.Sprintf("%d of %d", sc[i].won, sc[i].paired)
+				}
 			}
-			fmt.Fprintf(w, "| %s | %s %s | %s | %s (%s) | %s |\n", t.sc.key, mt.name, arrow(mt), sv, num(bp, mt.digits), label(t.best[i]), rt)
+			fmt.Fprintf(w, "| %s | %s %s | %s | %s (%s) | %s | %s |\n", t.sc.key, mt.name, arrow(mt), sv, num(bp, mt.digits), label(t.best[i]), rt, ra)
 		}
 	}
 	fmt.Fprintf(w, "\n")
@@ -665,8 +704,8 @@ func writeSummary(w io.Writer, tables []table) {
 			if !mt.ratio || !sc[i].ok || sc[i].ratio == 0 {
 				continue
 			}
-			fmt.Fprintf(w, "  %-8s %-20s %s %6.2f  (sluice %s, %s %s)\n", t.sc.key, mt.name, arrow(mt), sc[i].ratio,
-				num(sc[i].stat.median, mt.digits), label(t.best[i]), num(t.cells[t.best[i]][i].stat.median, mt.digits))
+			fmt.Fprintf(w, "  %-8s %-20s %s %6.2f  (sluice %s, %s %s; ahead in %d of %d rounds)\n", t.sc.key, mt.name, arrow(mt), sc[i].ratio,
+				num(sc[i].stat.median, mt.digits), label(t.best[i]), num(t.cells[t.best[i]][i].stat.median, mt.digits), sc[i].won, sc[i].paired)
 		}
 	}
 }

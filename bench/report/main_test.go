@@ -101,11 +101,40 @@ func TestTablesMedianAndRatioToBestPeer(t *testing.T) {
 	if got := s[1].ratio; got != 0.3/0.25 {
 		t.Errorf("sluice CPU ratio %v, want %v", got, 0.3/0.25)
 	}
+	// Paired by round: sluice's Gbit/s (10, 12, 11) against io.Copy's
+	// (14, 16, 15) wins none; its CPU 0.3 against HAProxy's 0.25 none.
+	if s[0].won != 0 || s[0].paired != 3 || s[1].won != 0 || s[1].paired != 3 {
+		t.Errorf("sluice rounds ahead %d/%d and %d/%d, want 0/3 and 0/3", s[0].won, s[0].paired, s[1].won, s[1].paired)
+	}
 	if d := tb.cells["direct"]; d[1].ok {
 		t.Error("direct has a proxy CPU figure")
 	}
 	if len(tb.failed["nginx"]) != 1 || tb.runs["nginx"] != 0 {
 		t.Errorf("nginx failure not kept: %v", tb.failed["nginx"])
+	}
+}
+
+// The rounds are paired: a target can be ahead on the median of the
+// rounds yet behind in most rounds taken one by one, or the reverse.
+func TestRoundsAheadArePaired(t *testing.T) {
+	res := map[string]loadgen.Result{}
+	sluice := []float64{10, 20, 30}
+	peer := []float64{9, 21, 31} // median 21 beats sluice's 20; round 1 goes to sluice
+	for i := range sluice {
+		res[fmt.Sprintf("r%d_bulk_sluice.json", i+1)] = bulk(sluice[i], 0.2)
+		res[fmt.Sprintf("r%d_bulk_haproxy.json", i+1)] = bulk(peer[i], 0.3)
+	}
+	delete(res, "r3_bulk_sluice.json") // a failed round is not paired
+	rd, err := load(writeRun(t, res, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := rd.tables()[0].cells["sluice"]
+	if s[0].won != 1 || s[0].paired != 2 {
+		t.Errorf("Gbit/s: ahead in %d of %d rounds, want 1 of 2", s[0].won, s[0].paired)
+	}
+	if s[1].won != 2 || s[1].paired != 2 {
+		t.Errorf("CPU (lower is better): ahead in %d of %d rounds, want 2 of 2", s[1].won, s[1].paired)
 	}
 }
 
