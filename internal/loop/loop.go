@@ -70,9 +70,11 @@ type Loop struct {
 	stopped bool
 	running []func() // scratch slice for the submitted queue being run
 
-	// quiet is set when the last wait returned no event: the loop is
-	// idle, and its next wait may sleep long (see wait).
+	// quiet is set once no wait has returned an event for QuietAfter:
+	// the loop is idle, and its next wait may sleep long (see wait).
 	quiet bool
+	// lastEvent is the loop clock of the last wait that returned events.
+	lastEvent int64
 	// wakeups counts returns from epoll_wait, for tests.
 	wakeups int
 
@@ -205,8 +207,11 @@ func (l *Loop) Run() error {
 			return os.NewSyscallError("epoll_wait", err)
 		}
 		l.wakeups++
-		l.quiet = n == 0
 		l.now = int64(time.Since(l.start))
+		if n > 0 {
+			l.lastEvent = l.now
+		}
+		l.quiet = l.now-l.lastEvent >= int64(QuietAfter)
 		for i := 0; i < n; i++ {
 			ev := &l.events[i]
 			fd := int(ev.Fd)
@@ -248,6 +253,10 @@ func (l *Loop) runDeferred() {
 	}
 }
 
+// QuietAfter is how long a loop goes without events before it counts as
+// idle and waits in a regular system call (see wait). A variable for tests.
+var QuietAfter = time.Second
+
 // wait is epoll_wait(2). While the loop is busy it is made with
 // RawSyscall: the goroutine keeps its P while the thread waits in the
 // kernel, so a wake-up costs no scheduler work. With a regular Syscall on
@@ -262,11 +271,15 @@ func (l *Loop) runDeferred() {
 // locked to its thread, the P is handed to another thread and back. That
 // is a few thread switches per loop every 10 ms, busy or idle: an idle
 // sluice with two loops made about 480 context switches a second and used
-// about 1.8% of a CPU doing nothing. So once a wait has returned no event
-// (timed out, or cut short by that signal), the loop is idle and the next
-// wait is a regular Syscall: the goroutine is then in a system call and is
-// not preempted, sysmon takes back the P after 10 ms and, once every P is
-// idle, sleeps itself. A busy loop's waits return events, and stay raw.
+// about 1.8% of a CPU doing nothing. So once the loop has had no event for
+// QuietAfter, its waits are regular Syscalls: the goroutine is then in a
+// system call and is not preempted, sysmon takes back the P after 10 ms
+// and, once every P is idle, sleeps itself. The first event after such a
+// wait is handled on a P whose goroutine looks 10 ms stale to sysmon, which
+// preempts it at once, on the request's path: with QuietAfter at a second,
+// that happens at most once per second of silence, while traffic with
+// shorter gaps keeps the raw waits, whose preemptions fall mostly while
+// the loop waits.
 //
 // Either way garbage collection and other goroutines are not starved; the
 // server gives the runtime one P more than it has loops.
