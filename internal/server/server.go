@@ -112,8 +112,8 @@ func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error
 			s.release()
 		}
 	}()
-	// Each loop keeps its P while it waits in epoll (see loop.wait); one P
-	// more leaves room for health checks, the admin endpoint and the GC.
+	// A busy loop keeps its P while it waits in epoll (see loop.wait); one
+	// P more leaves room for health checks, the admin endpoint and the GC.
 	if n := cfg.Workers + 1; runtime.GOMAXPROCS(0) < n {
 		runtime.GOMAXPROCS(n)
 	}
@@ -423,6 +423,10 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.listening.Store(false)
 	signal.Stop(hup)
+	// Draining, this process neither reloads nor upgrades, but a SIGHUP
+	// (a `pkill -HUP sluice` meant for the successor) must not kill it
+	// and reset the connections it is finishing.
+	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2)
 	s.drain()
 	stopBG()
 	for _, sv := range s.services {
