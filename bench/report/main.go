@@ -392,7 +392,21 @@ type cell struct {
 	// the same round. Targets run back to back within a round, so this
 	// pairing cancels the machine's slow drifts that medians over the
 	// rounds keep.
-	won, paired int
+	// tied counts the paired rounds with equal figures (latency
+	// percentiles are quantised, so ties happen).
+	won, tied, paired int
+}
+
+// roundsAhead is "won of paired", with the ties when there are any, or
+// "–" when no round measured both.
+func (c cell) roundsAhead() string {
+	switch {
+	case c.paired == 0:
+		return "–"
+	case c.tied > 0:
+		return fmt.Sprintf("%d of %d (%d tied)", c.won, c.paired, c.tied)
+	}
+	return fmt.Sprintf("%d of %d", c.won, c.paired)
 }
 
 // table is one scenario's figures.
@@ -474,7 +488,10 @@ func (rd *runData) tables() []table {
 						continue
 					}
 					c[i].paired++
-					if m.higher && v > pv || !m.higher && v < pv {
+					switch {
+					case v == pv:
+						c[i].tied++
+					case m.higher == (v > pv):
 						c[i].won++
 					}
 				}
@@ -599,9 +616,7 @@ func (rd *runData) writeMarkdown(w *strings.Builder, tables []table, svgRel stri
 				if sc[i].ratio > 0 {
 					rt = fmt.Sprintf("%.2f", sc[i].ratio)
 				}
-				if sc[i].paired > 0 {
-					ra = fmt.Sprintf("%d of %d", sc[i].won, sc[i].paired)
-				}
+				ra = sc[i].roundsAhead()
 			}
 			fmt.Fprintf(w, "| %s | %s %s | %s | %s (%s) | %s | %s |\n", t.sc.key, mt.name, arrow(mt), sv, num(bp, mt.digits), label(t.best[i]), rt, ra)
 		}
@@ -704,8 +719,8 @@ func writeSummary(w io.Writer, tables []table) {
 			if !mt.ratio || !sc[i].ok || sc[i].ratio == 0 {
 				continue
 			}
-			fmt.Fprintf(w, "  %-8s %-20s %s %6.2f  (sluice %s, %s %s; ahead in %d of %d rounds)\n", t.sc.key, mt.name, arrow(mt), sc[i].ratio,
-				num(sc[i].stat.median, mt.digits), label(t.best[i]), num(t.cells[t.best[i]][i].stat.median, mt.digits), sc[i].won, sc[i].paired)
+			fmt.Fprintf(w, "  %-8s %-20s %s %6.2f  (sluice %s, %s %s; rounds ahead: %s)\n", t.sc.key, mt.name, arrow(mt), sc[i].ratio,
+				num(sc[i].stat.median, mt.digits), label(t.best[i]), num(t.cells[t.best[i]][i].stat.median, mt.digits), sc[i].roundsAhead())
 		}
 	}
 }

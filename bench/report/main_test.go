@@ -115,26 +115,49 @@ func TestTablesMedianAndRatioToBestPeer(t *testing.T) {
 }
 
 // The rounds are paired: a target can be ahead on the median of the
-// rounds yet behind in most rounds taken one by one, or the reverse.
+// rounds yet behind in most rounds taken one by one.
 func TestRoundsAheadArePaired(t *testing.T) {
-	res := map[string]loadgen.Result{}
-	sluice := []float64{10, 20, 30}
-	peer := []float64{9, 21, 31} // median 21 beats sluice's 20; round 1 goes to sluice
-	for i := range sluice {
-		res[fmt.Sprintf("r%d_bulk_sluice.json", i+1)] = bulk(sluice[i], 0.2)
-		res[fmt.Sprintf("r%d_bulk_haproxy.json", i+1)] = bulk(peer[i], 0.3)
+	run := func(sluice, peer []float64, drop ...string) cell {
+		t.Helper()
+		res := map[string]loadgen.Result{}
+		for i := range sluice {
+			res[fmt.Sprintf("r%d_bulk_sluice.json", i+1)] = bulk(sluice[i], 1)
+			res[fmt.Sprintf("r%d_bulk_haproxy.json", i+1)] = bulk(peer[i], 1)
+		}
+		for _, d := range drop {
+			delete(res, d)
+		}
+		rd, err := load(writeRun(t, res, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rd.tables()[0].cells["sluice"][0]
 	}
-	delete(res, "r3_bulk_sluice.json") // a failed round is not paired
+	// Median 30 against 21 (×1.43), yet behind in rounds 1 and 2.
+	c := run([]float64{20, 30, 40}, []float64{21, 31, 9})
+	if c.ratio <= 1 || c.roundsAhead() != "1 of 3" {
+		t.Errorf("ratio %.2f, rounds ahead %q; want above 1 and \"1 of 3\"", c.ratio, c.roundsAhead())
+	}
+	// A round where one target failed is not paired; equal figures tie.
+	c = run([]float64{20, 30, 40}, []float64{19, 30, 9}, "r3_bulk_haproxy.json")
+	if c.roundsAhead() != "1 of 2 (1 tied)" {
+		t.Errorf("rounds ahead %q, want \"1 of 2 (1 tied)\"", c.roundsAhead())
+	}
+	// Lower is better for CPU: 0.2 against 0.3 wins every round.
+	res := map[string]loadgen.Result{}
+	for i := 1; i <= 2; i++ {
+		res[fmt.Sprintf("r%d_bulk_sluice.json", i)] = bulk(10, 0.2)
+		res[fmt.Sprintf("r%d_bulk_haproxy.json", i)] = bulk(10, 0.3)
+	}
 	rd, err := load(writeRun(t, res, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := rd.tables()[0].cells["sluice"]
-	if s[0].won != 1 || s[0].paired != 2 {
-		t.Errorf("Gbit/s: ahead in %d of %d rounds, want 1 of 2", s[0].won, s[0].paired)
+	if got := rd.tables()[0].cells["sluice"][1].roundsAhead(); got != "2 of 2" {
+		t.Errorf("CPU rounds ahead %q, want \"2 of 2\"", got)
 	}
-	if s[1].won != 2 || s[1].paired != 2 {
-		t.Errorf("CPU (lower is better): ahead in %d of %d rounds, want 2 of 2", s[1].won, s[1].paired)
+	if got := (cell{}).roundsAhead(); got != "–" {
+		t.Errorf("no paired round: %q, want –", got)
 	}
 }
 
@@ -162,9 +185,9 @@ func TestRunWritesMarkdownAndValidSVG(t *testing.T) {
 	}
 	text := string(b)
 	for _, want := range []string{
-		"| rr | req/s ↑ | 50000 | 40000 (nginx) | 1.25 |",
+		"| rr | req/s ↑ | 50000 | 40000 (nginx) | 1.25 | 1 of 1 |\n",
 		"| sluice | 1 | 50000 | 1.25 |",
-		"| idle | RSS KiB/conn ↓ | 0.50 | 15.00 (Go io.Copy) | 0.03 |",
+		"| idle | RSS KiB/conn ↓ | 0.50 | 15.00 (Go io.Copy) | 0.03 | 1 of 1 |\n",
 		"- Go io.Copy: 64 errors, first: `connection reset | by peer`",
 		"](results.svg)",
 		"sluice udp: skipped",
