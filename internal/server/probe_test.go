@@ -19,9 +19,9 @@ import (
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
-// reusePortSocket binds a socket with SO_REUSEPORT on 127.0.0.1, as
-// another sluice would, and returns its address.
-func reusePortSocket(t *testing.T, typ int) netip.AddrPort {
+// reusePortSocket binds a socket with SO_REUSEPORT on 127.0.0.1:port (port
+// 0: the kernel picks), as another sluice would, and returns its address.
+func reusePortSocket(t *testing.T, typ int, port uint16) netip.AddrPort {
 	t.Helper()
 	fd, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -31,7 +31,7 @@ func reusePortSocket(t *testing.T, typ int) netip.AddrPort {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(port)}); err != nil {
 		t.Fatal(err)
 	}
 	if typ == unix.SOCK_STREAM {
@@ -56,7 +56,7 @@ func TestSecondInstanceRefused(t *testing.T) {
 		typ   int
 	}{{"tcp", unix.SOCK_STREAM}, {"udp", unix.SOCK_DGRAM}} {
 		t.Run(tc.proto, func(t *testing.T) {
-			taken := reusePortSocket(t, tc.typ)
+			taken := reusePortSocket(t, tc.typ, 0)
 			cfg := parse(t, "--proto", tc.proto, "--listen", taken.String(), "--backend", backend.Addr().String())
 			s, err := New(cfg, zap.NewNop(), Options{})
 			if err == nil {
@@ -136,7 +136,7 @@ func standIn(t *testing.T) int {
 // own, handed over under the old name, so the new one may bind beside it.
 func TestRenamedServiceUpgrade(t *testing.T) {
 	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	held := reusePortSocket(t, unix.SOCK_STREAM)
+	held := reusePortSocket(t, unix.SOCK_STREAM, 0)
 	fd := standIn(t)
 	cfg := parse(t, "--listen", held.String(), "--backend", backend.Addr().String())
 	s, err := New(cfg, zap.NewNop(), Options{Inherited: []handoff.Socket{
@@ -188,7 +188,10 @@ func TestOwnOverlappingServices(t *testing.T) {
 // beside the predecessor's socket, which is handed over.
 func TestUpgradeMovesToWildcard(t *testing.T) {
 	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	held := reusePortSocket(t, unix.SOCK_STREAM) // the predecessor's, on 127.0.0.1
+	// The predecessor's, on 127.0.0.1. Its port is below the ephemeral
+	// range: a kernel-picked one can be in TIME_WAIT on another loopback
+	// address from another test's client, which a wildcard bind meets.
+	held := reusePortSocket(t, unix.SOCK_STREAM, freeFixedPort(t))
 	fd := standIn(t)
 	wild := netip.AddrPortFrom(netip.IPv4Unspecified(), held.Port())
 	cfg := parse(t, "--listen", wild.String(), "--backend", backend.Addr().String())
