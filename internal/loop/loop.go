@@ -70,10 +70,8 @@ type Loop struct {
 	stopped bool
 	running []func() // scratch slice for the submitted queue being run
 
-	// quiet is set once no wait has returned an event for QuietAfter:
-	// the loop is idle, and its next wait may sleep long (see wait).
-	quiet bool
-	// lastEvent is the loop clock of the last wait that returned events.
+	// lastEvent is the loop clock of the last wait that returned events;
+	// QuietAfter without one and the loop counts as idle (see wait).
 	lastEvent int64
 	// wakeups counts returns from epoll_wait, for tests.
 	wakeups int
@@ -211,7 +209,6 @@ func (l *Loop) Run() error {
 		if n > 0 {
 			l.lastEvent = l.now
 		}
-		l.quiet = l.now-l.lastEvent >= int64(QuietAfter)
 		for i := 0; i < n; i++ {
 			ev := &l.events[i]
 			fd := int(ev.Fd)
@@ -286,7 +283,7 @@ var QuietAfter = time.Second
 func (l *Loop) wait(msec int) (int, error) {
 	var r uintptr
 	var e unix.Errno
-	if l.quiet && msec != 0 {
+	if msec != 0 && l.now-l.lastEvent >= int64(QuietAfter) {
 		r, _, e = unix.Syscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), uintptr(msec), 0, 0)
 	} else {
 		r, _, e = unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), uintptr(msec), 0, 0)
