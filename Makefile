@@ -32,7 +32,7 @@ check-generated: ## fail if the committed generated BPF files are stale (needs c
 	./scripts/firewall-check-generated.sh
 
 fuzz: ## run each fuzz target for FUZZTIME
-	@for pkg in $$($(GO) list ./pkg/...); do \
+	@for pkg in $$($(GO) list ./pkg/... ./internal/config); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
 	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \

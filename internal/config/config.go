@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/spf13/pflag"
 	"go.uber.org/zap/zapcore"
@@ -247,7 +248,7 @@ func parse(args []string, help io.Writer, fdLimit int) (Config, error) {
 	addServiceFlags(fs, &sv)
 	showHelp := fs.BoolP("help", "h", false, "show this help")
 	if err := fs.Parse(args); err != nil {
-		return Config{}, &UsageError{Problems: []string{err.Error()}}
+		return Config{}, usageError([]string{err.Error()})
 	}
 	if *showHelp {
 		fmt.Fprintf(help, "Usage: sluice --listen IP:PORT --backend IP:PORT [--backend IP:PORT ...] [flags]\n"+
@@ -272,13 +273,14 @@ func parse(args []string, help io.Writer, fdLimit int) (Config, error) {
 			}
 		})
 		// Reparse: the file's globals first, then the command line on top.
+		path := g.config
 		g = globalVals{}
 		fs = newFlagSet()
 		addGlobalFlags(fs, &g)
 		addServiceFlags(fs, &serviceVals{})
 		fs.BoolP("help", "h", false, "")
 		if err := fs.Parse(globalArgs); err != nil {
-			probs = append(probs, fmt.Sprintf("%s: %v", g.config, err))
+			probs = append(probs, fmt.Sprintf("%s: %v", path, err))
 		}
 		if err := fs.Parse(args); err != nil {
 			probs = append(probs, err.Error())
@@ -290,9 +292,36 @@ func parse(args []string, help io.Writer, fdLimit int) (Config, error) {
 	cfg.Args = args
 	probs = append(probs, more...)
 	if len(probs) > 0 {
-		return cfg, &UsageError{Problems: probs}
+		return cfg, usageError(probs)
 	}
 	return cfg, nil
+}
+
+// usageError makes each problem one line.
+func usageError(probs []string) *UsageError {
+	for i, p := range probs {
+		probs[i] = oneLine(p)
+	}
+	return &UsageError{Problems: probs}
+}
+
+// oneLine escapes the control characters that flag values or file lines
+// may have carried into a problem (a raw CR or newline would break the
+// one line per problem that sluice prints), as %q does.
+func oneLine(p string) string {
+	if !strings.ContainsFunc(p, unicode.IsControl) {
+		return p
+	}
+	var b strings.Builder
+	for _, r := range p {
+		if unicode.IsControl(r) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 type namedService struct {

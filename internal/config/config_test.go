@@ -202,6 +202,9 @@ func TestConfigFileErrors(t *testing.T) {
 		"duplicate service":       {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n[service a]\nlisten 127.0.0.1:4\nbackend 127.0.0.1:3\n", ":4: service \"a\" defined twice"},
 		"bad value":               {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\nidle-timeout -1s\n", "service a: --idle-timeout \"-1s\""},
 		"no services":             {"workers 1\n", "no service"},
+		"bad global value":        {"workers many\n[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", "sluice.conf:1: invalid argument \"many\" for \"--workers\""},
+		"unknown global key":      {"\n# c\nbogus 1\n[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", "sluice.conf:3: unknown flag: --bogus"},
+		"control character":       {"wor\rkers 1\n[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", `sluice.conf:1: unknown flag: --wor\rkers`},
 		"same listen twice":       {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n[service b]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", "also the address of service \"a\""},
 	}
 	for name, tc := range cases {

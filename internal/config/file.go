@@ -73,6 +73,14 @@ func readFile(path string) (globals []string, svcs []namedService, probs []strin
 				probs = append(probs, where+fmt.Sprintf("%q cannot be set in the config file", key))
 				continue
 			}
+			// Checked here, line by line, so that a problem names its
+			// line; the globals are parsed together again later.
+			gfs := newFlagSet()
+			addGlobalFlags(gfs, &globalVals{})
+			if err := gfs.Parse(args); err != nil {
+				probs = append(probs, where+err.Error())
+				continue
+			}
 			globals = append(globals, args...)
 			continue
 		}
