@@ -122,8 +122,23 @@ func waitExit(tb testing.TB, pid int) {
 	}
 	defer unix.Close(fd)
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	if n, err := unix.Poll(fds, 30000); err != nil || n != 1 {
-		tb.Fatalf("process %d did not exit within 30s", pid)
+	// poll is cut short with EINTR by any signal to this thread, such as
+	// the Go runtime's preemption signal: go on until the deadline.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		left := time.Until(deadline)
+		if left <= 0 {
+			tb.Fatalf("process %d did not exit within 30s", pid)
+		}
+		n, err := unix.Poll(fds, int(left/time.Millisecond)+1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			tb.Fatalf("wait for process %d: %v", pid, err)
+		}
+		if n == 1 {
+			return
+		}
 	}
 }
 
@@ -241,6 +256,111 @@ func TestDrainSurvivesReloadSignals(t *testing.T) {
 	if err != nil || !st.Success() {
 		t.Fatalf("draining process: %v %v, want a clean exit once the held connection closed", st, err)
 	}
+}
+
+// childrenOf lists the pids whose parent is ppid, from /proc/*/stat. It
+// reads only the pids above ppid's (a child started later gets a higher
+// pid unless pids wrapped around), to be quick enough to find a child in
+// its first milliseconds.
+func childrenOf(ppid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= ppid {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so split after
+		// its closing parenthesis.
+		i := strings.LastIndexByte(string(b), ')')
+		if f := strings.Fields(string(b[i+1:])); i > 0 && len(f) > 1 {
+			if p, _ := strconv.Atoi(f[1]); p == ppid {
+				out = append(out, pid)
+			}
+		}
+	}
+	return out
+}
+
+// An upgrade's successor must survive a SIGHUP in its first milliseconds,
+// before its own init could ignore it (a `pkill -HUP sluice` during an
+// upgrade): the old process starts it with SIGHUP ignored. The test sends
+// SIGHUP to every child of the old process, over and over, from before the
+// upgrade until the successor serves.
+func TestUpgradeSuccessorSurvivesEarlySIGHUP(t *testing.T) {
+	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	addr := freeAddr(t)
+	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String(), "--drain-timeout", "1s")
+	p.waitLog(t, "sluice started")
+	stop := make(chan struct{})
+	hit := make(chan int, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sent := 0
+		defer func() { hit <- sent }()
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, pid := range childrenOf(p.cmd.Pid) {
+				if syscall.Kill(pid, syscall.SIGHUP) == nil {
+					sent++
+				}
+			}
+		}
+	}()
+	if err := p.cmd.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	var child int
+	for child == 0 {
+		select {
+		case m, ok := <-p.lines:
+			if !ok {
+				t.Fatal("the old process ended before the upgrade finished")
+			}
+			switch m["msg"] {
+			case "new process serves":
+				child = int(m["pid"].(float64))
+			case "upgrade failed, this process keeps serving":
+				close(stop)
+				wg.Wait()
+				t.Fatalf("upgrade failed under SIGHUPs to the successor (%d sent): %v", <-hit, m["error"])
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("no upgrade outcome in 30 s")
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if n := <-hit; n == 0 {
+		t.Fatal("no SIGHUP reached the successor while it started: the test proved nothing")
+	}
+	// Serving, it takes SIGHUP as a reload, not as its end.
+	if err := syscall.Kill(child, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("after the upgrade: %v", err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("ping"))
+	_, err = io.ReadFull(c, make([]byte, 4))
+	c.Close()
+	if err != nil {
+		t.Fatalf("the successor does not serve after a SIGHUP: %v", err)
+	}
+	syscall.Kill(child, syscall.SIGTERM)
+	waitExit(t, child)
 }
 
 // TestUpgradeFailureKeepsServing: when the binary on disk cannot start,

@@ -55,8 +55,11 @@ type Server struct {
 	// claimed or not: the address checks leave those addresses alone.
 	handedOver []protoAddr
 	upgraded   chan struct{} // closed when a successor took over
-	registry   *prometheus.Registry
-	checkDur   *prometheus.HistogramVec
+	// hup receives SIGHUP and SIGUSR2 while Run serves; Upgrade takes
+	// SIGHUP off it while it forks.
+	hup      chan os.Signal
+	registry *prometheus.Registry
+	checkDur *prometheus.HistogramVec
 
 	wg        sync.WaitGroup // loop goroutines and background workers
 	ready     chan struct{}
@@ -393,10 +396,10 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.wg.Add(1)
 	go s.watchFiles(bg)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP, syscall.SIGUSR2)
+	s.hup = make(chan os.Signal, 1)
+	signal.Notify(s.hup, syscall.SIGHUP, syscall.SIGUSR2)
 	s.wg.Add(1)
-	go s.onSignals(bg, hup)
+	go s.onSignals(bg, s.hup)
 	if s.admin != nil {
 		s.admin.Start()
 	}
@@ -422,7 +425,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.log.Error("event loop failed", zap.Error(runErr))
 	}
 	s.listening.Store(false)
-	signal.Stop(hup)
+	signal.Stop(s.hup)
 	// Draining, this process neither reloads nor upgrades, but a SIGHUP
 	// (a `pkill -HUP sluice` meant for the successor) must not kill it
 	// and reset the connections it is finishing.

@@ -7,8 +7,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -143,7 +145,21 @@ func (s *Server) Upgrade() error {
 	cmd.Env = append(os.Environ(), upgradeEnv+"=3")
 	cmd.ExtraFiles = []*os.File{theirs} // fd 3 in the child
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	// The successor starts with SIGHUP ignored: an ignored signal stays
+	// ignored across exec, and the Go runtime keeps an inherited SIG_IGN
+	// for SIGHUP until the program asks for it, so a SIGHUP in the
+	// successor's first milliseconds (before package earlysig's init)
+	// cannot kill it. This process ignores SIGHUP for the fork and exec:
+	// one arriving then is dropped, which loses nothing once the
+	// successor serves (it reads every file afresh), only if the upgrade
+	// then fails.
+	if s.hup != nil {
+		signal.Ignore(syscall.SIGHUP)
+	}
 	err = cmd.Start()
+	if s.hup != nil {
+		signal.Notify(s.hup, syscall.SIGHUP)
+	}
 	theirs.Close()
 	if err != nil {
 		return fmt.Errorf("start %s: %w", s.opts.Executable, err)
