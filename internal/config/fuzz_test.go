@@ -3,8 +3,6 @@ package config
 import (
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -72,11 +70,7 @@ func FuzzConfigFile(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		path := filepath.Join(t.TempDir(), "sluice.conf")
-		if err := os.WriteFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		cfg, err := parse([]string{"--config", path}, io.Discard, 20000)
+		cfg, err := parse([]string{"--config", writeConf(t, string(data))}, io.Discard, 20000)
 		checkOutcome(t, cfg, err, data)
 	})
 }
@@ -93,11 +87,7 @@ func FuzzBackendsFile(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		path := filepath.Join(t.TempDir(), "backends")
-		if err := os.WriteFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		specs, err := ReadBackendsFile(path)
+		specs, err := ReadBackendsFile(writeConf(t, string(data)))
 		if err != nil {
 			if msg := err.Error(); strings.TrimSpace(msg) == "" || strings.ContainsAny(msg, "\n\r") {
 				t.Fatalf("error %q is not one line", msg)
