@@ -257,7 +257,20 @@ func proxy(q func(p *loadgen.ProxyResult) float64) func(r *loadgen.Result) (floa
 	}
 }
 func cpuPerGiB(p *loadgen.ProxyResult) float64 { return p.CPUSecPerGiB }
-func cpuPerOp(p *loadgen.ProxyResult) float64  { return p.CPUMicrosPerOp }
+
+// machine extracts a figure of the whole machine's CPU cost.
+func machine(q func(m *loadgen.MachineResult) float64) func(r *loadgen.Result) (float64, bool) {
+	return func(r *loadgen.Result) (float64, bool) {
+		if r.Machine == nil || r.Machine.Error != "" {
+			return 0, false
+		}
+		v := q(r.Machine)
+		return v, v > 0
+	}
+}
+func machinePerGiB(m *loadgen.MachineResult) float64 { return m.CPUSecPerGiB }
+func machinePerOp(m *loadgen.MachineResult) float64  { return m.CPUMicrosPerOp }
+func cpuPerOp(p *loadgen.ProxyResult) float64        { return p.CPUMicrosPerOp }
 
 // rssPerConn is the idle figure, computed from the before and after VmRSS
 // rather than read from rss_per_conn_kib, which the JSON omits when it is
@@ -274,6 +287,7 @@ func bulkMetrics() []metric {
 	return []metric{
 		{name: "Gbit/s", short: "Gbit/s", higher: true, value: gbps, digits: 2, ratio: true, chart: true},
 		{name: "proxy CPU s/GiB", short: "CPU s/GiB", value: proxy(cpuPerGiB), digits: 3, ratio: true, chart: true},
+		{name: "machine CPU s/GiB", short: "machine s/GiB", value: machine(machinePerGiB), digits: 3, ratio: true},
 	}
 }
 
@@ -298,6 +312,7 @@ var scenarios = []scenario{
 			{name: "p50 µs", short: "p50", value: lat(p50), ratio: true},
 			{name: "p99 µs", short: "p99", value: lat(p99), ratio: true, chart: true},
 			{name: "proxy CPU µs/req", short: "CPU µs/req", value: proxy(cpuPerOp), digits: 2, ratio: true, chart: true},
+			{name: "machine CPU µs/req", short: "machine µs/req", value: machine(machinePerOp), digits: 2, ratio: true},
 		}},
 	{key: "rr-open", title: "rr-open: request/response at a fixed rate",
 		what: func(m map[string]string) string {
@@ -316,6 +331,7 @@ var scenarios = []scenario{
 			{name: "conn/s", short: "conn/s", higher: true, value: rate, ratio: true, chart: true},
 			{name: "p99 µs", short: "p99", value: lat(p99), ratio: true},
 			{name: "proxy CPU µs/conn", short: "CPU µs/conn", value: proxy(cpuPerOp), digits: 2, ratio: true, chart: true},
+			{name: "machine CPU µs/conn", short: "machine µs/conn", value: machine(machinePerOp), digits: 2, ratio: true},
 		}},
 	{key: "idle", title: "idle: connections held open",
 		what: func(m map[string]string) string {
@@ -353,6 +369,7 @@ var scenarios = []scenario{
 				return r.UDP.LossPct, true
 			}, digits: 3},
 			{name: "proxy CPU µs/dgram", short: "CPU µs/dgram", value: proxy(cpuPerOp), digits: 2, ratio: true},
+			{name: "machine CPU µs/dgram", short: "machine µs/dgram", value: machine(machinePerOp), digits: 2, ratio: true},
 		}},
 }
 
@@ -595,7 +612,9 @@ func (rd *runData) writeMarkdown(w *strings.Builder, tables []table, svgRel stri
 		"(best of HAProxy, nginx and io.Copy for that figure; ↑ higher is better, ↓ lower is better, so ×best above 1 wins for ↑ figures and loses for ↓ ones). "+
 		"*direct* is the client talking to the backend with no proxy: the physical reference, never a peer. "+
 		"Proxy CPU is utime+stime from /proc/PID/stat summed over all the proxy's processes over the measured time (10 ms resolution); "+
-		"RSS is VmRSS from /proc/PID/status summed the same way. How each scenario is run: [bench/README.md](README.md).\n\n")
+		"RSS is VmRSS from /proc/PID/status summed the same way. "+
+		"Machine CPU is the busy time of all CPUs from /proc/stat over the measured time (generator, proxy, backends and kernel): "+
+		"on loopback a sender's softirq does part of its receiver's TCP work, so the split between proxy and backends moves with timing while the machine's total does not. How each scenario is run: [bench/README.md](README.md).\n\n")
 	fmt.Fprintf(w, "![ratio of each target's median to the best peer's, per scenario](%s)\n\n", svgRel)
 
 	// Summary: sluice against the best peer.

@@ -114,6 +114,39 @@ func TestTablesMedianAndRatioToBestPeer(t *testing.T) {
 	}
 }
 
+// The machine's CPU is a figure of its own, compared with the best peer's
+// like the proxy's; a result without it (redis-benchmark's) has none.
+func TestMachineCPUFigure(t *testing.T) {
+	res := map[string]loadgen.Result{}
+	for i, m := range []float64{0.7, 0.8, 0.75} {
+		s := bulk(10, 0.3)
+		s.Machine = &loadgen.MachineResult{CPUSeconds: 3, CPUSecPerGiB: m}
+		h := bulk(10, 0.25)
+		h.Machine = &loadgen.MachineResult{CPUSeconds: 3, CPUSecPerGiB: m + 0.05}
+		res[fmt.Sprintf("r%d_bulk_sluice.json", i+1)] = s
+		res[fmt.Sprintf("r%d_bulk_haproxy.json", i+1)] = h
+		n := bulk(9, 0.6)
+		n.Machine = &loadgen.MachineResult{Error: "read machine cpu time: gone"}
+		res[fmt.Sprintf("r%d_bulk_nginx.json", i+1)] = n
+	}
+	rd, err := load(writeRun(t, res, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := rd.tables()[0]
+	const mi = 2
+	if tb.sc.metrics[mi].name != "machine CPU s/GiB" {
+		t.Fatalf("metric %d is %q", mi, tb.sc.metrics[mi].name)
+	}
+	if tb.best[mi] != "haproxy" || tb.cells["nginx"][mi].ok {
+		t.Fatalf("best %q; nginx's failed figure counted: %v", tb.best[mi], tb.cells["nginx"][mi].ok)
+	}
+	c := tb.cells["sluice"][mi]
+	if want := 0.75 / 0.8; c.ratio != want || c.roundsAhead() != "3 of 3" {
+		t.Errorf("ratio %v, rounds ahead %q; want %v and 3 of 3", c.ratio, c.roundsAhead(), want)
+	}
+}
+
 // The rounds are paired: a target can be ahead on the median of the
 // rounds yet behind in most rounds taken one by one.
 func TestRoundsAheadArePaired(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -356,6 +357,38 @@ func TestProxyCPU(t *testing.T) {
 	}
 	if d := p.CPUMicrosPerOp - p.CPUSeconds*1e6/float64(res.Ops); math.Abs(d) > 1e-6 {
 		t.Fatalf("cpu per op %v does not match %v s / %d", p.CPUMicrosPerOp, p.CPUSeconds, res.Ops)
+	}
+}
+
+func TestMachineCPU(t *testing.T) {
+	s := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	res := runTB(t, config(RR, s))
+	m := res.Machine
+	// The generator and the echo run here, so the machine was busy.
+	if m == nil || m.Error != "" || m.CPUSeconds <= 0 || m.CPUMicrosPerOp <= 0 {
+		t.Fatalf("machine %+v", m)
+	}
+	if d := m.CPUMicrosPerOp - m.CPUSeconds*1e6/float64(res.Ops); math.Abs(d) > 1e-6 {
+		t.Fatalf("cpu per op %v does not match %v s / %d", m.CPUMicrosPerOp, m.CPUSeconds, res.Ops)
+	}
+	// Bounded by the wall time of every CPU (plus a tick of slack each).
+	if hi := res.ElapsedS*float64(runtime.NumCPU()) + 0.01*float64(runtime.NumCPU()); m.CPUSeconds > hi {
+		t.Fatalf("machine cpu %.2f s in %.2f s on %d cpus", m.CPUSeconds, res.ElapsedS, runtime.NumCPU())
+	}
+}
+
+func TestParseMachineCPU(t *testing.T) {
+	// user nice system idle iowait irq softirq steal guest guest_nice:
+	// busy is user+nice+system+irq+softirq = 1000+20+300+5+70 ticks.
+	const stat = "cpu  1000 20 300 90000 400 5 70 800 100 0\ncpu0 500 10 150 45000 200 3 35 400 50 0\nintr 1\n"
+	got, err := parseMachineCPU([]byte(stat))
+	if err != nil || math.Abs(got-13.95) > 1e-9 {
+		t.Fatalf("got %v, %v; want 13.95 s", got, err)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7\n", "cpu 1 2 3\n", "cpu 1 x 3 4 5 6 7\n"} {
+		if _, err := parseMachineCPU([]byte(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
 	}
 }
 

@@ -36,6 +36,36 @@ func procCPU(pid int) (float64, error) {
 	return float64(ut+st) / clockTicks, nil
 }
 
+// machineCPU returns the whole machine's busy CPU seconds since boot, summed
+// over its CPUs: user, nice, system, irq and softirq time from /proc/stat
+// (guest time is part of user). Idle, iowait and steal are not work done here.
+func machineCPU() (float64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("read machine cpu time: %w", err)
+	}
+	return parseMachineCPU(b)
+}
+
+// parseMachineCPU reads the aggregate "cpu" line of a /proc/stat.
+func parseMachineCPU(b []byte) (float64, error) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := bytes.Fields(line)
+	// cpu user nice system idle iowait irq softirq ...
+	if len(f) < 8 || string(f[0]) != "cpu" {
+		return 0, fmt.Errorf("parse /proc/stat: first line %q is not the cpu total", line)
+	}
+	var total uint64
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		v, err := strconv.ParseUint(string(f[i]), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("parse /proc/stat: field %d %q", i, f[i])
+		}
+		total += v
+	}
+	return float64(total) / clockTicks, nil
+}
+
 // procRSS returns VmRSS of pid in KiB.
 func procRSS(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

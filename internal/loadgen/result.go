@@ -62,6 +62,8 @@ type Result struct {
 	SourceAddrs int `json:"source_addrs"`
 	// Proxy is the cost measured on Config.ProxyPIDs.
 	Proxy *ProxyResult `json:"proxy,omitempty"`
+	// Machine is the whole machine's CPU cost (not in idle mode).
+	Machine *MachineResult `json:"machine,omitempty"`
 	// Env says where and when the run was made.
 	Env Env `json:"env"`
 }
@@ -122,6 +124,19 @@ type ProxyResult struct {
 	RSSPerConnKiB float64 `json:"rss_per_conn_kib,omitempty"`
 	// Error says why the figures above are missing (a process exited).
 	Error string `json:"error,omitempty"`
+}
+
+// MachineResult is the busy CPU time of the whole machine during the
+// measured time: the load generator, the proxy, the backends and anything
+// else running. On loopback the kernel does part of a receiver's TCP work in
+// the sender's context (the softirq that a send raises), so how the work of
+// a chain splits between proxy and backends moves with timing; the machine's
+// total does not.
+type MachineResult struct {
+	CPUSeconds     float64 `json:"cpu_s"`
+	CPUSecPerGiB   float64 `json:"cpu_s_per_gib,omitempty"`
+	CPUMicrosPerOp float64 `json:"cpu_us_per_op,omitempty"`
+	Error          string  `json:"error,omitempty"`
 }
 
 // Env describes the machine and the time of a run, as BENCHMARKING.md asks
@@ -249,23 +264,31 @@ func (r Result) WriteTable(w io.Writer) error {
 	}
 	if p := r.Proxy; p != nil {
 		row("proxy pids", "%v", p.PIDs)
-		if p.Error != "" {
-			row("proxy error", "%s", p.Error)
-		}
-		row("proxy cpu", "%.2f s", p.CPUSeconds)
-		if p.CPUSecPerGiB > 0 {
-			row("proxy cpu/GiB", "%.3f s", p.CPUSecPerGiB)
-		}
-		if p.CPUMicrosPerOp > 0 {
-			row("proxy cpu/op", "%.2f µs", p.CPUMicrosPerOp)
-		}
+		costRows(row, "proxy", "", p.Error, p.CPUSeconds, p.CPUSecPerGiB, p.CPUMicrosPerOp)
 		if r.Mode == Idle {
 			row("proxy rss", "%d KiB before, %d KiB after", p.RSSBeforeKiB, p.RSSAfterKiB)
 			row("proxy rss/conn", "%.2f KiB", p.RSSPerConnKiB)
 		}
 	}
+	if m := r.Machine; m != nil {
+		costRows(row, "machine", " (all processes and the kernel)", m.Error, m.CPUSeconds, m.CPUSecPerGiB, m.CPUMicrosPerOp)
+	}
 	row("env", "%s, kernel %s, %s, %d cpus, %s", r.Env.Time, r.Env.Kernel, r.Env.GoVersion, r.Env.NumCPU, r.Env.CPU)
 	return tw.Flush()
+}
+
+// costRows prints the CPU figures of who; a figure of 0 does not apply.
+func costRows(row func(k, format string, a ...any), who, what, errMsg string, sec, perGiB, perOp float64) {
+	if errMsg != "" {
+		row(who+" error", "%s", errMsg)
+	}
+	row(who+" cpu", "%.2f s"+what, sec)
+	if perGiB > 0 {
+		row(who+" cpu/GiB", "%.3f s", perGiB)
+	}
+	if perOp > 0 {
+		row(who+" cpu/op", "%.2f µs", perOp)
+	}
 }
 
 func fmtUS(v float64) string {

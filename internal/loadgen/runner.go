@@ -79,6 +79,10 @@ type runner struct {
 	cpu0   float64
 	cpu0ok bool
 	cpuErr error
+	// sys0 is the machine's busy CPU time at the same moment.
+	sys0    float64
+	sys0ok  bool
+	sys0Err error
 }
 
 // worker is the account of one load goroutine. The live counters are
@@ -218,6 +222,8 @@ func (r *runner) load(ctx context.Context, fn func(ctx context.Context, w *worke
 }
 
 func (r *runner) sampleCPU0() {
+	r.sys0, r.sys0Err = machineCPU()
+	r.sys0ok = r.sys0Err == nil
 	if len(r.cfg.ProxyPIDs) == 0 {
 		return
 	}
@@ -320,7 +326,44 @@ func (r *runner) result(stop time.Time) Result {
 		res.Gbps = float64(res.BytesSent+res.BytesReceived) * 8 / res.ElapsedS / 1e9
 	}
 	res.Proxy = r.proxyCost(res)
+	res.Machine = r.machineCost(res)
 	return res
+}
+
+// machineCost measures the machine's busy CPU time since sys0 and relates
+// it to the work done.
+func (r *runner) machineCost(res Result) *MachineResult {
+	m := &MachineResult{}
+	sys1, err := machineCPU()
+	switch {
+	case r.sys0Err != nil:
+		m.Error = r.sys0Err.Error()
+	case err != nil:
+		m.Error = err.Error()
+	case !r.sys0ok:
+		m.Error = "the run ended before the measured time started"
+	default:
+		m.CPUSeconds = sys1 - r.sys0
+		m.CPUSecPerGiB, m.CPUMicrosPerOp = perWork(r.cfg.Mode, m.CPUSeconds, res)
+	}
+	return m
+}
+
+// perWork relates CPU seconds to the work of res: seconds per GiB moved in
+// stream mode, microseconds per request, connection or datagram in rr,
+// connect and udp. The figure that does not apply is 0.
+func perWork(mode Mode, sec float64, res Result) (perGiB, microsPerOp float64) {
+	switch mode {
+	case Stream:
+		if b := res.BytesSent + res.BytesReceived; b > 0 {
+			perGiB = sec / (float64(b) / (1 << 30))
+		}
+	case RR, Connect, UDP:
+		if res.Ops > 0 {
+			microsPerOp = sec * 1e6 / float64(res.Ops)
+		}
+	}
+	return perGiB, microsPerOp
 }
 
 // proxyCost measures the proxies' CPU time since cpu0 and relates it to the
@@ -343,16 +386,7 @@ func (r *runner) proxyCost(res Result) *ProxyResult {
 		return p
 	}
 	p.CPUSeconds = cpu1 - r.cpu0
-	switch r.cfg.Mode {
-	case Stream:
-		if b := res.BytesSent + res.BytesReceived; b > 0 {
-			p.CPUSecPerGiB = p.CPUSeconds / (float64(b) / (1 << 30))
-		}
-	case RR, Connect, UDP:
-		if res.Ops > 0 {
-			p.CPUMicrosPerOp = p.CPUSeconds * 1e6 / float64(res.Ops)
-		}
-	}
+	p.CPUSecPerGiB, p.CPUMicrosPerOp = perWork(r.cfg.Mode, p.CPUSeconds, res)
 	return p
 }
 
