@@ -200,8 +200,8 @@ func addServiceFlags(fs *pflag.FlagSet, s *serviceVals) {
 	fs.DurationVar(&s.idleTimeout, "idle-timeout", dp.IdleTimeout, "close a connection after this long with no bytes in either direction; idle pooled database sessions count as idle too, so raise it if your pools keep connections idle longer")
 	fs.StringVar(&s.splice, "splice", dp.Splice.String(), "byte moving: auto (read/write for small messages, splice(2) for bulk), always, or never (read/write only)")
 	fs.StringVar(&s.health.Kind, "health-check", "", "active check: tcp, send-expect, redis, postgres, mysql, grpc or none (default: tcp for TCP services, none for UDP; UDP services may use send-expect)")
-	fs.DurationVar(&s.health.Interval, "health-interval", dh.Interval, "time between checks of a backend (jittered)")
-	fs.DurationVar(&s.health.Timeout, "health-timeout", dh.Timeout, "time allowed for one check")
+	fs.DurationVar(&s.health.Interval, "health-interval", dh.Interval, "time between checks of a backend (jittered; at least 10ms)")
+	fs.DurationVar(&s.health.Timeout, "health-timeout", dh.Timeout, "time allowed for one check; at least 1ms")
 	fs.IntVar(&s.health.Rise, "health-rise", dh.Rise, "consecutive passed checks that bring a down backend up")
 	fs.IntVar(&s.health.Fall, "health-fall", dh.Fall, "consecutive failed checks that take an up backend down")
 	fs.StringVar(&s.health.Send, "health-send", "", "send-expect: bytes to send (\\r \\n \\t escapes)")
@@ -237,10 +237,19 @@ func newFlagSet() *pflag.FlagSet {
 // name, if any. On --help it writes the flag reference to help and returns
 // ErrHelp. Any other problem comes back as a *UsageError.
 func Parse(args []string, help io.Writer) (Config, error) {
-	return parse(args, help, openFileLimit())
+	return parse(args, help, openFileLimit(), true)
 }
 
-func parse(args []string, help io.Writer, fdLimit int) (Config, error) {
+// ParseReload is Parse for a reload: a backends file is not read, because
+// a reload applies each service's backends file on its own, so that one
+// service's bad file keeps only that service's backends.
+func ParseReload(args []string) (Config, error) {
+	return parse(args, io.Discard, openFileLimit(), false)
+}
+
+// parse is Parse with the open-file limit given; readBackends says whether
+// a service's backends file is read and checked.
+func parse(args []string, help io.Writer, fdLimit int, readBackends bool) (Config, error) {
 	var g globalVals
 	var sv serviceVals
 	fs := newFlagSet()
@@ -263,23 +272,37 @@ func parse(args []string, help io.Writer, fdLimit int) (Config, error) {
 	}
 	var svcs []namedService
 	if g.config != "" {
-		var fileProbs []string
-		var globalArgs []string
-		globalArgs, svcs, fileProbs = readFile(g.config)
+		globalArgs, fileSvcs, fileProbs, ok := readFile(g.config)
+		svcs = fileSvcs
 		probs = append(probs, fileProbs...)
+		if ok && len(svcs) == 0 {
+			probs = append(probs, "no service: the config file has no [service NAME] section")
+		}
+		onCommandLine := map[string]bool{}
 		fs.Visit(func(f *pflag.Flag) {
+			onCommandLine[f.Name] = true
 			if isServiceFlag(f.Name) {
 				probs = append(probs, fmt.Sprintf("--%s: with --config, service flags belong in the file's [service] sections", f.Name))
 			}
 		})
 		// Reparse: the file's globals first, then the command line on top.
+		// A flag given on the command line replaces the file's setting,
+		// repeatable ones (--deny-cidr) included: the file's lines for it
+		// are left out rather than added to.
+		var fileArgs []string
+		for _, a := range globalArgs {
+			name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+			if !onCommandLine[name] {
+				fileArgs = append(fileArgs, a)
+			}
+		}
 		path := g.config
 		g = globalVals{}
 		fs = newFlagSet()
 		addGlobalFlags(fs, &g)
 		addServiceFlags(fs, &serviceVals{})
 		fs.BoolP("help", "h", false, "")
-		if err := fs.Parse(globalArgs); err != nil {
+		if err := fs.Parse(fileArgs); err != nil {
 			probs = append(probs, fmt.Sprintf("%s: %v", path, err))
 		}
 		if err := fs.Parse(args); err != nil {
@@ -288,7 +311,7 @@ func parse(args []string, help io.Writer, fdLimit int) (Config, error) {
 	} else {
 		svcs = []namedService{{name: "default", vals: sv}}
 	}
-	cfg, more := build(g, svcs, fdLimit)
+	cfg, more := build(g, svcs, fdLimit, readBackends)
 	cfg.Args = args
 	probs = append(probs, more...)
 	if len(probs) > 0 {
@@ -325,13 +348,54 @@ func oneLine(p string) string {
 }
 
 type namedService struct {
-	name  string
-	where string // "file:line: " of the section header, "" for flags
-	vals  serviceVals
+	name string
+	// path is the config file that defines the service, "" for flags;
+	// header is the line of its section header, and lines the line that
+	// last set each key, and each "key value".
+	path   string
+	header int
+	lines  map[string]int
+	vals   serviceVals
+}
+
+// where prefixes a problem with "file:line: service NAME: ", naming the
+// line that set flag with value (or flag, or else the section header). It
+// is "" for a service made of command-line flags.
+func (ns namedService) where(flag, value string) string {
+	if ns.path == "" {
+		return ""
+	}
+	line := ns.header
+	if n, ok := ns.lines[flag+" "+value]; ok {
+		line = n
+	} else if n, ok := ns.lines[flag]; ok {
+		line = n
+	}
+	return fmt.Sprintf("%s:%d: service %s: ", ns.path, line, ns.name)
+}
+
+// locate prefixes each problem of ns with where: a problem that starts with
+// "--flag" or "--flag \"value\"" is about the line that set it.
+func (ns namedService) locate(probs []string) []string {
+	for i, p := range probs {
+		flag, value := "", ""
+		if rest, ok := strings.CutPrefix(p, "--"); ok {
+			end := strings.IndexFunc(rest, func(r rune) bool { return !(r == '-' || unicode.IsLower(r) || unicode.IsDigit(r)) })
+			if end < 0 {
+				end = len(rest)
+			}
+			flag = rest[:end]
+			if q, err := strconv.QuotedPrefix(strings.TrimPrefix(rest[end:], " ")); err == nil {
+				value, _ = strconv.Unquote(q)
+			}
+		}
+		probs[i] = ns.where(flag, value) + p
+	}
+	return probs
 }
 
 // build checks the parsed values and turns them into a Config.
-func build(g globalVals, svcs []namedService, fdLimit int) (Config, []string) {
+func build(g globalVals, svcs []namedService, fdLimit int, readBackends bool) (Config, []string) {
 	var probs []string
 	bad := func(prefix, flag, value, format string, a ...any) {
 		probs = append(probs, fmt.Sprintf("%s--%s %q: %s", prefix, flag, value, fmt.Sprintf(format, a...)))
@@ -369,17 +433,14 @@ func build(g globalVals, svcs []namedService, fdLimit int) (Config, []string) {
 		bad("", "log-format", g.logFormat, "want json or console")
 	}
 	probs = append(probs, buildFirewall(&cfg.Firewall, g)...)
-	if len(svcs) == 0 {
-		probs = append(probs, "no service: the config file has no [service NAME] section")
-	}
 	listens := map[string]string{}
 	for _, ns := range svcs {
-		s, sp := buildService(ns)
+		s, sp := buildService(ns, readBackends)
 		probs = append(probs, sp...)
 		if s.Listen.IsValid() && s.Listen.Port() != 0 {
 			key := s.Proto + " " + s.Listen.String()
 			if other, dup := listens[key]; dup {
-				probs = append(probs, fmt.Sprintf("%s--listen %q: also the address of service %q", ns.where, s.Listen, other))
+				probs = append(probs, ns.locate([]string{fmt.Sprintf("--listen %q: also the address of service %q", s.Listen, other)})...)
 			}
 			listens[key] = s.Name
 		}
@@ -403,15 +464,20 @@ func build(g globalVals, svcs []namedService, fdLimit int) (Config, []string) {
 	return cfg, probs
 }
 
-func buildService(ns namedService) (Service, []string) {
+// buildService checks a service's values and makes its Service; each
+// problem names the file and line that set the value, for a config file.
+func buildService(ns namedService, readBackends bool) (Service, []string) {
+	s, probs := checkService(ns.name, ns.vals, readBackends)
+	return s, ns.locate(probs)
+}
+
+func checkService(name string, v serviceVals, readBackends bool) (Service, []string) {
 	var probs []string
-	v := ns.vals
-	pre := ns.where
 	bad := func(flag, value, format string, a ...any) {
-		probs = append(probs, fmt.Sprintf("%s--%s %q: %s", pre, flag, value, fmt.Sprintf(format, a...)))
+		probs = append(probs, fmt.Sprintf("--%s %q: %s", flag, value, fmt.Sprintf(format, a...)))
 	}
 	s := Service{
-		Name:         ns.name,
+		Name:         name,
 		Proto:        v.proto,
 		BackendsFile: v.backendsFile,
 		Proxy:        tcpproxy.DefaultConfig(),
@@ -425,7 +491,7 @@ func buildService(ns namedService) (Service, []string) {
 	s.UDPSessionTimeout = v.udpSessionTimeout
 	s.Proxy.AccessLog = v.accessLog
 	s.Proxy.AccessLogSample = v.accessLogSample
-	if v.accessLogSample < 0 || v.accessLogSample > 1 {
+	if !(v.accessLogSample >= 0 && v.accessLogSample <= 1) { // NaN too
 		bad("access-log-sample", strconv.FormatFloat(v.accessLogSample, 'g', -1, 64), "want a fraction from 0 to 1")
 	}
 	if v.udpSessionTimeout <= 0 {
@@ -439,7 +505,7 @@ func buildService(ns namedService) (Service, []string) {
 	}
 	s.Health.Network = v.proto
 	if v.listen == "" {
-		probs = append(probs, pre+"--listen is required (e.g. --listen 127.0.0.1:7000)")
+		probs = append(probs, "--listen is required (e.g. --listen 127.0.0.1:7000)")
 	} else if ap, err := parseAddr(v.listen); err != nil {
 		bad("listen", v.listen, "%v", err)
 	} else if v.proto == "udp" && ap.Addr().IsUnspecified() {
@@ -448,7 +514,7 @@ func buildService(ns namedService) (Service, []string) {
 		s.Listen = ap
 	}
 	if len(v.backends) == 0 && v.backendsFile == "" && len(v.dnsHosts) == 0 && len(v.dnsSRV) == 0 {
-		probs = append(probs, pre+"no backend: give at least one --backend ip:port, a --backends-file, --backend-dns or --backend-srv")
+		probs = append(probs, "no backend: give at least one --backend ip:port, a --backends-file, --backend-dns or --backend-srv")
 	}
 	s.DNS = discovery.DefaultConfig()
 	for _, h := range v.dnsHosts {
@@ -490,16 +556,16 @@ func buildService(ns namedService) (Service, []string) {
 		s.Proxy.TrustedProxies = append(s.Proxy.TrustedProxies, p)
 	}
 	if v.acceptProxy && len(v.trusted) == 0 {
-		probs = append(probs, pre+"--accept-proxy-protocol needs --proxy-protocol-trusted: name the balancers allowed to claim client addresses (0.0.0.0/0 and ::/0 trust everyone)")
+		probs = append(probs, "--accept-proxy-protocol needs --proxy-protocol-trusted: name the balancers allowed to claim client addresses (0.0.0.0/0 and ::/0 trust everyone)")
 	}
 	if !v.acceptProxy && len(v.trusted) > 0 {
-		probs = append(probs, pre+"--proxy-protocol-trusted without --accept-proxy-protocol has no effect")
+		probs = append(probs, "--proxy-protocol-trusted without --accept-proxy-protocol has no effect")
 	}
 	if (v.sendProxy != "" || v.acceptProxy) && v.proto == "udp" {
-		probs = append(probs, pre+"the PROXY protocol is for TCP services")
+		probs = append(probs, "the PROXY protocol is for TCP services")
 	}
 	if v.balanceFactor != 0 && v.proto == "udp" {
-		probs = append(probs, pre+"--hash-balance-factor is for TCP services")
+		probs = append(probs, "--hash-balance-factor is for TCP services")
 	}
 	if v.health.Kind == "none" && v.passiveFall > 0 && v.proto == "tcp" {
 		// Nothing would bring an ejected backend back.
@@ -519,7 +585,7 @@ func buildService(ns namedService) (Service, []string) {
 		seen[sp.Addr] = true
 		s.Backends = append(s.Backends, sp)
 	}
-	if v.backendsFile != "" {
+	if v.backendsFile != "" && readBackends {
 		if _, err := ReadBackendsFile(v.backendsFile); err != nil {
 			bad("backends-file", v.backendsFile, "%v", err)
 		}
@@ -529,7 +595,7 @@ func buildService(ns namedService) (Service, []string) {
 	} else {
 		s.Proxy.HashKey = k
 	}
-	if v.balanceFactor != 0 && (v.balanceFactor < 1 || v.balanceFactor > 100) {
+	if v.balanceFactor != 0 && !(v.balanceFactor >= 1 && v.balanceFactor <= 100) { // NaN too
 		bad("hash-balance-factor", strconv.FormatFloat(v.balanceFactor, 'g', -1, 64), "want 0 (off) or 1 to 100, e.g. 1.25")
 	}
 	s.Proxy.BalanceFactor = v.balanceFactor
@@ -551,9 +617,7 @@ func buildService(ns namedService) (Service, []string) {
 	} else {
 		s.Proxy.Splice = m
 	}
-	for _, p := range s.Health.Validate() {
-		probs = append(probs, pre+p)
-	}
+	probs = append(probs, s.Health.Validate()...)
 	if v.passiveFall < 0 || v.passiveFall > 1000 {
 		bad("passive-fall", strconv.Itoa(v.passiveFall), "want 0 (off) to 1000")
 	}

@@ -200,7 +200,11 @@ func TestConfigFileErrors(t *testing.T) {
 		"unknown key":             {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\nbogus 1\n", ":4: unknown flag: --bogus"},
 		"bad section":             {"[svc a]\n", ":1: bad section"},
 		"duplicate service":       {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n[service a]\nlisten 127.0.0.1:4\nbackend 127.0.0.1:3\n", ":4: service \"a\" defined twice"},
-		"bad value":               {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\nidle-timeout -1s\n", "service a: --idle-timeout \"-1s\""},
+		"bad value":               {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\nidle-timeout -1s\n", "sluice.conf:4: service a: --idle-timeout \"-1s\""},
+		"bad repeated value":      {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\nbackend 127.0.0.1:99999\nbackend 127.0.0.1:4\n", "sluice.conf:4: service a: --backend \"127.0.0.1:99999\""},
+		"bad health value":        {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n\nhealth-interval 1ns\n", "sluice.conf:5: service a: --health-interval \"1ns\""},
+		"problem of the section":  {"\n[service a]\nlisten 127.0.0.1:2\n", "sluice.conf:2: service a: no backend"},
+		"NaN":                     {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\nhash-balance-factor NaN\n", "sluice.conf:4: service a: --hash-balance-factor \"NaN\""},
 		"no services":             {"workers 1\n", "no service"},
 		"bad global value":        {"workers many\n[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", "sluice.conf:1: invalid argument \"many\" for \"--workers\""},
 		"unknown global key":      {"\n# c\nbogus 1\n[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", "sluice.conf:3: unknown flag: --bogus"},
@@ -219,8 +223,54 @@ func TestConfigFileErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "--listen: with --config") {
 		t.Fatalf("service flag beside --config: %v", err)
 	}
-	if _, err := Parse([]string{"--config", "/nonexistent/sluice.conf"}, io.Discard); err == nil {
-		t.Fatal("missing config file accepted")
+	// A missing file is one problem, not also "no service".
+	_, err = Parse([]string{"--config", "/nonexistent/sluice.conf"}, io.Discard)
+	var ue *UsageError
+	if !errors.As(err, &ue) || len(ue.Problems) != 1 || !strings.Contains(ue.Problems[0], "/nonexistent/sluice.conf") {
+		t.Fatalf("missing config file: %v", err)
+	}
+}
+
+// Comments may follow a setting or a section header, and a tab may
+// separate a key from its value.
+func TestConfigFileCommentsAndTabs(t *testing.T) {
+	cfg, err := Parse([]string{"--config", writeConf(t, "workers\t1 # one loop\n"+
+		"[service a]  # main\nlisten\t127.0.0.1:2\nbackend 127.0.0.1:3,weight=2 # primary\nbackend 127.0.0.1:4\t# spare\n")}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Services[0]
+	if cfg.Workers != 1 || s.Name != "a" || len(s.Backends) != 2 || s.Backends[0].Weight != 2 {
+		t.Fatalf("parsed %+v", cfg)
+	}
+	// Only a # after a space or tab starts a comment: "127.0.0.1:4#5"
+	// is a value, and a bad one.
+	if !strings.Contains(err2str(Parse([]string{"--config", writeConf(t, "[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:4#5\n")}, io.Discard)), "--backend \"127.0.0.1:4#5\"") {
+		t.Fatal("a # inside a value was taken for a comment")
+	}
+}
+
+func err2str(_ Config, err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// A global flag on the command line replaces the file's setting, a
+// repeatable one too.
+func TestCommandLineOverridesFile(t *testing.T) {
+	path := writeConf(t, "xdp-iface lo\ndeny-cidr 198.18.0.0/16\ndeny-cidr 198.19.0.0/16\nworkers 1\n[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n")
+	cfg, err := Parse([]string{"--config", path, "--deny-cidr", "198.18.7.0/24", "--workers", "2"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cfg.Firewall.Rules.Deny; len(d) != 1 || d[0].String() != "198.18.7.0/24" || cfg.Workers != 2 {
+		t.Fatalf("deny %v, workers %d; want [198.18.7.0/24] and 2", d, cfg.Workers)
+	}
+	cfg, err = Parse([]string{"--config", path}, io.Discard)
+	if err != nil || len(cfg.Firewall.Rules.Deny) != 2 || cfg.Workers != 1 {
+		t.Fatalf("file alone: deny %v, workers %d, %v", cfg.Firewall.Rules.Deny, cfg.Workers, err)
 	}
 }
 

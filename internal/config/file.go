@@ -20,14 +20,14 @@ var serviceName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
 // readFile reads a config file: "key value" lines whose keys are flag
 // names without the dashes, global flags first, then "[service NAME]"
-// sections of service flags. Blank lines and lines starting with # are
-// skipped. It returns the global settings as command-line arguments, the
+// sections of service flags. A # at the start of a line or after a space
+// or tab starts a comment; blank lines are skipped. It returns the global settings as command-line arguments, the
 // services' parsed flag values, and every problem found, each prefixed with
 // "file:line: ".
-func readFile(path string) (globals []string, svcs []namedService, probs []string) {
+func readFile(path string) (globals []string, svcs []namedService, probs []string, ok bool) {
 	data, err := readSmall(path)
 	if err != nil {
-		return nil, nil, []string{fmt.Sprintf("--config %q: %v", path, err)}
+		return nil, nil, []string{fmt.Sprintf("--config %q: %v", path, err)}, false
 	}
 	var cur *namedService
 	var curFS = newFlagSet()
@@ -36,8 +36,8 @@ func readFile(path string) (globals []string, svcs []namedService, probs []strin
 	sc.Buffer(make([]byte, 64<<10), 64<<10)
 	for n := 1; sc.Scan(); n++ {
 		where := fmt.Sprintf("%s:%d: ", path, n)
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
+		line := strings.TrimSpace(stripComment(sc.Text()))
+		if line == "" {
 			continue
 		}
 		if strings.HasPrefix(line, "[") {
@@ -52,14 +52,16 @@ func readFile(path string) (globals []string, svcs []namedService, probs []strin
 				probs = append(probs, where+fmt.Sprintf("service %q defined twice", name))
 			}
 			names[name] = true
-			svcs = append(svcs, namedService{name: name, where: fmt.Sprintf("%s: service %s: ", path, name)})
+			svcs = append(svcs, namedService{name: name, path: path, header: n, lines: map[string]int{}})
 			cur = &svcs[len(svcs)-1]
 			curFS = newFlagSet()
 			addServiceFlags(curFS, &cur.vals)
 			continue
 		}
-		key, value, _ := strings.Cut(line, " ")
-		key, value = strings.TrimSpace(key), strings.TrimSpace(value)
+		key, value := line, ""
+		if i := strings.IndexAny(line, " \t"); i >= 0 {
+			key, value = line[:i], strings.TrimSpace(line[i:])
+		}
 		args := []string{"--" + key}
 		if value != "" {
 			args = []string{"--" + key + "=" + value}
@@ -87,6 +89,8 @@ func readFile(path string) (globals []string, svcs []namedService, probs []strin
 		if err := curFS.Parse(args); err != nil {
 			probs = append(probs, where+err.Error())
 		}
+		cur.lines[key] = n
+		cur.lines[key+" "+value] = n
 		if len(svcs) > 0 && curFS.NArg() > 0 {
 			probs = append(probs, where+fmt.Sprintf("unexpected %q", curFS.Arg(0)))
 		}
@@ -94,7 +98,18 @@ func readFile(path string) (globals []string, svcs []namedService, probs []strin
 	if err := sc.Err(); err != nil {
 		probs = append(probs, fmt.Sprintf("--config %q: %v", path, err))
 	}
-	return globals, svcs, probs
+	return globals, svcs, probs, true
+}
+
+// stripComment cuts line at its first # that starts the line or follows a
+// space or tab.
+func stripComment(line string) string {
+	for i := 0; i < len(line); i++ {
+		if line[i] == '#' && (i == 0 || line[i-1] == ' ' || line[i-1] == '\t') {
+			return line[:i]
+		}
+	}
+	return line
 }
 
 // ReadBackendsFile reads a backends file: one backend per line as

@@ -53,7 +53,7 @@ func FuzzParseArgs(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, line string) {
 		args := strings.Split(line, " ") // keeps empty args, tabs, CRs and newlines inside args
-		cfg, err := parse(args, io.Discard, 20000)
+		cfg, err := parse(args, io.Discard, 20000, true)
 		checkOutcome(t, cfg, err, args)
 	})
 }
@@ -70,7 +70,7 @@ func FuzzConfigFile(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := parse([]string{"--config", writeConf(t, string(data))}, io.Discard, 20000)
+		cfg, err := parse([]string{"--config", writeConf(t, string(data))}, io.Discard, 20000, true)
 		checkOutcome(t, cfg, err, data)
 	})
 }

@@ -65,6 +65,13 @@ func DefaultConfig() Config {
 }
 
 // Validate reports every problem with c, one per element, naming the flag.
+// MinInterval and MinTimeout are the shortest check period and check time
+// accepted.
+const (
+	MinInterval = 10 * time.Millisecond
+	MinTimeout  = time.Millisecond
+)
+
 func (c Config) Validate() []string {
 	var probs []string
 	known := false
@@ -74,11 +81,13 @@ func (c Config) Validate() []string {
 	if !known {
 		probs = append(probs, fmt.Sprintf("--health-check %q: want one of %s", c.Kind, strings.Join(Kinds, ", ")))
 	}
-	if c.Interval <= 0 {
-		probs = append(probs, fmt.Sprintf("--health-interval %q: want a positive duration", c.Interval))
+	// A floor keeps a typo (1ns) from turning the checks into a busy
+	// loop that fills the backend with TIME_WAIT sockets.
+	if c.Interval < MinInterval {
+		probs = append(probs, fmt.Sprintf("--health-interval %q: want %s or more", c.Interval, MinInterval))
 	}
-	if c.Timeout <= 0 {
-		probs = append(probs, fmt.Sprintf("--health-timeout %q: want a positive duration", c.Timeout))
+	if c.Timeout < MinTimeout {
+		probs = append(probs, fmt.Sprintf("--health-timeout %q: want %s or more", c.Timeout, MinTimeout))
 	}
 	if c.Rise < 1 || c.Rise > 100 {
 		probs = append(probs, fmt.Sprintf("--health-rise %q: want 1 to 100", strconv.Itoa(c.Rise)))

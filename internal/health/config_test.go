@@ -36,6 +36,8 @@ func TestConfigValidate(t *testing.T) {
 		{"negative interval", func(c *Config) { c.Interval = -time.Second }, "--health-interval", `"-1s"`},
 		{"zero timeout", func(c *Config) { c.Timeout = 0 }, "--health-timeout", `"0s"`},
 		{"negative timeout", func(c *Config) { c.Timeout = -time.Millisecond }, "--health-timeout", `"-1ms"`},
+		{"interval below the floor", func(c *Config) { c.Interval = time.Nanosecond }, "--health-interval", `"1ns"`},
+		{"timeout below the floor", func(c *Config) { c.Timeout = time.Microsecond }, "--health-timeout", `"1µs"`},
 		{"zero rise", func(c *Config) { c.Rise = 0 }, "--health-rise", `"0"`},
 		{"negative rise", func(c *Config) { c.Rise = -1 }, "--health-rise", `"-1"`},
 		{"rise 101", func(c *Config) { c.Rise = 101 }, "--health-rise", `"101"`},
@@ -60,7 +62,7 @@ func TestConfigValidate(t *testing.T) {
 func TestConfigValidateEdges(t *testing.T) {
 	c := DefaultConfig()
 	c.Rise, c.Fall = 1, 100
-	c.Interval, c.Timeout = time.Nanosecond, time.Nanosecond
+	c.Interval, c.Timeout = MinInterval, MinTimeout
 	if probs := c.Validate(); len(probs) != 0 {
 		t.Fatalf("limits accepted: Validate() = %q", probs)
 	}

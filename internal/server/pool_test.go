@@ -522,3 +522,33 @@ func TestConfigFileServices(t *testing.T) {
 		}
 	}
 }
+
+// TestReloadKeepsOtherServices: on a reload, one service's bad backends
+// file keeps that service's backends and nothing more; the config file's
+// other changes apply.
+func TestReloadKeepsOtherServices(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	b := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	dir := t.TempDir()
+	backends, conf := filepath.Join(dir, "backends"), filepath.Join(dir, "sluice.conf")
+	writeFile(t, backends, a.Addr().String())
+	lines := func(twoBackend *testsrv.Server) []string {
+		return []string{
+			"[service one]", "listen 127.0.0.1:0", "backends-file " + backends, "health-interval 1h",
+			"[service two]", "listen 127.0.0.1:0", "backend " + twoBackend.Addr().String(), "health-interval 1h",
+		}
+	}
+	writeFile(t, conf, lines(a)...)
+	s := startCfg(t, parse(t, "--config", conf), zap.NewNop())
+	one := fmt.Sprint(s.Service("one").Members())
+
+	writeFile(t, backends, "not-an-address")
+	writeFile(t, conf, lines(b)...)
+	s.Reload()
+	if got, want := fmt.Sprint(s.Service("two").Members()), fmt.Sprint([]netip.AddrPort{b.Addr()}); got != want {
+		t.Fatalf("service two has %s after the reload, want %s", got, want)
+	}
+	if got := fmt.Sprint(s.Service("one").Members()); got != one {
+		t.Fatalf("service one's bad file changed its backends from %s to %s", one, got)
+	}
+}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"io"
 	"os"
 	"slices"
 	"syscall"
@@ -74,7 +73,7 @@ func (s *Server) Reload() {
 			s.reloadFile(sv)
 		}
 	}
-	cfg, err := config.Parse(s.cfg.Args, io.Discard)
+	cfg, err := config.ParseReload(s.cfg.Args)
 	if err != nil {
 		s.log.Error("configuration rejected, keeping the one in force", zap.String("file", s.cfg.ConfigFile), zap.Error(err))
 		return
