@@ -1,12 +1,17 @@
 package balancer
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"net/netip"
+	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestParseSpec(t *testing.T) {
@@ -165,5 +170,77 @@ func TestReweightSharesCounters(t *testing.T) {
 	}
 	if after.Counts().Connections != 1 {
 		t.Fatalf("connections total reset by the weight change: %d", after.Counts().Connections)
+	}
+}
+
+// Concurrent SetSource calls (DNS discovery and a reload) reach the
+// Members hook in order: the last list it sees is the membership. The
+// first call's hook is held until the second call's hook has run or
+// 200 ms have passed (the second call waiting its turn, as it must).
+func TestMembersHookSeesTheLastList(t *testing.T) {
+	var mu sync.Mutex
+	var last []netip.AddrPort
+	calls := 0
+	entered, second := make(chan struct{}), make(chan struct{})
+	hooks := Hooks{Members: func(a []netip.AddrPort) {
+		mu.Lock()
+		calls++
+		n := calls
+		mu.Unlock()
+		switch n {
+		case 1:
+			close(entered)
+			select {
+			case <-second:
+			case <-time.After(200 * time.Millisecond):
+			}
+		case 2:
+			close(second)
+		}
+		mu.Lock()
+		last = a
+		mu.Unlock()
+	}}
+	s, err := NewService(ServiceConfig{Name: "t", Loops: 1}, []Spec{spec("198.18.0.1:1", 1)}, hooks, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.SetSource(SourceFile, []Spec{spec("198.18.0.2:1", 1)}) }()
+	<-entered
+	if err := s.SetSource(SourceDNS, []Spec{spec("198.18.0.3:1", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprint(last), fmt.Sprint(s.Members()); got != want {
+		t.Fatalf("the hook last saw %s, the members are %s", got, want)
+	}
+}
+
+func TestWeightChangeIsLogged(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	s, err := NewService(ServiceConfig{Name: "t", Loops: 1}, []Spec{spec("198.18.0.1:1", 1)}, Hooks{}, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetSource(SourceStatic, []Spec{spec("198.18.0.1:1", 3)}); err != nil {
+		t.Fatal(err)
+	}
+	l := logs.FilterMessage("backend weight changed").All()
+	if len(l) != 1 || l[0].ContextMap()["from"] != int64(1) || l[0].ContextMap()["to"] != int64(3) {
+		t.Fatalf("log lines %v, want one weight change from 1 to 3", logs.All())
+	}
+}
+
+// The admin API's JSON names are snake_case, with the unit in the name.
+func TestCheckResultJSON(t *testing.T) {
+	b, err := json.Marshal(CheckResult{Time: time.Unix(0, 0).UTC(), OK: false, Error: "refused", Duration: 1500 * time.Microsecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"time":"1970-01-01T00:00:00Z","ok":false,"error":"refused","duration_ns":1500000}`; string(b) != want {
+		t.Fatalf("got %s, want %s", b, want)
 	}
 }

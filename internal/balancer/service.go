@@ -47,10 +47,10 @@ const (
 
 // CheckResult is the outcome of one active health check.
 type CheckResult struct {
-	Time     time.Time
-	OK       bool
-	Error    string // empty when OK
-	Duration time.Duration
+	Time     time.Time     `json:"time"`
+	OK       bool          `json:"ok"`
+	Error    string        `json:"error,omitempty"` // empty when OK
+	Duration time.Duration `json:"duration_ns"`
 }
 
 // BackendInfo describes a backend for the admin API.
@@ -84,7 +84,7 @@ type ServiceConfig struct {
 // are skipped.
 type Hooks struct {
 	// Members is called with the full member list after it changes, so the
-	// health monitor can start and stop its checks.
+	// health monitor can start and stop its checks. Calls do not overlap.
 	Members func(addrs []netip.AddrPort)
 	// Ejected is called when the data path ejects a backend, so the health
 	// monitor can reset it to down (it must pass rise checks to return).
@@ -127,6 +127,10 @@ type Service struct {
 	hooks Hooks
 	eject chan *Backend // passive ejections from the loops, handled by Run
 
+	// hookMu orders the Members calls of concurrent SetSource calls (DNS
+	// discovery, a reload): the last list the hook sees is the last one
+	// made. Taken before mu.
+	hookMu sync.Mutex
 	// mu guards the fields below.
 	mu      sync.Mutex
 	sources [numSources][]Spec
@@ -178,6 +182,8 @@ func (s *Service) Run(ctx context.Context) {
 // keep their state and counters; removed ones leave the table, and their
 // open connections finish undisturbed.
 func (s *Service) SetSource(src Source, specs []Spec) error {
+	s.hookMu.Lock()
+	defer s.hookMu.Unlock()
 	s.mu.Lock()
 	s.sources[src] = slices.Clone(specs)
 	s.merge()
@@ -228,6 +234,8 @@ func (s *Service) merge() {
 			case old.b.Weight != sp.Weight:
 				// A new weight makes a new Backend (snapshots are
 				// immutable); it shares the old one's counters.
+				s.log.Info("backend weight changed", zap.String("service", s.cfg.Name), zap.Stringer("backend", sp.Addr),
+					zap.Int("from", old.b.Weight), zap.Int("to", sp.Weight))
 				m.b = old.b.reweighted(sp.Weight)
 			}
 			m.sources[src] = true
