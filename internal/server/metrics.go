@@ -1,6 +1,11 @@
 package server
 
 import (
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
@@ -64,8 +69,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		var accepted, closed, noBackend, resets, idle, acceptErrs, pauses, spliced, ppBad, ppUntrusted, ppTimeout, ppDenied, localErrs uint64
 		for _, p := range sv.proxies {
 			st := p.Stats()
-			accepted += st.Accepted.Load()
+			// Closed first: a connection accepted and closed between
+			// the two loads then counts in both, never in closed alone.
 			closed += st.Closed.Load()
+			accepted += st.Accepted.Load()
 			noBackend += st.NoBackend.Load()
 			resets += st.Resets.Load()
 			idle += st.IdleTimeouts.Load()
@@ -91,5 +98,35 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descAcceptErrs, prometheus.CounterValue, float64(acceptErrs), name)
 		ch <- prometheus.MustNewConstMetric(descAcceptPause, prometheus.CounterValue, float64(pauses), name)
 		ch <- prometheus.MustNewConstMetric(descSpliced, prometheus.CounterValue, float64(spliced), name)
+	}
+}
+
+// checkSeries is a service's share of the health-check duration histogram:
+// it remembers the backends observed, so that one that leaves the service
+// takes its series with it (DNS churn would pile them up otherwise). Safe
+// for concurrent use: checks report from their own goroutines.
+type checkSeries struct {
+	vec     *prometheus.HistogramVec
+	service string
+	mu      sync.Mutex
+	seen    map[netip.AddrPort]bool
+}
+
+func (c *checkSeries) observe(addr netip.AddrPort, result string, d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seen[addr] = true
+	c.vec.WithLabelValues(c.service, addr.String(), result).Observe(d.Seconds())
+}
+
+// prune deletes the series of the backends not in members.
+func (c *checkSeries) prune(members []netip.AddrPort) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for a := range c.seen {
+		if !slices.Contains(members, a) {
+			c.vec.DeletePartialMatch(prometheus.Labels{"service": c.service, "backend": a.String()})
+			delete(c.seen, a)
+		}
 	}
 }

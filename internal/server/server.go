@@ -168,6 +168,7 @@ func (s *Server) addService(sc config.Service) error {
 		return fmt.Errorf("service %s: %w", sc.Name, err)
 	}
 	name := sc.Name
+	series := &checkSeries{vec: s.checkDur, service: name, seen: map[netip.AddrPort]bool{}}
 	sv.monitor = health.NewMonitor(sc.Health, checker, func(addr netip.AddrPort, up bool, r health.Result) {
 		res := balancer.CheckResult{Time: r.Time, OK: r.Err == nil, Duration: r.Duration}
 		label := "ok"
@@ -175,11 +176,14 @@ func (s *Server) addService(sc config.Service) error {
 			res.Error = r.Err.Error()
 			label = "fail"
 		}
-		s.checkDur.WithLabelValues(name, addr.String(), label).Observe(r.Duration.Seconds())
+		series.observe(addr, label, r.Duration)
 		sv.bal.SetHealth(addr, up, res)
 	})
 	hooks := balancer.Hooks{
-		Members: sv.monitor.Sync,
+		Members: func(addrs []netip.AddrPort) {
+			sv.monitor.Sync(addrs)
+			series.prune(addrs)
+		},
 		Ejected: sv.monitor.ForceDown,
 	}
 	if sc.CloseOnDown {
@@ -430,7 +434,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// (a `pkill -HUP sluice` meant for the successor) must not kill it
 	// and reset the connections it is finishing.
 	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2)
-	s.drain()
+	cut := s.drain()
 	stopBG()
 	for _, sv := range s.services {
 		sv.monitor.Close()
@@ -446,7 +450,8 @@ func (s *Server) Run(ctx context.Context) error {
 		zap.Uint64("bytes_up", t.BytesUp),
 		zap.Uint64("bytes_down", t.BytesDown),
 		zap.Uint64("connect_failures", t.ConnectFailures+t.ConnectTimeouts),
-		zap.Uint64("resets", t.Resets))
+		zap.Uint64("resets", t.Resets),
+		zap.Int("reset_at_drain_timeout", cut))
 	return runErr
 }
 
@@ -525,7 +530,7 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 
 // drain stops every listener and waits for open connections to finish, up
 // to the drain timeout; then it resets those left.
-func (s *Server) drain() {
+func (s *Server) drain() (cut int) {
 	var chans []<-chan struct{}
 	for _, sv := range s.services {
 		for i, p := range sv.each {
@@ -546,15 +551,17 @@ wait:
 		select {
 		case <-ch:
 		case <-deadline.C:
-			s.logCensus()
+			cut = s.logCensus()
 			break wait
 		}
 	}
 	s.closeAll()
+	return cut
 }
 
-// logCensus logs what the connections left at a drain timeout are doing.
-func (s *Server) logCensus() {
+// logCensus logs what the connections left at a drain timeout are doing,
+// and returns how many there are.
+func (s *Server) logCensus() int {
 	var connecting, established, half int
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -575,6 +582,7 @@ func (s *Server) logCensus() {
 	wg.Wait()
 	s.log.Warn("drain timeout, resetting open connections",
 		zap.Int("connecting", connecting), zap.Int("established", established), zap.Int("half_closed", half))
+	return connecting + established + half
 }
 
 // closeAll resets every connection left, releases the pipe pools, and waits

@@ -19,7 +19,9 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sluice-lb/sluice/internal/config"
 	"github.com/sluice-lb/sluice/internal/testsrv"
@@ -532,7 +534,8 @@ func TestDrain(t *testing.T) {
 // TestDrainTimeout: connections still open at the drain timeout are reset.
 func TestDrainTimeout(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	r := start(t, "--backend", echo.Addr().String(), "--drain-timeout", "200ms")
+	core, logs := observer.New(zapcore.InfoLevel)
+	r := startCfg(t, parse(t, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String(), "--drain-timeout", "200ms"), zap.New(core))
 	c := r.dial(t)
 	c.Write([]byte("a"))
 	io.ReadFull(c, make([]byte, 1))
@@ -542,6 +545,11 @@ func TestDrainTimeout(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("read after drain timeout = %v, want reset", err)
+	}
+	// The last line counts the connection the drain cut.
+	stopped := logs.FilterMessage("sluice stopped").All()
+	if len(stopped) != 1 || stopped[0].ContextMap()["reset_at_drain_timeout"] != int64(1) {
+		t.Fatalf("stop lines %v, want one with reset_at_drain_timeout 1", stopped)
 	}
 }
 

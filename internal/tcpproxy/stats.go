@@ -31,7 +31,8 @@ type Stats struct {
 
 // Active returns the connections open now (accepted and not closed).
 func (s *Stats) Active() int64 {
-	return int64(s.Accepted.Load()) - int64(s.Closed.Load())
+	closed := s.Closed.Load() // first: see the gauge in server/metrics.go
+	return int64(s.Accepted.Load()) - int64(closed)
 }
 
 // Limiter caps the connections open at once across all loops of a process
