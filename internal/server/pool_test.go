@@ -457,10 +457,15 @@ func TestAllBackendsDown(t *testing.T) {
 }
 
 // TestCloseOnDown: with --close-on-down a backend's open connections are
-// reset when it goes down; without it they are left alone.
+// reset when it goes down, those opened before a change of its weight too;
+// without it they are left alone.
 func TestCloseOnDown(t *testing.T) {
-	for _, on := range []bool{false, true} {
-		t.Run(fmt.Sprint(on), func(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		on, reweight bool
+	}{{"off", false, false}, {"on", true, false}, {"on after a weight change", true, true}} {
+		on := tc.on
+		t.Run(tc.name, func(t *testing.T) {
 			a := testsrv.StartTB(t, testsrv.Echo, "tcp")
 			args := []string{"--backend", a.Addr().String(), "--admin-addr", "127.0.0.1:0", "--health-interval", "1h"}
 			if on {
@@ -470,6 +475,11 @@ func TestCloseOnDown(t *testing.T) {
 			c := r.dial(t)
 			c.Write([]byte("x"))
 			io.ReadFull(c, make([]byte, 1))
+			if tc.reweight {
+				if err := r.Service("default").SetSource(balancer.SourceStatic, []balancer.Spec{{Addr: a.Addr(), Weight: 2}}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			// Mark it down through the health path.
 			r.Service("default").SetHealth(a.Addr(), false, balancer.CheckResult{Error: "test"})
 			c.SetDeadline(time.Now().Add(5 * time.Second))

@@ -86,6 +86,7 @@ type endpoint struct {
 	writable bool
 	hup      bool // the peer's FIN or an error was reported: read until EOF
 	isClient bool
+	outq     int // the send queue when the idle timer last looked, -1 before (see draining)
 }
 
 // half is one direction of a conn. Bytes read but not yet written are held
@@ -126,6 +127,15 @@ func (e *endpoint) HandleEvent(ev uint32) {
 			c.connected(ev)
 		}
 		return
+	}
+	if ev&loop.Err != 0 {
+		// A reset or another socket error. Passed on now: pump would
+		// see it only by reading this socket, which it does not while
+		// the bytes it read from it wait for a blocked peer.
+		if errno, err := unix.GetsockoptInt(e.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && errno != 0 {
+			c.fail(&pumpError{at: e, err: unix.Errno(errno)})
+			return
+		}
 	}
 	c.run()
 }
@@ -176,6 +186,7 @@ func (c *conn) connected(ev uint32) {
 	c.be.Loops[p.id].Connections.Add(1)
 	p.svc.ReportConnect(c.be, true)
 	c.state = stateEstablished
+	c.client.outq, c.backend.outq = -1, -1
 	c.lastActive = p.loop.Now()
 	p.loop.Schedule(&c.timer, c.lastActive+int64(p.cfg.IdleTimeout))
 	if p.cfg.SendProxy != 0 {
@@ -250,6 +261,9 @@ func (c *conn) onTimer() {
 	case stateConnecting:
 		c.connectFailed(true)
 	case stateEstablished:
+		if c.draining() {
+			c.lastActive = p.loop.Now()
+		}
 		deadline := c.lastActive + int64(p.cfg.IdleTimeout)
 		if p.loop.Now() < deadline {
 			p.loop.Schedule(&c.timer, deadline)
@@ -258,6 +272,29 @@ func (c *conn) onTimer() {
 		p.stats.IdleTimeouts.Add(1)
 		c.finish(reasonIdle)
 	}
+}
+
+// draining reports whether a peer took bytes from its socket's send queue
+// (unsent and unacknowledged bytes, SIOCOUTQ) since the last call. The loop
+// writes to a socket only when its send buffer has room again, so a slow
+// reader can keep bytes moving for longer than the idle timeout with no
+// write in between; the timer asks the kernel rather than count that as
+// idle. The first call has nothing to compare with and counts any bytes
+// queued as moving, so a peer that stopped reading with bytes queued is
+// cut after twice the idle timeout. Called only when the idle timer fires.
+func (c *conn) draining() bool {
+	moved := false
+	for _, e := range []*endpoint{&c.client, &c.backend} {
+		q, err := unix.IoctlGetInt(e.fd, unix.SIOCOUTQ)
+		if err != nil {
+			continue
+		}
+		if q < e.outq || (e.outq < 0 && q > 0) {
+			moved = true
+		}
+		e.outq = q
+	}
+	return moved
 }
 
 // run moves bytes both ways as far as readiness allows, then closes the
@@ -460,9 +497,13 @@ func (c *conn) copy(h *half, src, dst *endpoint, max int) (int, error) {
 }
 
 // flush writes what h holds to dst until it is empty or dst would block.
+// A write that moves bytes counts as activity for the idle timeout.
 func (c *conn) flush(h *half, dst *endpoint) error {
 	for h.pipe != nil && h.pipe.Len > 0 {
-		_, err := h.pipe.Drain(dst.fd)
+		n, err := h.pipe.Drain(dst.fd)
+		if n > 0 {
+			c.lastActive = c.p.loop.Now()
+		}
 		if err == unix.EAGAIN {
 			dst.writable = false
 			return nil
@@ -479,6 +520,9 @@ func (c *conn) flush(h *half, dst *endpoint) error {
 		}
 		if err != nil && err != unix.EINTR {
 			return &pumpError{at: dst, err: err}
+		}
+		if n > 0 {
+			c.lastActive = c.p.loop.Now()
 		}
 		h.buf = h.buf[n:]
 	}
@@ -517,7 +561,10 @@ func (c *conn) finish(reason closeReason) {
 	}
 	p := c.p
 	c.state = stateClosed
-	reset := reason.reset()
+	// An idle timeout with bytes still held for a peer that stopped
+	// reading ends in a reset too: a FIN would pass the cut stream off as
+	// complete.
+	reset := reason.reset() || (reason == reasonIdle && (c.up.holding() || c.down.holding()))
 	if p.access != nil {
 		p.logAccess(c, reason)
 	}

@@ -331,7 +331,9 @@ func (c *conn) choose() {
 // CloseBackend resets the connections to b, for --close-on-down.
 func (p *Proxy) CloseBackend(b *balancer.Backend) {
 	for i := 0; i < len(p.conns); {
-		if c := p.conns[i]; c.be == b {
+		// By address: a weight change makes a new *Backend for the same
+		// backend, and connections opened before it hold the old one.
+		if c := p.conns[i]; c.be != nil && c.be.Addr == b.Addr {
 			c.finish(reasonBackendDown) // moves the last conn into slot i
 			continue
 		}
