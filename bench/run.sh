@@ -135,6 +135,9 @@ redis_ping() {
 
 # jnum KEY FILE: the last number after "KEY": in a one-line JSON file.
 jnum() { sed -n "s/.*\"$1\":\\([-0-9.eE+]*\\).*/\\1/p" "$2" | head -n1; }
+# jproxy KEY FILE: a number of the result's "proxy" object (the machine's
+# object has keys of the same names, and jnum takes the last on the line).
+jproxy() { sed -n "s/.*\"proxy\":{[^}]*\"$1\":\\([-0-9.eE+]*\\).*/\\1/p" "$2" | head -n1; }
 
 # ---------------------------------------------------------------- ports
 
@@ -599,10 +602,10 @@ fmt3() { if [[ -n $1 ]]; then printf '%.3g' "$1"; else printf -- -; fi; }
 summary() {
 	local r=$1 s=$2 t=$3 f=$4 line
 	case $s in
-	bulk | bulk4 | pull) line=$(printf '%7.2f Gbit/s  cpu %s s/GiB' "$(jnum gbit_per_s "$f")" "$(fmt3 "$(jnum cpu_s_per_gib "$f")")") ;;
+	bulk | bulk4 | pull) line=$(printf '%7.2f Gbit/s  cpu %s s/GiB' "$(jnum gbit_per_s "$f")" "$(fmt3 "$(jproxy cpu_s_per_gib "$f")")") ;;
 	idle) line=$(printf '%s opened, %s failed  rss %s KiB/conn' "$(jnum opened "$f")" "$(jnum failed "$f")" "$(fmt3 "$(jnum rss_per_conn_kib "$f")")") ;;
 	*) line=$(printf '%10.0f /s  p99 %7.0f µs  cpu %s µs/op' "$(jnum ops_per_s "$f")" \
-		"$(sed -n 's/.*"latency_us":{[^}]*"p99":\([0-9.]*\).*/\1/p' "$f")" "$(fmt3 "$(jnum cpu_us_per_op "$f")")") ;;
+		"$(sed -n 's/.*"latency_us":{[^}]*"p99":\([0-9.]*\).*/\1/p' "$f")" "$(fmt3 "$(jproxy cpu_us_per_op "$f")")") ;;
 	esac
 	local e; e=$(jnum errors "$f")
 	[[ ${e:-0} == 0 ]] || line+="  ($e errors)"
