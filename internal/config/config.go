@@ -271,8 +271,11 @@ func parse(args []string, help io.Writer, fdLimit int, readBackends bool) (Confi
 		probs = append(probs, fmt.Sprintf("unexpected argument %q (flags are --name value)", fs.Arg(0)))
 	}
 	var svcs []namedService
+	// fileGlobal prefixes a problem with a global flag set in the config
+	// file (and not on the command line) with its file and line.
+	fileGlobal := func(flag, value string) string { return "" }
 	if g.config != "" {
-		globalArgs, fileSvcs, fileProbs, ok := readFile(g.config)
+		globalArgs, globalLines, fileSvcs, fileProbs, ok := readFile(g.config)
 		svcs = fileSvcs
 		probs = append(probs, fileProbs...)
 		if ok && len(svcs) == 0 {
@@ -297,6 +300,12 @@ func parse(args []string, help io.Writer, fdLimit int, readBackends bool) (Confi
 			}
 		}
 		path := g.config
+		fileGlobal = func(flag, value string) string {
+			if n, ok := globalLines[flag]; ok && !onCommandLine[flag] {
+				return fmt.Sprintf("%s:%d: ", path, n)
+			}
+			return ""
+		}
 		g = globalVals{}
 		fs = newFlagSet()
 		addGlobalFlags(fs, &g)
@@ -313,7 +322,7 @@ func parse(args []string, help io.Writer, fdLimit int, readBackends bool) (Confi
 	}
 	cfg, more := build(g, svcs, fdLimit, readBackends)
 	cfg.Args = args
-	probs = append(probs, more...)
+	probs = append(probs, locate(more, fileGlobal)...)
 	if len(probs) > 0 {
 		return cfg, usageError(probs)
 	}
@@ -374,9 +383,13 @@ func (ns namedService) where(flag, value string) string {
 	return fmt.Sprintf("%s:%d: service %s: ", ns.path, line, ns.name)
 }
 
-// locate prefixes each problem of ns with where: a problem that starts with
-// "--flag" or "--flag \"value\"" is about the line that set it.
-func (ns namedService) locate(probs []string) []string {
+// locate prefixes each problem of ns with where.
+func (ns namedService) locate(probs []string) []string { return locate(probs, ns.where) }
+
+// locate prefixes each problem with where(flag, value): a problem that
+// starts with "--flag" or "--flag \"value\"" is about the setting of that
+// flag (and value); for any other, flag and value are "".
+func locate(probs []string, where func(flag, value string) string) []string {
 	for i, p := range probs {
 		flag, value := "", ""
 		if rest, ok := strings.CutPrefix(p, "--"); ok {
@@ -389,7 +402,7 @@ func (ns namedService) locate(probs []string) []string {
 				value, _ = strconv.Unquote(q)
 			}
 		}
-		probs[i] = ns.where(flag, value) + p
+		probs[i] = where(flag, value) + p
 	}
 	return probs
 }

@@ -204,6 +204,7 @@ func TestConfigFileErrors(t *testing.T) {
 		"bad repeated value":      {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\nbackend 127.0.0.1:99999\nbackend 127.0.0.1:4\n", "sluice.conf:4: service a: --backend \"127.0.0.1:99999\""},
 		"bad health value":        {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n\nhealth-interval 1ns\n", "sluice.conf:5: service a: --health-interval \"1ns\""},
 		"problem of the section":  {"\n[service a]\nlisten 127.0.0.1:2\n", "sluice.conf:2: service a: no backend"},
+		"bad global of the file":  {"workers 1\nadmin-addr bogus\n[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", "sluice.conf:2: --admin-addr \"bogus\""},
 		"NaN":                     {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\nhash-balance-factor NaN\n", "sluice.conf:4: service a: --hash-balance-factor \"NaN\""},
 		"no services":             {"workers 1\n", "no service"},
 		"bad global value":        {"workers many\n[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", "sluice.conf:1: invalid argument \"many\" for \"--workers\""},
@@ -247,6 +248,19 @@ func TestConfigFileCommentsAndTabs(t *testing.T) {
 	// is a value, and a bad one.
 	if !strings.Contains(err2str(Parse([]string{"--config", writeConf(t, "[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:4#5\n")}, io.Discard)), "--backend \"127.0.0.1:4#5\"") {
 		t.Fatal("a # inside a value was taken for a comment")
+	}
+}
+
+// The values of free-text keys keep their #: bytes a check sends or
+// expects, a password.
+func TestConfigFileFreeTextKeepsHash(t *testing.T) {
+	cfg, err := Parse([]string{"--config", writeConf(t, "[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n"+
+		"health-check send-expect\nhealth-send INFO replication\nhealth-expect # Replication  # the INFO header\n")}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Services[0].Health.Expect; got != "# Replication  # the INFO header" {
+		t.Fatalf("health-expect %q", got)
 	}
 }
 

@@ -18,17 +18,23 @@ const maxFileSize = 4 << 20
 
 var serviceName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
+// freeText are the keys whose value is the rest of the line, # included:
+// bytes to send or expect, a password.
+var freeText = map[string]bool{"health-send": true, "health-expect": true, "health-redis-password": true}
+
 // readFile reads a config file: "key value" lines whose keys are flag
 // names without the dashes, global flags first, then "[service NAME]"
-// sections of service flags. A # at the start of a line or after a space
-// or tab starts a comment; blank lines are skipped. It returns the global settings as command-line arguments, the
+// sections of service flags. A # at the start of a line, or after a space
+// or tab (except in a freeText value), starts a comment; blank lines are
+// skipped. It returns the global settings as command-line arguments, the
 // services' parsed flag values, and every problem found, each prefixed with
 // "file:line: ".
-func readFile(path string) (globals []string, svcs []namedService, probs []string, ok bool) {
+func readFile(path string) (globals []string, globalLines map[string]int, svcs []namedService, probs []string, ok bool) {
 	data, err := readSmall(path)
 	if err != nil {
-		return nil, nil, []string{fmt.Sprintf("--config %q: %v", path, err)}, false
+		return nil, nil, nil, []string{fmt.Sprintf("--config %q: %v", path, err)}, false
 	}
+	globalLines = map[string]int{}
 	var cur *namedService
 	var curFS = newFlagSet()
 	names := map[string]bool{}
@@ -36,9 +42,16 @@ func readFile(path string) (globals []string, svcs []namedService, probs []strin
 	sc.Buffer(make([]byte, 64<<10), 64<<10)
 	for n := 1; sc.Scan(); n++ {
 		where := fmt.Sprintf("%s:%d: ", path, n)
-		line := strings.TrimSpace(stripComment(sc.Text()))
-		if line == "" {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
 			continue
+		}
+		key := line
+		if i := strings.IndexAny(line, " \t"); i >= 0 {
+			key = line[:i]
+		}
+		if !freeText[key] {
+			line = strings.TrimSpace(stripComment(line))
 		}
 		if strings.HasPrefix(line, "[") {
 			name, ok := strings.CutPrefix(strings.TrimSuffix(line, "]"), "[service ")
@@ -58,9 +71,9 @@ func readFile(path string) (globals []string, svcs []namedService, probs []strin
 			addServiceFlags(curFS, &cur.vals)
 			continue
 		}
-		key, value := line, ""
+		value := ""
 		if i := strings.IndexAny(line, " \t"); i >= 0 {
-			key, value = line[:i], strings.TrimSpace(line[i:])
+			value = strings.TrimSpace(line[i:])
 		}
 		args := []string{"--" + key}
 		if value != "" {
@@ -84,6 +97,7 @@ func readFile(path string) (globals []string, svcs []namedService, probs []strin
 				continue
 			}
 			globals = append(globals, args...)
+			globalLines[key] = n
 			continue
 		}
 		if err := curFS.Parse(args); err != nil {
@@ -98,7 +112,7 @@ func readFile(path string) (globals []string, svcs []namedService, probs []strin
 	if err := sc.Err(); err != nil {
 		probs = append(probs, fmt.Sprintf("--config %q: %v", path, err))
 	}
-	return globals, svcs, probs, true
+	return globals, globalLines, svcs, probs, true
 }
 
 // stripComment cuts line at its first # that starts the line or follows a

@@ -64,7 +64,6 @@ func DefaultConfig() Config {
 	return Config{Kind: "tcp", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3}
 }
 
-// Validate reports every problem with c, one per element, naming the flag.
 // MinInterval and MinTimeout are the shortest check period and check time
 // accepted.
 const (
@@ -72,6 +71,7 @@ const (
 	MinTimeout  = time.Millisecond
 )
 
+// Validate reports every problem with c, one per element, naming the flag.
 func (c Config) Validate() []string {
 	var probs []string
 	known := false
