@@ -110,11 +110,17 @@ type checkSeries struct {
 	service string
 	mu      sync.Mutex
 	seen    map[netip.AddrPort]bool
+	// members is the membership prune last saw, nil before: a check that
+	// ends just after its backend left does not bring its series back.
+	members map[netip.AddrPort]bool
 }
 
 func (c *checkSeries) observe(addr netip.AddrPort, result string, d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.members != nil && !c.members[addr] {
+		return
+	}
 	c.seen[addr] = true
 	c.vec.WithLabelValues(c.service, addr.String(), result).Observe(d.Seconds())
 }
@@ -123,6 +129,10 @@ func (c *checkSeries) observe(addr netip.AddrPort, result string, d time.Duratio
 func (c *checkSeries) prune(members []netip.AddrPort) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.members = make(map[netip.AddrPort]bool, len(members))
+	for _, a := range members {
+		c.members[a] = true
+	}
 	for a := range c.seen {
 		if !slices.Contains(members, a) {
 			c.vec.DeletePartialMatch(prometheus.Labels{"service": c.service, "backend": a.String()})

@@ -40,4 +40,15 @@ func TestCheckSeriesPrune(t *testing.T) {
 	if n := count(); n != 2 {
 		t.Fatalf("a second prune changed the count to %d", n)
 	}
+	// A check of a that ends after a left does not bring its series back;
+	// once a is a member again, it counts.
+	one.observe(a, "ok", time.Millisecond)
+	if n := count(); n != 2 {
+		t.Fatalf("a late check of a removed backend made %d series, want 2", n)
+	}
+	one.prune([]netip.AddrPort{a, b})
+	one.observe(a, "ok", time.Millisecond)
+	if n := count(); n != 3 {
+		t.Fatalf("%d series after a came back, want 3", n)
+	}
 }

@@ -123,7 +123,9 @@ func TestSlowReaderIsNotIdle(t *testing.T) {
 	defer close(release)
 	r := start(t, "--backend", addr, "--idle-timeout", "300ms", "--health-interval", "1h")
 	c := r.dial(t)
-	c.SetReadBuffer(16 << 10)
+	// Small, but above two loopback segments (64 KiB each): a window
+	// below one segment stalls the sender on zero-window probes.
+	c.SetReadBuffer(256 << 10)
 	buf := make([]byte, 16<<10)
 	got := 0
 	deadline := time.Now().Add(20 * time.Second)

@@ -128,10 +128,12 @@ func (e *endpoint) HandleEvent(ev uint32) {
 		}
 		return
 	}
-	if ev&loop.Err != 0 {
-		// A reset or another socket error. Passed on now: pump would
-		// see it only by reading this socket, which it does not while
-		// the bytes it read from it wait for a blocked peer.
+	if ev&loop.Err != 0 && c.from(e).holding() {
+		// A reset or another socket error while bytes read from this
+		// socket wait for a peer that does not take them. Passed on
+		// now: pump would see it only by reading this socket, which it
+		// does not until that peer drains. (Otherwise pump reads what
+		// came before the error, passes it on, then meets the error.)
 		if errno, err := unix.GetsockoptInt(e.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && errno != 0 {
 			c.fail(&pumpError{at: e, err: unix.Errno(errno)})
 			return
@@ -436,6 +438,14 @@ func (c *conn) pump(h *half, src, dst *endpoint) error {
 		h.pipe = nil
 	}
 	return nil
+}
+
+// from returns the half of c that reads from e.
+func (c *conn) from(e *endpoint) *half {
+	if e.isClient {
+		return &c.up
+	}
+	return &c.down
 }
 
 // other returns the half of c that is not h.
