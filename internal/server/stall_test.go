@@ -10,13 +10,15 @@ import (
 	"time"
 )
 
-// fillUntilBlocked writes to c until a write has been blocked for 200ms:
-// every buffer between c and a peer that does not read is then full. It
-// returns any other write error.
+// fillUntilBlocked writes to c until a write has been blocked for 500ms:
+// every buffer between c and a peer that does not read is then full (a
+// proxy loop kept off the CPU that long by a loaded machine could end it
+// early, a risk this long wait makes small). It returns any other write
+// error.
 func fillUntilBlocked(c *net.TCPConn) error {
 	buf := make([]byte, 64<<10)
 	for {
-		c.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+		c.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
 		_, err := c.Write(buf)
 		if isTimeout(err) {
 			c.SetWriteDeadline(time.Time{})
