@@ -27,8 +27,9 @@ type modeInfo struct {
 var modes = map[string]modeInfo{
 	"stream": {loadgen.Stream, `Bulk throughput over --conns connections opened before the clock starts:
 push writes to a sink, pull reads from a source, both writes and reads at
-once against an echo. Reports Gbit/s (both directions added) and, with
---proxy-pid, the proxy's CPU seconds per GiB moved.`,
+once against an echo. Reports Gbit/s (both directions added), the whole
+machine's busy CPU seconds per GiB moved (from /proc/stat: generator, proxy,
+backends and kernel) and, with --proxy-pid, the proxy's.`,
 		[]string{"direction", "chunk"}},
 	"rr": {loadgen.RR, `Request/response over --conns keep-alive connections to an echo. Closed
 loop by default (each connection sends its next request when the previous
