@@ -46,13 +46,15 @@ func readFile(path string) (globals []string, globalLines map[string]int, svcs [
 		if line == "" || line[0] == '#' {
 			continue
 		}
-		key := line
+		key, rest := line, ""
 		if i := strings.IndexAny(line, " \t"); i >= 0 {
-			key = line[:i]
+			key, rest = line[:i], line[i:]
 		}
 		if !freeText[key] {
-			line = strings.TrimSpace(stripComment(line))
+			rest = stripComment(rest)
+			line = strings.TrimSpace(key + rest)
 		}
+		value := strings.TrimSpace(rest)
 		if strings.HasPrefix(line, "[") {
 			name, ok := strings.CutPrefix(strings.TrimSuffix(line, "]"), "[service ")
 			name = strings.TrimSpace(name)
@@ -70,10 +72,6 @@ func readFile(path string) (globals []string, globalLines map[string]int, svcs [
 			curFS = newFlagSet()
 			addServiceFlags(curFS, &cur.vals)
 			continue
-		}
-		value := ""
-		if i := strings.IndexAny(line, " \t"); i >= 0 {
-			value = strings.TrimSpace(line[i:])
 		}
 		args := []string{"--" + key}
 		if value != "" {

@@ -2,7 +2,6 @@ package server
 
 import (
 	"net/netip"
-	"slices"
 	"sync"
 	"time"
 
@@ -134,7 +133,7 @@ func (c *checkSeries) prune(members []netip.AddrPort) {
 		c.members[a] = true
 	}
 	for a := range c.seen {
-		if !slices.Contains(members, a) {
+		if !c.members[a] {
 			c.vec.DeletePartialMatch(prometheus.Labels{"service": c.service, "backend": a.String()})
 			delete(c.seen, a)
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"testing"
@@ -20,7 +21,7 @@ func fillUntilBlocked(c *net.TCPConn) error {
 	for {
 		c.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
 		_, err := c.Write(buf)
-		if isTimeout(err) {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
 			c.SetWriteDeadline(time.Time{})
 			return nil
 		}
@@ -28,11 +29,6 @@ func fillUntilBlocked(c *net.TCPConn) error {
 			return err
 		}
 	}
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // readToEnd reads c until an error and returns it (io.EOF for a clean end).
