@@ -83,7 +83,7 @@ type service struct {
 // run on the proxy's loop.
 type loopProxy interface {
 	Drain() <-chan struct{}
-	CloseAll()
+	CloseAll() int // ends what is left; returns how many connections or sessions
 	ListenerFDs() []int
 }
 
@@ -529,7 +529,7 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 }
 
 // drain stops every listener and waits for open connections to finish, up
-// to the drain timeout; then it resets those left.
+// to the drain timeout; then it resets those left and returns how many.
 func (s *Server) drain() (cut int) {
 	var chans []<-chan struct{}
 	for _, sv := range s.services {
@@ -551,17 +551,15 @@ wait:
 		select {
 		case <-ch:
 		case <-deadline.C:
-			cut = s.logCensus()
+			s.logCensus()
 			break wait
 		}
 	}
-	s.closeAll()
-	return cut
+	return s.closeAll()
 }
 
-// logCensus logs what the connections left at a drain timeout are doing,
-// and returns how many there are.
-func (s *Server) logCensus() int {
+// logCensus logs what the connections left at a drain timeout are doing.
+func (s *Server) logCensus() {
 	var connecting, established, half int
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -582,22 +580,24 @@ func (s *Server) logCensus() int {
 	wg.Wait()
 	s.log.Warn("drain timeout, resetting open connections",
 		zap.Int("connecting", connecting), zap.Int("established", established), zap.Int("half_closed", half))
-	return connecting + established + half
 }
 
-// closeAll resets every connection left, releases the pipe pools, and waits
-// until each loop has done so.
-func (s *Server) closeAll() {
+// closeAll resets every connection left, releases the pipe pools, waits
+// until each loop has done so, and returns how many connections (and UDP
+// sessions, though a drain has already ended those) it cut.
+func (s *Server) closeAll() int {
 	var wg sync.WaitGroup
+	var cut atomic.Int64
 	for _, sv := range s.services {
 		for i, p := range sv.each {
 			wg.Add(1)
-			if !s.loops[i].Submit(func() { p.CloseAll(); wg.Done() }) {
+			if !s.loops[i].Submit(func() { cut.Add(int64(p.CloseAll())); wg.Done() }) {
 				wg.Done()
 			}
 		}
 	}
 	wg.Wait()
+	return int(cut.Load())
 }
 
 func (s *Server) stopLoops() {

@@ -536,20 +536,31 @@ func TestDrainTimeout(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
 	core, logs := observer.New(zapcore.InfoLevel)
 	r := startCfg(t, parse(t, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String(), "--drain-timeout", "200ms"), zap.New(core))
-	c := r.dial(t)
-	c.Write([]byte("a"))
-	io.ReadFull(c, make([]byte, 1))
+	var open []net.Conn
+	for range 3 {
+		c := r.dial(t)
+		c.Write([]byte("a"))
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatalf("echo: %v", err)
+		}
+		open = append(open, c)
+	}
+	// One ends before the stop and is not counted as cut.
+	open[0].Close()
+	waitFor(t, "the closed connection to end", func() bool { return r.Stats().Closed == 1 })
 	if err := r.stop(t); err != nil {
 		t.Fatalf("run: %v", err)
 	}
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("read after drain timeout = %v, want reset", err)
+	for _, c := range open[1:] {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("read after drain timeout = %v, want reset", err)
+		}
 	}
-	// The last line counts the connection the drain cut.
+	// The last line counts the connections the drain cut.
 	stopped := logs.FilterMessage("sluice stopped").All()
-	if len(stopped) != 1 || stopped[0].ContextMap()["reset_at_drain_timeout"] != int64(1) {
-		t.Fatalf("stop lines %v, want one with reset_at_drain_timeout 1", stopped)
+	if len(stopped) != 1 || stopped[0].ContextMap()["reset_at_drain_timeout"] != int64(2) {
+		t.Fatalf("stop lines %v, want one with reset_at_drain_timeout 2", stopped)
 	}
 }
 

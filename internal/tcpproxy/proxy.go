@@ -173,12 +173,15 @@ func (p *Proxy) Census() (connecting, established, halfClosed int) {
 	return
 }
 
-// CloseAll resets every open connection, for the end of a drain timeout.
-func (p *Proxy) CloseAll() {
+// CloseAll resets every open connection, for the end of a drain timeout,
+// and returns how many it reset.
+func (p *Proxy) CloseAll() int {
+	n := len(p.conns)
 	for len(p.conns) > 0 {
 		p.conns[len(p.conns)-1].finish(reasonShutdown)
 	}
 	p.pool.Close()
+	return n
 }
 
 func (p *Proxy) checkDrained() {

@@ -81,7 +81,7 @@ func (r *rig) close() {
 	}
 	r.closed = true
 	for i := range r.proxies {
-		r.do(i, (*Proxy).CloseAll)
+		r.do(i, func(p *Proxy) { p.CloseAll() })
 		r.loops[i].Stop()
 	}
 	r.wg.Wait()

@@ -188,12 +188,14 @@ func (p *Proxy) Drain() <-chan struct{} {
 	return p.drained
 }
 
-// CloseAll ends every session and closes the listening socket. The proxy
-// holds no fd afterwards.
-func (p *Proxy) CloseAll() {
+// CloseAll ends every session and closes the listening socket, and returns
+// how many sessions it ended. The proxy holds no fd afterwards.
+func (p *Proxy) CloseAll() int {
 	p.flushReplies()
+	n := 0
 	for p.lru.prev != &p.lru {
 		p.end(p.lru.prev)
+		n++
 	}
 	p.loop.Cancel(&p.expiry)
 	if p.lnfd >= 0 {
@@ -205,6 +207,7 @@ func (p *Proxy) CloseAll() {
 		unix.Close(p.lnfd)
 		p.lnfd = -1
 	}
+	return n
 }
 
 // listener is the Proxy seen as the handler of its listening socket.
