@@ -363,6 +363,61 @@ func TestUpgradeSuccessorSurvivesEarlySIGHUP(t *testing.T) {
 	waitExit(t, child)
 }
 
+// TestStopDuringUpgrade: a SIGTERM to the old process while its successor
+// is still starting ends the upgrade. The successor is told to stop too,
+// so nothing is left serving after a stop (under systemd it would outlive
+// the service until the stop timeout's SIGKILL).
+func TestStopDuringUpgrade(t *testing.T) {
+	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	addr := freeAddr(t)
+	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String(), "--drain-timeout", "5s")
+	p.waitLog(t, "sluice started")
+	// The new release starts slowly: a wrapper that records its pid, waits
+	// a second, then runs the real binary (exec keeps the pid). The sleep
+	// does not get the handoff socket (fd 3): sockets in flight on it would
+	// stay open, and listening, for as long as any process holds it.
+	real, pidFile := p.exe+".real", p.exe+".pid"
+	data, err := os.ReadFile(p.exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(real, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := fmt.Sprintf("#!/bin/sh\necho $$ > %s.tmp && mv %s.tmp %s\nsleep 1 3>&-\nexec %s \"$@\"\n", pidFile, pidFile, pidFile, real)
+	if err := os.WriteFile(p.exe+".new", []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(p.exe+".new", p.exe); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Signal(syscall.SIGUSR2)
+	var child int
+	for deadline := time.Now().Add(30 * time.Second); child == 0; {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			child, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the successor did not start within 30s")
+		}
+		time.Sleep(5 * time.Millisecond) // polling for a file; no event to wait on
+	}
+	p.cmd.Signal(syscall.SIGTERM)
+	m := p.waitLog(t, "upgrade abandoned: this process is stopping")
+	if e, _ := m["error"].(string); !strings.Contains(e, strconv.Itoa(child)) {
+		t.Fatalf("error %q does not name the successor %d", e, child)
+	}
+	if st, err := p.cmd.Wait(); err != nil || !st.Success() {
+		t.Fatalf("old process: %v %v, want a clean exit", st, err)
+	}
+	// The successor stops too; were it left serving, this would time out.
+	waitExit(t, child)
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("something still listens after the stop")
+	}
+}
+
 // TestUpgradeFailureKeepsServing: when the binary on disk cannot start,
 // the running process logs why and keeps serving.
 func TestUpgradeFailureKeepsServing(t *testing.T) {

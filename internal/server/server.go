@@ -55,6 +55,10 @@ type Server struct {
 	// claimed or not: the address checks leave those addresses alone.
 	handedOver []protoAddr
 	upgraded   chan struct{} // closed when a successor took over
+	stopping   chan struct{} // closed when Run stops for any other reason (SIGTERM, a loop's failure)
+	// upMu orders the two: an upgrade and a stop that meet end as one or
+	// the other, never as a successor serving after a stop was asked for.
+	upMu sync.Mutex
 	// hup receives SIGHUP and SIGUSR2 while Run serves; Upgrade takes
 	// SIGHUP off it while it forks.
 	hup      chan os.Signal
@@ -93,6 +97,7 @@ func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error
 		cfg:      cfg,
 		opts:     opts,
 		upgraded: make(chan struct{}),
+		stopping: make(chan struct{}),
 		inherit:  opts.Inherited,
 		log:      log,
 		limiter:  tcpproxy.NewLimiter(cfg.MaxConns),
@@ -418,6 +423,20 @@ func (s *Server) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case <-s.upgraded:
+	case runErr = <-errc:
+		s.log.Error("event loop failed", zap.Error(runErr))
+	}
+	s.upMu.Lock()
+	upgraded := false
+	select {
+	case <-s.upgraded:
+		upgraded = true
+	default:
+		// An upgrade under way is abandoned, its successor stopped.
+		close(s.stopping)
+	}
+	s.upMu.Unlock()
+	if upgraded {
 		s.log.Info("upgrade done: the new process serves; draining this one")
 		// The admin socket is shared with the successor: stop answering
 		// on it at once, or probes would meet this draining process.
@@ -425,8 +444,6 @@ func (s *Server) Run(ctx context.Context) error {
 			s.admin.Close()
 			s.admin = nil
 		}
-	case runErr = <-errc:
-		s.log.Error("event loop failed", zap.Error(runErr))
 	}
 	s.listening.Store(false)
 	signal.Stop(s.hup)
@@ -517,7 +534,9 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 		case sig := <-hup:
 			if sig == syscall.SIGUSR2 {
 				s.log.Info("SIGUSR2: upgrading")
-				if err := s.Upgrade(); err != nil {
+				if err := s.Upgrade(); errors.Is(err, errStopping) {
+					s.log.Warn("upgrade abandoned: this process is stopping", zap.Error(err))
+				} else if err != nil {
 					s.log.Error("upgrade failed, this process keeps serving", zap.Error(err))
 				}
 				continue

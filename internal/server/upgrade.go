@@ -113,14 +113,26 @@ func (s *Server) closeUnclaimed() {
 	s.inherit = nil
 }
 
+// errStopping is Upgrade's error when Run stopped (SIGTERM) before the
+// successor took over.
+var errStopping = errors.New("this process is stopping")
+
 // Upgrade starts the binary at Options.Executable with the same arguments,
 // hands it every listening socket, and waits until it serves. Then Run
 // stops accepting, drains and returns. If the new process fails to start
 // or to become ready, it is killed and this one keeps serving.
+//
+// A stop of this process (SIGTERM) before the successor has taken over
+// ends the upgrade: a stop is meant for the service, and a successor left
+// serving would outlive it (under systemd, until the stop timeout's
+// SIGKILL). The successor is sent SIGTERM, so that any connection it has
+// already accepted is drained, not reset.
 func (s *Server) Upgrade() error {
 	select {
 	case <-s.upgraded:
 		return errors.New("already upgraded; this process is draining")
+	case <-s.stopping:
+		return errStopping
 	default:
 	}
 	if s.opts.Executable == "" {
@@ -164,23 +176,55 @@ func (s *Server) Upgrade() error {
 	if err != nil {
 		return fmt.Errorf("start %s: %w", s.opts.Executable, err)
 	}
+	pid := cmd.Process.Pid
+	// stopChild tells the successor to stop and drain, for a stop of this
+	// process. It is reaped in the background; this process exits after
+	// its own drain either way.
+	stopChild := func(why string) error {
+		cmd.Process.Signal(syscall.SIGTERM)
+		go cmd.Wait()
+		return fmt.Errorf("%w: the new process (pid %d) %s and was sent SIGTERM", errStopping, pid, why)
+	}
 	fail := func(err error) error {
+		select {
+		case <-s.stopping:
+			return stopChild("had not taken over")
+		default:
+		}
 		cmd.Process.Kill()
 		cmd.Wait()
 		return err
 	}
+	// A stop cuts the handoff short: the deadline makes Send or WaitReady
+	// return at once.
+	handed := make(chan struct{})
+	go func() {
+		select {
+		case <-s.stopping:
+			conn.SetDeadline(time.Now())
+		case <-handed:
+		}
+	}()
+	defer close(handed)
 	socks := s.sockets()
 	conn.SetDeadline(time.Now().Add(upgradeTimeout))
 	if err := handoff.Send(conn, socks); err != nil {
-		return fail(fmt.Errorf("new process (pid %d) did not take the %d sockets: %w", cmd.Process.Pid, len(socks), err))
+		return fail(fmt.Errorf("new process (pid %d) did not take the %d sockets: %w", pid, len(socks), err))
 	}
 	if err := handoff.WaitReady(conn); err != nil {
-		return fail(fmt.Errorf("new process (pid %d) did not become ready: %w", cmd.Process.Pid, err))
+		return fail(fmt.Errorf("new process (pid %d) did not become ready: %w", pid, err))
 	}
-	s.log.Info("new process serves", zap.Int("pid", cmd.Process.Pid), zap.Int("sockets", len(socks)))
+	s.upMu.Lock()
+	defer s.upMu.Unlock()
+	select {
+	case <-s.stopping:
+		return stopChild("was ready")
+	default:
+	}
+	s.log.Info("new process serves", zap.Int("pid", pid), zap.Int("sockets", len(socks)))
 	// Under systemd, the successor becomes the service's main process
 	// before this one exits, or systemd would stop the service with it.
-	if err := notifyMainPID(cmd.Process.Pid); err != nil {
+	if err := notifyMainPID(pid); err != nil {
 		s.log.Warn("tell systemd the new main pid", zap.Error(err))
 	}
 	// The child is not waited for: it outlives this process, which exits
