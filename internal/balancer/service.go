@@ -270,6 +270,10 @@ func (s *Service) publish() ([]*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
+	snap.members = make(map[netip.AddrPort]struct{}, len(s.members))
+	for addr := range s.members {
+		snap.members[addr] = struct{}{}
+	}
 	prev := s.pool.Load()
 	s.pool.Store(snap)
 	switch {

@@ -292,9 +292,15 @@ func closeAll(fds []int) {
 	}
 }
 
-// closeBackend resets b's connections on every loop (--close-on-down).
+// closeBackend resets b's connections, or ends its UDP sessions, on every
+// loop (--close-on-down).
 func (s *Server) closeBackend(sv *service, b *balancer.Backend) {
 	for i, l := range s.loops {
+		if sv.cfg.Proto == "udp" {
+			p := sv.udp[i]
+			l.Submit(func() { p.CloseBackend(b) })
+			continue
+		}
 		p := sv.proxies[i]
 		l.Submit(func() { p.CloseBackend(b) })
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -71,4 +72,97 @@ func TestUDPService(t *testing.T) {
 	}
 	a.Close()
 	waitFor(t, "dead UDP backend marked down", func() bool { return backendState(t, r, a.Addr()) == "down" })
+}
+
+// activeOn returns the open sessions (or connections) the default service
+// counts on each backend.
+func activeOn(r *running) map[string]int64 {
+	out := map[string]int64{}
+	for _, bi := range r.Service("default").Info() {
+		out[bi.Address] = bi.ActiveConnections
+	}
+	return out
+}
+
+// udpRoundTrip sends msg on c and checks that it comes back.
+func udpRoundTrip(tb testing.TB, c *net.UDPConn, msg string) {
+	tb.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		tb.Fatal(err)
+	}
+	buf := make([]byte, 2048)
+	n, err := c.Read(buf)
+	if err != nil || string(buf[:n]) != msg {
+		tb.Fatalf("reply %q, %v; want %q", buf[:n], err, msg)
+	}
+}
+
+// sessionBackend returns the one backend with an open session.
+func sessionBackend(tb testing.TB, r *running) string {
+	tb.Helper()
+	var on []string
+	for addr, n := range activeOn(r) {
+		for range n {
+			on = append(on, addr)
+		}
+	}
+	if len(on) != 1 {
+		tb.Fatalf("sessions on %v, want one", on)
+	}
+	return on[0]
+}
+
+// TestUDPSessionKeepsDrainedBackend: a UDP session keeps its backend while
+// that backend is drained (open sessions finish, as connections do); only
+// new clients go elsewhere.
+func TestUDPSessionKeepsDrainedBackend(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "udp")
+	b := testsrv.StartTB(t, testsrv.Echo, "udp")
+	r := start(t, "--proto", "udp", "--backend", a.Addr().String(), "--backend", b.Addr().String(), "--workers", "1")
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(r.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	udpRoundTrip(t, c, "one")
+	on := sessionBackend(t, r)
+	if err := r.Service("default").SetDrained(netip.MustParseAddrPort(on), true); err != nil {
+		t.Fatal(err)
+	}
+	udpRoundTrip(t, c, "two")
+	if now := sessionBackend(t, r); now != on {
+		t.Fatalf("the session moved from drained %s to %s", on, now)
+	}
+}
+
+// TestUDPCloseOnDown: with --close-on-down, a UDP backend marked down has
+// its sessions ended, and the client's next datagram is answered by
+// another backend. (This used to crash the process: the hook looked for
+// TCP proxies.)
+func TestUDPCloseOnDown(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "udp")
+	b := testsrv.StartTB(t, testsrv.Echo, "udp")
+	r := start(t, "--proto", "udp", "--backend", a.Addr().String(), "--backend", b.Addr().String(), "--workers", "2",
+		"--close-on-down", "--health-check", "send-expect", "--health-send", "ping", "--health-expect", "ping",
+		"--health-interval", "50ms", "--health-timeout", "200ms", "--health-fall", "1", "--health-rise", "1")
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(r.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	udpRoundTrip(t, c, "one")
+	on := netip.MustParseAddrPort(sessionBackend(t, r))
+	for _, s := range []*testsrv.Server{a, b} {
+		if s.Addr() == on {
+			s.Close()
+		}
+	}
+	waitFor(t, "the dead backend's session ended", func() bool {
+		return backendState(t, r, on) == "down" && activeOn(r)[on.String()] == 0
+	})
+	udpRoundTrip(t, c, "two")
+	if now := sessionBackend(t, r); now == on.String() {
+		t.Fatalf("the session is still on down %s", on)
+	}
 }

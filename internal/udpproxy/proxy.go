@@ -113,10 +113,6 @@ type Proxy struct {
 	// session keeps no old snapshot (and its Maglev table) alive.
 	snap  *balancer.Snapshot
 	epoch uint32
-	// members is the set of backend addresses of membersOf, built when a
-	// session first meets a new snapshot.
-	membersOf *balancer.Snapshot
-	members   map[netip.AddrPort]struct{}
 
 	counters map[netip.AddrPort]*BackendCounters // loop-side index of stats.backends
 	stats    *Stats

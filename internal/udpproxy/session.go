@@ -107,13 +107,15 @@ func (p *Proxy) connect(s *session) error {
 }
 
 // recheck is called when the backend set has changed since s last looked:
-// a session whose backend is still in the set keeps it; otherwise it moves
-// to the key's choice in the new set. It reports whether s is still usable;
-// when not, s has been ended and the datagram counted as dropped.
+// a session whose backend is still a member of the service keeps it, even
+// while it is drained or down (as a TCP connection does; --close-on-down
+// ends such sessions); otherwise it moves to the key's choice in the new
+// set. It reports whether s is still usable; when not, s has been ended
+// and the datagram counted as dropped.
 func (p *Proxy) recheck(s *session) bool {
 	snap := p.snap
 	s.epoch = p.epoch
-	if p.isMember(snap, s.backend) {
+	if snap.Member(s.backend) {
 		return true
 	}
 	idx := snap.Pick(s.hash)
@@ -139,21 +141,20 @@ func (p *Proxy) recheck(s *session) bool {
 	return true
 }
 
-// isMember reports whether addr is a backend of snap. The set is built once
-// per snapshot, so each session pays one map lookup per backend-set change.
-func (p *Proxy) isMember(snap *balancer.Snapshot, addr netip.AddrPort) bool {
-	if p.membersOf != snap {
-		p.membersOf = snap
-		clear(p.members)
-		if p.members == nil {
-			p.members = make(map[netip.AddrPort]struct{}, len(snap.Backends))
+// CloseBackend ends the sessions on backend b (--close-on-down): the next
+// datagram of each client opens a session on a usable backend. Loop
+// goroutine only.
+func (p *Proxy) CloseBackend(b *balancer.Backend) {
+	for s := p.lru.next; s != &p.lru; {
+		next := s.next
+		if s.be.Addr == b.Addr {
+			if p.debug {
+				p.log.Debug("udp session closed: backend down", zap.Stringer("client", s.client), zap.Stringer("backend", s.backend))
+			}
+			p.end(s)
 		}
-		for i := range snap.Backends {
-			p.members[snap.Backends[i].Addr] = struct{}{}
-		}
+		s = next
 	}
-	_, ok := p.members[addr]
-	return ok
 }
 
 // touch records activity on s: it becomes the most recently active.
