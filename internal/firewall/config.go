@@ -126,6 +126,17 @@ func unmapPrefix(p netip.Prefix) netip.Prefix {
 	return p.Masked()
 }
 
+// UnmapPrefixes returns ps with each IPv4-mapped prefix turned into the
+// IPv4 prefix it covers, as the program applies them, for the user-space
+// check of addresses from PROXY headers to match the program's.
+func UnmapPrefixes(ps []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, len(ps))
+	for i, p := range ps {
+		out[i] = unmapPrefix(p)
+	}
+	return out
+}
+
 // rules is a Config turned into the sets the maps hold.
 type rules struct {
 	ports map[firewallPortKey]struct{}

@@ -220,6 +220,25 @@ func (f *Firewall) Adopt(iface string, mode Mode, fd int) error {
 	return nil
 }
 
+// Reclaim swaps this firewall's program back into every link it holds.
+// It is for an upgrade that failed after the successor adopted the links:
+// the successor swapped its own program in, whose maps this process cannot
+// update and which would keep enforcing the successor's rules.
+func (f *Firewall) Reclaim() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return ErrClosed
+	}
+	var errs []error
+	for _, a := range f.links {
+		if err := a.link.Update(f.objs.XdpFirewall); err != nil {
+			errs = append(errs, fmt.Errorf("reclaim xdp link on %s: %w", a.Iface, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Attachments returns the interfaces the program is attached to, in the
 // order of Attach.
 func (f *Firewall) Attachments() []Attachment {

@@ -17,6 +17,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // The network-namespace test: two namespaces joined by a veth pair, the
@@ -569,6 +572,9 @@ func lifecycle(cfg Config, iface string) error {
 	if as := fw.Attachments(); len(as) != 1 || as[0] != (Attachment{iface, ModeNative}) {
 		return fmt.Errorf("attachments %v", as)
 	}
+	if err := adoptAndReclaim(cfg, fw); err != nil {
+		return err
+	}
 	if err := fw.Close(); err != nil {
 		return err
 	}
@@ -580,6 +586,53 @@ func lifecycle(cfg Config, iface string) error {
 	}
 	if after := fds(); after != before {
 		return fmt.Errorf("%d file descriptors before New, %d after Close", before, after)
+	}
+	return nil
+}
+
+// adoptAndReclaim plays an upgrade that fails after the successor adopted
+// the link: a second firewall adopts fw's link, swapping its program in,
+// and exits; fw's Reclaim must put fw's program back.
+func adoptAndReclaim(cfg Config, fw *Firewall) error {
+	progOn := func() (ebpf.ProgramID, error) {
+		info, err := fw.links[0].link.Info()
+		if err != nil {
+			return 0, err
+		}
+		return info.Program, nil
+	}
+	idOf := func(f *Firewall) ebpf.ProgramID {
+		info, err := f.objs.XdpFirewall.Info()
+		if err != nil {
+			return 0
+		}
+		id, _ := info.ID()
+		return id
+	}
+	fds := fw.LinkFDs()
+	dup, err := unix.Dup(fds[0].FD)
+	if err != nil {
+		return err
+	}
+	succ, err := New(cfg)
+	if err != nil {
+		unix.Close(dup)
+		return err
+	}
+	if err := succ.Adopt(fds[0].Iface, fds[0].Mode, dup); err != nil {
+		succ.Close()
+		return fmt.Errorf("adopt: %w", err)
+	}
+	if got, err := progOn(); err != nil || got != idOf(succ) {
+		succ.Close()
+		return fmt.Errorf("after Adopt the link runs program %d (%v), want the successor's %d", got, err, idOf(succ))
+	}
+	succ.Close()
+	if err := fw.Reclaim(); err != nil {
+		return fmt.Errorf("reclaim: %w", err)
+	}
+	if got, err := progOn(); err != nil || got != idOf(fw) {
+		return fmt.Errorf("after Reclaim the link runs program %d (%v), want the first firewall's %d", got, err, idOf(fw))
 	}
 	return nil
 }

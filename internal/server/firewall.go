@@ -29,7 +29,7 @@ func (s *Server) startFirewall() error {
 	if len(fc.Ifaces) == 0 {
 		return nil
 	}
-	s.proxied.Set(fc.Rules.Deny, fc.Rules.Allow)
+	s.proxied.Set(firewall.UnmapPrefixes(fc.Rules.Deny), firewall.UnmapPrefixes(fc.Rules.Allow))
 	fw, err := firewall.New(s.firewallRules(fc))
 	if err != nil {
 		return err
@@ -82,7 +82,7 @@ func (s *Server) updateFirewall(fc config.Firewall) {
 		s.log.Error("firewall rules rejected, keeping the rules in force", zap.Error(err))
 		return
 	}
-	s.proxied.Set(fc.Rules.Deny, fc.Rules.Allow)
+	s.proxied.Set(firewall.UnmapPrefixes(fc.Rules.Deny), firewall.UnmapPrefixes(fc.Rules.Allow))
 	s.log.Info("firewall rules updated", zap.Int("deny", len(fc.Rules.Deny)), zap.Int("allow", len(fc.Rules.Allow)), zap.Uint32("rate_limit", fc.Rules.RateLimit))
 }
 

@@ -187,22 +187,25 @@ func TestProxiedAddressFirewalled(t *testing.T) {
 	}
 	backend := headerBackend(t, "tcp4", "127.0.0.1:0")
 	r := start(t, "--backend", backend, "--accept-proxy-protocol", "--proxy-protocol-trusted", "127.0.0.1/32", "--proxy-protocol", "v2",
-		"--xdp-iface", "lo", "--xdp-mode", "generic", "--deny-cidr", "198.18.66.0/24", "--health-interval", "1h")
+		"--xdp-iface", "lo", "--xdp-mode", "generic", "--deny-cidr", "198.18.66.0/24", "--deny-cidr", "::ffff:198.18.77.0/120", "--health-interval", "1h")
 	dst := netip.MustParseAddrPort("198.18.0.1:443")
-	// A denied claimed address is closed and counted.
-	c, err := net.Dial("tcp4", r.Addr().String())
-	if err != nil {
-		t.Fatal(err)
+	// A denied claimed address is closed and counted; an IPv4-mapped deny
+	// prefix covers IPv4 clients, as it does in the XDP program.
+	for i, claimed := range []string{"198.18.66.5:1000", "198.18.77.5:1000"} {
+		c, err := net.Dial("tcp4", r.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write(proxyproto.AppendV1(nil, netip.MustParseAddrPort(claimed), dst))
+		if n, err := c.Read(make([]byte, 16)); n != 0 || err == nil {
+			t.Fatalf("denied claimed address %s got %d bytes, %v", claimed, n, err)
+		}
+		waitFor(t, "denial counted", func() bool {
+			return sumStats(r, func(s *tcpproxy.Stats) uint64 { return s.ProxyDenied.Load() }) == uint64(i+1)
+		})
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	c.Write(proxyproto.AppendV1(nil, netip.MustParseAddrPort("198.18.66.5:1000"), dst))
-	if n, err := c.Read(make([]byte, 16)); n != 0 || err == nil {
-		t.Fatalf("denied claimed address got %d bytes, %v", n, err)
-	}
-	waitFor(t, "denial counted", func() bool {
-		return sumStats(r, func(s *tcpproxy.Stats) uint64 { return s.ProxyDenied.Load() }) == 1
-	})
 	// An allowed one goes through, its claimed address passed on.
 	got, _ := roundTrip(t, "tcp4", nil, r.Addr(), string(proxyproto.AppendV1(nil, netip.MustParseAddrPort("198.18.7.9:1000"), dst)), "x")
 	if want := "v2 198.18.7.9:1000 198.18.0.1:443|x"; got != want {

@@ -193,6 +193,13 @@ func (s *Server) Upgrade() error {
 		}
 		cmd.Process.Kill()
 		cmd.Wait()
+		// The successor may have adopted the XDP links, swapping its
+		// program in: this process's program, and rules, go back.
+		if s.fw != nil {
+			if rerr := s.fw.Reclaim(); rerr != nil {
+				s.log.Error("take the xdp firewall back after the failed upgrade", zap.Error(rerr))
+			}
+		}
 		return err
 	}
 	// A stop cuts the handoff short: the deadline makes Send or WaitReady
