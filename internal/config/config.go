@@ -168,7 +168,7 @@ func addGlobalFlags(fs *pflag.FlagSet, g *globalVals) {
 	fs.StringVar(&g.config, "config", "", "config file listing several services (see the README); flags given too override its global settings")
 	fs.IntVar(&g.workers, "workers", runtime.NumCPU(), "event loops, each with its own thread and SO_REUSEPORT listener; defaults to the CPU count")
 	fs.IntVar(&g.maxConns, "max-conns", 0, "client connections open at once; beyond it new ones wait in the accept queue (default: derived from the open-file limit)")
-	fs.DurationVar(&g.drain, "drain-timeout", 30*time.Second, "on SIGTERM/SIGINT, time open connections get to finish before they are reset")
+	durationVar(fs, &g.drain, "drain-timeout", 30*time.Second, "on SIGTERM/SIGINT, time open connections get to finish before they are reset")
 	fs.Var(&g.pipeSize, "pipe-size", "capacity of each splice pipe, bytes (suffixes k, m); pipes are lent only while bytes are in flight")
 	fs.StringVar(&g.admin, "admin-addr", "", "admin HTTP endpoint (health, backends, metrics), ip:port; off when empty. It has no authentication: keep it on loopback")
 	fs.StringVar(&g.logLevel, "log-level", "info", "minimum log level: debug, info, warn or error")
@@ -192,16 +192,16 @@ func addServiceFlags(fs *pflag.FlagSet, s *serviceVals) {
 	fs.StringVar(&s.backendsFile, "backends-file", "", "file with one backend per line (ip:port [weight=N], # comments), reread on SIGHUP and when it changes")
 	fs.StringArrayVar(&s.dnsHosts, "backend-dns", nil, "discover backends from the A/AAAA records of NAME, as NAME:PORT (repeatable; e.g. a Kubernetes headless service)")
 	fs.StringArrayVar(&s.dnsSRV, "backend-srv", nil, "discover backends from SRV records, as _service._proto.NAME (repeatable; e.g. Consul DNS); SRV weights become backend weights")
-	fs.DurationVar(&s.dnsInterval, "dns-interval", discovery.DefaultConfig().Interval, "time between resolutions of --backend-dns/--backend-srv; a failed resolution keeps the last good set")
+	durationVar(fs, &s.dnsInterval, "dns-interval", discovery.DefaultConfig().Interval, "time between resolutions of --backend-dns/--backend-srv; a failed resolution keeps the last good set")
 	fs.StringVar(&s.hashKey, "hash-key", dp.HashKey.String(), "what picks a client's backend: src-ip (all of a client's connections to one backend) or src-ip-port")
 	fs.Float64Var(&s.balanceFactor, "hash-balance-factor", 0, "bounded-load hashing: no backend holds more than ceil(F × its share of open connections), e.g. 1.25; 0 is off")
-	fs.DurationVar(&s.connectTimeout, "connect-timeout", dp.ConnectTimeout, "time allowed for each connect attempt to a backend")
+	durationVar(fs, &s.connectTimeout, "connect-timeout", dp.ConnectTimeout, "time allowed for each connect attempt to a backend")
 	fs.IntVar(&s.connectRetries, "connect-retries", dp.ConnectRetries, "further backends tried, in the client's hash preference order, after a failed connect")
-	fs.DurationVar(&s.idleTimeout, "idle-timeout", dp.IdleTimeout, "close a connection after this long with no bytes in either direction; idle pooled database sessions count as idle too, so raise it if your pools keep connections idle longer")
+	durationVar(fs, &s.idleTimeout, "idle-timeout", dp.IdleTimeout, "close a connection after this long with no bytes in either direction; idle pooled database sessions count as idle too, so raise it if your pools keep connections idle longer")
 	fs.StringVar(&s.splice, "splice", dp.Splice.String(), "byte moving: auto (read/write for small messages, splice(2) for bulk), always, or never (read/write only)")
 	fs.StringVar(&s.health.Kind, "health-check", "", "active check: tcp, send-expect, redis, postgres, mysql, grpc or none (default: tcp for TCP services, none for UDP; UDP services may use send-expect)")
-	fs.DurationVar(&s.health.Interval, "health-interval", dh.Interval, "time between checks of a backend (jittered; at least 10ms)")
-	fs.DurationVar(&s.health.Timeout, "health-timeout", dh.Timeout, "time allowed for one check; at least 1ms")
+	durationVar(fs, &s.health.Interval, "health-interval", dh.Interval, "time between checks of a backend (jittered; at least 10ms)")
+	durationVar(fs, &s.health.Timeout, "health-timeout", dh.Timeout, "time allowed for one check; at least 1ms")
 	fs.IntVar(&s.health.Rise, "health-rise", dh.Rise, "consecutive passed checks that bring a down backend up")
 	fs.IntVar(&s.health.Fall, "health-fall", dh.Fall, "consecutive failed checks that take an up backend down")
 	fs.StringVar(&s.health.Send, "health-send", "", "send-expect: bytes to send (\\r \\n \\t escapes)")
@@ -215,7 +215,7 @@ func addServiceFlags(fs *pflag.FlagSet, s *serviceVals) {
 	fs.StringArrayVar(&s.trusted, "proxy-protocol-trusted", nil, "peer prefix allowed to send a PROXY header, e.g. 198.18.0.10/32 (repeatable); connections from other peers are closed")
 	fs.BoolVar(&s.accessLog, "access-log", false, "log one line per closed TCP connection: client, backend, bytes each way, duration, close reason")
 	fs.Float64Var(&s.accessLogSample, "access-log-sample", 1, "fraction of connections the access log records, 0 to 1 (e.g. 0.01)")
-	fs.DurationVar(&s.udpSessionTimeout, "udp-session-timeout", 30*time.Second, "UDP: end a client's session after this long with no datagram either way")
+	durationVar(fs, &s.udpSessionTimeout, "udp-session-timeout", 30*time.Second, "UDP: end a client's session after this long with no datagram either way")
 }
 
 // isServiceFlag reports whether name is a per-service flag.
@@ -711,3 +711,33 @@ func (b *byteSize) Set(s string) error {
 }
 
 func (b *byteSize) Type() string { return "bytes" }
+
+// MaxDuration bounds every duration flag. The loops add a timeout to a
+// clock of nanoseconds since they started, which a larger value could
+// overflow (int64 nanoseconds last 292 years); ten years is "never" for
+// any deployment.
+const MaxDuration = 10 * 365 * 24 * time.Hour
+
+// durationValue is a pflag duration that refuses values above MaxDuration.
+type durationValue time.Duration
+
+func (d *durationValue) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	if v > MaxDuration {
+		return fmt.Errorf("%v is longer than the %v (ten years) sluice takes", v, MaxDuration)
+	}
+	*d = durationValue(v)
+	return nil
+}
+
+func (d *durationValue) Type() string   { return "duration" }
+func (d *durationValue) String() string { return time.Duration(*d).String() }
+
+// durationVar defines a duration flag bounded by MaxDuration.
+func durationVar(fs *pflag.FlagSet, p *time.Duration, name string, def time.Duration, usage string) {
+	*p = def
+	fs.Var((*durationValue)(p), name, usage)
+}

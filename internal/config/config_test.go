@@ -91,6 +91,8 @@ func TestParseBad(t *testing.T) {
 		{"negative duration", append(base, "--idle-timeout", "-5s"), []string{"--idle-timeout", "-5s"}},
 		{"zero connect timeout", append(base, "--connect-timeout", "0s"), []string{"--connect-timeout", "0s"}},
 		{"bad duration", append(base, "--drain-timeout", "soon"), []string{"--drain-timeout", "soon"}},
+		{"duration that would overflow the loop clock", append(base, "--idle-timeout", "2562047h"), []string{"--idle-timeout", "2562047h", "ten years"}},
+		{"UDP session timeout too long", []string{"--proto", "udp", "--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001", "--udp-session-timeout", "87601h"}, []string{"--udp-session-timeout", "87601h"}},
 		{"bad workers", append(base, "--workers", "0"), []string{"--workers", "0"}},
 		{"bad retries", append(base, "--connect-retries", "-1"), []string{"--connect-retries", "-1"}},
 		{"bad hash key", append(base, "--hash-key", "dst"), []string{"--hash-key", "dst"}},
