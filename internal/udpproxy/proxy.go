@@ -55,6 +55,7 @@ package udpproxy
 
 import (
 	"net/netip"
+	"time"
 	"unsafe"
 
 	"go.uber.org/zap"
@@ -86,6 +87,7 @@ type Proxy struct {
 
 	lnfd    int    // the listening socket; -1 before Listen and after Drain
 	lnDrops uint32 // the kernel's drop count of lnfd when last read
+	dropsAt int64  // loop clock of the last countListenDrops
 
 	// buf holds the datagrams of one read from the listening socket, or
 	// the replies gathered from session sockets during one wake-up: slots
@@ -224,9 +226,13 @@ func (ln *listener) HandleEvent(uint32) {
 		if err != nil {
 			return // EAGAIN; nothing else is expected of an unconnected socket
 		}
-		if n == p.cfg.Batch {
-			// A full read means a backlog, the only time the socket's
-			// queue can have overflowed.
+		if now := p.loop.Now(); n == p.cfg.Batch || now-p.dropsAt >= int64(time.Second) {
+			// A full read means a backlog, the likeliest time for the
+			// socket's queue to have overflowed; but a queue of large
+			// datagrams (or a small receive buffer) overflows with fewer
+			// than a batch in it, so the count is also taken once a
+			// second while datagrams come in.
+			p.dropsAt = now
 			p.countListenDrops()
 		}
 		if snap := p.lb.Load(); snap != p.snap {

@@ -626,6 +626,43 @@ func TestQueueDrops(t *testing.T) {
 	}
 }
 
+// TestListenDropsCountedWithoutFullReads: when the listening queue
+// overflows with fewer datagrams than a batch in it (large datagrams, or a
+// receive buffer capped by net.core.rmem_max), no read is full, yet the
+// kernel's drops are counted while traffic goes on.
+func TestListenDropsCountedWithoutFullReads(t *testing.T) {
+	bk := startID(t, 'A', "udp", "127.0.0.1")
+	cfg := testConfig()
+	cfg.Batch = 32
+	cfg.SocketBuffer = 1 // the kernel's minimum: a few 8 KB datagrams fill it
+	r := startRig(t, lo4, []netip.AddrPort{bk.addr}, cfg, nil, 1)
+	st := r.proxies[0].Stats()
+	c := newClient(t, "127.0.0.1")
+	c.conn.SetReadBuffer(8 << 20)
+	if _, err := c.roundTrip(r.addr, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	r.loops[0].Submit(func() { close(started); time.Sleep(300 * time.Millisecond) })
+	<-started
+	big := make([]byte, 8000)
+	for range 100 {
+		c.conn.WriteToUDPAddrPort(big, r.addr)
+	}
+	// Traffic goes on, a datagram every 20ms, until the drops show (the
+	// count is taken at most once a second between full reads).
+	deadline := time.Now().Add(5 * time.Second)
+	for st.Drops(DropListenQueue) == 0 {
+		if time.Now().After(deadline) {
+			var kernel uint32
+			r.do(0, func(p *Proxy) { kernel = socketDrops(p.lnfd) })
+			t.Fatalf("the kernel dropped %d datagrams at the listening socket; none counted in 5s", kernel)
+		}
+		c.conn.WriteToUDPAddrPort([]byte("x"), r.addr)
+		time.Sleep(20 * time.Millisecond) // the traffic's pace, not synchronisation
+	}
+}
+
 // TestSessionSize keeps the per-session memory in check: a session is one
 // of these, a map entry and a socket.
 func TestSessionSize(t *testing.T) {
@@ -707,5 +744,31 @@ func TestRepliesGathered(t *testing.T) {
 	}
 	if down != n {
 		t.Errorf("backend counters: %d datagrams down, want %d", down, n)
+	}
+}
+
+// TestActiveNeverNegative: sessions opened and ended while Active reads
+// its two counters never make it undercount below zero.
+func TestActiveNeverNegative(t *testing.T) {
+	var s Stats
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			s.SessionsCreated.Add(1)
+			s.SessionsEnded.Add(1)
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline); {
+		if a := s.Active(); a < 0 {
+			t.Fatalf("Active() = %d with no session open", a)
+		}
 	}
 }

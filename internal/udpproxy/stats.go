@@ -105,7 +105,10 @@ func (s *Stats) Drops(r DropReason) uint64 {
 
 // Active returns the sessions open now.
 func (s *Stats) Active() int64 {
-	return int64(s.SessionsCreated.Load()) - int64(s.SessionsEnded.Load())
+	// Ended first: a session opened and ended between the two loads is
+	// then counted in neither, never in Ended alone.
+	ended := s.SessionsEnded.Load()
+	return int64(s.SessionsCreated.Load()) - int64(ended)
 }
 
 // ForEachBackend calls fn for every backend this proxy has sent to, in
