@@ -390,6 +390,59 @@ func (w *Watcher) resolveHost(ctx context.Context, name string, port uint16, wei
 	return bs, nil
 }
 
+// usableSRV reports whether an SRV record names a backend: not RFC 2782's
+// "." (no service here), and not port 0, which no backend listens on.
+func usableSRV(s *net.SRV) bool {
+	return s.Target != "." && s.Target != "" && s.Port != 0
+}
+
+// srvKey is an SRV record's target and port.
+type srvKey struct {
+	target string
+	port   uint16
+}
+
+// srvResult is the resolution of one srvKey.
+type srvResult struct {
+	got []Backend
+	err error
+}
+
+// maxParallelLookups bounds the concurrent lookups of an SRV answer's
+// targets.
+const maxParallelLookups = 16
+
+// resolveTargets resolves the usable targets of group, each distinct
+// target and port once, up to maxParallelLookups at a time. One after
+// another, a large answer from a DNS server a few milliseconds away would
+// outlast the round's timeout, and the service would never get a backend.
+func (w *Watcher) resolveTargets(ctx context.Context, group []*net.SRV) map[srvKey]srvResult {
+	out := make(map[srvKey]srvResult, len(group))
+	seen := make(map[srvKey]bool, len(group))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxParallelLookups)
+	for _, s := range group {
+		k := srvKey{s.Target, s.Port}
+		if !usableSRV(s) || seen[k] {
+			continue
+		}
+		seen[k] = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			got, err := w.resolveHost(ctx, k.target, k.port, 0)
+			mu.Lock()
+			out[k] = srvResult{got, err}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
 // resolveSRV returns the backends of the lowest usable priority of name's
 // SRV records; see the package documentation.
 func (w *Watcher) resolveSRV(ctx context.Context, name string) ([]Backend, error) {
@@ -409,13 +462,15 @@ func (w *Watcher) resolveSRV(ctx context.Context, name string) ([]Backend, error
 		}
 		group := srvs[:n]
 		srvs = srvs[n:]
+		found := w.resolveTargets(ctx, group)
 		var bs []Backend
 		var srvWeights []uint16 // per element of bs
 		for _, s := range group {
-			if s.Target == "." || s.Target == "" {
+			if !usableSRV(s) {
 				continue
 			}
-			got, err := w.resolveHost(ctx, s.Target, s.Port, 0)
+			r := found[srvKey{s.Target, s.Port}]
+			got, err := r.got, r.err
 			var dnsErr *net.DNSError
 			if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
 				continue

@@ -460,3 +460,36 @@ func TestMergeAndDiff(t *testing.T) {
 		t.Fatalf("String: %s", s)
 	}
 }
+
+// TestSRVPortZeroSkipped: an SRV record with port 0 names nothing a
+// backend could listen on; it is skipped like a "." target.
+func TestSRVPortZeroSkipped(t *testing.T) {
+	s := newDNSServer(t)
+	const name = "_db._tcp.zero.test."
+	s.set(t, name, "SRV 10 5 0 a.test.", "SRV 10 5 5432 b.test.")
+	s.set(t, "a.test.", "A 127.0.1.1")
+	s.set(t, "b.test.", "A 127.0.1.2")
+	h := start(t, s, Config{Targets: []Target{{Kind: SRV, Name: name}}})
+	h.expect(t, "127.0.1.2:5432,weight=5")
+}
+
+// TestLargeSRVFromDistantServer: the targets of a large SRV answer are
+// resolved concurrently. One after another, 200 targets from a server
+// 15ms away need 6s of round trips (A and AAAA each), three times the
+// round's 2s timeout, and the service would never get a backend.
+func TestLargeSRVFromDistantServer(t *testing.T) {
+	s := newDNSServer(t)
+	s.delay = 15 * time.Millisecond
+	const name = "_db._tcp.big.test."
+	var rrs, want []string
+	for i := range 200 {
+		target := fmt.Sprintf("n%d.test.", i)
+		ip := fmt.Sprintf("127.1.%d.%d", 1+i/250, 1+i%250)
+		rrs = append(rrs, "SRV 10 1 5432 "+target)
+		s.set(t, target, "A "+ip)
+		want = append(want, ip+":5432")
+	}
+	s.set(t, name, rrs...)
+	h := start(t, s, Config{Targets: []Target{{Kind: SRV, Name: name}}, Interval: time.Second})
+	h.expect(t, want...)
+}
