@@ -479,7 +479,7 @@ func TestSRVPortZeroSkipped(t *testing.T) {
 // round's 2s timeout, and the service would never get a backend.
 func TestLargeSRVFromDistantServer(t *testing.T) {
 	s := newDNSServer(t)
-	s.delay = 15 * time.Millisecond
+	s.delay.Store(int64(15 * time.Millisecond))
 	const name = "_db._tcp.big.test."
 	var rrs, want []string
 	for i := range 200 {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,9 +27,9 @@ type dnsServer struct {
 	// before it is answered; when it is full, queries are not recorded.
 	queries chan string
 
-	// delay holds each answer back, as a server some distance away
-	// would; set before the watcher starts.
-	delay time.Duration
+	// delay holds each answer back, in nanoseconds, as a server some
+	// distance away would.
+	delay atomic.Int64
 
 	mu      sync.Mutex          // guards the fields below
 	records map[string][]dns.RR // by lower-case owner name
@@ -135,7 +136,7 @@ func (s *dnsServer) setMode(name string, mode int) {
 // ServeDNS answers from the records. A name with no records is NXDOMAIN; a
 // name with records but none of the type asked is an empty answer.
 func (s *dnsServer) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
-	time.Sleep(s.delay)
+	time.Sleep(time.Duration(s.delay.Load()))
 	m := new(dns.Msg)
 	if len(r.Question) != 1 {
 		m.SetRcode(r, dns.RcodeFormatError)
