@@ -87,7 +87,8 @@ type service struct {
 // run on the proxy's loop.
 type loopProxy interface {
 	Drain() <-chan struct{}
-	CloseAll() int // ends what is left; returns how many connections or sessions
+	CloseAll() int                    // ends what is left; returns how many connections or sessions
+	CloseBackend(b *balancer.Backend) // --close-on-down
 	ListenerFDs() []int
 }
 
@@ -296,12 +297,7 @@ func closeAll(fds []int) {
 // loop (--close-on-down).
 func (s *Server) closeBackend(sv *service, b *balancer.Backend) {
 	for i, l := range s.loops {
-		if sv.cfg.Proto == "udp" {
-			p := sv.udp[i]
-			l.Submit(func() { p.CloseBackend(b) })
-			continue
-		}
-		p := sv.proxies[i]
+		p := sv.each[i]
 		l.Submit(func() { p.CloseBackend(b) })
 	}
 }
@@ -555,7 +551,7 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 
 // drain stops every listener and waits for open connections to finish, up
 // to the drain timeout; then it resets those left and returns how many.
-func (s *Server) drain() (cut int) {
+func (s *Server) drain() int {
 	var chans []<-chan struct{}
 	for _, sv := range s.services {
 		for i, p := range sv.each {
