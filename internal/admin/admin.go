@@ -3,7 +3,10 @@
 //
 // The endpoint has no authentication: anyone who can reach it can drain
 // backends. It binds to loopback unless told otherwise; expose it only
-// through something that authenticates.
+// through something that authenticates. What it does refuse is a web
+// browser used as a relay: a POST from another site's page (cross-site
+// request forgery), and a POST whose Host is a DNS name (DNS rebinding,
+// where a hostile name resolves to the endpoint's address).
 package admin
 
 import (
@@ -13,6 +16,8 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -94,10 +99,46 @@ func Handler(d Deps, log *zap.Logger) http.Handler {
 			writeJSON(w, http.StatusOK, map[string]any{"backend": addr.String(), "drained": drained, "services": changed})
 		}
 	}
-	mux.HandleFunc("POST /backends/{addr}/drain", setDrained(true))
-	mux.HandleFunc("POST /backends/{addr}/enable", setDrained(false))
+	mux.HandleFunc("POST /backends/{addr}/drain", guard(setDrained(true)))
+	mux.HandleFunc("POST /backends/{addr}/enable", guard(setDrained(false)))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.Gatherer, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(log)}))
 	return mux
+}
+
+// guard refuses a state-changing request that a browser could have been
+// made to send: one from another origin, or one whose Host is a DNS name.
+// A page served from a hostile name that later resolves to the endpoint's
+// address is same-origin to the browser, so only the Host tells it apart.
+// Tools such as curl name the endpoint by address and pass.
+func guard(h http.HandlerFunc) http.HandlerFunc {
+	cop := http.NewCrossOriginProtection()
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !literalHost(r.Host) {
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": "refused: Host " + strconv.Quote(r.Host) +
+				" is not an IP address or localhost; name the admin endpoint by its address (this guards against DNS rebinding)"})
+			return
+		}
+		if err := cop.Check(r); err != nil {
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": "refused: " + err.Error()})
+			return
+		}
+		h(w, r)
+	}
+}
+
+// literalHost reports whether a Host header names an IP address or
+// localhost, with or without a port.
+func literalHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	} else {
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return true
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	return host == "localhost" || strings.HasSuffix(host, ".localhost")
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
