@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -55,6 +56,46 @@ func checkFree(proto string, addr netip.AddrPort) error {
 		return fmt.Errorf("listen on %s/%s: %w", addr, proto, os.NewSyscallError("bind", err))
 	}
 	return nil
+}
+
+// bindLockWait bounds how long bindLock waits for another process.
+const bindLockWait = 2 * time.Second
+
+// errBindLockBusy is bindLock's error when the lock stayed taken.
+var errBindLockBusy = errors.New("another process held the bind lock for " + bindLockWait.String())
+
+// bindLock serialises the probe and the binds of one port among the
+// processes of a network namespace. Without it, two sluices started
+// together could both find the port free before either binds, and then
+// share one SO_REUSEPORT group. The lock is an abstract unix socket named
+// after the protocol and port (not the address, so that a wildcard and a
+// specific address also wait for each other); the kernel frees it when
+// its holder exits, however that happens. A lock still taken after
+// bindLockWait (a stuck process) is not waited for: bindLock returns
+// errBindLockBusy and a release that does nothing, and the probe runs
+// anyway.
+func bindLock(proto string, port uint16) (release func(), err error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return func() {}, os.NewSyscallError("socket", err)
+	}
+	sa := &unix.SockaddrUnix{Name: fmt.Sprintf("@sluice-bind/%s/%d", proto, port)}
+	deadline := time.Now().Add(bindLockWait)
+	for {
+		err = unix.Bind(fd, sa)
+		if err == nil {
+			return func() { unix.Close(fd) }, nil
+		}
+		if err != unix.EADDRINUSE {
+			unix.Close(fd)
+			return func() {}, os.NewSyscallError("bind", err)
+		}
+		if time.Now().After(deadline) {
+			unix.Close(fd)
+			return func() {}, errBindLockBusy
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // protoAddr is a listening address of a protocol ("tcp" or "udp").

@@ -10,7 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -225,5 +227,47 @@ func TestOverlaps(t *testing.T) {
 	}
 	if overlaps(netip.AddrPort{}, ap("0.0.0.0:0")) {
 		t.Error("an unset address overlaps")
+	}
+}
+
+// TestBindLockSerialises: a second process's probe and binds of a port wait
+// for the first's to finish, so two sluices started together cannot both
+// find the port free. Other ports and protocols do not wait.
+func TestBindLockSerialises(t *testing.T) {
+	const port = 47931 // only named: the lock is an abstract unix socket
+	release, err := bindLock("tcp", port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, other := range []struct {
+		proto string
+		port  uint16
+	}{{"udp", port}, {"tcp", port + 1}} {
+		r, err := bindLock(other.proto, other.port)
+		if err != nil {
+			t.Fatalf("%s/%d waited for tcp/%d: %v", other.proto, other.port, port, err)
+		}
+		r()
+	}
+	var released atomic.Bool
+	got := make(chan bool, 1)
+	go func() {
+		r, err := bindLock("tcp", port)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- released.Load()
+		r()
+	}()
+	// A lock that does not wait returns within this time.
+	select {
+	case <-got:
+		t.Fatal("the second bindLock returned while the first held the lock")
+	case <-time.After(100 * time.Millisecond):
+	}
+	released.Store(true)
+	release()
+	if !<-got {
+		t.Fatal("the second bindLock returned before the first released")
 	}
 }

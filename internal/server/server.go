@@ -254,9 +254,16 @@ func (s *Server) openListeners(sv *service, bind func(netip.AddrPort) (int, neti
 	sc := sv.cfg
 	inherited := s.claimAll(handoff.KindListener, sc.Name, sc.Proto, sc.Listen)
 	addr := sc.Listen
-	if len(inherited) == 0 && !s.ownListener(sv, addr) {
+	if len(inherited) == 0 && !s.ownListener(sv, addr) && addr.Port() != 0 {
 		// New sockets only, and not beside sluice's own: those sockets
-		// are this process's or its predecessor's.
+		// are this process's or its predecessor's. The probe and the
+		// binds hold the port's lock, so that another sluice cannot
+		// probe in between.
+		release, err := bindLock(sc.Proto, addr.Port())
+		if err != nil {
+			s.log.Warn("probing the listening port without its lock", zap.String("service", sc.Name), zap.Error(err))
+		}
+		defer release()
 		if err := checkFree(sc.Proto, addr); err != nil {
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 		}
