@@ -30,6 +30,7 @@ type rig struct {
 	proxies []*Proxy
 	wg      sync.WaitGroup
 	closed  bool
+	others  []*rig // services added on these loops (addService), ended with r's
 }
 
 // startRig starts nloops proxies listening on listen (port 0 picks one)
@@ -74,12 +75,42 @@ func startRig(tb testing.TB, listen netip.AddrPort, backends []netip.AddrPort, c
 	return r
 }
 
+// addService starts another service on r's loops, as the server does: one
+// proxy per loop, each with its own listening socket, sharing r's limiter.
+// The returned rig does not own the loops; r's cleanup ends its sessions.
+func (r *rig) addService(backends []netip.AddrPort, cfg Config) *rig {
+	r.tb.Helper()
+	o := &rig{tb: r.tb, pool: balancer.NewPool(snapshot(r.tb, backends...)), limiter: r.limiter, loops: r.loops, closed: true}
+	r.others = append(r.others, o)
+	addr := lo4
+	for i, l := range r.loops {
+		o.proxies = append(o.proxies, New(l, cfg, o.pool, r.limiter, zap.NewNop()))
+		fd, bound, err := Listen(addr, cfg.SocketBuffer)
+		if err != nil {
+			r.tb.Fatal(err)
+		}
+		o.do(i, func(p *Proxy) { err = p.Listen(fd) })
+		if err != nil {
+			closeFD(fd)
+			r.tb.Fatal(err)
+		}
+		addr = bound
+	}
+	o.addr = addr
+	return o
+}
+
 // close ends every session, stops and closes the loops.
 func (r *rig) close() {
 	if r.closed {
 		return
 	}
 	r.closed = true
+	for _, o := range r.others {
+		for i := range o.proxies {
+			o.do(i, func(p *Proxy) { p.CloseAll() })
+		}
+	}
 	for i := range r.proxies {
 		r.do(i, func(p *Proxy) { p.CloseAll() })
 		r.loops[i].Stop()

@@ -12,7 +12,10 @@
 //
 // Sessions end after Config.SessionTimeout with no datagram either way, or
 // when the process-wide cap of a SessionLimiter is reached and a new client
-// needs room (the loop's least recently active session goes first). A
+// needs room: of the services on the client's loop, the one holding the
+// most sessions there gives up its least recently active one (see victim),
+// so a flood of new clients on one service recycles that service's
+// sessions rather than taking every slot from the others. A
 // session whose backend has left the backend set is moved to the key's new
 // Maglev choice on its next client datagram; a session whose backend is
 // still in the set keeps it, as a TCP connection does. Checking costs one
@@ -55,6 +58,7 @@ package udpproxy
 
 import (
 	"net/netip"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -82,6 +86,7 @@ type Proxy struct {
 	cfg     Config
 	lb      *balancer.Pool
 	limiter *SessionLimiter
+	peers   *atomic.Pointer[[]*Proxy] // the proxies of every service on this loop, p among them
 	log     *zap.Logger
 	debug   bool
 
@@ -139,6 +144,7 @@ func New(l *loop.Loop, cfg Config, lb *balancer.Pool, limiter *SessionLimiter, l
 		counters: make(map[netip.AddrPort]*BackendCounters),
 		stats:    new(Stats),
 	}
+	p.peers = limiter.join(p)
 	p.lru.next, p.lru.prev = &p.lru, &p.lru
 	p.expiry.F = p.expire
 	p.flush = p.flushDeferred

@@ -331,8 +331,68 @@ func TestEviction(t *testing.T) {
 	}
 }
 
-// TestSessionLimit checks that a loop with no session of its own to evict
-// refuses a new client when other proxies hold the whole cap.
+// TestEvictionAcrossServices: at the session cap, a new client of a
+// service with few sessions takes the slot of the least recently active
+// session of the service that holds the most on the loop, so a flood of
+// new clients on one service cannot keep another from opening sessions;
+// a service that holds the most (or as many) recycles its own.
+func TestEvictionAcrossServices(t *testing.T) {
+	checkFDs(t)
+	echo := testsrv.StartTB(t, testsrv.Echo, "udp")
+	a := startRig(t, lo4, []netip.AddrPort{echo.Addr()}, testConfig(), NewSessionLimiter(4), 1)
+	b := a.addService([]netip.AddrPort{echo.Addr()}, testConfig())
+	var ac, bc []*client
+	for i := range 5 {
+		ac = append(ac, newClient(t, fmt.Sprintf("127.0.5.%d", i+1)))
+		bc = append(bc, newClient(t, fmt.Sprintf("127.0.6.%d", i+1)))
+	}
+	send := func(r *rig, c *client) {
+		t.Helper()
+		if _, err := c.roundTrip(r.addr, []byte("x")); err != nil {
+			t.Fatalf("client %s: %v", c.addr, err)
+		}
+	}
+	have := func(step string, r *rig, want ...*client) {
+		t.Helper()
+		got := r.sessions()
+		for _, c := range want {
+			if _, ok := got[c.addr]; !ok {
+				t.Errorf("%s: client %s has no session", step, c.addr)
+			}
+		}
+		if len(got) != len(want) {
+			t.Errorf("%s: %d sessions, want %d", step, len(got), len(want))
+		}
+	}
+	for _, c := range ac[:4] { // service a fills the cap
+		send(a, c)
+	}
+	send(b, bc[0]) // a holds the most: its least recently active goes
+	have("b's first client", a, ac[1], ac[2], ac[3])
+	have("b's first client", b, bc[0])
+	send(a, ac[4]) // a still holds the most: it recycles its own
+	have("a's fifth client", a, ac[2], ac[3], ac[4])
+	have("a's fifth client", b, bc[0])
+	send(b, bc[1]) // 3 against 1: a gives up another
+	have("b's second client", a, ac[3], ac[4])
+	send(b, bc[2]) // 2 against 2: b recycles its own
+	have("b's third client", a, ac[3], ac[4])
+	have("b's third client", b, bc[1], bc[2])
+
+	sa, sb := a.proxies[0].Stats(), b.proxies[0].Stats()
+	if ea, eb := sa.SessionsEvicted.Load(), sb.SessionsEvicted.Load(); ea != 3 || eb != 1 {
+		t.Errorf("evicted %d of a's sessions and %d of b's, want 3 and 1", ea, eb)
+	}
+	if d := sa.Drops(DropSessionLimit) + sb.Drops(DropSessionLimit); d != 0 {
+		t.Errorf("%d datagrams dropped at the session limit", d)
+	}
+	if n := a.limiter.Open(); n != 4 {
+		t.Errorf("limiter holds %d, want 4", n)
+	}
+}
+
+// TestSessionLimit checks that a loop with no session to evict, of any
+// service, refuses a new client when other loops hold the whole cap.
 func TestSessionLimit(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "udp")
 	limiter := NewSessionLimiter(1)

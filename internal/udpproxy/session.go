@@ -45,17 +45,26 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 		return nil
 	}
 	if !p.limiter.Acquire() {
-		// The slot an eviction frees may be taken by another loop first.
-		if !p.evictOldest() || !p.limiter.Acquire() {
+		// At the cap: a session on this loop makes room, and its slot
+		// passes to the new one (never released, so no other loop can
+		// take it in between).
+		v := p.victim()
+		if v == nil {
 			p.stats.drop(DropSessionLimit, 1)
 			return nil
 		}
+		v.p.evict(v)
 	}
 	backend := snap.Backends[idx].Addr
 	s := &session{p: p, fd: -1, hash: hash, epoch: p.epoch, backend: backend, client: client, name: *name, nameLen: nameLen}
 	err := p.connect(s)
-	if (err == unix.EMFILE || err == unix.ENFILE) && p.evictOldest() {
-		err = p.connect(s)
+	if err == unix.EMFILE || err == unix.ENFILE {
+		// Out of fds: a session on this loop gives its socket up.
+		if v := p.victim(); v != nil {
+			v.p.evict(v)
+			p.limiter.Release()
+			err = p.connect(s)
+		}
 	}
 	if err != nil {
 		p.limiter.Release()
@@ -168,19 +177,34 @@ func (p *Proxy) touch(s *session) {
 	s.prev.next, s.next.prev = s, s
 }
 
-// evictOldest ends the least recently active session to make room, and
-// reports whether there was one.
-func (p *Proxy) evictOldest() bool {
-	s := p.lru.prev
-	if s == &p.lru {
-		return false
+// victim returns the session that makes room for a new client of p: the
+// least recently active session of whichever proxy on p's loop (p, or
+// another service's) holds the most sessions, p's own on a tie; nil when
+// the loop holds none. A service flooded with new clients thus recycles
+// its own sessions once it holds the most, and a quiet service still gets
+// room. The proxies of one loop share its goroutine, so reading and ending
+// another's sessions is safe here.
+func (p *Proxy) victim() *session {
+	v := p
+	for _, q := range *p.peers.Load() {
+		if len(q.sessions) > len(v.sessions) {
+			v = q
+		}
 	}
+	if s := v.lru.prev; s != &v.lru {
+		return s
+	}
+	return nil
+}
+
+// evict ends s, a session of p, to make room for a new session, which
+// takes its slot of the session cap: the slot is not released.
+func (p *Proxy) evict(s *session) {
 	p.stats.SessionsEvicted.Add(1)
 	if p.debug {
 		p.log.Debug("udp session evicted", zap.Stringer("client", s.client), zap.Stringer("backend", s.backend))
 	}
-	p.end(s)
-	return true
+	p.endKeepSlot(s)
 }
 
 // expire is the expiry timer: it ends the sessions idle for the session
@@ -213,8 +237,15 @@ func (p *Proxy) expire() {
 	}
 }
 
-// end closes the session's socket and forgets it.
+// end closes the session's socket, forgets it, and frees its slot of the
+// session cap.
 func (p *Proxy) end(s *session) {
+	p.endKeepSlot(s)
+	p.limiter.Release()
+}
+
+// endKeepSlot is end for a session whose slot passes to a new one.
+func (p *Proxy) endKeepSlot(s *session) {
 	p.countSessionDrops(s)
 	p.loop.Forget(s.fd)
 	unix.Close(s.fd)
@@ -222,7 +253,6 @@ func (p *Proxy) end(s *session) {
 	delete(p.sessions, s.client)
 	s.prev.next, s.next.prev = s.next, s.prev
 	s.prev, s.next = nil, nil
-	p.limiter.Release()
 	s.be.Active.Add(-1)
 	p.stats.SessionsEnded.Add(1)
 }

@@ -2,7 +2,10 @@ package udpproxy
 
 import (
 	"net/netip"
+	"sync"
 	"sync/atomic"
+
+	"github.com/sluice-lb/sluice/internal/loop"
 )
 
 // DropReason says why a datagram was not forwarded. Its String is the
@@ -14,7 +17,8 @@ const (
 	// DropNoBackend: no backend has weight (client datagram).
 	DropNoBackend DropReason = iota
 	// DropSessionLimit: a new client found the session cap reached and no
-	// session of its loop to evict (the others belong to other loops).
+	// session on its loop to evict, of any service (the cap is held by
+	// sessions on other loops).
 	DropSessionLimit
 	// DropSocketFailed: the session socket toward the backend could not be
 	// opened (EMFILE, ENOBUFS, ...).
@@ -139,15 +143,45 @@ type BackendCounters struct {
 }
 
 // SessionLimiter caps the sessions open at once across all loops of a
-// process (--udp-max-sessions). Safe for concurrent use.
+// process (--udp-max-sessions). It also knows the proxies of every service
+// on each loop: at the cap, a new session takes the slot of a session on
+// its own loop, of whichever service holds the most there (see
+// Proxy.victim). Safe for concurrent use.
 type SessionLimiter struct {
 	max int64
 	cur atomic.Int64
+
+	mu sync.Mutex // guards the map loops, not the lists it points to
+	// loops holds, per loop, the list of its proxies: copy-on-write, so
+	// that the loop reads it without the lock.
+	loops map[*loop.Loop]*atomic.Pointer[[]*Proxy]
 }
 
 // NewSessionLimiter returns a limiter admitting max sessions; max <= 0
 // means unlimited.
-func NewSessionLimiter(max int) *SessionLimiter { return &SessionLimiter{max: int64(max)} }
+func NewSessionLimiter(max int) *SessionLimiter {
+	return &SessionLimiter{max: int64(max), loops: make(map[*loop.Loop]*atomic.Pointer[[]*Proxy])}
+}
+
+// join adds p to the proxies of its loop and returns that loop's list,
+// which p keeps. A proxy stays in the list for the limiter's life; one that
+// has been drained holds no session, so it is never picked to evict from.
+func (l *SessionLimiter) join(p *Proxy) *atomic.Pointer[[]*Proxy] {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	peers := l.loops[p.loop]
+	if peers == nil {
+		peers = new(atomic.Pointer[[]*Proxy])
+		l.loops[p.loop] = peers
+	}
+	var list []*Proxy
+	if old := peers.Load(); old != nil {
+		list = append(list, *old...)
+	}
+	list = append(list, p)
+	peers.Store(&list)
+	return peers
+}
 
 // Acquire takes a slot and reports whether one was free.
 func (l *SessionLimiter) Acquire() bool {
