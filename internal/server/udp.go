@@ -17,8 +17,8 @@ func (s *Server) addUDP(sv *service) error {
 	uc.SessionTimeout = sc.UDPSessionTimeout
 	uc.HashKey = sc.Proxy.HashKey
 	log := s.log.Named("udp").With(zap.String("service", sc.Name))
-	for _, l := range s.loops {
-		p := udpproxy.New(l, uc, sv.bal.Pool(), s.sessions, log)
+	for i, l := range s.loops {
+		p := udpproxy.New(l, i, uc, sv.bal.Pool(), s.sessions, log)
 		sv.udp = append(sv.udp, p)
 		sv.each = append(sv.each, p)
 	}

@@ -1,12 +1,14 @@
 package server
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
@@ -164,5 +166,47 @@ func TestUDPCloseOnDown(t *testing.T) {
 	udpRoundTrip(t, c, "two")
 	if now := sessionBackend(t, r); now == on.String() {
 		t.Fatalf("the session is still on down %s", on)
+	}
+}
+
+// TestUDPBackendsCounted: GET /backends counts a UDP service's sessions as
+// its backends' connections, as it counts a TCP service's connections:
+// each client's session once (its later datagrams are no new
+// connection), on the backend it went to, on every loop; the open ones
+// are active.
+func TestUDPBackendsCounted(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "udp")
+	b := testsrv.StartTB(t, testsrv.Echo, "udp")
+	r := start(t, "--proto", "udp", "--backend", a.Addr().String(), "--backend", b.Addr().String(),
+		"--admin-addr", "127.0.0.1:0", "--workers", "2")
+	const clients = 8
+	for i := range clients {
+		c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 7, byte(1+i))}, net.UDPAddrFromAddrPort(r.Addr()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		udpRoundTrip(t, c, "one")
+		udpRoundTrip(t, c, "two")
+	}
+	_, body := httpGet(t, "http://"+r.AdminAddr()+"/backends")
+	var list []struct {
+		Backends []balancer.BackendInfo `json:"backends"`
+	}
+	if err := json.Unmarshal([]byte(body), &list); err != nil || len(list) != 1 {
+		t.Fatalf("backends JSON: %v\n%s", err, body)
+	}
+	var total uint64
+	var active int64
+	for _, bi := range list[0].Backends {
+		if bi.Connections != uint64(bi.ActiveConnections) || bi.ConnectErrors != 0 {
+			t.Errorf("%s: %d connections, %d active, %d connect errors; want as many connections as active sessions, no error",
+				bi.Address, bi.Connections, bi.ActiveConnections, bi.ConnectErrors)
+		}
+		total += bi.Connections
+		active += bi.ActiveConnections
+	}
+	if total != clients || active != clients {
+		t.Fatalf("/backends counts %d connections and %d active for %d UDP clients\n%s", total, active, clients, body)
 	}
 }

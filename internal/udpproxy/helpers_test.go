@@ -40,14 +40,14 @@ func startRig(tb testing.TB, listen netip.AddrPort, backends []netip.AddrPort, c
 	if limiter == nil {
 		limiter = NewSessionLimiter(0)
 	}
-	r := &rig{tb: tb, pool: balancer.NewPool(snapshot(tb, backends...)), limiter: limiter}
+	r := &rig{tb: tb, pool: balancer.NewPool(snapshot(tb, nloops, backends...)), limiter: limiter}
 	addr := listen
-	for range nloops {
+	for i := range nloops {
 		l, err := loop.New()
 		if err != nil {
 			tb.Fatal(err)
 		}
-		p := New(l, cfg, r.pool, limiter, zap.NewNop())
+		p := New(l, i, cfg, r.pool, limiter, zap.NewNop())
 		fd, bound, err := Listen(addr, cfg.SocketBuffer)
 		if err != nil {
 			l.Close()
@@ -80,11 +80,11 @@ func startRig(tb testing.TB, listen netip.AddrPort, backends []netip.AddrPort, c
 // The returned rig does not own the loops; r's cleanup ends its sessions.
 func (r *rig) addService(backends []netip.AddrPort, cfg Config) *rig {
 	r.tb.Helper()
-	o := &rig{tb: r.tb, pool: balancer.NewPool(snapshot(r.tb, backends...)), limiter: r.limiter, loops: r.loops, closed: true}
+	o := &rig{tb: r.tb, pool: balancer.NewPool(snapshot(r.tb, len(r.loops), backends...)), limiter: r.limiter, loops: r.loops, closed: true}
 	r.others = append(r.others, o)
 	addr := lo4
 	for i, l := range r.loops {
-		o.proxies = append(o.proxies, New(l, cfg, o.pool, r.limiter, zap.NewNop()))
+		o.proxies = append(o.proxies, New(l, i, cfg, o.pool, r.limiter, zap.NewNop()))
 		fd, bound, err := Listen(addr, cfg.SocketBuffer)
 		if err != nil {
 			r.tb.Fatal(err)
@@ -154,13 +154,15 @@ func (r *rig) sessions() map[netip.AddrPort]netip.AddrPort {
 	return out
 }
 
-func snapshot(tb testing.TB, backends ...netip.AddrPort) *balancer.Snapshot {
+// snapshot returns a set of backends of weight 1 with counters for loops
+// event loops.
+func snapshot(tb testing.TB, loops int, backends ...netip.AddrPort) *balancer.Snapshot {
 	tb.Helper()
 	specs := make([]balancer.Spec, len(backends))
 	for i, a := range backends {
 		specs[i] = balancer.Spec{Addr: a, Weight: 1}
 	}
-	s, err := balancer.NewStatic(1, specs...)
+	s, err := balancer.NewStatic(loops, specs...)
 	if err != nil {
 		tb.Fatal(err)
 	}

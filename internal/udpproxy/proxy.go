@@ -83,6 +83,7 @@ const (
 // Stats run on the loop goroutine.
 type Proxy struct {
 	loop    *loop.Loop
+	id      int // the loop's number, indexing the backends' per-loop counters
 	cfg     Config
 	lb      *balancer.Pool
 	limiter *SessionLimiter
@@ -127,11 +128,14 @@ type Proxy struct {
 }
 
 // New returns a proxy for one loop. It receives nothing until Listen.
-// limiter is shared by the proxies of all loops of the process.
-func New(l *loop.Loop, cfg Config, lb *balancer.Pool, limiter *SessionLimiter, log *zap.Logger) *Proxy {
+// id is the loop's number (0 to loops-1) for the per-loop counters of the
+// backends in lb (balancer.Backend.Loops). limiter is shared by the
+// proxies of all loops of the process.
+func New(l *loop.Loop, id int, cfg Config, lb *balancer.Pool, limiter *SessionLimiter, log *zap.Logger) *Proxy {
 	cfg.Batch = max(1, min(cfg.Batch, MaxBatch))
 	p := &Proxy{
 		loop:     l,
+		id:       id,
 		cfg:      cfg,
 		lb:       lb,
 		limiter:  limiter,
@@ -289,6 +293,9 @@ func (p *Proxy) forward(i int) {
 	}
 	s.bc.DatagramsUp.Add(1)
 	s.bc.BytesUp.Add(uint64(len(data)))
+	lc := &s.be.Loops[p.id]
+	lc.DatagramsUp.Add(1)
+	lc.BytesUp.Add(uint64(len(data)))
 }
 
 // relay reads what the backend of s sent into the free slots of p.buf,
@@ -375,6 +382,9 @@ func (p *Proxy) flushReplies() {
 			bc := p.owner[i].bc
 			bc.DatagramsDown.Add(1)
 			bc.BytesDown.Add(uint64(b.msgs[i].Len))
+			lc := &p.owner[i].be.Loops[p.id]
+			lc.DatagramsDown.Add(1)
+			lc.BytesDown.Add(uint64(b.msgs[i].Len))
 		}
 		off += k
 	}

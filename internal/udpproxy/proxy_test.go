@@ -450,7 +450,7 @@ func TestRemap(t *testing.T) {
 			rest = append(rest, a)
 		}
 	}
-	newSnap := snapshot(t, rest...)
+	newSnap := snapshot(t, 1, rest...)
 	r.pool.Store(newSnap)
 	for i, c := range cs {
 		got := ask(i)

@@ -21,7 +21,7 @@ type session struct {
 	lastActive int64             // loop clock of the last datagram either way
 	hash       uint64            // key hash of the client address
 	bc         *BackendCounters  // counters of backend
-	be         *balancer.Backend // the backend; its Active count includes this session
+	be         *balancer.Backend // the backend; its Active count includes this session once connected
 	backend    netip.AddrPort
 	client     netip.AddrPort        // key in p.sessions
 	name       unix.RawSockaddrInet6 // client address as the kernel gave it, for replies
@@ -55,8 +55,8 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 		}
 		v.p.evict(v)
 	}
-	backend := snap.Backends[idx].Addr
-	s := &session{p: p, fd: -1, hash: hash, epoch: p.epoch, backend: backend, client: client, name: *name, nameLen: nameLen}
+	be := snap.Backends[idx]
+	s := &session{p: p, fd: -1, hash: hash, epoch: p.epoch, be: be, backend: be.Addr, client: client, name: *name, nameLen: nameLen}
 	err := p.connect(s)
 	if err == unix.EMFILE || err == unix.ENFILE {
 		// Out of fds: a session on this loop gives its socket up.
@@ -72,7 +72,6 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 		return nil
 	}
 	p.sessions[client] = s
-	s.be = snap.Backends[idx]
 	s.be.Active.Add(1)
 	s.prev, s.next = &p.lru, p.lru.next
 	s.prev.next, s.next.prev = s, s
@@ -82,13 +81,16 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 		p.loop.Schedule(&p.expiry, s.lastActive+int64(p.cfg.SessionTimeout))
 	}
 	if p.debug {
-		p.log.Debug("udp session opened", zap.Stringer("client", client), zap.Stringer("backend", backend))
+		p.log.Debug("udp session opened", zap.Stringer("client", client), zap.Stringer("backend", s.backend))
 	}
 	return s
 }
 
 // connect opens a socket connected to s.backend, registers it, and makes it
-// the socket of s, closing the one s had.
+// the socket of s, closing the one s had. A session connected counts as a
+// connection to s.be, as a TCP connection established does (the admin
+// API's connections_total); connect(2) failing (no route, ...) counts as
+// a connect error.
 func (p *Proxy) connect(s *session) error {
 	sa, family := sockaddrOf(s.backend)
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
@@ -97,6 +99,7 @@ func (p *Proxy) connect(s *session) error {
 	}
 	if err := unix.Connect(fd, sa); err != nil {
 		unix.Close(fd)
+		s.be.Loops[p.id].ConnectErrors.Add(1)
 		return err
 	}
 	if err := p.loop.Add(fd, loop.In, s); err != nil {
@@ -111,7 +114,7 @@ func (p *Proxy) connect(s *session) error {
 	s.fd = fd
 	s.drops = 0
 	s.bc = p.countersFor(s.backend)
-	s.bc.Sessions.Add(1)
+	s.be.Loops[p.id].Connections.Add(1)
 	return nil
 }
 

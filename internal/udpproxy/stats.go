@@ -139,7 +139,6 @@ type BackendCounters struct {
 	BytesUp       atomic.Uint64
 	DatagramsDown atomic.Uint64
 	BytesDown     atomic.Uint64
-	Sessions      atomic.Uint64 // sessions mapped to this backend (new or remapped)
 }
 
 // SessionLimiter caps the sessions open at once across all loops of a
