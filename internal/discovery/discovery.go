@@ -5,13 +5,25 @@
 //
 // A Watcher resolves all its targets once per round and merges the answers
 // into one deduplicated, sorted set, which it hands to its caller only when
-// the set changes. A target whose resolution fails (a timeout, SERVFAIL,
-// NXDOMAIN, an empty or oversized answer) keeps its last good answer, so a
-// DNS outage never empties a service; the failure is logged when the
-// target starts failing and again when it recovers, not every round. One
-// consequence: a name that is deleted, or a service scaled to zero, keeps
-// its last backends until the process restarts, and health checks must
-// take them out.
+// the set changes. A target whose resolution fails (a timeout, SERVFAIL, an
+// oversized or unusable answer) keeps its last good answer, so a DNS outage
+// never empties a service; the failure is logged when the target starts
+// failing and again when it recovers, not every round.
+//
+// # Names that are gone
+//
+// An answer that says the name does not exist (NXDOMAIN) or has no records
+// of the types asked (NODATA) is different: the DNS is working and says
+// there are no backends, as when a Kubernetes service is deleted or scaled
+// to zero. The target keeps its last good answer for Config.Hold after the
+// first such answer, like HAProxy's "hold nx", so that a record briefly
+// missing during an update does not empty the service; the first answer of
+// a round at least Hold after it that still says the name is gone removes
+// the target's backends. Any other failure in between neither removes them
+// nor restarts the hold, and an answer with records ends it. Both the start
+// of a hold and the removal are logged. For an SRV target, an answer whose
+// records all say "no service here" (target "."), or whose record targets
+// all do not exist, counts as gone too.
 //
 // # SRV records
 //
@@ -20,9 +32,13 @@
 // backends, since health checking is not this package's job). A record is
 // usable when its target resolves, through A and AAAA lookups, to at least
 // one address; a target name that does not exist (NXDOMAIN) makes its
-// record unusable, while any other failure to resolve it fails the whole
-// SRV target, so that a transient error does not shrink the set. Records
-// with target "." (service not available) are skipped.
+// record unusable. A target that fails to resolve for another reason (a
+// timeout, SERVFAIL) contributes the addresses it had when it last
+// resolved, if any, and the other targets are used as they resolve now; but
+// when no target of the priority resolved, the whole SRV target fails and
+// keeps its last good answer. A record target that starts or stops
+// resolving is logged once. Records with target "." (service not
+// available) are skipped.
 //
 // An SRV weight (0 to 65535) becomes a backend weight (1 to MaxWeight) as
 // follows: weights up to MaxWeight are kept, and when the largest weight at
@@ -186,6 +202,10 @@ type Config struct {
 	// MaxAddrs bounds the backends of one target: a bigger answer is a
 	// failure, and the last good answer is kept. Default 1024.
 	MaxAddrs int
+	// Hold is how long a target whose name is gone (NXDOMAIN, or no
+	// records) keeps its last backends, counted from the first answer
+	// saying so; see the package documentation. Default 30s.
+	Hold time.Duration
 	// Resolver resolves the names. nil means a resolver configured like
 	// net.DefaultResolver but with StrictErrors set, so that a timeout or
 	// SERVFAIL on the AAAA query fails the lookup instead of returning the
@@ -196,7 +216,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults, with no targets.
 func DefaultConfig() Config {
-	return Config{Interval: 30 * time.Second, Timeout: 5 * time.Second, MaxAddrs: 1024}
+	return Config{Interval: 30 * time.Second, Timeout: 5 * time.Second, MaxAddrs: 1024, Hold: 30 * time.Second}
 }
 
 // Validate reports every problem with c (after defaults are applied to its
@@ -227,6 +247,9 @@ func (c Config) Validate() error {
 	if c.MaxAddrs < 0 {
 		errs = append(errs, fmt.Errorf("max addresses %d: want a positive number", c.MaxAddrs))
 	}
+	if c.Hold < 0 {
+		errs = append(errs, fmt.Errorf("hold %v: want a positive duration", c.Hold))
+	}
 	return errors.Join(errs...)
 }
 
@@ -240,6 +263,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxAddrs == 0 {
 		c.MaxAddrs = d.MaxAddrs
+	}
+	if c.Hold == 0 {
+		c.Hold = d.Hold
 	}
 	if c.Resolver == nil {
 		c.Resolver = &net.Resolver{StrictErrors: true}
@@ -256,17 +282,35 @@ type Watcher struct {
 
 // New returns a Watcher for cfg, which the caller has checked with
 // Validate; zero fields take their defaults. log receives the failure,
-// recovery and change lines, named "discovery".
+// recovery, hold and change lines, named "discovery".
 func New(cfg Config, log *zap.Logger) *Watcher {
 	return &Watcher{cfg: cfg.withDefaults(), log: log.Named("discovery")}
 }
+
+// errNoUsableSRV says an SRV answer names no backend: every record's
+// target is "." or does not exist. Like NXDOMAIN, it starts a hold.
+var errNoUsableSRV = errors.New("no SRV record with a resolvable target")
 
 // target is the state of one target across rounds; Run's goroutine owns
 // it.
 type target struct {
 	Target
-	last    []Backend // last good answer; nil before the first
+	last    []Backend // last good answer; nil before the first and after a hold ends
 	failing bool      // the last round failed, and that was logged
+	// goneSince is when the answers saying the name is gone began; zero
+	// when there is no hold (the last answer had records, or none said
+	// it was gone).
+	goneSince time.Time
+	// srv is what the last good answer's record targets resolved to, for
+	// an SRV target.
+	srv map[srvKey]srvState
+}
+
+// gone reports whether err is an answer saying the name is gone, rather
+// than a failure to get an answer.
+func gone(err error) bool {
+	var dnsErr *net.DNSError
+	return errors.Is(err, errNoUsableSRV) || errors.As(err, &dnsErr) && dnsErr.IsNotFound
 }
 
 // Run resolves the targets at once and then every Interval (with jitter)
@@ -310,6 +354,7 @@ func (w *Watcher) Run(ctx context.Context, update func([]Backend)) {
 func (w *Watcher) round(ctx context.Context, targets []target) {
 	type result struct {
 		backends []Backend
+		srv      map[srvKey]srvState
 		err      error
 	}
 	results := make([]result, len(targets))
@@ -318,51 +363,81 @@ func (w *Watcher) round(ctx context.Context, targets []target) {
 		wg.Go(func() {
 			tctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
 			defer cancel()
-			results[i].backends, results[i].err = w.resolve(tctx, targets[i].Target)
+			r := &results[i]
+			r.backends, r.srv, r.err = w.resolve(tctx, targets[i].Target, targets[i].srv)
 		})
 	}
 	wg.Wait()
 	if ctx.Err() != nil {
 		return // cancelled: the outcomes say nothing about DNS
 	}
+	now := time.Now()
 	for i := range targets {
 		t, r := &targets[i], results[i]
 		switch {
-		case r.err != nil && !t.failing:
-			t.failing = true
-			w.log.Warn("resolve failed, keeping last good backends",
-				zap.Stringer("target", t.Target), zap.Int("kept", len(t.last)), zap.Error(r.err))
 		case r.err == nil:
 			if t.failing {
-				t.failing = false
 				w.log.Info("resolve recovered",
 					zap.Stringer("target", t.Target), zap.Int("backends", len(r.backends)))
 			}
-			t.last = r.backends
+			t.failing, t.goneSince = false, time.Time{}
+			t.last, t.srv = r.backends, r.srv
+		case gone(r.err):
+			w.hold(t, now, r.err)
+		case !t.failing:
+			t.failing = true
+			w.log.Warn("resolve failed, keeping last good backends",
+				zap.Stringer("target", t.Target), zap.Int("kept", len(t.last)), zap.Error(r.err))
 		}
 	}
 }
 
-// resolve returns the backends of t, sorted and deduplicated.
-func (w *Watcher) resolve(ctx context.Context, t Target) ([]Backend, error) {
+// hold records an answer at now saying t's name is gone: the first starts
+// the hold, and the first at least Hold after it removes t's backends.
+func (w *Watcher) hold(t *target, now time.Time, err error) {
+	wasFailing := t.failing
+	t.failing = true
+	switch {
+	case t.goneSince.IsZero():
+		t.goneSince = now
+		switch {
+		case len(t.last) > 0:
+			w.log.Warn("name is gone, holding its last backends",
+				zap.Stringer("target", t.Target), zap.Int("kept", len(t.last)),
+				zap.Duration("hold", w.cfg.Hold), zap.Error(err))
+		case !wasFailing:
+			w.log.Warn("resolve failed, keeping last good backends",
+				zap.Stringer("target", t.Target), zap.Int("kept", 0), zap.Error(err))
+		}
+	case len(t.last) > 0 && now.Sub(t.goneSince) >= w.cfg.Hold:
+		w.log.Warn("name is still gone after the hold, removing its backends",
+			zap.Stringer("target", t.Target), zap.Int("removed", len(t.last)),
+			zap.Duration("gone_for", now.Sub(t.goneSince)), zap.Error(err))
+		t.last, t.srv = nil, nil
+	}
+}
+
+// resolve returns the backends of t, sorted and deduplicated, and for an
+// SRV target the state of its record targets, given their last state.
+func (w *Watcher) resolve(ctx context.Context, t Target, srv map[srvKey]srvState) ([]Backend, map[srvKey]srvState, error) {
 	var bs []Backend
 	var err error
 	if t.Kind == SRV {
-		bs, err = w.resolveSRV(ctx, t.Name)
+		bs, srv, err = w.resolveSRV(ctx, t.Name, srv)
 	} else {
 		bs, err = w.resolveHost(ctx, t.Name, t.Port, 1)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	bs = dedup(bs)
 	if len(bs) == 0 {
-		return nil, errors.New("no usable addresses")
+		return nil, nil, errors.New("no usable addresses")
 	}
 	if len(bs) > w.cfg.MaxAddrs {
-		return nil, fmt.Errorf("%d addresses, more than the limit of %d", len(bs), w.cfg.MaxAddrs)
+		return nil, nil, fmt.Errorf("%d addresses, more than the limit of %d", len(bs), w.cfg.MaxAddrs)
 	}
-	return bs, nil
+	return bs, srv, nil
 }
 
 // resolveHost returns name's A and AAAA addresses at port. It drops
@@ -443,17 +518,29 @@ func (w *Watcher) resolveTargets(ctx context.Context, group []*net.SRV) map[srvK
 	return out
 }
 
+// srvState is what a watcher knows of one record target of an SRV name.
+type srvState struct {
+	addrs   []Backend // what it resolved to when it last did (weights unset)
+	failing bool      // it did not resolve last time, and that was logged
+}
+
 // resolveSRV returns the backends of the lowest usable priority of name's
-// SRV records; see the package documentation.
-func (w *Watcher) resolveSRV(ctx context.Context, name string) ([]Backend, error) {
+// SRV records, and the state of the record targets it looked at, given
+// their state after the last good answer (prev, which it does not modify);
+// see the package documentation. The record targets' lines are logged only
+// when the answer is good: when it is not, the SRV target's failure is the
+// line.
+func (w *Watcher) resolveSRV(ctx context.Context, name string, prev map[srvKey]srvState) ([]Backend, map[srvKey]srvState, error) {
 	_, srvs, err := w.cfg.Resolver.LookupSRV(ctx, "", "", name)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(srvs) > w.cfg.MaxAddrs {
-		return nil, fmt.Errorf("%d SRV records, more than the limit of %d", len(srvs), w.cfg.MaxAddrs)
+		return nil, nil, fmt.Errorf("%d SRV records, more than the limit of %d", len(srvs), w.cfg.MaxAddrs)
 	}
 	slices.SortStableFunc(srvs, func(a, b *net.SRV) int { return int(a.Priority) - int(b.Priority) })
+	next := make(map[srvKey]srvState)
+	var lines []func() // the record targets' lines
 	for len(srvs) > 0 {
 		prio := srvs[0].Priority
 		n := 1
@@ -463,39 +550,73 @@ func (w *Watcher) resolveSRV(ctx context.Context, name string) ([]Backend, error
 		group := srvs[:n]
 		srvs = srvs[n:]
 		found := w.resolveTargets(ctx, group)
+		resolved := 0    // record targets that resolved now
+		var failed error // the first that failed other than NXDOMAIN
+		for _, s := range group {
+			k := srvKey{s.Target, s.Port}
+			r, ok := found[k]
+			if _, done := next[k]; !ok || done {
+				continue // unusable, or a record with the target and port of another
+			}
+			was := prev[k]
+			fields := []zap.Field{zap.String("srv", name), zap.String("target", k.target), zap.Uint16("port", k.port)}
+			var dnsErr *net.DNSError
+			switch {
+			case r.err == nil:
+				resolved++
+				next[k] = srvState{addrs: r.got}
+				if was.failing {
+					lines = append(lines, func() { w.log.Info("SRV target resolves again", fields...) })
+				}
+			case errors.As(r.err, &dnsErr) && dnsErr.IsNotFound:
+				next[k] = srvState{failing: true}
+				if !was.failing {
+					lines = append(lines, func() { w.log.Warn("SRV target does not exist, skipping it", append(fields, zap.Error(r.err))...) })
+				}
+			default:
+				if failed == nil {
+					failed = fmt.Errorf("SRV target %s: %w", k.target, r.err)
+				}
+				next[k] = srvState{addrs: was.addrs, failing: true}
+				if !was.failing {
+					lines = append(lines, func() {
+						w.log.Warn("SRV target failed to resolve, keeping its last addresses",
+							append(fields, zap.Int("kept", len(was.addrs)), zap.Error(r.err))...)
+					})
+				}
+			}
+		}
+		if resolved == 0 {
+			if failed != nil {
+				return nil, nil, failed
+			}
+			continue // every target is gone: the next priority
+		}
 		var bs []Backend
 		var srvWeights []uint16 // per element of bs
 		for _, s := range group {
 			if !usableSRV(s) {
 				continue
 			}
-			r := found[srvKey{s.Target, s.Port}]
-			got, err := r.got, r.err
-			var dnsErr *net.DNSError
-			if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
-				continue
-			}
-			if err != nil {
-				return nil, fmt.Errorf("SRV target %s: %w", s.Target, err)
-			}
+			got := next[srvKey{s.Target, s.Port}].addrs
 			if len(bs)+len(got) > w.cfg.MaxAddrs {
-				return nil, fmt.Errorf("more than the limit of %d addresses", w.cfg.MaxAddrs)
+				return nil, nil, fmt.Errorf("more than the limit of %d addresses", w.cfg.MaxAddrs)
 			}
 			bs = append(bs, got...)
 			for range got {
 				srvWeights = append(srvWeights, s.Weight)
 			}
 		}
-		if len(bs) == 0 {
-			continue
-		}
 		maxW := slices.Max(srvWeights)
 		for i, sw := range srvWeights {
 			bs[i].Weight = srvWeight(sw, maxW)
 		}
-		return bs, nil
+		for _, l := range lines {
+			l()
+		}
+		return bs, next, nil
 	}
-	return nil, errors.New("no SRV record with a resolvable target")
+	return nil, nil, errNoUsableSRV
 }
 
 // srvWeight maps an SRV weight to a backend weight, given the largest SRV

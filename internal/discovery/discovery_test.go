@@ -28,6 +28,8 @@ var tickBackend = Backend{Addr: netip.MustParseAddrPort("127.0.0.99:1"), Weight:
 const (
 	msgFailed    = "resolve failed, keeping last good backends"
 	msgRecovered = "resolve recovered"
+	msgHold      = "name is gone, holding its last backends"
+	msgRemoved   = "name is still gone after the hold, removing its backends"
 )
 
 // harness runs a Watcher against a dnsServer.
@@ -201,9 +203,9 @@ func TestConfigValidate(t *testing.T) {
 	}
 	err := Config{
 		Targets:  []Target{{Kind: Host, Name: "a"}, {Kind: 9, Name: "b"}, {Kind: SRV, Name: "bad name"}},
-		Interval: -1, Timeout: -1, MaxAddrs: -1,
+		Interval: -1, Timeout: -1, MaxAddrs: -1, Hold: -1,
 	}.Validate()
-	for _, want := range []string{"port 0", "unknown kind", "not allowed", "interval", "timeout", "max addresses"} {
+	for _, want := range []string{"port 0", "unknown kind", "not allowed", "interval", "timeout", "max addresses", "hold"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not mention %q", err, want)
 		}
@@ -212,7 +214,7 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("empty config: %v", err)
 	}
 	d := DefaultConfig()
-	if d.Interval != 30*time.Second || d.Timeout != 5*time.Second || d.MaxAddrs != 1024 {
+	if d.Interval != 30*time.Second || d.Timeout != 5*time.Second || d.MaxAddrs != 1024 || d.Hold != 30*time.Second {
 		t.Errorf("defaults %+v", d)
 	}
 }
@@ -245,8 +247,8 @@ func TestHostMembership(t *testing.T) {
 }
 
 // TestFailuresKeepLastGood takes a target through each kind of failure:
-// the set never changes, and each failing spell is logged once, as is each
-// recovery. The good answer has no AAAA records, so that a round that sees
+// the set never changes, and each failing spell is logged once (as a hold
+// when the name is gone), as is each recovery. The good answer has no AAAA records, so that a round that sees
 // half a change (the A answer from before it, the AAAA answer from after,
 // or the reverse) sees either the good set or a failure, and the counts
 // are exact.
@@ -277,7 +279,7 @@ func TestFailuresKeepLastGood(t *testing.T) {
 			fail.apply()
 			h.quiet(t)
 			h.quiet(t) // several failing rounds, one line
-			if n := h.count(msgFailed); n != i+1 {
+			if n := h.count(msgFailed) + h.count(msgHold); n != i+1 {
 				t.Fatalf("%d failure lines, want %d", n, i+1)
 			}
 			good()
@@ -375,8 +377,8 @@ func TestSRV(t *testing.T) {
 	s.set(t, name, "SRV 0 65535 1 a.test.", "SRV 0 6553 2 a.test.", "SRV 0 0 3 a.test.")
 	h.expect(t, "127.0.1.1:1,weight=1000", "127.0.1.1:2,weight=100", "127.0.1.1:3")
 
-	// A target that fails other than NXDOMAIN fails the SRV target: the
-	// last good set stays.
+	// When no record target resolves, and one fails other than NXDOMAIN,
+	// the SRV target fails: the last good set stays.
 	s.setMode("a.test.", servfail)
 	h.quiet(t)
 	if n := h.count(msgFailed); n != 1 {
@@ -384,13 +386,14 @@ func TestSRV(t *testing.T) {
 	}
 	s.setMode("a.test.", answer)
 	h.quiet(t)
-	// So does an SRV name that is gone, or whose targets all are.
+	// An SRV name that is gone, or whose targets all are, starts a hold
+	// (the default, 30s, outlasts the test): the set stays.
 	s.set(t, name)
 	h.quiet(t)
 	s.set(t, name, "SRV 0 1 1 gone.test.", "SRV 0 1 1 .")
 	h.quiet(t)
-	if n := h.count(msgFailed); n != 2 {
-		t.Fatalf("%d failure lines, want 2", n)
+	if n, m := h.count(msgFailed), h.count(msgHold); n != 1 || m != 1 {
+		t.Fatalf("%d failure lines and %d hold lines, want 1 each", n, m)
 	}
 	if n := h.count(msgRecovered); n != 1 {
 		t.Fatalf("%d recovery lines, want 1", n)
@@ -492,4 +495,158 @@ func TestLargeSRVFromDistantServer(t *testing.T) {
 	s.set(t, name, rrs...)
 	h := start(t, s, Config{Targets: []Target{{Kind: SRV, Name: name}}, Interval: time.Second})
 	h.expect(t, want...)
+}
+
+// TestGoneNameIsRemovedAfterHold: a name that is gone (NXDOMAIN, or no
+// records of the types asked) keeps its backends for the hold, then loses
+// them; another target's backends stay. When the name comes back, so do
+// its backends.
+func TestGoneNameIsRemovedAfterHold(t *testing.T) {
+	const hold = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name string
+		gone []string // web.test.'s records while it is gone
+	}{
+		{"NXDOMAIN", nil},
+		{"NODATA", []string{`TXT "moved"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newDNSServer(t)
+			s.set(t, "web.test.", "A 127.0.0.1", "AAAA ::1")
+			s.set(t, "stay.test.", "A 127.0.0.2")
+			h := start(t, s, Config{Hold: hold, Targets: []Target{
+				{Kind: Host, Name: "web.test.", Port: 80},
+				{Kind: Host, Name: "stay.test.", Port: 80},
+			}})
+			h.expect(t, "127.0.0.1:80", "[::1]:80", "127.0.0.2:80")
+
+			began := time.Now() // at or before the first answer saying it is gone
+			s.set(t, "web.test.", tc.gone...)
+			h.expect(t, "127.0.0.2:80")
+			if held := time.Since(began); held < hold {
+				t.Fatalf("backends removed %v after the name went, before the hold of %v", held, hold)
+			}
+			if n, m := h.count(msgHold), h.count(msgRemoved); n != 1 || m != 1 {
+				t.Fatalf("%d hold lines and %d removal lines, want 1 each", n, m)
+			}
+			for _, msg := range []string{msgHold, msgRemoved} {
+				l := h.logs.FilterMessage(msg).All()[0]
+				if f := l.ContextMap(); l.Level != zapcore.WarnLevel || f["target"] != "web.test.:80" || f["error"] == "" {
+					t.Errorf("%q line: %v %v", msg, l.Level, f)
+				}
+			}
+			if f := h.logs.FilterMessage(msgHold).All()[0].ContextMap(); f["kept"] != int64(2) || f["hold"] != hold {
+				t.Errorf("hold line fields %v", f)
+			}
+			if f := h.logs.FilterMessage(msgRemoved).All()[0].ContextMap(); f["removed"] != int64(2) {
+				t.Errorf("removal line fields %v", f)
+			}
+			h.quiet(t) // still gone: nothing more to remove, nothing logged
+			if n := h.count(msgFailed) + h.count(msgHold) + h.count(msgRemoved); n != 2 {
+				t.Fatalf("%d failure, hold and removal lines, want 2", n)
+			}
+
+			s.set(t, "web.test.", "A 127.0.0.3")
+			h.expect(t, "127.0.0.2:80", "127.0.0.3:80")
+			if n := h.count(msgRecovered); n != 1 {
+				t.Fatalf("%d recovery lines, want 1", n)
+			}
+		})
+	}
+}
+
+// TestOnlyGoneAnswersEndAHold: a hold started by NXDOMAIN, followed by
+// SERVFAIL for longer than the hold, keeps the backends (a DNS outage must
+// not empty a database pool); the next NXDOMAIN answer removes them, the
+// hold having long passed. A target that only ever fails keeps its
+// backends however long it fails.
+func TestOnlyGoneAnswersEndAHold(t *testing.T) {
+	const hold = 100 * time.Millisecond
+	s := newDNSServer(t)
+	s.set(t, "web.test.", "A 127.0.0.1")
+	s.set(t, "down.test.", "A 127.0.0.2")
+	h := start(t, s, Config{Hold: hold, Targets: []Target{
+		{Kind: Host, Name: "web.test.", Port: 80},
+		{Kind: Host, Name: "down.test.", Port: 80},
+	}})
+	h.expect(t, "127.0.0.1:80", "127.0.0.2:80")
+	s.setMode("down.test.", servfail)
+
+	s.set(t, "web.test.")
+	for deadline := time.Now().Add(10 * time.Second); h.count(msgHold) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("no hold line in 10s")
+		}
+		h.dns.settle(t)
+	}
+	s.setMode("web.test.", servfail)
+	for since := time.Now(); time.Since(since) < 3*hold; {
+		h.dns.settle(t)
+	}
+	h.quiet(t)
+	if n := h.count(msgRemoved); n != 0 {
+		t.Fatalf("%d removal lines after SERVFAIL answers only", n)
+	}
+
+	s.setMode("web.test.", answer) // NXDOMAIN again
+	h.expect(t, "127.0.0.2:80")
+	if n := h.count(msgRemoved); n != 1 {
+		t.Fatalf("%d removal lines, want 1", n)
+	}
+}
+
+// TestSRVTargetFailureKeepsTheOthers: one record target that fails to
+// resolve does not hold back the others. A target that never resolved
+// adds nothing; one that did keeps its last addresses while it fails.
+// Each is logged once when it starts failing and once when it recovers.
+func TestSRVTargetFailureKeepsTheOthers(t *testing.T) {
+	const (
+		name       = "_pg._tcp.db.test."
+		msgTarget  = "SRV target failed to resolve, keeping its last addresses"
+		msgAgain   = "SRV target resolves again"
+		msgMissing = "SRV target does not exist, skipping it"
+	)
+	s := newDNSServer(t)
+	s.set(t, name, "SRV 10 1 5432 a.test.", "SRV 10 1 5432 b.test.", "SRV 10 1 5432 new.test.", "SRV 10 1 5432 gone.test.")
+	s.set(t, "a.test.", "A 127.0.1.1")
+	s.set(t, "b.test.", "A 127.0.1.2")
+	s.setMode("new.test.", servfail)
+	h := start(t, s, Config{Targets: []Target{{Kind: SRV, Name: name}}})
+	h.expect(t, "127.0.1.1:5432", "127.0.1.2:5432")
+
+	// b.test fails too, after resolving: it keeps its address, while
+	// a.test's change goes through.
+	s.setMode("b.test.", servfail)
+	s.set(t, "a.test.", "A 127.0.1.3")
+	h.expect(t, "127.0.1.2:5432", "127.0.1.3:5432")
+	h.quiet(t)
+	lines := h.logs.FilterMessage(msgTarget).All()
+	if len(lines) != 2 {
+		t.Fatalf("%d lines %q, want 2 (new.test, then b.test)", len(lines), msgTarget)
+	}
+	for i, want := range []struct {
+		target string
+		kept   int64
+	}{{"new.test.", 0}, {"b.test.", 1}} {
+		f := lines[i].ContextMap()
+		if f["srv"] != name || f["target"] != want.target || f["kept"] != want.kept || f["error"] == "" {
+			t.Errorf("line %d: %v, want target %s kept %d", i, f, want.target, want.kept)
+		}
+	}
+	if n := h.count(msgMissing); n != 1 {
+		t.Errorf("%d lines %q, want 1 (gone.test)", n, msgMissing)
+	}
+	if n := h.count(msgFailed); n != 0 {
+		t.Errorf("%d failure lines for the SRV name, want 0", n)
+	}
+
+	s.set(t, "new.test.", "A 127.0.1.4")
+	s.setMode("new.test.", answer)
+	s.set(t, "b.test.", "A 127.0.1.5")
+	s.setMode("b.test.", answer)
+	h.expect(t, "127.0.1.3:5432", "127.0.1.4:5432", "127.0.1.5:5432")
+	h.quiet(t)
+	if n := h.count(msgAgain); n != 2 {
+		t.Errorf("%d lines %q, want 2", n, msgAgain)
+	}
 }
