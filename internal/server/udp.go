@@ -45,14 +45,14 @@ var (
 
 var udpDescs = []*prometheus.Desc{descUDPActive, descUDPSessions, descUDPDgrams, descUDPBytes, descUDPDrops}
 
-// collectUDP sums a UDP service's per-loop counters into a scrape.
+// collectUDP sums a UDP service's per-loop counters into a scrape. The
+// per-backend series are those of the service's members, as TCP's are: a
+// backend that leaves takes its series with it.
 func collectUDP(ch chan<- prometheus.Metric, sv *service) {
 	name := sv.cfg.Name
 	var active int64
 	var created, expired, evicted, remapped uint64
 	var drops [len(udpproxy.DropReasons)]uint64
-	type traffic struct{ dUp, bUp, dDown, bDown uint64 }
-	per := map[netip.AddrPort]*traffic{}
 	for _, p := range sv.udp {
 		st := p.Stats()
 		active += st.Active()
@@ -63,17 +63,6 @@ func collectUDP(ch chan<- prometheus.Metric, sv *service) {
 		for i, r := range udpproxy.DropReasons {
 			drops[i] += st.Drops(r)
 		}
-		st.ForEachBackend(func(addr netip.AddrPort, c *udpproxy.BackendCounters) {
-			t := per[addr]
-			if t == nil {
-				t = &traffic{}
-				per[addr] = t
-			}
-			t.dUp += c.DatagramsUp.Load()
-			t.bUp += c.BytesUp.Load()
-			t.dDown += c.DatagramsDown.Load()
-			t.bDown += c.BytesDown.Load()
-		})
 	}
 	ch <- prometheus.MustNewConstMetric(descUDPActive, prometheus.GaugeValue, float64(active), name)
 	for ev, v := range map[string]uint64{"created": created, "expired": expired, "evicted": evicted, "remapped": remapped} {
@@ -82,11 +71,11 @@ func collectUDP(ch chan<- prometheus.Metric, sv *service) {
 	for i, r := range udpproxy.DropReasons {
 		ch <- prometheus.MustNewConstMetric(descUDPDrops, prometheus.CounterValue, float64(drops[i]), name, r.String())
 	}
-	for addr, t := range per {
-		a := addr.String()
-		ch <- prometheus.MustNewConstMetric(descUDPDgrams, prometheus.CounterValue, float64(t.dUp), name, a, "up")
-		ch <- prometheus.MustNewConstMetric(descUDPDgrams, prometheus.CounterValue, float64(t.dDown), name, a, "down")
-		ch <- prometheus.MustNewConstMetric(descUDPBytes, prometheus.CounterValue, float64(t.bUp), name, a, "up")
-		ch <- prometheus.MustNewConstMetric(descUDPBytes, prometheus.CounterValue, float64(t.bDown), name, a, "down")
+	for _, b := range sv.bal.Backends() {
+		a, t := b.Addr.String(), b.Counts()
+		ch <- prometheus.MustNewConstMetric(descUDPDgrams, prometheus.CounterValue, float64(t.DatagramsUp), name, a, "up")
+		ch <- prometheus.MustNewConstMetric(descUDPDgrams, prometheus.CounterValue, float64(t.DatagramsDown), name, a, "down")
+		ch <- prometheus.MustNewConstMetric(descUDPBytes, prometheus.CounterValue, float64(t.BytesUp), name, a, "up")
+		ch <- prometheus.MustNewConstMetric(descUDPBytes, prometheus.CounterValue, float64(t.BytesDown), name, a, "down")
 	}
 }

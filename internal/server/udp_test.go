@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -208,5 +209,59 @@ func TestUDPBackendsCounted(t *testing.T) {
 	}
 	if total != clients || active != clients {
 		t.Fatalf("/backends counts %d connections and %d active for %d UDP clients\n%s", total, active, clients, body)
+	}
+}
+
+// TestUDPMetricsPruned: a backend that leaves a UDP service takes its
+// per-backend series with it, as a TCP backend does, so a churning backend
+// set does not grow /metrics (or the process) forever; the backend that
+// stays counts the datagrams of the sessions moved to it.
+func TestUDPMetricsPruned(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "udp")
+	b := testsrv.StartTB(t, testsrv.Echo, "udp")
+	r := start(t, "--proto", "udp", "--backend", a.Addr().String(), "--admin-addr", "127.0.0.1:0", "--workers", "2")
+	const clients = 4
+	var cs []*net.UDPConn
+	for i := range clients {
+		c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 8, byte(1+i))}, net.UDPAddrFromAddrPort(r.Addr()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		cs = append(cs, c)
+		udpRoundTrip(t, c, "to a")
+	}
+	series := func(m map[string]float64, s *testsrv.Server) (n int) {
+		for k := range m {
+			if strings.HasPrefix(k, "sluice_udp_") && strings.Contains(k, `backend="`+s.Addr().String()+`"`) {
+				n++
+			}
+		}
+		return n
+	}
+	metrics := func() map[string]float64 {
+		_, body := httpGet(t, "http://"+r.AdminAddr()+"/metrics")
+		return parseMetrics(body)
+	}
+	if n := series(metrics(), a); n != 4 {
+		t.Fatalf("%d series of %s while it serves, want 4 (datagrams and bytes, up and down)", n, a.Addr())
+	}
+
+	if err := r.Service("default").SetSource(balancer.SourceStatic, []balancer.Spec{{Addr: b.Addr(), Weight: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		udpRoundTrip(t, c, "to b")
+	}
+	var m map[string]float64
+	down := fmt.Sprintf(`sluice_udp_datagrams_total{backend="%s",direction="down",service="default"}`, b.Addr())
+	waitFor(t, "the replies from b counted", func() bool { m = metrics(); return m[down] == clients })
+	if n := series(m, a); n != 0 {
+		t.Errorf("%d series of %s after it left the service, want none", n, a.Addr())
+	}
+	up := fmt.Sprintf(`sluice_udp_datagrams_total{backend="%s",direction="up",service="default"}`, b.Addr())
+	if m[up] != clients || m[`sluice_udp_sessions_total{event="remapped",service="default"}`] != clients {
+		t.Errorf("%v datagrams up to %s and %v sessions remapped, want %d each", m[up], b.Addr(),
+			m[`sluice_udp_sessions_total{event="remapped",service="default"}`], clients)
 	}
 }

@@ -50,10 +50,8 @@ func BenchmarkRoundTrip(b *testing.B) {
 				cpu := r.threadCPU(0)
 				roundTrips(b, r.addr, 32, depth, 64)
 				cpu = r.threadCPU(0) - cpu
-				var n uint64
-				r.proxies[0].Stats().ForEachBackend(func(_ netip.AddrPort, c *BackendCounters) {
-					n += c.DatagramsUp.Load() + c.DatagramsDown.Load()
-				})
+				t := r.traffic()
+				n := t.DatagramsUp + t.DatagramsDown
 				b.ReportMetric(float64(cpu)/float64(n), "proxy-cpu-ns/dgram")
 				r.do(0, func(p *Proxy) {
 					b.ReportMetric(float64(p.buf.moved)/float64(p.buf.calls), "dgrams/call")
@@ -150,19 +148,15 @@ func TestServeForBench(t *testing.T) {
 	r := startRig(t, listen, []netip.AddrPort{be}, cfg, nil, loops)
 	fmt.Printf("pid %d listening on %s, batch %d, %d loops, for %s\n", os.Getpid(), r.addr, cfg.Batch, loops, d)
 	time.Sleep(d)
-	var up, down uint64
+	tr := r.traffic()
 	for _, p := range r.proxies {
-		p.Stats().ForEachBackend(func(_ netip.AddrPort, c *BackendCounters) {
-			up += c.DatagramsUp.Load()
-			down += c.DatagramsDown.Load()
-		})
 		for _, reason := range DropReasons {
 			if n := p.Stats().Drops(reason); n > 0 {
 				fmt.Printf("drops %s: %d\n", reason, n)
 			}
 		}
 	}
-	fmt.Printf("datagrams up %d down %d\n", up, down)
+	fmt.Printf("datagrams up %d down %d\n", tr.DatagramsUp, tr.DatagramsDown)
 }
 
 // BenchmarkBatchIO isolates what recvmmsg/sendmmsg save: datagrams of 64

@@ -141,6 +141,21 @@ func (r *rig) sum(f func(s *Stats) uint64) uint64 {
 	return n
 }
 
+// traffic sums the per-loop counters of the backends in r's pool now.
+// Safe from any goroutine.
+func (r *rig) traffic() balancer.Counts {
+	var t balancer.Counts
+	for _, b := range r.pool.Load().Backends {
+		c := b.Counts()
+		t.Connections += c.Connections
+		t.DatagramsUp += c.DatagramsUp
+		t.DatagramsDown += c.DatagramsDown
+		t.BytesUp += c.BytesUp
+		t.BytesDown += c.BytesDown
+	}
+	return t
+}
+
 // sessions returns the client addresses with a session, over all loops.
 func (r *rig) sessions() map[netip.AddrPort]netip.AddrPort {
 	out := make(map[netip.AddrPort]netip.AddrPort)

@@ -56,9 +56,7 @@ func TestManyClients(t *testing.T) {
 				return
 			case <-time.After(time.Millisecond):
 			}
-			for _, p := range r.proxies {
-				p.Stats().ForEachBackend(func(_ netip.AddrPort, c *BackendCounters) { c.DatagramsUp.Load() })
-			}
+			r.traffic()
 		}
 	}()
 
@@ -123,15 +121,8 @@ func TestManyClients(t *testing.T) {
 	// client has it.
 	var up, down, bytesUp, bytesDown uint64
 	count := func() bool {
-		up, down, bytesUp, bytesDown = 0, 0, 0, 0
-		for _, p := range r.proxies {
-			p.Stats().ForEachBackend(func(_ netip.AddrPort, c *BackendCounters) {
-				up += c.DatagramsUp.Load()
-				down += c.DatagramsDown.Load()
-				bytesUp += c.BytesUp.Load()
-				bytesDown += c.BytesDown.Load()
-			})
-		}
+		t := r.traffic()
+		up, down, bytesUp, bytesDown = t.DatagramsUp, t.DatagramsDown, t.BytesUp, t.BytesDown
 		return up == clients*rounds && down == clients*rounds && bytesDown == bytesUp+clients*rounds
 	}
 	for deadline := time.Now().Add(time.Second); !count() && time.Now().Before(deadline); {
@@ -221,8 +212,7 @@ func TestDatagramSizes(t *testing.T) {
 					t.Errorf("%d bytes: got %d bytes back, not the same", size, len(rep))
 				}
 			}
-			var bytesUp uint64
-			r.proxies[0].Stats().ForEachBackend(func(_ netip.AddrPort, c *BackendCounters) { bytesUp += c.BytesUp.Load() })
+			bytesUp := r.traffic().BytesUp
 			if want := uint64(1 + 1472 + 9000 + 65507); bytesUp != want {
 				t.Errorf("bytes up %d, want %d", bytesUp, want)
 			}
@@ -648,10 +638,7 @@ func TestQueueDrops(t *testing.T) {
 	for range burst {
 		c.conn.WriteToUDPAddrPort(payload, r.addr)
 	}
-	up := func() (n uint64) {
-		st.ForEachBackend(func(_ netip.AddrPort, c *BackendCounters) { n += c.DatagramsUp.Load() })
-		return n
-	}
+	up := func() uint64 { return r.traffic().DatagramsUp }
 	eventually(t, "every client datagram forwarded or counted as dropped", func() bool {
 		r.do(0, func(p *Proxy) { p.countListenDrops() }) // as a read of a backlog would
 		return up()+st.Drops(DropListenQueue) == 1+burst
@@ -676,8 +663,7 @@ func TestQueueDrops(t *testing.T) {
 		got++
 	}
 	r.close() // ending the session reads its final drop count
-	var down uint64
-	st.ForEachBackend(func(_ netip.AddrPort, c *BackendCounters) { down += c.DatagramsDown.Load() })
+	down := r.traffic().DatagramsDown
 	if got != down {
 		t.Errorf("client received %d replies, proxy counted %d sent", got, down)
 	}
@@ -799,7 +785,7 @@ func TestRepliesGathered(t *testing.T) {
 	var sends, down uint64
 	r.do(0, func(p *Proxy) {
 		sends = p.buf.sends - sends0
-		down = p.counters[backend].DatagramsDown.Load()
+		down = r.traffic().DatagramsDown
 	})
 	if want := uint64((n + cfg.Batch - 1) / cfg.Batch); sends != want {
 		t.Errorf("%d replies went out in %d sends, want %d (batches of %d)", n, sends, want, cfg.Batch)

@@ -20,7 +20,6 @@ type session struct {
 	prev, next *session          // LRU ring neighbours, most recent towards p.lru.next
 	lastActive int64             // loop clock of the last datagram either way
 	hash       uint64            // key hash of the client address
-	bc         *BackendCounters  // counters of backend
 	be         *balancer.Backend // the backend; its Active count includes this session once connected
 	backend    netip.AddrPort
 	client     netip.AddrPort        // key in p.sessions
@@ -113,7 +112,6 @@ func (p *Proxy) connect(s *session) error {
 	}
 	s.fd = fd
 	s.drops = 0
-	s.bc = p.countersFor(s.backend)
 	s.be.Loops[p.id].Connections.Add(1)
 	return nil
 }
@@ -258,21 +256,4 @@ func (p *Proxy) endKeepSlot(s *session) {
 	s.prev, s.next = nil, nil
 	s.be.Active.Add(-1)
 	p.stats.SessionsEnded.Add(1)
-}
-
-// countersFor returns the counters of backend addr, adding them to the
-// published list the first time.
-func (p *Proxy) countersFor(addr netip.AddrPort) *BackendCounters {
-	if c, ok := p.counters[addr]; ok {
-		return c
-	}
-	c := new(BackendCounters)
-	p.counters[addr] = c
-	var list []backendEntry
-	if old := p.stats.backends.Load(); old != nil {
-		list = append(make([]backendEntry, 0, len(*old)+1), *old...)
-	}
-	list = append(list, backendEntry{addr: addr, c: c})
-	p.stats.backends.Store(&list)
-	return c
 }

@@ -1,7 +1,6 @@
 package udpproxy
 
 import (
-	"net/netip"
 	"sync"
 	"sync/atomic"
 
@@ -85,18 +84,7 @@ type Stats struct {
 
 	drops [numDropReasons]atomic.Uint64
 
-	// backends is the copy-on-write list of per-backend counters, one
-	// entry per backend address this proxy has sent to, in first-use order.
-	// The loop replaces the slice when it adds a backend; entries are never
-	// removed, so counters stay monotonic across backend-set changes.
-	backends atomic.Pointer[[]backendEntry]
-
 	_ [64]byte // keep the next allocation off the last line
-}
-
-type backendEntry struct {
-	addr netip.AddrPort
-	c    *BackendCounters
 }
 
 // Drops returns the datagrams dropped for reason r.
@@ -115,31 +103,7 @@ func (s *Stats) Active() int64 {
 	return int64(s.SessionsCreated.Load()) - int64(ended)
 }
 
-// ForEachBackend calls fn for every backend this proxy has sent to, in
-// first-use order. Safe from any goroutine; fn may read c's counters but
-// must not keep c past the call's purpose of reading it.
-func (s *Stats) ForEachBackend(fn func(addr netip.AddrPort, c *BackendCounters)) {
-	bs := s.backends.Load()
-	if bs == nil {
-		return
-	}
-	for _, e := range *bs {
-		fn(e.addr, e.c)
-	}
-}
-
 func (s *Stats) drop(r DropReason, n int) { s.drops[r].Add(uint64(n)) }
-
-// BackendCounters are the traffic of one backend through one proxy. "Up"
-// is client → backend, "down" backend → client; datagrams and bytes are
-// counted when sent on, so drops are not in them. Written by the loop,
-// readable from any goroutine.
-type BackendCounters struct {
-	DatagramsUp   atomic.Uint64
-	BytesUp       atomic.Uint64
-	DatagramsDown atomic.Uint64
-	BytesDown     atomic.Uint64
-}
 
 // SessionLimiter caps the sessions open at once across all loops of a
 // process (--udp-max-sessions). It also knows the proxies of every service
