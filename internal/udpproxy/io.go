@@ -15,14 +15,15 @@ import (
 const bufSize = 64 << 10
 
 // batch is a set of datagram slots for recvmmsg/sendmmsg: slot i is msgs[i]
-// with its iovec iovs[i] over bufs[i] and its address names[i]. The slices
-// are allocated once and never grow, so the pointers inside msgs stay
-// valid. A batch belongs to one loop.
+// with its iovec iovs[i] over bufs[i], its address names[i] and its
+// control message ctrls[i]. The slices are allocated once and never grow,
+// so the pointers inside msgs stay valid. A batch belongs to one loop.
 type batch struct {
 	msgs  []unix.Mmsghdr
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet6 // large enough for either family
-	bufs  [][]byte                // bufSize each
+	ctrls []rxqCmsg
+	bufs  [][]byte // bufSize each
 
 	// calls and moved count the recv and send syscalls made and the
 	// datagrams they moved, for the benchmarks' datagrams-per-call figure;
@@ -35,6 +36,7 @@ func newBatch(n int) *batch {
 		msgs:  make([]unix.Mmsghdr, n),
 		iovs:  make([]unix.Iovec, n),
 		names: make([]unix.RawSockaddrInet6, n),
+		ctrls: make([]rxqCmsg, n),
 		bufs:  make([][]byte, n),
 	}
 	mem := make([]byte, n*bufSize)
@@ -52,9 +54,12 @@ func newBatch(n int) *batch {
 func (b *batch) data(i int) []byte { return b.bufs[i][:b.msgs[i].Len] }
 
 // recv receives up to hi-lo datagrams from fd into slots lo..hi-1 and
-// returns how many arrived; with names, each slot's source address is
-// stored in names. unix.EAGAIN means none was waiting. One slot uses
-// recvmsg, more use recvmmsg.
+// returns how many arrived; with names (an unconnected socket), each
+// slot's source address is stored in names; without (a session socket),
+// the drop count the kernel may attach is stored in ctrls (see rxqDrops),
+// so the caller clears Control before sending from the slot.
+// unix.EAGAIN means none was waiting. One slot uses recvmsg, more use
+// recvmmsg.
 func (b *batch) recv(fd, lo, hi int, names bool) (int, error) {
 	for i := lo; i < hi; i++ {
 		h := &b.msgs[i].Hdr
@@ -62,9 +67,13 @@ func (b *batch) recv(fd, lo, hi int, names bool) (int, error) {
 		if names {
 			h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
 			h.Namelen = unix.SizeofSockaddrInet6
+			h.Control = nil
+			h.SetControllen(0)
 		} else {
 			h.Name = nil
 			h.Namelen = 0
+			h.Control = (*byte)(unsafe.Pointer(&b.ctrls[i]))
+			h.SetControllen(int(unsafe.Sizeof(b.ctrls[i])))
 		}
 		h.Flags = 0
 	}
@@ -84,6 +93,25 @@ func (b *batch) recv(fd, lo, hi int, names bool) (int, error) {
 	}
 	b.moved += uint64(r)
 	return int(r), nil
+}
+
+// rxqCmsg is room for the one control message a session socket carries:
+// the kernel's count of the datagrams the socket has dropped, attached (with
+// SO_RXQ_OVFL on) to every datagram queued after the first drop, as it was
+// when that datagram was queued.
+type rxqCmsg struct {
+	hdr   unix.Cmsghdr
+	drops uint32
+	_     uint32 // CMSG_SPACE pads the data to the header's alignment
+}
+
+// rxqDrops returns the drop count received with slot i, if one was.
+func (b *batch) rxqDrops(i int) (uint32, bool) {
+	c := &b.ctrls[i]
+	if int(b.msgs[i].Hdr.Controllen) < unix.CmsgLen(4) || c.hdr.Level != unix.SOL_SOCKET || c.hdr.Type != unix.SO_RXQ_OVFL {
+		return 0, false
+	}
+	return c.drops, true
 }
 
 // send sends slots lo..hi-1 on fd, each with its iovec length set to its

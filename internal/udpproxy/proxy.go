@@ -321,13 +321,20 @@ func (p *Proxy) relay(s *session) {
 		default:
 			return // EAGAIN; other errors are transient datagram errors
 		}
-		if lo+n == p.cfg.Batch {
-			p.countSessionDrops(s)
-		}
 		for i := lo; i < lo+n; i++ {
+			// The kernel's drop count comes with the datagrams queued
+			// after a drop, so drops are counted as replies come in,
+			// whether or not a read finds a backlog, at no syscall.
+			if d, ok := b.rxqDrops(i); ok && int32(d-s.drops) > 0 {
+				p.stats.drop(DropSessionQueue, int(d-s.drops))
+				s.drops = d
+			}
+			h := &b.msgs[i].Hdr
 			b.iovs[i].SetLen(int(b.msgs[i].Len))
-			b.msgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&s.name))
-			b.msgs[i].Hdr.Namelen = s.nameLen
+			h.Name = (*byte)(unsafe.Pointer(&s.name))
+			h.Namelen = s.nameLen
+			h.Control = nil
+			h.SetControllen(0)
 			p.owner[i] = s
 		}
 		p.pend += n
@@ -397,7 +404,8 @@ func (p *Proxy) countListenDrops() {
 	p.lnDrops = d
 }
 
-// countSessionDrops is countListenDrops for a session socket.
+// countSessionDrops is countListenDrops for a session socket, for when it
+// closes: while it is open, relay counts from the datagrams.
 func (p *Proxy) countSessionDrops(s *session) {
 	d := socketDrops(s.fd)
 	p.stats.drop(DropSessionQueue, int(d-s.drops))

@@ -711,6 +711,77 @@ func TestListenDropsCountedWithoutFullReads(t *testing.T) {
 	}
 }
 
+// TestSessionDropsCountedWithoutFullReads: when a session socket's queue
+// overflows with fewer datagrams than a batch in it (large datagrams, or
+// a small net.core.rmem_default), no read is full, yet the kernel's drops
+// are counted as the backend's datagrams go on, while the session lives.
+func TestSessionDropsCountedWithoutFullReads(t *testing.T) {
+	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	cfg := testConfig()
+	cfg.Batch = 32
+	r := startRig(t, lo4, []netip.AddrPort{be.LocalAddr().(*net.UDPAddr).AddrPort()}, cfg, nil, 1)
+	c := newClient(t, "127.0.0.1")
+	c.conn.SetReadBuffer(4 << 20)
+	if _, err := c.conn.WriteToUDPAddrPort([]byte("hi"), r.addr); err != nil {
+		t.Fatal(err)
+	}
+	be.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, session, err := be.ReadFromUDPAddrPort(make([]byte, 64))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Hold the loop while a burst of large replies overflows the session
+	// socket's queue (a loopback send has queued or dropped its datagram
+	// when it returns), and read the kernel's drop count meanwhile.
+	blocked, release := make(chan struct{}), make(chan struct{})
+	fd := -1
+	if !r.loops[0].Submit(func() {
+		for _, s := range r.proxies[0].sessions {
+			fd = s.fd
+		}
+		close(blocked)
+		<-release
+	}) {
+		t.Fatal("submit refused")
+	}
+	<-blocked
+	const burst = 40
+	big := make([]byte, 60000)
+	for range burst {
+		be.WriteToUDPAddrPort(big, session)
+	}
+	kernel := socketDrops(fd)
+	close(release)
+	if kernel == 0 || kernel >= burst {
+		t.Fatalf("the kernel dropped %d of %d datagrams of %d bytes at the session socket; the test needs some to pass, some dropped", kernel, burst, len(big))
+	}
+	readReplies := func(n int) {
+		t.Helper()
+		c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for i := range n {
+			if _, _, err := c.conn.ReadFromUDPAddrPort(c.buf); err != nil {
+				t.Fatalf("reply %d of %d: %v", i+1, n, err)
+			}
+		}
+	}
+	readReplies(burst - int(kernel)) // the session queue is empty again
+	st := r.proxies[0].Stats()
+	if n := st.Drops(DropSessionQueue); n > uint64(kernel) {
+		t.Fatalf("%d session_queue_full counted, the kernel dropped %d", n, kernel)
+	}
+	// The backend goes on: its next datagram brings the count.
+	be.WriteToUDPAddrPort([]byte("next"), session)
+	readReplies(1)
+	if n := st.Drops(DropSessionQueue); n != uint64(kernel) || st.Active() != 1 {
+		t.Errorf("%d session_queue_full counted with %d sessions open; the kernel dropped %d", n, st.Active(), kernel)
+	}
+}
+
 // TestSessionSize keeps the per-session memory in check: a session is one
 // of these, a map entry and a socket.
 func TestSessionSize(t *testing.T) {

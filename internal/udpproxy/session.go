@@ -25,7 +25,7 @@ type session struct {
 	client     netip.AddrPort        // key in p.sessions
 	name       unix.RawSockaddrInet6 // client address as the kernel gave it, for replies
 	nameLen    uint32
-	drops      uint32 // the kernel's drop count of fd when last read
+	drops      uint32 // the kernel's drop count of fd as last counted
 	epoch      uint32 // p.epoch when backend was last checked against the backend set
 }
 
@@ -96,6 +96,9 @@ func (p *Proxy) connect(s *session) error {
 	if err != nil {
 		return err
 	}
+	// The kernel's drop count then comes with the datagrams (see relay).
+	// Best effort: without it, drops are counted when the socket closes.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1)
 	if err := unix.Connect(fd, sa); err != nil {
 		unix.Close(fd)
 		s.be.Loops[p.id].ConnectErrors.Add(1)

@@ -38,8 +38,9 @@ const (
 	// Counted when a read finds a backlog and when the socket closes.
 	DropListenQueue
 	// DropSessionQueue: the kernel dropped backend datagrams because a
-	// session socket's receive queue was full. Counted when a read finds a
-	// backlog and when the session ends.
+	// session socket's receive queue was full. Counted from the drop count
+	// the kernel attaches to the datagrams that come after a drop
+	// (SO_RXQ_OVFL), and when the session ends.
 	DropSessionQueue
 
 	numDropReasons
