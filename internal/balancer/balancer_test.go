@@ -2,9 +2,11 @@ package balancer
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -182,7 +184,7 @@ func TestMembersHookSeesTheLastList(t *testing.T) {
 	var last []netip.AddrPort
 	calls := 0
 	entered, second := make(chan struct{}), make(chan struct{})
-	hooks := Hooks{Members: func(a []netip.AddrPort) {
+	hooks := Hooks{Members: func(a []netip.AddrPort, _ map[netip.AddrPort]bool) {
 		mu.Lock()
 		calls++
 		n := calls
@@ -242,5 +244,108 @@ func TestCheckResultJSON(t *testing.T) {
 	}
 	if want := `{"time":"1970-01-01T00:00:00Z","ok":false,"error":"refused","duration_ns":1500000}`; string(b) != want {
 		t.Fatalf("got %s, want %s", b, want)
+	}
+}
+
+// TestReturningBackendKeepsDrainAndHealth: a backend that leaves the
+// service (DNS dropped it for a round, a reload) and returns comes back
+// drained if it was drained, and down if its checks had it down, with the
+// Members hook listing it down so that its checks start there. A down
+// verdict is forgotten after healthMemory (the address is taken for a new
+// instance); a drain is not, until the address is enabled.
+func TestReturningBackendKeepsDrainAndHealth(t *testing.T) {
+	type call struct {
+		addrs []netip.AddrPort
+		down  map[netip.AddrPort]bool
+	}
+	var calls []call
+	hooks := Hooks{Members: func(a []netip.AddrPort, down map[netip.AddrPort]bool) { calls = append(calls, call{a, down}) }}
+	s, err := NewService(ServiceConfig{Name: "t", Loops: 1}, []Spec{spec("10.0.0.9:1", 1)}, hooks, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Unix(1000, 0)
+	s.now = func() time.Time { return clock }
+	drained, down, ok := netip.MustParseAddrPort("10.0.0.1:1"), netip.MustParseAddrPort("10.0.0.2:1"), netip.MustParseAddrPort("10.0.0.3:1")
+	all := []Spec{spec("10.0.0.1:1", 1), spec("10.0.0.2:1", 1), spec("10.0.0.3:1", 1)}
+	states := func() string {
+		var out []string
+		for _, bi := range s.Info() {
+			out = append(out, bi.Address+"="+string(bi.State))
+		}
+		return strings.Join(out, " ")
+	}
+	usable := func() string {
+		var out []string
+		for _, b := range s.Pool().Load().Backends {
+			out = append(out, b.Addr.String())
+		}
+		return strings.Join(out, " ")
+	}
+
+	if err := s.SetSource(SourceDNS, all); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetDrained(drained, true); err != nil {
+		t.Fatal(err)
+	}
+	s.SetHealth(down, false, CheckResult{Error: "refused"})
+	s.SetHealth(ok, false, CheckResult{Error: "refused"})
+	s.SetHealth(ok, true, CheckResult{OK: true}) // down once, up again: nothing to remember
+
+	// DNS drops all three for a round, then they return.
+	if err := s.SetSource(SourceDNS, nil); err != nil {
+		t.Fatal(err)
+	}
+	clock = clock.Add(30 * time.Second)
+	if err := s.SetSource(SourceDNS, all); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := states(), "10.0.0.1:1=draining 10.0.0.2:1=down 10.0.0.3:1=up 10.0.0.9:1=up"; got != want {
+		t.Fatalf("after returning: %s, want %s", got, want)
+	}
+	if got, want := usable(), "10.0.0.3:1 10.0.0.9:1"; got != want {
+		t.Fatalf("usable after returning: %s, want %s", got, want)
+	}
+	last := calls[len(calls)-1]
+	if len(last.addrs) != 4 || len(last.down) != 1 || !last.down[down] {
+		t.Fatalf("Members hook got %v, down %v; want 4 members, %v down", last.addrs, last.down, down)
+	}
+	if lc := s.Info()[1].LastCheck; lc == nil || lc.Error != "refused" {
+		t.Fatalf("returning down backend's last check %+v, want the one that took it down", lc)
+	}
+
+	// Gone for longer than healthMemory: the down verdict is forgotten,
+	// the drain is not.
+	if err := s.SetSource(SourceDNS, nil); err != nil {
+		t.Fatal(err)
+	}
+	clock = clock.Add(healthMemory)
+	if err := s.SetSource(SourceDNS, all); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := states(), "10.0.0.1:1=draining 10.0.0.2:1=up 10.0.0.3:1=up 10.0.0.9:1=up"; got != want {
+		t.Fatalf("after returning late: %s, want %s", got, want)
+	}
+
+	// Enabling the address while it is away makes it return enabled; an
+	// address never seen is still unknown.
+	if err := s.SetSource(SourceDNS, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetDrained(drained, false); err != nil {
+		t.Fatalf("enable a departed drained backend: %v", err)
+	}
+	if err := s.SetDrained(netip.MustParseAddrPort("10.9.9.9:1"), false); !errors.Is(err, ErrUnknownBackend) {
+		t.Fatalf("enable an unknown backend: %v, want ErrUnknownBackend", err)
+	}
+	if err := s.SetSource(SourceDNS, all); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := states(), "10.0.0.1:1=up 10.0.0.2:1=up 10.0.0.3:1=up 10.0.0.9:1=up"; got != want {
+		t.Fatalf("after enabling while away: %s, want %s", got, want)
+	}
+	if len(s.departed) != 0 {
+		t.Fatalf("remembered %v with every backend back", s.departed)
 	}
 }

@@ -84,8 +84,10 @@ type ServiceConfig struct {
 // are skipped.
 type Hooks struct {
 	// Members is called with the full member list after it changes, so the
-	// health monitor can start and stop its checks. Calls do not overlap.
-	Members func(addrs []netip.AddrPort)
+	// health monitor can start and stop its checks, and with the members
+	// that are down for a health reason, so that the checks of a backend
+	// that returns down start from that verdict. Calls do not overlap.
+	Members func(addrs []netip.AddrPort, down map[netip.AddrPort]bool)
 	// Ejected is called when the data path ejects a backend, so the health
 	// monitor can reset it to down (it must pass rise checks to return).
 	Ejected func(addr netip.AddrPort)
@@ -103,6 +105,23 @@ type member struct {
 	healthy   bool // active checks (or passive ejection) say so
 	drained   bool // an operator drained it
 	lastCheck *CheckResult
+}
+
+// healthMemory is how long a service remembers that a backend which left
+// it was down: one that returns within it (DNS dropped it for a round, a
+// reload re-added it) starts down, and its checks must pass Rise times.
+// One that returns later is taken for a new instance at the same address
+// and starts up, as every new backend does. A drain is remembered for the
+// service's lifetime, until the operator enables the address.
+const healthMemory = 5 * time.Minute
+
+// departed is what a service remembers of a backend that left it drained
+// or down.
+type departed struct {
+	drained   bool
+	down      bool
+	lastCheck *CheckResult
+	left      time.Time
 }
 
 func (m *member) state() State {
@@ -135,20 +154,29 @@ type Service struct {
 	mu      sync.Mutex
 	sources [numSources][]Spec
 	members map[netip.AddrPort]*member
-	usable  int // backends in the published snapshot; -1 before the first
+	// departed are the backends that left drained, or down less than
+	// healthMemory ago.
+	departed map[netip.AddrPort]departed
+	usable   int // backends in the published snapshot; -1 before the first
+	// now is the clock of departures; time.Now but in tests.
+	now func() time.Time
 }
 
 // NewService returns a service with the static backends and publishes its
-// first snapshot. Every backend starts up; health checks take it down.
+// first snapshot. Every new backend starts up; health checks take it down.
+// A backend that returns keeps its drain, and for a while its down verdict
+// (see healthMemory).
 func NewService(cfg ServiceConfig, static []Spec, hooks Hooks, log *zap.Logger) (*Service, error) {
 	s := &Service{
-		cfg:     cfg,
-		log:     log,
-		hooks:   hooks,
-		pool:    &Pool{},
-		eject:   make(chan *Backend, 64),
-		members: make(map[netip.AddrPort]*member),
-		usable:  -1,
+		cfg:      cfg,
+		log:      log,
+		hooks:    hooks,
+		pool:     &Pool{},
+		eject:    make(chan *Backend, 64),
+		members:  make(map[netip.AddrPort]*member),
+		departed: make(map[netip.AddrPort]departed),
+		usable:   -1,
+		now:      time.Now,
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -188,13 +216,39 @@ func (s *Service) SetSource(src Source, specs []Spec) error {
 	s.sources[src] = slices.Clone(specs)
 	s.merge()
 	down, err := s.publish()
-	addrs := s.addrsLocked()
+	addrs, unhealthy := s.addrsLocked(), s.unhealthyLocked()
 	s.mu.Unlock()
 	s.notifyDown(down)
 	if s.hooks.Members != nil {
-		s.hooks.Members(addrs)
+		s.hooks.Members(addrs, unhealthy)
 	}
 	return err
+}
+
+// NotifyMembers calls the Members hook with the current members, as a
+// change would: for the caller to start the health checks of the members
+// it was created with.
+func (s *Service) NotifyMembers() {
+	s.hookMu.Lock()
+	defer s.hookMu.Unlock()
+	s.mu.Lock()
+	addrs, unhealthy := s.addrsLocked(), s.unhealthyLocked()
+	s.mu.Unlock()
+	if s.hooks.Members != nil {
+		s.hooks.Members(addrs, unhealthy)
+	}
+}
+
+// unhealthyLocked returns the members that are down for a health reason.
+// Caller holds mu.
+func (s *Service) unhealthyLocked() map[netip.AddrPort]bool {
+	out := make(map[netip.AddrPort]bool)
+	for a, m := range s.members {
+		if !m.healthy {
+			out[a] = true
+		}
+	}
+	return out
 }
 
 // Members returns the member addresses, sorted.
@@ -213,8 +267,15 @@ func (s *Service) addrsLocked() []netip.AddrPort {
 	return out
 }
 
-// merge recomputes members from the sources. Caller holds mu.
+// merge recomputes members from the sources, and remembers the backends
+// that leave drained or down. Caller holds mu.
 func (s *Service) merge() {
+	now := s.now()
+	for a, d := range s.departed {
+		if !d.drained && now.Sub(d.left) >= healthMemory {
+			delete(s.departed, a)
+		}
+	}
 	want := make(map[netip.AddrPort]*member)
 	for src := Source(0); src < numSources; src++ {
 		for _, sp := range s.sources[src] {
@@ -227,6 +288,12 @@ func (s *Service) merge() {
 			if old != nil {
 				*m = *old
 				m.sources = [numSources]bool{}
+			} else if d, ok := s.departed[sp.Addr]; ok {
+				m.drained = d.drained
+				if d.down && now.Sub(d.left) < healthMemory {
+					m.healthy, m.lastCheck = false, d.lastCheck
+				}
+				delete(s.departed, sp.Addr)
 			}
 			switch {
 			case old == nil:
@@ -242,14 +309,18 @@ func (s *Service) merge() {
 			want[sp.Addr] = m
 		}
 	}
-	for a := range s.members {
+	for a, m := range s.members {
 		if want[a] == nil {
-			s.log.Info("backend removed", zap.String("service", s.cfg.Name), zap.Stringer("backend", a))
+			s.log.Info("backend removed", zap.String("service", s.cfg.Name), zap.Stringer("backend", a), zap.String("state", string(m.state())))
+			if m.drained || !m.healthy {
+				s.departed[a] = departed{drained: m.drained, down: !m.healthy, lastCheck: m.lastCheck, left: now}
+			}
 		}
 	}
 	for a, m := range want {
 		if s.members[a] == nil {
-			s.log.Info("backend added", zap.String("service", s.cfg.Name), zap.Stringer("backend", a), zap.Int("weight", m.b.Weight))
+			s.log.Info("backend added", zap.String("service", s.cfg.Name), zap.Stringer("backend", a), zap.Int("weight", m.b.Weight),
+				zap.String("state", string(m.state())))
 		}
 	}
 	s.members = want
@@ -374,11 +445,21 @@ func (s *Service) ejectBackend(b *Backend) {
 }
 
 // SetDrained drains (no new connections; open ones finish) or re-enables a
-// backend.
+// backend. Enabling an address that left the service drained makes it
+// return enabled.
 func (s *Service) SetDrained(addr netip.AddrPort, drained bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m := s.members[addr]
+	if d, ok := s.departed[addr]; ok && m == nil && !drained && d.drained {
+		d.drained = false
+		s.departed[addr] = d
+		if !d.down {
+			delete(s.departed, addr)
+		}
+		s.log.Info("backend enabled, for when it returns", zap.String("service", s.cfg.Name), zap.Stringer("backend", addr))
+		return nil
+	}
 	if m == nil {
 		return fmt.Errorf("%w: %s", ErrUnknownBackend, addr)
 	}

@@ -89,8 +89,12 @@ func NewMonitor(cfg Config, checker Checker, report Report) *Monitor {
 }
 
 // Sync starts checking the addresses not yet checked and stops checking
-// those no longer listed.
-func (m *Monitor) Sync(addrs []netip.AddrPort) {
+// those no longer listed. The check loop of a new address starts from the
+// verdict up, as a new backend does, unless down holds the address: then it
+// starts down and needs Rise passing checks to be reported up (a backend
+// that returns after health checks took it down). down may be nil; it
+// does not change the loops already running.
+func (m *Monitor) Sync(addrs []netip.AddrPort, down map[netip.AddrPort]bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed || m.checker == nil {
@@ -104,7 +108,7 @@ func (m *Monitor) Sync(addrs []netip.AddrPort) {
 			w := &worker{addr: a, cancel: cancel}
 			m.workers[a] = w
 			m.wg.Add(1)
-			go m.runWorker(ctx, w)
+			go m.runWorker(ctx, w, !down[a])
 		}
 	}
 	for a, w := range m.workers {
@@ -139,12 +143,13 @@ func (m *Monitor) Close() {
 	m.wg.Wait()
 }
 
-// runWorker checks one backend every Interval until ctx ends. The first
-// check starts after a random fraction of the interval, and each wait is
-// jittered by ±10%, so many backends are not probed in lockstep.
-func (m *Monitor) runWorker(ctx context.Context, w *worker) {
+// runWorker checks one backend every Interval until ctx ends, starting
+// from the verdict up. The first check starts after a random fraction of
+// the interval, and each wait is jittered by ±10%, so many backends are not
+// probed in lockstep.
+func (m *Monitor) runWorker(ctx context.Context, w *worker, up bool) {
 	defer m.wg.Done()
-	rf := NewRiseFall(m.cfg.Rise, m.cfg.Fall, true)
+	rf := NewRiseFall(m.cfg.Rise, m.cfg.Fall, up)
 	wait := time.Duration(rand.Int64N(int64(m.cfg.Interval)))
 	t := time.NewTimer(wait)
 	defer t.Stop()

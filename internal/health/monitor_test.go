@@ -230,14 +230,14 @@ func TestMonitorSync(t *testing.T) {
 	m := startMonitor(t, monitorConfig(1, 1, 5*time.Millisecond), f, r)
 	a, b, c := addrN(1), addrN(2), addrN(3)
 
-	m.Sync([]netip.AddrPort{a, b, c, a})
+	m.Sync([]netip.AddrPort{a, b, c, a}, nil)
 	calls := f.nextN(t, 3)
 	if now, _ := f.concurrency(); len(now) != 3 || now[a] != 1 || now[b] != 1 || now[c] != 1 {
 		t.Fatalf("checks under way: %v, want one each of %v %v %v", now, a, b, c)
 	}
 
 	// Removing b cancels its check; a and c go on.
-	m.Sync([]netip.AddrPort{a, c})
+	m.Sync([]netip.AddrPort{a, c}, nil)
 	waitClosed(t, calls[b].ctx.Done(), "check of removed backend cancelled")
 	waitClosed(t, calls[b].done, "check of removed backend returned")
 	if calls[a].ctx.Err() != nil || calls[c].ctx.Err() != nil {
@@ -261,19 +261,19 @@ func TestMonitorSync(t *testing.T) {
 
 	// Adding b back starts a new loop for it; Sync with what is already
 	// checked changes nothing.
-	m.Sync([]netip.AddrPort{c, b, a})
+	m.Sync([]netip.AddrPort{c, b, a}, nil)
 	nb := f.next(t)
 	if nb.addr != b {
 		t.Fatalf("after re-adding %v the next check is of %v", b, nb.addr)
 	}
 	calls[b] = nb
-	m.Sync([]netip.AddrPort{a, b, c})
+	m.Sync([]netip.AddrPort{a, b, c}, nil)
 	if now, most := f.concurrency(); len(now) != 3 || most[a] != 1 || most[b] != 1 || most[c] != 1 {
 		t.Fatalf("checks under way %v, most at once %v: want one per backend", now, most)
 	}
 
 	// Sync to nothing stops every loop.
-	m.Sync(nil)
+	m.Sync(nil, nil)
 	for ad, cl := range calls {
 		waitClosed(t, cl.done, fmt.Sprintf("check of %v returned after Sync(nil)", ad))
 	}
@@ -281,6 +281,37 @@ func TestMonitorSync(t *testing.T) {
 	case cl := <-f.calls:
 		t.Fatalf("check of %v started after Sync(nil)", cl.addr)
 	default:
+	}
+}
+
+// TestMonitorSyncDown: a backend Sync lists as down starts down: its
+// first passing check reports it down still, and it takes Rise passing
+// checks to bring it up. One not listed starts up, as a new backend does.
+// down does not touch a loop already running.
+func TestMonitorSyncDown(t *testing.T) {
+	t.Parallel()
+	f := newFakeChecker()
+	r := newReporter(false)
+	m := startMonitor(t, monitorConfig(2, 3, time.Millisecond), f, r)
+	a, b := addrN(1), addrN(2)
+	m.Sync([]netip.AddrPort{a, b}, map[netip.AddrPort]bool{a: true})
+	wantUp := map[netip.AddrPort][]bool{a: {false, true, true}, b: {true, true, true}}
+	for i := range 3 {
+		calls := f.nextN(t, 2)
+		for _, ad := range []netip.AddrPort{a, b} {
+			calls[ad].answer(nil)
+			if rep := r.next(t); rep.addr != ad || rep.up != wantUp[ad][i] {
+				t.Fatalf("check %d of %v: report %v up=%v, want up=%v", i+1, ad, rep.addr, rep.up, wantUp[ad][i])
+			}
+		}
+	}
+	m.Sync([]netip.AddrPort{a, b}, map[netip.AddrPort]bool{a: true, b: true})
+	calls := f.nextN(t, 2)
+	for _, ad := range []netip.AddrPort{a, b} {
+		calls[ad].answer(errors.New("refused"))
+		if rep := r.next(t); rep.addr != ad || !rep.up {
+			t.Fatalf("%v after a Sync listing it down: report %v up=%v, want up (one failure of Fall 3)", ad, rep.addr, rep.up)
+		}
 	}
 }
 
@@ -292,7 +323,7 @@ func TestMonitorReports(t *testing.T) {
 	r := newReporter(false)
 	m := startMonitor(t, monitorConfig(2, 3, time.Millisecond), f, r)
 	a := addrN(1)
-	m.Sync([]netip.AddrPort{a})
+	m.Sync([]netip.AddrPort{a}, nil)
 	errDown := errors.New("connection refused")
 	for i, s := range parseSteps(t, "+U -U -U +U -U -U -D! -D +D -D +D +U! -U +U") {
 		start := time.Now()
@@ -325,7 +356,7 @@ func TestMonitorForceDown(t *testing.T) {
 			r := newReporter(true)
 			m := startMonitor(t, monitorConfig(rise, 3, time.Millisecond), f, r)
 			a := addrN(1)
-			m.Sync([]netip.AddrPort{a})
+			m.Sync([]netip.AddrPort{a}, nil)
 			m.ForceDown(addrN(2)) // not checked: ignored
 
 			// step answers the next check (passed when ok) and wants
@@ -381,7 +412,7 @@ func TestMonitorForceDownRiseStreak(t *testing.T) {
 	r := newReporter(true)
 	m := startMonitor(t, monitorConfig(3, 1, time.Millisecond), f, r)
 	a := addrN(1)
-	m.Sync([]netip.AddrPort{a})
+	m.Sync([]netip.AddrPort{a}, nil)
 	errDown := errors.New("refused")
 	for i, s := range []struct {
 		ok, eject, up bool
@@ -424,7 +455,7 @@ func TestMonitorClose(t *testing.T) {
 	for i := range n {
 		addrs = append(addrs, addrN(i))
 	}
-	m.Sync(addrs)
+	m.Sync(addrs, nil)
 	calls := f.nextN(t, n)
 
 	closed := make(chan struct{})
@@ -457,7 +488,7 @@ func TestMonitorClose(t *testing.T) {
 
 	// After Close, Sync starts nothing and Close is idempotent; goleak
 	// then proves no loop goroutine is left.
-	m.Sync(addrs)
+	m.Sync(addrs, nil)
 	m.ForceDown(addrs[0])
 	closeMonitor(t, m)
 }
@@ -489,7 +520,7 @@ func TestMonitorFirstCheckJitter(t *testing.T) {
 	for i := range n {
 		addrs = append(addrs, addrN(i))
 	}
-	m.Sync(addrs)
+	m.Sync(addrs, nil)
 	var at []time.Duration
 	limit := time.After(interval + waitLimit)
 	for range n {
@@ -532,7 +563,7 @@ func TestMonitorTCP(t *testing.T) {
 	r := newReporter(false)
 	cfg := Config{Kind: "tcp", Interval: 5 * time.Millisecond, Timeout: time.Second, Rise: 1, Fall: 2}
 	m := startMonitor(t, cfg, newChecker(t, cfg), r)
-	m.Sync([]netip.AddrPort{p.addr})
+	m.Sync([]netip.AddrPort{p.addr}, nil)
 	if rep := r.next(t); !rep.up || rep.res.Err != nil {
 		t.Fatalf("first report %+v, want up", rep)
 	}

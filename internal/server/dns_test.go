@@ -13,6 +13,7 @@ import (
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
 
+	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
@@ -102,4 +103,69 @@ func TestDNSDiscovery(t *testing.T) {
 	c.Close()
 	z.set("db.test", netip.MustParseAddr("127.0.0.2"))
 	waitFor(t, "re-resolution", want(b.Addr().String()))
+}
+
+// TestReturningDNSBackendKeepsDrainAndDown: DNS drops two backends for a
+// round and returns them. The one the operator drained comes back
+// drained; the one its checks had down comes back down, and stays down
+// until --health-rise checks started after its return have passed, even
+// though it now answers.
+func TestReturningDNSBackendKeepsDrainAndDown(t *testing.T) {
+	const rise = 5
+	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	port := a.Addr().Port()
+	bAddr := netip.MustParseAddrPort(fmt.Sprintf("127.0.0.2:%d", port)) // nothing listens yet: down
+	z := startZone(t)
+	z.set("db.test", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"))
+	cfg := parse(t, "--listen", "127.0.0.1:0", "--backend-dns", fmt.Sprintf("db.test:%d", port), "--dns-interval", "1s",
+		"--health-interval", "100ms", "--health-fall", "1", "--health-rise", fmt.Sprint(rise))
+	cfg.Services[0].DNS.Resolver = z.resolver()
+	s := startCfg(t, cfg, zap.NewNop())
+	svc := s.Service("default")
+	state := func(addr netip.AddrPort) balancer.BackendInfo {
+		for _, bi := range svc.Info() {
+			if bi.Address == addr.String() {
+				return bi
+			}
+		}
+		return balancer.BackendInfo{}
+	}
+	waitFor(t, "a up and b down", func() bool {
+		return state(a.Addr()).State == balancer.StateUp && state(bAddr).State == balancer.StateDown
+	})
+	if err := svc.SetDrained(a.Addr(), true); err != nil {
+		t.Fatal(err)
+	}
+
+	z.set("db.test", netip.MustParseAddr("127.0.0.3"))
+	waitFor(t, "both gone", func() bool { return state(a.Addr()).Address == "" && state(bAddr).Address == "" })
+	b, err := testsrv.Start(context.Background(), testsrv.Config{Kind: testsrv.Echo, Addr: bAddr.String()})
+	if err != nil {
+		t.Skipf("cannot listen on %v: %v", bAddr, err)
+	}
+	t.Cleanup(func() { b.Close() })
+	z.set("db.test", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"))
+	waitFor(t, "both back", func() bool { return state(a.Addr()).Address != "" && state(bAddr).Address != "" })
+	back := time.Now()
+	if st := state(a.Addr()).State; st != balancer.StateDraining {
+		t.Fatalf("drained backend returned %s", st)
+	}
+	if st := state(bAddr).State; st != balancer.StateDown {
+		t.Fatalf("down backend returned %s", st)
+	}
+	// Its first passing check after its return leaves it down: the checks
+	// start from its verdict. (Rise-1 further checks, 200ms, must pass
+	// before it is up, so the poll sees this report.)
+	var first balancer.BackendInfo
+	waitFor(t, "a passing check of the returned backend", func() bool {
+		first = state(bAddr)
+		return first.LastCheck != nil && first.LastCheck.OK && first.LastCheck.Time.After(back)
+	})
+	if first.State != balancer.StateDown {
+		t.Fatalf("returned backend %s after its first passing check, want down until %d have passed", first.State, rise)
+	}
+	waitFor(t, "the returned backend up", func() bool { return state(bAddr).State == balancer.StateUp })
+	if st := state(a.Addr()).State; st != balancer.StateDraining {
+		t.Fatalf("drained backend is %s", st)
+	}
 }

@@ -186,8 +186,8 @@ func (s *Server) addService(sc config.Service) error {
 		sv.bal.SetHealth(addr, up, res)
 	})
 	hooks := balancer.Hooks{
-		Members: func(addrs []netip.AddrPort) {
-			sv.monitor.Sync(addrs)
+		Members: func(addrs []netip.AddrPort, down map[netip.AddrPort]bool) {
+			sv.monitor.Sync(addrs, down)
 			series.prune(addrs)
 		},
 		Ejected: sv.monitor.ForceDown,
@@ -406,7 +406,7 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, sv := range s.services {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); sv.bal.Run(bg) }()
-		sv.monitor.Sync(sv.bal.Members())
+		sv.bal.NotifyMembers() // starts the health checks
 		if len(sv.cfg.DNS.Targets) > 0 {
 			s.wg.Add(1)
 			go s.discover(bg, sv)
