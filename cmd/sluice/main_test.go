@@ -40,6 +40,8 @@ func TestBadInvocationExits2WithOneLine(t *testing.T) {
 		{"--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:1", "--idle-timeout", "-1s"},
 		{"--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:99999"},
 		{"--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:1", "--workers", "many"},
+		// Caught by the config check, not when the second attach fails.
+		{"--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:1", "--xdp-iface", "sluice-nx0", "--xdp-iface", "sluice-nx0"},
 	}
 	for _, args := range cases {
 		var stderr bytes.Buffer

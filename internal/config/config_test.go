@@ -88,6 +88,7 @@ func TestParseBad(t *testing.T) {
 		{"bad backend", append(base, "--backend", "db.example:5432"), []string{"--backend", `"db.example:5432"`}},
 		{"bad weight", append(base, "--backend", "127.0.0.1:2,weight=-1"), []string{"--backend", "weight"}},
 		{"duplicate backend", append(base, "--backend", "127.0.0.1:7001"), []string{"--backend", "twice"}},
+		{"duplicate xdp-iface", append(base, "--xdp-iface", "eth0", "--xdp-iface", "eth1", "--xdp-iface", "eth0"), []string{"--xdp-iface", `"eth0"`, "twice"}},
 		{"negative duration", append(base, "--idle-timeout", "-5s"), []string{"--idle-timeout", "-5s"}},
 		{"zero connect timeout", append(base, "--connect-timeout", "0s"), []string{"--connect-timeout", "0s"}},
 		{"bad duration", append(base, "--drain-timeout", "soon"), []string{"--drain-timeout", "soon"}},

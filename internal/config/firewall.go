@@ -16,10 +16,15 @@ func buildFirewall(fw *Firewall, g globalVals) []string {
 		probs = append(probs, fmt.Sprintf("--%s %q: %s", flag, value, fmt.Sprintf(format, a...)))
 	}
 	fw.Ifaces = g.xdpIfaces
+	seen := map[string]bool{}
 	for _, ifc := range g.xdpIfaces {
-		if ifc == "" || len(ifc) > 15 || strings.ContainsAny(ifc, "/ \t") {
+		switch {
+		case ifc == "" || len(ifc) > 15 || strings.ContainsAny(ifc, "/ \t"):
 			bad("xdp-iface", ifc, "not an interface name")
+		case seen[ifc]:
+			bad("xdp-iface", ifc, "given twice")
 		}
+		seen[ifc] = true
 	}
 	m, err := firewall.ParseMode(g.xdpMode)
 	if err != nil {
