@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The XDP firewall through the real sluice binary:
@@ -65,6 +67,10 @@ func TestFirewall(t *testing.T) {
 		return
 	}
 	t.Run("config", func(t *testing.T) { testConfig(t, bin, top, admin) })
+	if t.Failed() {
+		return
+	}
+	t.Run("upgrade to another mode", func(t *testing.T) { testUpgradeMode(t, bin, top, admin) })
 }
 
 // testFlags: the deny list from the command line; the program goes away
@@ -167,6 +173,106 @@ func testConfig(t *testing.T, bin binaries, top topology, admin *http.Client) {
 	}
 	if err := sl.stop(syscall.SIGTERM, 10*time.Second); err != nil {
 		t.Errorf("sluice after SIGTERM: %v, want exit status 0", err)
+	}
+}
+
+// testUpgradeMode: an upgrade whose new process is configured with another
+// --xdp-mode keeps the interface's program in the mode it has, policing
+// throughout, and the new process says so: native and generic programs
+// cannot share an interface, so a switch would leave it unpoliced.
+func testUpgradeMode(t *testing.T, bin binaries, top topology, admin *http.Client) {
+	conf := filepath.Join(t.TempDir(), "sluice.conf")
+	write := func(mode string) {
+		t.Helper()
+		body := fmt.Sprintf("xdp-iface %s\nxdp-mode %s\ndeny-cidr %s/32\nadmin-addr %s\ndrain-timeout 2s\nlog-format json\n"+
+			"\n[service tcp]\nlisten %s\nbackend %s\n", top.srvDev, mode, deniedIP, adminAddr, listenTCP, echoTCP)
+		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("native")
+	sl := startIn(t, top.srv, "sluice-upgrade", bin.sluice, "--config", conf)
+	waitReady(t, sl, admin)
+	if m := xdpMode(t, top.srv, top.srvDev); m != "native" {
+		t.Fatalf("program attached in mode %q, want native", m)
+	}
+
+	write("generic")
+	if err := sl.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	// The old process exits once the new one serves and it has drained.
+	waitFor(t, "the old process to exit after SIGUSR2", 30*time.Second, sl.exited)
+	if sl.exitErr != nil {
+		t.Fatalf("old process: %v", sl.exitErr)
+	}
+	served := logLine(t, sl, "new process serves")
+	pid, _ := served["pid"].(float64)
+	if pid == 0 {
+		t.Fatalf("no pid in %v", served)
+	}
+	t.Cleanup(func() { stopPID(t, int(pid)) })
+
+	warn := logLine(t, sl, "--xdp-mode not applied: the xdp link taken over from the previous process keeps its mode; stop and start sluice to change it")
+	if warn["iface"] != top.srvDev || warn["running_mode"] != "native" || warn["configured_mode"] != "generic" {
+		t.Errorf("warning %v: want iface %s, running_mode native, configured_mode generic", warn, top.srvDev)
+	}
+	if m := xdpMode(t, top.srv, top.srvDev); m != "native" {
+		t.Errorf("after the upgrade the program runs in mode %q, want native still", m)
+	}
+	if err := echoRoundTrip(top.cli, allowedIP, listenTCP, 3*time.Second); err != nil {
+		t.Errorf("allowed client through the new process: %v", err)
+	}
+	if err := echoRoundTrip(top.cli, deniedIP, listenTCP, dialTimeout); !isTimeout(err) {
+		t.Errorf("denied client through the new process: %v, want a connect timeout", err)
+	}
+}
+
+// logLine returns the first JSON log line of p whose msg is msg; it fails
+// tb if there is none.
+func logLine(tb testing.TB, p *proc, msg string) map[string]any {
+	tb.Helper()
+	for _, l := range strings.Split(p.output(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == msg {
+			return m
+		}
+	}
+	tb.Fatalf("%s logged no %q", p.name, msg)
+	return nil
+}
+
+// stopPID sends SIGTERM to pid, a process that is not this one's child (an
+// upgrade's successor), and waits for it to exit, through a pidfd.
+func stopPID(tb testing.TB, pid int) {
+	tb.Helper()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return // gone already
+	}
+	defer unix.Close(fd)
+	if err := unix.PidfdSendSignal(fd, unix.SIGTERM, nil, 0); err != nil {
+		tb.Errorf("SIGTERM to pid %d: %v", pid, err)
+		return
+	}
+	// A pidfd turns readable when its process exits. EINTR comes with
+	// the runtime's preemption signals: go on until the deadline.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			tb.Errorf("pid %d did not exit within 10 s of SIGTERM", pid)
+			unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+			return
+		}
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(left.Milliseconds())+1)
+		if n == 1 {
+			return
+		}
+		if err != nil && err != unix.EINTR {
+			tb.Errorf("wait for pid %d: %v", pid, err)
+			return
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -113,11 +114,34 @@ func ipCmd(tb testing.TB, args ...string) {
 // xdpAttached reports whether dev in ns has an XDP program.
 func xdpAttached(tb testing.TB, ns, dev string) bool {
 	tb.Helper()
-	out, err := exec.Command("ip", "-n", ns, "link", "show", "dev", dev).CombinedOutput()
+	return xdpMode(tb, ns, dev) != ""
+}
+
+// xdpMode returns the mode of dev's XDP program in ns, as --xdp-mode names
+// it ("native" or "generic"), or "" when it has none.
+func xdpMode(tb testing.TB, ns, dev string) string {
+	tb.Helper()
+	out, err := exec.Command("ip", "-j", "-n", ns, "link", "show", "dev", dev).Output()
 	if err != nil {
-		tb.Fatalf("ip link show: %v: %s", err, out)
+		tb.Fatalf("ip link show: %v", err)
 	}
-	return strings.Contains(string(out), "prog/xdp")
+	var links []struct {
+		XDP *struct {
+			Mode int `json:"mode"` // XDP_ATTACHED_*
+		} `json:"xdp"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+		tb.Fatalf("ip -j link show: %v: %s", err, out)
+	}
+	switch {
+	case links[0].XDP == nil:
+		return ""
+	case links[0].XDP.Mode == 1:
+		return "native"
+	case links[0].XDP.Mode == 2:
+		return "generic"
+	}
+	return fmt.Sprintf("mode %d", links[0].XDP.Mode)
 }
 
 // inNetns runs fn on a goroutine locked to an OS thread that has entered

@@ -38,15 +38,26 @@ func (s *Server) startFirewall() error {
 	for _, ifc := range fc.Ifaces {
 		// After an upgrade the predecessor's link is taken over: a second
 		// XDP program cannot be attached to the interface.
-		var err error
-		if fd, mode, ok := s.claimLink(ifc); ok {
-			err = fw.Adopt(ifc, mode, fd)
-		} else {
-			err = fw.Attach(ifc, fc.Mode)
+		fd, mode, ok := s.claimLink(ifc)
+		if !ok {
+			if err := fw.Attach(ifc, fc.Mode); err != nil {
+				fw.Close()
+				return err
+			}
+			continue
 		}
-		if err != nil {
+		if err := fw.Adopt(ifc, mode, fd); err != nil {
 			fw.Close()
 			return err
+		}
+		// The link keeps its mode. Native and generic programs cannot be
+		// on one interface together, so a switch would leave it
+		// unpoliced between detach and attach, and on many drivers a
+		// native attach or detach reconfigures the NIC's queues: not
+		// something a zero-downtime upgrade may do.
+		if fc.Mode != firewall.ModeAuto && fc.Mode != mode {
+			s.log.Warn("--xdp-mode not applied: the xdp link taken over from the previous process keeps its mode; stop and start sluice to change it",
+				zap.String("iface", ifc), zap.Stringer("running_mode", mode), zap.Stringer("configured_mode", fc.Mode))
 		}
 	}
 	s.fw = fw
