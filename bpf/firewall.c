@@ -114,12 +114,18 @@ struct rate_state {
 	__u64 tat_ns; /* bpf_ktime_get_ns() clock */
 };
 
+/*
+ * The rule maps hold twice the loader's limits (MaxPorts, MaxPrefixes):
+ * an update adds the new entries before it removes the old ones, so that
+ * no packet meets neither rule set, and meanwhile a map holds both.
+ */
+
 /* (protocol, port) -> 1 for every policed port. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct port_key);
 	__type(value, __u8);
-	__uint(max_entries, 1024);
+	__uint(max_entries, 2 * 1024);
 } protected_ports SEC(".maps");
 
 /* IPv4 source prefix -> 1: drop (deny list). */
@@ -127,7 +133,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct lpm_v4_key);
 	__type(value, __u8);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 2 * 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } deny_v4 SEC(".maps");
 
@@ -136,7 +142,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct lpm_v6_key);
 	__type(value, __u8);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 2 * 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } deny_v6 SEC(".maps");
 
@@ -145,7 +151,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct lpm_v4_key);
 	__type(value, __u8);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 2 * 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } allow_v4 SEC(".maps");
 
@@ -154,7 +160,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct lpm_v6_key);
 	__type(value, __u8);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 2 * 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } allow_v6 SEC(".maps");
 

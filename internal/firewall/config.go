@@ -8,7 +8,9 @@ import (
 	"strconv"
 )
 
-// Limits of the rule tables, fixed by the map sizes in bpf/firewall.c.
+// Limits of the rule tables. The maps in bpf/firewall.c hold twice
+// MaxPorts and MaxPrefixes: Update adds the new rules before it removes the
+// old ones, so a map holds both sets for a while.
 const (
 	// MaxPorts is the most protected (protocol, port) pairs.
 	MaxPorts = 1024

@@ -259,7 +259,8 @@ func (f *Firewall) Attachments() []Attachment {
 // prefixes are added before the old ones are removed (there is never a
 // moment without the deny list), the allow list is switched on only once
 // filled and off before it is emptied, and new ports become protected after
-// their rules are in place. If a map update fails midway,
+// their rules are in place. The maps have room for the old and the new
+// rules together, so any valid cfg fits. If a map update fails midway,
 // Update puts the old rules back and returns the error.
 func (f *Firewall) Update(cfg Config) error {
 	if err := cfg.Validate(); err != nil {

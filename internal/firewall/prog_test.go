@@ -448,3 +448,55 @@ func TestUpdateRollback(t *testing.T) {
 	expect(t, f, tcp4(b, 80, tcpSYN).bytes(), xdpPass, "passed")
 	expect(t, f, tcp4("198.19.0.1", 80, tcpSYN).bytes(), xdpPass, "passed")
 }
+
+// TestMapsHoldTwoRuleSets checks, without loading anything, that every rule
+// map has room for two full rule sets: Update adds the new rules before it
+// removes the old ones.
+func TestMapsHoldTwoRuleSets(t *testing.T) {
+	spec, err := loadFirewall()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, limit := range map[string]uint32{
+		firewallMapProtectedPorts: MaxPorts,
+		firewallMapDenyV4:         MaxPrefixes,
+		firewallMapDenyV6:         MaxPrefixes,
+		firewallMapAllowV4:        MaxPrefixes,
+		firewallMapAllowV6:        MaxPrefixes,
+	} {
+		if got := spec.Maps[name].MaxEntries; got < 2*limit {
+			t.Errorf("map %s holds %d entries, want at least 2 × %d", name, got, limit)
+		}
+	}
+}
+
+// TestUpdateBetweenFullRuleSets replaces full port, deny and allow tables
+// with different full ones: every new entry goes in before the old ones
+// leave, so the maps hold both sets at once.
+func TestUpdateBetweenFullRuleSets(t *testing.T) {
+	full := func(portBase uint16, v4 byte, v6 uint16) Config {
+		c := Config{Allow: prefixes("198.18.0.0/15")}
+		for i := range MaxPorts {
+			c.Ports = append(c.Ports, Port{"tcp", portBase + uint16(i)})
+		}
+		for i := range MaxPrefixes {
+			c.Deny = append(c.Deny, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, v4, byte(i >> 8), byte(i)}), 32))
+			a := [16]byte{0x20, 0x01, 0x0d, 0xb8, byte(v6 >> 8), byte(v6), 14: byte(i >> 8), 15: byte(i)}
+			c.Allow = append(c.Allow, netip.PrefixFrom(netip.AddrFrom16(a), 128))
+		}
+		return c
+	}
+	f := newTestFirewall(t, full(1, 18, 0xa))
+	expect(t, f, tcp4("198.18.7.7", 1, tcpSYN).bytes(), xdpDrop, "denied")
+	if err := f.Update(full(2001, 19, 0xb)); err != nil {
+		t.Fatalf("Update to a different full rule set: %v", err)
+	}
+	expect(t, f, tcp4("198.18.7.7", 1, tcpSYN).bytes(), xdpPass, "unprotected")
+	expect(t, f, tcp4("198.18.7.7", 3024, tcpSYN).bytes(), xdpPass, "passed")
+	expect(t, f, tcp4("198.19.7.7", 2001, tcpSYN).bytes(), xdpDrop, "denied")
+	expect(t, f, tcp6("2001:db8:a::707", 2001, tcpSYN).bytes(), xdpDrop, "not_allowed")
+	expect(t, f, tcp6("2001:db8:b::707", 2001, tcpSYN).bytes(), xdpPass, "passed")
+	if got := len(f.applied.deny) + len(f.applied.allow) + len(f.applied.ports); got != 2*MaxPrefixes+1+MaxPorts {
+		t.Errorf("%d rules applied, want only the new set's %d", got, 2*MaxPrefixes+1+MaxPorts)
+	}
+}
