@@ -15,14 +15,25 @@
  *      bucket is empty                                     -> drop, RATE_LIMITED
  *   4. otherwise                                           -> pass, PASSED
  *
- * Deny wins over allow. Packets whose ports cannot be known are decided
- * without them:
+ * Deny wins over allow. The ports, the first 4 bytes of the TCP/UDP
+ * header, decide whether a packet is policed; all that a protected packet
+ * needs beyond them is its TCP flags. So:
  *
- *   - truncated or inconsistent IP/TCP/UDP headers, IPv6 header chains
- *     longer than MAX_IPV6_EXT_HDRS (8), IPv6 AH headers of a length that
- *     is not a multiple of 8 bytes, RFC 1858 tiny or offset-8 TCP
- *     fragments: drop, MALFORMED. The kernel would discard most of these
- *     itself; the rest exist only to hide a header from a filter.
+ *   - a TCP/UDP header cut short after its ports (an RFC 1858 tiny first
+ *     fragment, a truncated packet) or a TCP data offset below 5 words:
+ *     pass, UNPROTECTED, to an unprotected port; drop, MALFORMED, to a
+ *     protected one, whose rules could not be applied. TCP options are
+ *     not read: a first fragment that ends inside them is policed like
+ *     any packet (and passes untouched to an unprotected port).
+ *
+ * Packets whose ports cannot be known are decided without them:
+ *
+ *   - truncated or inconsistent IP headers, a packet that ends before its
+ *     ports, IPv6 header chains longer than MAX_IPV6_EXT_HDRS (8), IPv6 AH
+ *     headers of a length that is not a multiple of 8 bytes, RFC 1858
+ *     offset-8 TCP fragments: drop, MALFORMED. The kernel would discard
+ *     most of these itself; the rest exist only to hide a header from a
+ *     filter.
  *   - non-first IP fragments: pass, FRAGMENT. They cannot be matched to a
  *     port, and dropping them would break fragmented traffic to unprotected
  *     ports. Their first fragment carries the ports and is policed, and
@@ -283,8 +294,11 @@ int xdp_firewall(struct xdp_md *ctx)
 	struct rule_config *cfg;
 	__u32 zero = 0;
 
-	switch (parse_packet(ctx, &pkt)) {
+	int parsed = parse_packet(ctx, &pkt);
+
+	switch (parsed) {
 	case PARSE_L4:
+	case PARSE_L4_PORTS:
 		break;
 	case PARSE_FRAGMENT:
 		return count(VERDICT_FRAGMENT, XDP_PASS);
@@ -298,6 +312,8 @@ int xdp_firewall(struct xdp_md *ctx)
 	pk.port = pkt.dport;
 	if (!bpf_map_lookup_elem(&protected_ports, &pk))
 		return count(VERDICT_UNPROTECTED, XDP_PASS);
+	if (parsed == PARSE_L4_PORTS)
+		return count(VERDICT_MALFORMED, XDP_DROP);
 
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg) /* cannot happen: array maps have every index */

@@ -9,7 +9,7 @@
  * eight bits, so the verifier can prove each access; the worst-case offset
  * reached is well below 64 KiB.
  *
- * parse_packet sorts a frame into one of four classes (enum parse_result);
+ * parse_packet sorts a frame into one of five classes (enum parse_result);
  * the policy for each class belongs to the program, not to this file.
  */
 #ifndef SLUICE_PARSE_H
@@ -128,6 +128,14 @@ enum parse_result {
 	/* TCP or UDP header found: every field of struct packet is set. */
 	PARSE_L4,
 	/*
+	 * The TCP or UDP header's ports are there (its first 4 bytes), the
+	 * rest of the header is not: a first fragment that ends inside it
+	 * (RFC 1858 tiny fragment) or a truncated packet; or a TCP data offset
+	 * below 5 words. family, saddr, l4proto and dport are set, tcp_flags
+	 * is 0. The ports alone decide whether the packet is policed at all.
+	 */
+	PARSE_L4_PORTS,
+	/*
 	 * Not IPv4 or IPv6 (ARP, LLDP, more than two VLAN tags, a frame too
 	 * short for its Ethernet or VLAN header), or an IP packet of another
 	 * protocol (ICMP, ICMPv6, ESP, ...). family is set if it is IP.
@@ -136,11 +144,12 @@ enum parse_result {
 	/* A non-first IP fragment: family and saddr are set, ports unknown. */
 	PARSE_FRAGMENT,
 	/*
-	 * An IP packet whose IP, extension or TCP/UDP header is truncated or
-	 * inconsistent, an IPv6 chain longer than MAX_IPV6_EXT_HDRS, an
-	 * IPv6 AH header whose length is not a multiple of 8 bytes, or an
-	 * RFC 1858 tiny/overlapping TCP fragment: a packet whose ports we
-	 * cannot trust, and which the kernel would mostly discard itself.
+	 * An IP packet whose IP or extension headers are truncated or
+	 * inconsistent, or that ends before the ports of its TCP/UDP header;
+	 * an IPv6 chain longer than MAX_IPV6_EXT_HDRS, an IPv6 AH header
+	 * whose length is not a multiple of 8 bytes, or an RFC 1858
+	 * overlapping TCP fragment (offset 8): a packet whose ports we cannot
+	 * know or trust, and which the kernel would mostly discard itself.
 	 */
 	PARSE_MALFORMED,
 };
@@ -161,39 +170,49 @@ struct cursor {
 	void *end;
 };
 
+/* The first 4 bytes of a TCP or UDP header. */
+struct l4_ports {
+	__be16 source;
+	__be16 dest;
+};
+
 /*
- * room is what the IP length fields leave for this header and its payload,
- * or ROOM_UNKNOWN: a TCP/UDP header that would not fit is malformed even if
- * the frame has padding bytes where it would be.
+ * parse_l4 reads the TCP or UDP header at c->pos. room is what the IP
+ * length fields leave for it and its payload, or ROOM_UNKNOWN: bytes past
+ * room are padding, or belong to the next fragment, even where the frame
+ * has bytes.
+ *
+ * Only the ports must be there to say whether the packet is policed; the
+ * rest of the header counts only for a protected port (PARSE_L4_PORTS).
+ * TCP options are not read, so a header whose options run past room (into
+ * the next fragment: Linux reassembles such fragments, and RFC 8200 asks
+ * an IPv6 first fragment only for the fixed 20 bytes) is PARSE_L4.
  */
 static __always_inline int parse_l4(struct cursor *c, __u8 proto, __u32 room,
 				    struct packet *pkt)
 {
-	if (proto == IPPROTO_TCP) {
-		struct tcp_hdr *th = c->pos;
-		__u32 doff;
+	struct l4_ports *lp = c->pos;
+	struct tcp_hdr *th = c->pos;
+	struct udp_hdr *uh = c->pos;
 
-		if ((void *)(th + 1) > c->end || room < sizeof(*th))
-			return PARSE_MALFORMED;
-		doff = (th->doff_res >> 4) * 4;
-		if (doff < sizeof(*th) || doff > room)
-			return PARSE_MALFORMED;
-		pkt->l4proto = proto;
-		pkt->dport = bpf_ntohs(th->dest);
-		pkt->tcp_flags = th->flags;
-		return PARSE_L4;
-	}
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return PARSE_OTHER;
+	if ((void *)(lp + 1) > c->end || room < sizeof(*lp))
+		return PARSE_MALFORMED;
+	pkt->l4proto = proto;
+	pkt->dport = bpf_ntohs(lp->dest);
+	pkt->tcp_flags = 0;
 	if (proto == IPPROTO_UDP) {
-		struct udp_hdr *uh = c->pos;
-
 		if ((void *)(uh + 1) > c->end || room < sizeof(*uh))
-			return PARSE_MALFORMED;
-		pkt->l4proto = proto;
-		pkt->dport = bpf_ntohs(uh->dest);
-		pkt->tcp_flags = 0;
+			return PARSE_L4_PORTS;
 		return PARSE_L4;
 	}
-	return PARSE_OTHER;
+	if ((void *)(th + 1) > c->end || room < sizeof(*th))
+		return PARSE_L4_PORTS;
+	if ((th->doff_res >> 4) * 4 < sizeof(*th))
+		return PARSE_L4_PORTS;
+	pkt->tcp_flags = th->flags;
+	return PARSE_L4;
 }
 
 static __always_inline int parse_ipv4(struct cursor *c, struct packet *pkt)
@@ -233,8 +252,8 @@ static __always_inline int parse_ipv4(struct cursor *c, struct packet *pkt)
 		return PARSE_FRAGMENT;
 	}
 	/*
-	 * A first fragment (MF set, offset 0) must carry the whole TCP/UDP
-	 * header (RFC 1858 tiny fragments): parse_l4 enforces that with room.
+	 * A first fragment (MF set, offset 0) is parsed like a whole packet:
+	 * room, from tot_len, stops where the fragment stops.
 	 */
 	c->pos += hlen;
 	return parse_l4(c, iph->protocol, room, pkt);
@@ -267,7 +286,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct packet *pkt)
 	/*
 	 * The loop carries nothing but c->pos and next from one header to the
 	 * following: every other value would make the verifier walk each mix
-	 * of header types separately. As it is, the verifier walks 68k
+	 * of header types separately. As it is, the verifier walks 61k
 	 * instructions for the whole program (Linux 6.18, 2026-11-22), twice
 	 * that with eight header types mixed freely.
 	 */
@@ -296,7 +315,8 @@ static __always_inline int parse_ipv6(struct cursor *c, struct packet *pkt)
 				return PARSE_FRAGMENT;
 			/*
 			 * First fragment: RFC 7112 makes it carry the whole
-			 * header chain, so go on parsing.
+			 * header chain, so go on parsing; room, from
+			 * payload_len, stops where the fragment stops.
 			 */
 			units = 0;
 		} else if (next == IPPROTO_AH) {

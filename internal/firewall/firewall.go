@@ -384,7 +384,7 @@ type Counters struct {
 	Denied      uint64 // to a protected port, source in the deny list
 	NotAllowed  uint64 // to a protected port, source not in the allow list
 	RateLimited uint64 // to a protected port, source over its rate
-	Malformed   uint64 // dropped: IP or TCP/UDP headers unparsable
+	Malformed   uint64 // dropped: ports unknown, or headers cut short at a protected port
 	Unprotected uint64 // passed unpoliced: not to a protected port, or not TCP/UDP
 	Fragments   uint64 // passed unpoliced: non-first IP fragments
 }

@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/netip"
 )
@@ -54,6 +55,13 @@ func tcpHdr(dport uint16, flags uint8) []byte {
 	b[12] = 5 << 4
 	b[13] = flags
 	binary.BigEndian.PutUint16(b[14:], 65535)
+	return b
+}
+
+// tcpHdrOpts is tcpHdr with opts bytes (a multiple of 4) of NOP options.
+func tcpHdrOpts(dport uint16, flags uint8, opts int) []byte {
+	b := append(tcpHdr(dport, flags), bytes.Repeat([]byte{1}, opts)...)
+	b[12] = byte((20+opts)/4) << 4
 	return b
 }
 
@@ -178,6 +186,19 @@ func (f frame) ipv6() []byte {
 	copy(h[24:], d[:])
 	h = append(h, ext...)
 	return append(h, f.l4...)
+}
+
+// firstFragment makes f the first fragment of a larger datagram, carrying
+// the first n bytes of its L4 header and payload: IPv4 with MF set, IPv6
+// with a fragment header whose M flag is set.
+func (f frame) firstFragment(n int) frame {
+	f.l4 = f.l4[:n]
+	if f.src.Is4() {
+		f.fragment = 0x2000
+	} else {
+		f.ext = append(f.ext, ext6{typ: 44, size: 8, frag: 1})
+	}
+	return f
 }
 
 // arp is an ARP request frame.

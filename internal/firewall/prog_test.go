@@ -158,7 +158,9 @@ func TestProgramVerdicts(t *testing.T) {
 		{"ipv6 first fragment denied", withExt(udp6(deniedV6, 53), ext6{typ: 44, size: 8, frag: 1}).bytes(), xdpDrop, "denied"},
 		{"ipv4 first fragment denied", ipv4Frag(udp4(deniedV4, 53), 0x2000).bytes(), xdpDrop, "denied"},
 
-		// Unprotected ports and protocols: pass untouched, from anyone.
+		// Unprotected ports and protocols: pass untouched, from anyone,
+		// however short the header after the ports.
+		{"ipv4 tcp truncated unprotected port", tcp4(okV4, 22, tcpSYN).bytes()[:14+20+12], xdpPass, "unprotected"},
 		{"ipv4 tcp unprotected port denied source", tcp4(deniedV4, 22, tcpSYN).bytes(), xdpPass, "unprotected"},
 		{"ipv4 udp port of tcp service", udp4(deniedV4, 80).bytes(), xdpPass, "unprotected"},
 		{"ipv4 tcp port of udp service", tcp4(deniedV4, 53, tcpSYN).bytes(), xdpPass, "unprotected"},
@@ -181,7 +183,8 @@ func TestProgramVerdicts(t *testing.T) {
 		{"ipv4 options truncated", opts.bytes()[:14+24], xdpDrop, "malformed"},
 		{"ipv4 tcp truncated", tcp4(okV4, 80, tcpSYN).bytes()[:14+20+12], xdpDrop, "malformed"},
 		{"ipv4 udp truncated", udp4(okV4, 53).bytes()[:14+20+6], xdpDrop, "malformed"},
-		{"ipv4 tcp truncated unprotected port", tcp4(okV4, 22, tcpSYN).bytes()[:14+20+12], xdpDrop, "malformed"},
+		{"ipv4 tcp truncated before the ports", tcp4(okV4, 22, tcpSYN).bytes()[:14+20+3], xdpDrop, "malformed"},
+		{"ipv6 udp truncated before the ports", udp6(okV6, 22).bytes()[:14+40+2], xdpDrop, "malformed"},
 		{"ipv4 ihl below 5", frame{src: netip.MustParseAddr(okV4), dst: dstV4, proto: 6, l4: tcpHdr(80, tcpSYN), ihl: 4}.bytes(), xdpDrop, "malformed"},
 		{"ipv4 wrong version", frame{src: netip.MustParseAddr(okV4), dst: dstV4, proto: 6, l4: tcpHdr(80, tcpSYN), version: 6}.bytes(), xdpDrop, "malformed"},
 		{"ipv4 total length too short for tcp", frame{src: netip.MustParseAddr(okV4), dst: dstV4, proto: 6, l4: tcpHdr(80, tcpSYN), badLen: -8}.bytes(), xdpDrop, "malformed"},
@@ -196,6 +199,49 @@ func TestProgramVerdicts(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			expect(t, f, tt.pkt, tt.action, tt.verdict)
+		})
+	}
+}
+
+// TestProgramFirstFragments: a first fragment is decided by its ports
+// alone when they are unprotected, whatever it lacks of the rest of the
+// TCP header; at a protected port it needs the fixed 20 bytes (the flags),
+// not the options, which may continue in the next fragment.
+func TestProgramFirstFragments(t *testing.T) {
+	f := newTestFirewall(t, verdictConfig)
+	// A SYN with 40 bytes of options. The first fragments below carry 24
+	// or 32 bytes of it, or 8 or 16: multiples of 8, as every fragment but
+	// the last must be.
+	syn := func(src string, dport uint16) frame {
+		fr := frame{src: netip.MustParseAddr(src), dst: dstV4, proto: 6, l4: tcpHdrOpts(dport, tcpSYN, 40)}
+		if fr.src.Is6() {
+			fr.dst = dstV6
+		}
+		return fr
+	}
+	tests := []struct {
+		name    string
+		pkt     frame
+		action  uint32
+		verdict string
+	}{
+		{"ipv4 options continue, unprotected port", syn(deniedV4, 22).firstFragment(24), xdpPass, "unprotected"},
+		{"ipv4 options continue", syn(okV4, 80).firstFragment(24), xdpPass, "passed"},
+		{"ipv4 options continue, denied", syn(deniedV4, 80).firstFragment(24), xdpDrop, "denied"},
+		{"ipv6 options continue, unprotected port", syn(deniedV6, 22).firstFragment(32), xdpPass, "unprotected"},
+		{"ipv6 options continue", syn(okV6, 80).firstFragment(32), xdpPass, "passed"},
+		{"ipv6 options continue, denied", syn(deniedV6, 80).firstFragment(32), xdpDrop, "denied"},
+
+		// RFC 1858 tiny fragments: ports but no flags.
+		{"ipv4 tiny, unprotected port", syn(deniedV4, 22).firstFragment(8), xdpPass, "unprotected"},
+		{"ipv4 tiny, 16 bytes, unprotected port", syn(okV4, 22).firstFragment(16), xdpPass, "unprotected"},
+		{"ipv6 tiny, unprotected port", syn(okV6, 22).firstFragment(8), xdpPass, "unprotected"},
+		{"ipv4 tiny", syn(okV4, 80).firstFragment(16), xdpDrop, "malformed"},
+		{"ipv6 tiny", syn(okV6, 80).firstFragment(8), xdpDrop, "malformed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			expect(t, f, tt.pkt.bytes(), tt.action, tt.verdict)
 		})
 	}
 }
@@ -298,6 +344,15 @@ func TestProgramRateLimit(t *testing.T) {
 		}
 		expect(t, f, tcp4("198.18.0.40", 80, tcpSYN).bytes(), xdpDrop, "rate_limited")
 		expect(t, f, tcp6("c612:28::", 80, tcpSYN).bytes(), xdpPass, "passed")
+	})
+
+	t.Run("syn in a first fragment", func(t *testing.T) {
+		// The options continue in the next fragment; the flags are read.
+		pkt := frame{src: netip.MustParseAddr("198.18.0.35"), dst: dstV4, proto: 6, l4: tcpHdrOpts(80, tcpSYN, 40)}.firstFragment(24).bytes()
+		for i := 0; i < 3; i++ {
+			expect(t, f, pkt, xdpPass, "passed")
+		}
+		expect(t, f, pkt, xdpDrop, "rate_limited")
 	})
 
 	t.Run("deny before rate", func(t *testing.T) {
