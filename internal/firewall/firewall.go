@@ -16,11 +16,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // Mode is how the program is attached to an interface.
@@ -137,6 +139,9 @@ func (f *Firewall) Attach(iface string, mode Mode) error {
 	if err != nil {
 		return fmt.Errorf("attach xdp to %s: %w", iface, err)
 	}
+	if err := checkEthernet(iface); err != nil {
+		return fmt.Errorf("attach xdp to %s: %w", iface, err)
+	}
 	var try []Mode
 	switch mode {
 	case ModeAuto:
@@ -172,6 +177,32 @@ func (f *Firewall) Attach(iface string, mode Mode) error {
 		}
 	}
 	return explain("attach xdp to "+iface, errs, true, currentPrivileges(), kernelRelease())
+}
+
+// checkEthernet fails unless iface's frames start with an Ethernet header,
+// which the program parses: Ethernet devices (veth, bridges, bonds, VLAN
+// devices, and tunnels that carry Ethernet: gretap, VXLAN, Geneve) and
+// loopback, whose frames carry a zeroed one. On a layer-3 device (tun,
+// WireGuard, ipip, gre, sit) the program would read the IP header as an
+// Ethernet header and pass every packet unpoliced.
+func checkEthernet(iface string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(iface)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFHWADDR, ifr); err != nil {
+		return os.NewSyscallError("ioctl SIOCGIFHWADDR", err)
+	}
+	// The hardware address's family is the link type, ARPHRD_*.
+	if t := ifr.Uint16(); t != unix.ARPHRD_ETHER && t != unix.ARPHRD_LOOPBACK {
+		return fmt.Errorf("link type %d is not Ethernet: the program parses Ethernet frames and would pass this device's packets unpoliced", t)
+	}
+	return nil
 }
 
 // LinkFD is an attachment with its bpf_link descriptor, for an upgrade's

@@ -42,11 +42,11 @@ const (
 )
 
 type helperRequest struct {
-	Op string // start, update, counters, lifecycle (server); dial, udp (client)
+	Op string // start, update, counters, lifecycle, attach (server); dial, udp (client)
 
-	Config Config // start, update
-	Iface  string // start, lifecycle
-	Mode   Mode   // start
+	Config Config // start, update, attach
+	Iface  string // start, lifecycle, attach
+	Mode   Mode   // start, attach
 	Listen string // start: address to listen on
 
 	Src, Dst string        // dial, udp: source address, destination address:port
@@ -355,6 +355,8 @@ func (s *helperServer) handle(req helperRequest) helperReply {
 		rep.Counters, err = s.fw.Counters()
 	case "lifecycle":
 		err = lifecycle(req.Config, req.Iface)
+	case "attach":
+		err = attachOnce(req.Config, req.Iface, req.Mode)
 	case "dial":
 		err = dialOnce(req.Src, req.Dst, req.Duration)
 	case "udp":
@@ -535,6 +537,48 @@ func TestAttachLifecycle(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestAttachEthernetOnly: the program parses Ethernet frames, so Attach
+// refuses a layer-3 device, where it would pass everything unpoliced (a
+// tun device here, as WireGuard, ipip and gre devices are), and takes
+// Ethernet devices and loopback.
+func TestAttachEthernetOnly(t *testing.T) {
+	requirePrivileges(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2's ip command")
+	}
+	srvNS, _ := newTopology(t)
+	ipCmd(t, "-n", srvNS, "tuntap", "add", "dev", "fw-tun", "mode", "tun")
+	srv := startHelper(t, srvNS)
+	for _, tc := range []struct {
+		iface string
+		mode  Mode
+		ok    bool
+	}{
+		{"fw-tun", ModeGeneric, false},
+		{"fw-tun", ModeAuto, false},
+		{"fw-s", ModeGeneric, true},
+		{"lo", ModeGeneric, true},
+	} {
+		rep := srv.do(t, helperRequest{Op: "attach", Iface: tc.iface, Mode: tc.mode})
+		switch {
+		case tc.ok && rep.Err != "":
+			t.Errorf("attach to %s in %v mode: %s", tc.iface, tc.mode, rep.Err)
+		case !tc.ok && !strings.Contains(rep.Err, "not Ethernet"):
+			t.Errorf("attach to %s in %v mode: error %q, want a refusal for not being Ethernet", tc.iface, tc.mode, rep.Err)
+		}
+	}
+}
+
+// attachOnce attaches a new firewall to iface and closes it again.
+func attachOnce(cfg Config, iface string, mode Mode) error {
+	fw, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	defer fw.Close()
+	return fw.Attach(iface, mode)
 }
 
 // xdpAttached reports whether dev in ns has an XDP program.
