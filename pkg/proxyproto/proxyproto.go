@@ -35,7 +35,9 @@
 // In v2, AF_UNSPEC and AF_UNIX headers are accepted with no addresses (the
 // spec's fall back to UNSPEC), as is any LOCAL header. The TLVs are checked
 // to be well formed, and a PP2_TYPE_CRC32C checksum, when present, is
-// verified.
+// verified. A LOCAL header's block is the sender's to fill as it likes (the
+// spec has the receiver discard it), so a block that fails these checks
+// does not make a LOCAL header bad: it comes without TLVs.
 //
 // # Addresses
 //

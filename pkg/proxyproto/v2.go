@@ -303,22 +303,36 @@ func (p Parser) parseV2(b []byte) (Header, int, error) {
 		}
 	}
 	tlvs := TLVs(hdr[v2FixedLen+addrLen:])
-	crcOff, err := tlvs.check()
-	if err != nil {
-		return Header{}, 0, err
-	}
-	if crcOff >= 0 {
-		off := v2FixedLen + addrLen + crcOff
-		want := binary.BigEndian.Uint32(hdr[off:])
-		got := crc32.Update(0, castagnoli, hdr[:off])
-		got = crc32Zeros(got, 4)
-		got = crc32.Update(got, castagnoli, hdr[off+4:])
-		if got != want {
-			return Header{}, 0, ErrBadChecksum
+	if err := checkTLVs(hdr, addrLen, tlvs); err != nil {
+		if cmd == Local {
+			// The spec has the receiver discard a LOCAL header's
+			// block, so what is in it cannot make the header bad:
+			// its TLVs are returned only when they are sound.
+			return h, total, nil
 		}
+		return Header{}, 0, err
 	}
 	if len(tlvs) > 0 {
 		h.TLVs = tlvs
 	}
 	return h, total, nil
+}
+
+// checkTLVs checks that tlvs, the TLV area of the v2 header hdr whose
+// address block is addrLen bytes, is well formed, and verifies its
+// PP2_TYPE_CRC32C checksum if it has one.
+func checkTLVs(hdr []byte, addrLen int, tlvs TLVs) error {
+	crcOff, err := tlvs.check()
+	if err != nil || crcOff < 0 {
+		return err
+	}
+	off := v2FixedLen + addrLen + crcOff
+	want := binary.BigEndian.Uint32(hdr[off:])
+	got := crc32.Update(0, castagnoli, hdr[:off])
+	got = crc32Zeros(got, 4)
+	got = crc32.Update(got, castagnoli, hdr[off+4:])
+	if got != want {
+		return ErrBadChecksum
+	}
+	return nil
 }
