@@ -6,7 +6,9 @@ package health
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -49,6 +51,13 @@ type Config struct {
 	// GRPCService is the service name asked of grpc.health.v1 ("" is the
 	// server as a whole).
 	GRPCService string
+	// PostgresUser and PostgresDatabase are the user and database the
+	// postgres check asks a session for; it never authenticates, so the
+	// user needs no password. Empty means the defaults, "sluice_health" and
+	// "postgres". A user that pg_hba.conf lets in with a password (or a
+	// database that pgbouncer knows) keeps the server's log free of a
+	// failed-connection line per check.
+	PostgresUser, PostgresDatabase string
 	// Network is "tcp" (default) or "udp": the send-expect check of a UDP
 	// service sends Send as one datagram and expects a reply containing
 	// Expect.
@@ -61,7 +70,8 @@ var Kinds = []string{"tcp", "send-expect", "redis", "postgres", "mysql", "grpc",
 
 // DefaultConfig returns the defaults the flags start from.
 func DefaultConfig() Config {
-	return Config{Kind: "tcp", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3}
+	return Config{Kind: "tcp", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3,
+		PostgresUser: defaultPostgresUser, PostgresDatabase: defaultPostgresDatabase}
 }
 
 // MinInterval and MinTimeout are the shortest check period and check time
@@ -98,6 +108,11 @@ func (c Config) Validate() []string {
 	if c.Kind == "send-expect" && c.Expect == "" {
 		probs = append(probs, "--health-expect is required with --health-check send-expect")
 	}
+	for _, fv := range [][2]string{{"--health-postgres-user", c.PostgresUser}, {"--health-postgres-database", c.PostgresDatabase}} {
+		if strings.IndexByte(fv[1], 0) >= 0 || len(fv[1]) > maxPostgresName {
+			probs = append(probs, fmt.Sprintf("%s %q: want at most %d bytes and no NUL", fv[0], fv[1], maxPostgresName))
+		}
+	}
 	if c.Network == "udp" && c.Kind != "send-expect" && c.Kind != "none" {
 		probs = append(probs, fmt.Sprintf("--health-check %q: a UDP service can use send-expect or none", c.Kind))
 	}
@@ -119,7 +134,14 @@ func NewChecker(c Config) (Checker, error) {
 	case "redis":
 		return redisCheck{password: c.RedisPassword}, nil
 	case "postgres":
-		return postgresCheck{}, nil
+		p := postgresCheck{user: c.PostgresUser, database: c.PostgresDatabase}
+		if p.user == "" {
+			p.user = defaultPostgresUser
+		}
+		if p.database == "" {
+			p.database = defaultPostgresDatabase
+		}
+		return p, nil
 	case "mysql":
 		return mysqlCheck{}, nil
 	case "grpc":
@@ -288,31 +310,147 @@ func (l *lineReader) line() (string, error) {
 	}
 }
 
-// postgresCheck sends an SSLRequest; a PostgreSQL server answers with one
-// byte, 'S' or 'N', before any authentication, so the check needs no
-// credentials and leaves no failed login in the server's log.
-type postgresCheck struct{}
+// The postgres check's defaults, and the longest user or database name it
+// sends (PostgreSQL's NAMEDATALEN is 64 with the NUL).
+const (
+	defaultPostgresUser     = "sluice_health"
+	defaultPostgresDatabase = "postgres"
+	maxPostgresName         = 63
+)
 
-func (postgresCheck) Check(ctx context.Context, addr netip.AddrPort) error {
+// postgresCheck asks for a session the way libpq does by default
+// (sslmode=prefer) and passes when the server is willing to start one.
+//
+// It sends an SSLRequest, which a PostgreSQL server answers with one byte,
+// 'S' or 'N'; after 'S' it does the TLS handshake without verifying the
+// certificate (it sends no secret, and it must reach servers that take
+// only TLS sessions). Then it sends a StartupMessage and reads the first
+// answer. The server refuses a session it cannot serve before it asks who
+// the client is, so:
+//
+//   - An authentication request ('R') means the server accepts sessions.
+//     The check hangs up without answering, which the server does not log;
+//     after AuthenticationOk (trust) a session has started, and the check
+//     ends it with a Terminate message.
+//   - An ErrorResponse of class 28 (invalid authorization: no pg_hba.conf
+//     line, no such role) or 3D000 (no such database) means it would
+//     accept sessions of other users.
+//   - Any other ErrorResponse, such as 57P03 (starting up, shutting down,
+//     in recovery without hot standby) or 53300 (too many clients),
+//     means it refuses sessions: the check fails with its message.
+type postgresCheck struct{ user, database string }
+
+// postgres protocol constants.
+const (
+	pgSSLRequestCode = 80877103 // 1234<<16 | 5679
+	pgProtocol3      = 196608   // 3<<16 | 0
+	pgMaxAnswer      = 16 << 10 // the longest first answer read
+)
+
+func (p postgresCheck) Check(ctx context.Context, addr netip.AddrPort) error {
 	c, err := dial(ctx, addr)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer func() { c.Close() }() // c becomes the TLS connection, which closes both
 	var req [8]byte
 	binary.BigEndian.PutUint32(req[0:], 8)
-	binary.BigEndian.PutUint32(req[4:], 80877103) // SSLRequest code
+	binary.BigEndian.PutUint32(req[4:], pgSSLRequestCode)
 	if _, err := c.Write(req[:]); err != nil {
 		return fmt.Errorf("send SSLRequest: %w", err)
 	}
+	// One byte exactly: anything after it, before the handshake, could be
+	// injected by a man in the middle.
 	var ans [1]byte
 	if _, err := io.ReadFull(c, ans[:]); err != nil {
 		return fmt.Errorf("read SSLRequest answer: %w", err)
 	}
-	if ans[0] != 'S' && ans[0] != 'N' {
+	switch ans[0] {
+	case 'N':
+	case 'S':
+		// InsecureSkipVerify: see postgresCheck; nothing secret is sent.
+		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return fmt.Errorf("TLS handshake: %w", err)
+		}
+		c = tc
+	default:
 		return fmt.Errorf("SSLRequest answered %q, not a PostgreSQL server", ans[0])
 	}
-	return nil
+	if _, err := c.Write(p.startupMessage()); err != nil {
+		return fmt.Errorf("send StartupMessage: %w", err)
+	}
+	typ, body, err := readPGMessage(c)
+	if err != nil {
+		return fmt.Errorf("read answer to StartupMessage: %w", err)
+	}
+	switch typ {
+	case 'R':
+		if len(body) >= 4 && binary.BigEndian.Uint32(body) == 0 { // AuthenticationOk
+			if _, err := c.Write([]byte{'X', 0, 0, 0, 4}); err != nil {
+				return fmt.Errorf("send Terminate: %w", err)
+			}
+		}
+		return nil
+	case 'E':
+		f := pgFields(body)
+		if code := f['C']; strings.HasPrefix(code, "28") || code == "3D000" {
+			return nil
+		}
+		msg := fmt.Sprintf("%s %s: %s", cmp.Or(f['V'], f['S']), f['C'], f['M'])
+		if d := f['D']; d != "" {
+			msg += " (" + d + ")"
+		}
+		return fmt.Errorf("server refuses sessions: %s", msg)
+	}
+	return fmt.Errorf("StartupMessage answered with message type %q, not a PostgreSQL server", typ)
+}
+
+// startupMessage returns the StartupMessage of protocol 3.0 for p's user
+// and database.
+func (p postgresCheck) startupMessage() []byte {
+	msg := make([]byte, 8, 128)
+	binary.BigEndian.PutUint32(msg[4:], pgProtocol3)
+	for _, kv := range [][2]string{{"user", p.user}, {"database", p.database}, {"application_name", "sluice-health"}} {
+		msg = append(append(append(append(msg, kv[0]...), 0), kv[1]...), 0)
+	}
+	msg = append(msg, 0)
+	binary.BigEndian.PutUint32(msg[0:], uint32(len(msg)))
+	return msg
+}
+
+// readPGMessage reads one backend message: a type byte, an int32 length
+// that counts itself, and the body.
+func readPGMessage(r io.Reader) (typ byte, body []byte, err error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n < 4 || n-4 > pgMaxAnswer {
+		return 0, nil, fmt.Errorf("message type %q with length %d, not a PostgreSQL server", hdr[0], n)
+	}
+	body = make([]byte, n-4)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return 0, nil, fmt.Errorf("read message type %q: %w", hdr[0], err)
+	}
+	return hdr[0], body, nil
+}
+
+// pgFields parses the fields of an ErrorResponse body: each a type byte
+// and a NUL-terminated string, up to a NUL type byte.
+func pgFields(body []byte) map[byte]string {
+	f := make(map[byte]string)
+	for len(body) > 1 {
+		typ := body[0]
+		v, rest, ok := bytes.Cut(body[1:], []byte{0})
+		if !ok {
+			break
+		}
+		f[typ] = string(v)
+		body = rest
+	}
+	return f
 }
 
 // mysqlCheck reads the server's initial handshake packet (protocol 10).

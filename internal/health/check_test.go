@@ -2,12 +2,22 @@ package health
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -339,16 +349,190 @@ func TestRedisCheck(t *testing.T) {
 // pgSSLRequest is the 8-byte SSLRequest: length 8, code 1234<<16 | 5679.
 var pgSSLRequest = []byte{0x00, 0x00, 0x00, 0x08, 0x04, 0xd2, 0x16, 0x2f}
 
-// pgErrorResponse frames an ErrorResponse message: 'E', an int32 length
-// that counts itself, then the severity, code and message fields, each a
-// type byte and a NUL-terminated string, and a final NUL.
-func pgErrorResponse(severity, code, msg string) string {
-	fields := "S" + severity + "\x00C" + code + "\x00M" + msg + "\x00\x00"
-	n := 4 + len(fields)
-	return "E" + string([]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}) + fields
+// pgTerminate is the Terminate message: 'X' and a length of 4.
+const pgTerminate = "X\x00\x00\x00\x04"
+
+// pgMessage frames a backend message: its type, an int32 length that
+// counts itself, and body.
+func pgMessage(typ byte, body string) string {
+	n := 4 + len(body)
+	return string([]byte{typ, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}) + body
+}
+
+// pgErrorResponse frames an ErrorResponse message: the severity, code,
+// message and, when given, detail fields, each a type byte and a
+// NUL-terminated string, and a final NUL.
+func pgErrorResponse(severity, code, msg string, detail ...string) string {
+	fields := "S" + severity + "\x00V" + severity + "\x00C" + code + "\x00M" + msg + "\x00"
+	for _, d := range detail {
+		fields += "D" + d + "\x00"
+	}
+	return pgMessage('E', fields+"\x00")
+}
+
+// pgAuth frames an authentication request ('R') with its code and data.
+func pgAuth(code byte, data string) string { return pgMessage('R', "\x00\x00\x00"+string(code)+data) }
+
+// pgServer is the script of a PostgreSQL server: it reads the SSLRequest
+// and answers 'S' (then a TLS handshake) when tlsConf is set, else 'N';
+// reads a StartupMessage of protocol 3.0 and checks its user and
+// database; writes answer; and then wants the check to send nothing but
+// a Terminate when terminate is set, before it hangs up.
+func pgServer(tb testing.TB, tlsConf *tls.Config, user, database, answer string, terminate bool) func(net.Conn) {
+	return func(c net.Conn) {
+		if !readExactly(tb, c, pgSSLRequest) {
+			return
+		}
+		if tlsConf == nil {
+			io.WriteString(c, "N")
+		} else {
+			io.WriteString(c, "S")
+			tc := tls.Server(c, tlsConf)
+			if err := tc.Handshake(); err != nil {
+				tb.Errorf("peer: TLS handshake: %v", err)
+				return
+			}
+			c = tc
+		}
+		var hdr [8]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			tb.Errorf("peer: read StartupMessage: %v", err)
+			return
+		}
+		n, version := binary.BigEndian.Uint32(hdr[:]), binary.BigEndian.Uint32(hdr[4:])
+		if n < 9 || n > 1024 || version != 3<<16 {
+			tb.Errorf("peer: StartupMessage of length %d, protocol %#x; want protocol 3.0", n, version)
+			return
+		}
+		params := make([]byte, n-8)
+		if _, err := io.ReadFull(c, params); err != nil {
+			tb.Errorf("peer: read StartupMessage: %v", err)
+			return
+		}
+		got := strings.Split(string(params), "\x00")
+		want := []string{"user", user, "database", database, "application_name", "sluice-health", "", ""}
+		if !slices.Equal(got, want) {
+			tb.Errorf("peer: StartupMessage parameters %q, want %q", got, want)
+			return
+		}
+		io.WriteString(c, answer)
+		rest, err := io.ReadAll(c)
+		if err != nil {
+			tb.Errorf("peer: read after the answer: %v", err)
+		}
+		if want := map[bool]string{true: pgTerminate}[terminate]; string(rest) != want {
+			tb.Errorf("peer: after the answer the check sent %q, want %q", rest, want)
+		}
+	}
+}
+
+// testTLSConfig returns a server TLS config with a fresh self-signed
+// certificate for 127.0.0.1.
+func testTLSConfig(tb testing.TB) *tls.Config {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "postgres.test"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
 }
 
 func TestPostgresCheck(t *testing.T) {
+	t.Parallel()
+	const user, db = "sluice_health", "postgres" // the defaults
+	tlsConf := testTLSConfig(t)
+	for _, tc := range []struct {
+		name           string
+		tls            bool
+		user, database string // configured; empty for the defaults
+		answer         string // to the StartupMessage
+		terminate      bool   // the check must send a Terminate
+		wantErr        string
+	}{
+		{name: "SCRAM asked", answer: pgAuth(10, "SCRAM-SHA-256\x00\x00")},
+		{name: "MD5 asked", answer: pgAuth(5, "\x01\x02\x03\x04")},
+		{name: "trust: session started", answer: pgAuth(0, ""), terminate: true},
+		{name: "TLS, SCRAM asked", tls: true, answer: pgAuth(10, "SCRAM-SHA-256\x00\x00")},
+		{name: "TLS, trust", tls: true, answer: pgAuth(0, ""), terminate: true},
+		{name: "configured user and database", user: "monitor", database: "app", answer: pgAuth(10, "SCRAM-SHA-256\x00\x00")},
+		{name: "no pg_hba.conf line", answer: pgErrorResponse("FATAL", "28000",
+			`no pg_hba.conf entry for host "127.0.0.1", user "sluice_health", database "postgres", no encryption`)},
+		{name: "no such role", answer: pgErrorResponse("FATAL", "28000", `role "sluice_health" does not exist`)},
+		{name: "no such database", answer: pgErrorResponse("FATAL", "3D000", `database "postgres" does not exist`)},
+		{
+			name:    "starting up",
+			answer:  pgErrorResponse("FATAL", "57P03", "the database system is starting up"),
+			wantErr: "server refuses sessions: FATAL 57P03: the database system is starting up",
+		},
+		{
+			name:    "shutting down",
+			answer:  pgErrorResponse("FATAL", "57P03", "the database system is shutting down"),
+			wantErr: "server refuses sessions: FATAL 57P03: the database system is shutting down",
+		},
+		{
+			name:    "recovery without hot standby",
+			answer:  pgErrorResponse("FATAL", "57P03", "the database system is not accepting connections", "Hot standby mode is disabled."),
+			wantErr: "FATAL 57P03: the database system is not accepting connections (Hot standby mode is disabled.)",
+		},
+		{
+			name:    "too many clients",
+			answer:  pgErrorResponse("FATAL", "53300", "sorry, too many clients already"),
+			wantErr: "server refuses sessions: FATAL 53300: sorry, too many clients already",
+		},
+		{
+			name: "TLS, too many clients", tls: true,
+			answer:  pgErrorResponse("FATAL", "53300", "sorry, too many clients already"),
+			wantErr: "server refuses sessions: FATAL 53300: sorry, too many clients already",
+		},
+		{
+			name:    "administrator shutdown",
+			answer:  pgErrorResponse("FATAL", "57P01", "terminating connection due to administrator command"),
+			wantErr: "FATAL 57P01: terminating connection due to administrator command",
+		},
+		{
+			name:    "pgbouncer: unknown database",
+			answer:  pgErrorResponse("FATAL", "08P01", "no such database: postgres"),
+			wantErr: "FATAL 08P01: no such database: postgres",
+		},
+		{
+			name:    "other message type",
+			answer:  pgMessage('Z', "I"),
+			wantErr: "StartupMessage answered with message type 'Z'",
+		},
+		{
+			name:    "not a message", // the start of an HTTP answer: 'H', then "TTP/" as a length
+			answer:  "HTTP/",
+			wantErr: "message type 'H' with length 1414811695, not a PostgreSQL server",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var conf *tls.Config
+			if tc.tls {
+				conf = tlsConf
+			}
+			wantUser, wantDB := cmp.Or(tc.user, user), cmp.Or(tc.database, db)
+			p := startPeer(t, "127.0.0.1", pgServer(t, conf, wantUser, wantDB, tc.answer, tc.terminate))
+			ch := newChecker(t, Config{Kind: "postgres", PostgresUser: tc.user, PostgresDatabase: tc.database})
+			wantErr(t, runCheck(ch, p.addr), tc.wantErr)
+		})
+	}
+}
+
+// TestPostgresCheckNotPostgres: peers that fail the check before or at
+// the StartupMessage.
+func TestPostgresCheckNotPostgres(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name    string
@@ -356,19 +540,7 @@ func TestPostgresCheck(t *testing.T) {
 		wantErr string
 	}{
 		{
-			name: "N, no TLS",
-			script: func(tb testing.TB) func(net.Conn) {
-				return answer(tb, pgSSLRequest, "N")
-			},
-		},
-		{
-			name: "S, TLS offered",
-			script: func(tb testing.TB) func(net.Conn) {
-				return answer(tb, pgSSLRequest, "S")
-			},
-		},
-		{
-			name: "ErrorResponse",
+			name: "ErrorResponse to SSLRequest",
 			script: func(tb testing.TB) func(net.Conn) {
 				// An ErrorResponse ('E', length, fields): per the
 				// protocol only a server predating SSL support
@@ -391,6 +563,29 @@ func TestPostgresCheck(t *testing.T) {
 				return hangUp(tb, pgSSLRequest)
 			},
 			wantErr: "read SSLRequest answer: EOF",
+		},
+		{
+			name: "hang up after StartupMessage",
+			script: func(tb testing.TB) func(net.Conn) {
+				return func(c net.Conn) {
+					if !readExactly(tb, c, pgSSLRequest) {
+						return
+					}
+					io.WriteString(c, "N")
+					var n [4]byte // read the whole StartupMessage, so closing sends a FIN, not a reset
+					if _, err := io.ReadFull(c, n[:]); err == nil {
+						io.ReadFull(c, make([]byte, binary.BigEndian.Uint32(n[:])-4))
+					}
+				}
+			},
+			wantErr: "read answer to StartupMessage: EOF",
+		},
+		{
+			name: "S, then no TLS",
+			script: func(tb testing.TB) func(net.Conn) {
+				return answer(tb, pgSSLRequest, "S", "not a TLS record\n")
+			},
+			wantErr: "TLS handshake",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

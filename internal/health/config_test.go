@@ -44,6 +44,8 @@ func TestConfigValidate(t *testing.T) {
 		{"zero fall", func(c *Config) { c.Fall = 0 }, "--health-fall", `"0"`},
 		{"fall 101", func(c *Config) { c.Fall = 101 }, "--health-fall", `"101"`},
 		{"send-expect without expect", func(c *Config) { c.Kind, c.Send = "send-expect", "PING" }, "--health-expect", ""},
+		{"NUL in postgres user", func(c *Config) { c.PostgresUser = "a\x00b" }, "--health-postgres-user", `"a\x00b"`},
+		{"postgres database over 63 bytes", func(c *Config) { c.PostgresDatabase = strings.Repeat("d", 64) }, "--health-postgres-database", "at most 63 bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()

@@ -1,0 +1,259 @@
+package health
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// pgStartTimeout bounds how long a real PostgreSQL may take to start or
+// to reach a state; it needs well under a second on an idle machine.
+const pgStartTimeout = 20 * time.Second
+
+// pgCluster is a throwaway PostgreSQL cluster for one test.
+type pgCluster struct {
+	bin, data string
+	cred      *syscall.Credential // run as this user; nil unless we are root
+	addr      netip.AddrPort
+	log       lockedBuffer
+	exited    chan struct{} // closed when the running server has exited
+	cmd       *exec.Cmd
+}
+
+// newPGCluster runs initdb in a temporary directory. Its pg_hba.conf lets
+// the superuser "postgres" in from 127.0.0.1 without a password (trust)
+// and asks every other user for one (SCRAM). It skips the test when
+// PostgreSQL is not installed, or when the test runs as root and there is
+// no user "nobody" to run it as (PostgreSQL refuses to run as root).
+func newPGCluster(tb testing.TB) *pgCluster {
+	tb.Helper()
+	initdb, err := exec.LookPath("initdb")
+	if err != nil {
+		tb.Skip("initdb not on PATH: the check against a real PostgreSQL is not run")
+	}
+	bin := filepath.Join(filepath.Dir(initdb), "postgres")
+	if _, err := os.Stat(bin); err != nil {
+		tb.Skipf("no postgres beside %s: the check against a real PostgreSQL is not run", initdb)
+	}
+	dir, err := os.MkdirTemp("", "sluice-pg-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	c := &pgCluster{bin: bin, data: filepath.Join(dir, "data")}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("nobody")
+		if err != nil {
+			tb.Skipf("running as root and no user nobody to run PostgreSQL as: %v", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		c.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		if err := os.Chown(dir, uid, gid); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	cmd := c.command(initdb, "-D", c.data, "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
+		"--no-locale", "-E", "UTF8", "--no-sync")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("initdb: %v\n%s", err, out)
+	}
+	c.writeFile(tb, "pg_hba.conf", []byte("local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n"))
+	return c
+}
+
+// writeFile writes a file of the cluster's user into its data directory
+// and returns its path.
+func (c *pgCluster) writeFile(tb testing.TB, name string, data []byte) string {
+	tb.Helper()
+	path := filepath.Join(c.data, name)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	if c.cred != nil {
+		if err := os.Chown(path, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return path
+}
+
+// command returns cmd as the cluster's user.
+func (c *pgCluster) command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
+	if c.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
+	}
+	return cmd
+}
+
+// start runs the server on a free loopback port with the given settings
+// (name=value), and stops it at cleanup if it still runs.
+func (c *pgCluster) start(tb testing.TB, settings ...string) {
+	tb.Helper()
+	port := freePort(tb)
+	args := []string{"-D", c.data, "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-k", filepath.Dir(c.data),
+		"-c", "fsync=off", "-c", "log_min_messages=warning"}
+	for _, s := range settings {
+		args = append(args, "-c", s)
+	}
+	c.cmd = c.command(c.bin, args...)
+	c.cmd.Stdout, c.cmd.Stderr = &c.log, &c.log
+	if err := c.cmd.Start(); err != nil {
+		tb.Fatalf("start postgres: %v", err)
+	}
+	c.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, exited chan struct{}) { cmd.Wait(); close(exited) }(c.cmd, c.exited)
+	tb.Cleanup(func() { c.stop(tb) })
+	c.addr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
+}
+
+// stop asks the server for a fast shutdown and waits for it to exit.
+func (c *pgCluster) stop(tb testing.TB) {
+	select {
+	case <-c.exited:
+		return
+	default:
+	}
+	c.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-c.exited:
+	case <-time.After(pgStartTimeout):
+		c.cmd.Process.Kill()
+		<-c.exited
+		tb.Errorf("postgres did not stop on SIGINT within %v", pgStartTimeout)
+	}
+}
+
+// await runs ch against the server until cond holds for its error, and
+// returns that error. It fails the test when the server exits or
+// pgStartTimeout passes first.
+func (c *pgCluster) await(tb testing.TB, ch Checker, what string, cond func(error) bool) error {
+	tb.Helper()
+	deadline := time.Now().Add(pgStartTimeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := runCheck(ch, c.addr)
+		if cond(err) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s: not within %v; last check: %v\n%s", what, pgStartTimeout, err, c.log.String())
+		}
+		select {
+		case <-c.exited:
+			tb.Fatalf("%s: postgres exited; last check: %v\n%s", what, err, c.log.String())
+		case <-tick.C:
+		}
+	}
+}
+
+// sslAnswer returns the server's answer to an SSLRequest.
+func (c *pgCluster) sslAnswer(tb testing.TB) byte {
+	tb.Helper()
+	conn, err := net.DialTimeout("tcp", c.addr.String(), checkTimeout)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(checkTimeout))
+	var ans [1]byte
+	if _, err := conn.Write(pgSSLRequest); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := io.ReadFull(conn, ans[:]); err != nil {
+		tb.Fatal(err)
+	}
+	return ans[0]
+}
+
+// session opens a session as the superuser (trust) and returns it once
+// the server is ready for queries; it is closed at cleanup.
+func (c *pgCluster) session(tb testing.TB) net.Conn {
+	tb.Helper()
+	conn, err := net.DialTimeout("tcp", c.addr.String(), checkTimeout)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(checkTimeout))
+	if _, err := conn.Write(postgresCheck{user: "postgres", database: "postgres"}.startupMessage()); err != nil {
+		tb.Fatal(err)
+	}
+	for {
+		typ, body, err := readPGMessage(conn)
+		if err != nil {
+			tb.Fatalf("session: %v", err)
+		}
+		switch typ {
+		case 'E':
+			tb.Fatalf("session refused: %v", pgFields(body))
+		case 'Z': // ReadyForQuery
+			conn.SetDeadline(time.Time{})
+			return conn
+		}
+	}
+}
+
+// TestPostgresCheckRealServer runs the check against PostgreSQL when it
+// is installed: it passes against a running server, over TLS or not,
+// whether the server asks for a password or lets the user in, and fails
+// while the server has no free connection slot and while it is a standby
+// without hot standby. A check that hangs up at the password request
+// leaves no line in the server's log.
+func TestPostgresCheckRealServer(t *testing.T) {
+	t.Parallel()
+	c := newPGCluster(t)
+	cert := testTLSConfig(t).Certificates[0]
+	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile := c.writeFile(t, "server.crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}))
+	keyFile := c.writeFile(t, "server.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}))
+	c.start(t, "max_connections=2", "superuser_reserved_connections=0",
+		"ssl=on", "ssl_cert_file="+certFile, "ssl_key_file="+keyFile)
+	scram := newChecker(t, Config{Kind: "postgres"})
+	trust := newChecker(t, Config{Kind: "postgres", PostgresUser: "postgres"})
+	isNil := func(err error) bool { return err == nil }
+	c.await(t, scram, "server up", isNil)
+	if ans := c.sslAnswer(t); ans != 'S' {
+		t.Fatalf("SSLRequest answered %q, want 'S': the checks did not use TLS", ans)
+	}
+	if err := runCheck(trust, c.addr); err != nil {
+		t.Fatalf("check as a user let in without a password: %v", err)
+	}
+
+	// Both slots taken: no session for anyone.
+	first := c.session(t)
+	c.session(t)
+	wantErr(t, runCheck(scram, c.addr), "server refuses sessions: FATAL 53300: sorry, too many clients already")
+	first.Write([]byte(pgTerminate))
+	first.Close()
+	c.await(t, scram, "a slot free again", isNil)
+
+	// A standby without hot standby takes no session (without TLS).
+	c.stop(t)
+	c.writeFile(t, "standby.signal", nil)
+	c.start(t, "hot_standby=off")
+	err = c.await(t, scram, "standby refusing sessions", func(err error) bool {
+		return err != nil && strings.Contains(err.Error(), "Hot standby mode is disabled")
+	})
+	wantErr(t, err, "server refuses sessions: FATAL 57P03: the database system is not accepting connections")
+	c.stop(t)
+	if log := c.log.String(); strings.Contains(log, defaultPostgresUser) {
+		t.Errorf("the server logged the check's user:\n%s", log)
+	}
+}
