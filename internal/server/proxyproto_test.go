@@ -148,6 +148,21 @@ func TestAcceptProxyProtocol(t *testing.T) {
 	})
 }
 
+// TestProxyHeaderDatagramAddresses: a v2 header that claims a datagram
+// (UDP) client on a TCP connection is accepted, but its addresses are not
+// used, as HAProxy does: the backend sees the connection's own.
+func TestProxyHeaderDatagramAddresses(t *testing.T) {
+	backend := headerBackend(t, "tcp4", "127.0.0.1:0")
+	r := start(t, "--backend", backend, "--proxy-protocol", "v2", "--accept-proxy-protocol",
+		"--proxy-protocol-trusted", "127.0.0.1/32", "--health-interval", "1h")
+	hdr := proxyproto.Header{Version: 2, Command: proxyproto.Proxy, Transport: proxyproto.UDP,
+		Src: netip.MustParseAddrPort("198.18.7.9:4321"), Dst: netip.MustParseAddrPort("198.18.0.1:53")}.Append(nil)
+	got, c := roundTrip(t, "tcp4", nil, r.Addr(), string(hdr), "hello")
+	if want := fmt.Sprintf("v2 %s %s|hello", c.LocalAddr(), r.Addr()); got != want {
+		t.Fatalf("backend saw %q, want %q", got, want)
+	}
+}
+
 // TestProxyHeaderTimeout: a trusted client that sends nothing is closed
 // after the header timeout (the connect timeout).
 func TestProxyHeaderTimeout(t *testing.T) {

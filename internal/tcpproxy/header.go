@@ -57,7 +57,10 @@ func (c *conn) readHeader() {
 		c.finish(reasonProxyHeader)
 		return
 	}
-	if h.Command == proxyproto.Proxy && h.Src.IsValid() {
+	// Only a stream's addresses stand for this connection's client: a
+	// header that claims a datagram is accepted with the connection's own
+	// addresses, as HAProxy does.
+	if h.Command == proxyproto.Proxy && h.Transport == proxyproto.TCP && h.Src.IsValid() {
 		c.peer = h.Src
 		c.local = h.Dst
 		if !p.cfg.ProxiedRules.Admit(c.peer.Addr()) {
