@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -65,7 +68,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	opts := server.Options{Inherited: inherited}
 	// The path to re-execute on SIGUSR2; a binary replaced on disk since
 	// is what runs next.
-	if exe, err := os.Executable(); err == nil {
+	if exe, err := invokedPath(); err == nil {
 		opts.Executable = exe
 	}
 	if predecessor != nil {
@@ -81,4 +84,35 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return s.Run(ctx)
+}
+
+// invokedPath returns the path this process was started by, made absolute
+// but with its symlinks left alone: an upgrade runs what that path names by
+// then, so a release made by repointing a symlink (current ->
+// releases/v2) is the one that starts. /proc/self/exe, which
+// os.Executable reads, has the symlinks resolved, and names the old
+// release. When argv[0] does not name this binary (a wrapper set another),
+// it is os.Executable's path.
+func invokedPath() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	p := os.Args[0]
+	if !strings.Contains(p, "/") {
+		if p, err = exec.LookPath(p); err != nil {
+			return exe, nil
+		}
+	}
+	if p, err = filepath.Abs(p); err != nil {
+		return exe, nil
+	}
+	a, err := os.Stat(p)
+	if err != nil {
+		return exe, nil
+	}
+	if b, err := os.Stat(exe); err != nil || !os.SameFile(a, b) {
+		return exe, nil
+	}
+	return p, nil
 }

@@ -46,18 +46,31 @@ func freeAddr(tb testing.TB) string {
 // it) and starts it as sluice with args.
 func startCopy(tb testing.TB, args ...string) *proc {
 	tb.Helper()
+	exe := filepath.Join(tb.TempDir(), "sluice")
+	copyTestBinary(tb, exe)
+	return startAt(tb, exe, args...)
+}
+
+// copyTestBinary writes a copy of the test binary to path.
+func copyTestBinary(tb testing.TB, path string) {
+	tb.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	exe := filepath.Join(tb.TempDir(), "sluice")
 	data, err := os.ReadFile(self)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := os.WriteFile(exe, data, 0o755); err != nil {
+	if err := os.WriteFile(path, data, 0o755); err != nil {
 		tb.Fatal(err)
 	}
+}
+
+// startAt starts exe, a copy of the test binary or a path leading to one,
+// as sluice with args.
+func startAt(tb testing.TB, exe string, args ...string) *proc {
+	tb.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		tb.Fatal(err)
@@ -416,6 +429,61 @@ func TestStopDuringUpgrade(t *testing.T) {
 		c.Close()
 		t.Fatal("something still listens after the stop")
 	}
+}
+
+// TestUpgradeRunsSymlinkTarget: a release made by repointing the symlink
+// sluice was started by (current -> releases/v2) is what an upgrade runs;
+// and the successor starts with SIGHUP and SIGUSR2 ignored, so neither can
+// kill it before its Go runtime handles them. The new release is a wrapper
+// script that records its pid and its ignored signals, then runs the
+// binary.
+func TestUpgradeRunsSymlinkTarget(t *testing.T) {
+	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	addr := freeAddr(t)
+	dir := t.TempDir()
+	for _, d := range []string{"v1", "v2"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v1, v2 := filepath.Join(dir, "v1", "sluice"), filepath.Join(dir, "v2", "sluice")
+	copyTestBinary(t, v1)
+	status := filepath.Join(dir, "v2.status")
+	script := fmt.Sprintf("#!/bin/sh\ngrep SigIgn /proc/$$/status > %s.tmp && mv %s.tmp %s\nexec %s \"$@\"\n", status, status, status, v1)
+	if err := os.WriteFile(v2, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	current := filepath.Join(dir, "sluice")
+	if err := os.Symlink(v1, current); err != nil {
+		t.Fatal(err)
+	}
+	p := startAt(t, current, "--listen", addr, "--backend", echo.Addr().String(), "--drain-timeout", "1s")
+	p.waitLog(t, "sluice started")
+	if err := os.Symlink(v2, current+".new"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(current+".new", current); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Signal(syscall.SIGUSR2)
+	m := p.waitLog(t, "new process serves")
+	child := int(m["pid"].(float64))
+	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
+	b, err := os.ReadFile(status)
+	if err != nil {
+		t.Fatalf("the upgrade did not run the symlink's new target: %v", err)
+	}
+	var ign uint64
+	if _, err := fmt.Sscanf(string(b), "SigIgn: %x", &ign); err != nil {
+		t.Fatalf("status %q: %v", b, err)
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGUSR2} {
+		if ign&(1<<(sig-1)) == 0 {
+			t.Errorf("the successor started with %v not ignored (SigIgn %016x)", sig, ign)
+		}
+	}
+	syscall.Kill(child, syscall.SIGTERM)
+	waitExit(t, child)
 }
 
 // TestUpgradeFailureKeepsServing: when the binary on disk cannot start,

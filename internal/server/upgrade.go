@@ -157,20 +157,23 @@ func (s *Server) Upgrade() error {
 	cmd.Env = append(os.Environ(), upgradeEnv+"=3")
 	cmd.ExtraFiles = []*os.File{theirs} // fd 3 in the child
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	// The successor starts with SIGHUP ignored: an ignored signal stays
-	// ignored across exec, and the Go runtime keeps an inherited SIG_IGN
-	// for SIGHUP until the program asks for it, so a SIGHUP in the
-	// successor's first milliseconds (before package earlysig's init)
-	// cannot kill it. This process ignores SIGHUP for the fork and exec:
-	// one arriving then is dropped, which loses nothing once the
-	// successor serves (it reads every file afresh), only if the upgrade
-	// then fails.
+	// The successor starts with SIGHUP and SIGUSR2 ignored: an ignored
+	// signal stays ignored across exec, so one that arrives before its Go
+	// runtime installs its handlers (`pkill -USR2 sluice` during an
+	// upgrade) cannot kill it with the default action. The runtime keeps
+	// an inherited SIG_IGN for SIGHUP until the program asks for it, and
+	// replaces it for SIGUSR2 with a handler that drops the signal until
+	// the program asks for that; package earlysig ignores both from its
+	// init. This process ignores them for the fork and exec: a SIGHUP
+	// arriving then is dropped, which loses nothing once the successor
+	// serves (it reads every file afresh), only if the upgrade then
+	// fails; a SIGUSR2 would find an upgrade under way anyway.
 	if s.hup != nil {
-		signal.Ignore(syscall.SIGHUP)
+		signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2)
 	}
 	err = cmd.Start()
 	if s.hup != nil {
-		signal.Notify(s.hup, syscall.SIGHUP)
+		signal.Notify(s.hup, syscall.SIGHUP, syscall.SIGUSR2)
 	}
 	theirs.Close()
 	if err != nil {
