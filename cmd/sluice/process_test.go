@@ -795,3 +795,45 @@ func TestSignalsIgnoredEarlyInInit(t *testing.T) {
 		t.Errorf("none of the heavy packages in the trace of %d inits", len(order))
 	}
 }
+
+// TestUpgradeRenamedServiceKeepsSockets: a service renamed in the config
+// file between the releases still takes its listening sockets over, so
+// the connections waiting in their accept queues are not reset; before, it
+// bound new ones and the old ones were closed.
+func TestUpgradeRenamedServiceKeepsSockets(t *testing.T) {
+	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	addr := freeAddr(t)
+	_, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	conf := filepath.Join(t.TempDir(), "sluice.conf")
+	write := func(name string) {
+		body := fmt.Sprintf("workers 2\ndrain-timeout 1s\n[service %s]\nlisten %s\nbackend %s\n", name, addr, echo.Addr())
+		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("pg")
+	p := startCopy(t, "--config", conf)
+	p.waitLog(t, "sluice started")
+	before := testsrv.ListenInodes(t, port)
+	if len(before) != 2 {
+		t.Fatalf("listening sockets before the upgrade: %v, want 2", before)
+	}
+	write("postgres")
+	p.cmd.Signal(syscall.SIGUSR2)
+	m := p.waitLog(t, "taking over the listening sockets of a renamed service")
+	if m["service"] != "postgres" || m["was"] != "pg" {
+		t.Fatalf("log line %v", m)
+	}
+	m = p.waitLog(t, "new process serves")
+	child := int(m["pid"].(float64))
+	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
+	if err := p.cmd.Signal(syscall.SIGTERM); err == nil {
+		p.cmd.Wait()
+	}
+	if after := testsrv.ListenInodes(t, port); !slices.Equal(after, before) {
+		t.Fatalf("listening sockets after the upgrade: %v, want the handed-over %v", after, before)
+	}
+	syscall.Kill(child, syscall.SIGTERM)
+	waitExit(t, child)
+}

@@ -134,20 +134,47 @@ func standIn(t *testing.T) int {
 }
 
 // TestRenamedServiceUpgrade: an upgrade whose configuration renamed a
-// service keeps its address; the predecessor's socket there is sluice's
-// own, handed over under the old name, so the new one may bind beside it.
+// service keeps its address; the predecessor's socket there, handed over
+// under the old name, is taken over rather than closed (with the
+// connections in its accept queue), and the second loop's socket joins it.
 func TestRenamedServiceUpgrade(t *testing.T) {
 	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	held := reusePortSocket(t, unix.SOCK_STREAM, 0)
-	fd := standIn(t)
-	cfg := parse(t, "--listen", held.String(), "--backend", backend.Addr().String())
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 16); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := sa.(*unix.SockaddrInet4).Port
+	held := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(port))
+	given, err := unix.Dup(fd) // New owns what is handed over
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := parse(t, "--listen", held.String(), "--backend", backend.Addr().String(), "--workers", "2")
 	s, err := New(cfg, zap.NewNop(), Options{Inherited: []handoff.Socket{
-		{Kind: handoff.KindListener, Service: "old-name", Proto: "tcp", Addr: held.String(), FD: fd},
+		{Kind: handoff.KindListener, Service: "old-name", Proto: "tcp", Addr: held.String(), FD: given},
 	}})
 	if err != nil {
-		t.Fatalf("New beside the predecessor's socket for a renamed service: %v", err)
+		t.Fatalf("New with the predecessor's socket for a renamed service: %v", err)
 	}
-	s.release()
+	defer s.release()
+	// The handed-over socket and one new one; three if it was not taken.
+	if got := testsrv.ListenInodes(t, port); len(got) != 2 {
+		t.Fatalf("sockets listening on %s: %v, want 2", held, got)
+	}
 }
 
 // freeFixedPort returns a TCP port below the kernel's ephemeral range

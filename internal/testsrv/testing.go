@@ -2,6 +2,10 @@ package testsrv
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -16,4 +20,25 @@ func StartTB(tb testing.TB, kind Kind, network string) *Server {
 	}
 	tb.Cleanup(func() { s.Close() })
 	return s
+}
+
+// ListenInodes returns the sorted inodes of the IPv4 TCP sockets listening
+// on port, from /proc/net/tcp: which sockets, not which descriptors, so a
+// socket handed from one process to another keeps its inode.
+func ListenInodes(tb testing.TB, port int) []string {
+	tb.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var inodes []string
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 10 || f[3] != "0A" || !strings.HasSuffix(f[1], fmt.Sprintf(":%04X", port)) {
+			continue
+		}
+		inodes = append(inodes, f[9])
+	}
+	slices.Sort(inodes)
+	return inodes
 }
