@@ -166,6 +166,11 @@ func (f *Firewall) Attach(iface string, mode Mode) error {
 			f.links = append(f.links, attached{Attachment{iface, m}, l})
 			return nil
 		}
+		if mode == ModeNative && errors.Is(err, unix.EOPNOTSUPP) {
+			// Asked for by name, so no generic fallback: the operator
+			// must choose, and no restart will change the driver.
+			return fmt.Errorf("attach xdp to %s: native mode %w: its driver has no XDP support; use --xdp-mode generic, or auto to fall back to it (%v)", iface, ErrUnsupported, err)
+		}
 		err = fmt.Errorf("%v mode: %w", m, err)
 		if errs == nil {
 			errs = err

@@ -571,6 +571,26 @@ func TestAttachEthernetOnly(t *testing.T) {
 	}
 }
 
+// TestAttachNativeUnsupported: native mode asked for by name on a driver
+// without XDP (loopback's) is refused with the way out, and as
+// ErrUnsupported, which sluice reports as a bad invocation (exit 2): no
+// restart changes the driver.
+func TestAttachNativeUnsupported(t *testing.T) {
+	requirePrivileges(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2's ip command")
+	}
+	srvNS, _ := newTopology(t)
+	srv := startHelper(t, srvNS)
+	rep := srv.do(t, helperRequest{Op: "attach", Iface: "lo", Mode: ModeNative})
+	if !strings.Contains(rep.Err, ErrUnsupported.Error()) || !strings.Contains(rep.Err, "--xdp-mode generic") {
+		t.Fatalf("native attach to lo: error %q, want ErrUnsupported and the generic mode named", rep.Err)
+	}
+	if rep := srv.do(t, helperRequest{Op: "attach", Iface: "lo", Mode: ModeAuto}); rep.Err != "" {
+		t.Fatalf("auto attach to lo after the refusal: %s", rep.Err)
+	}
+}
+
 // attachOnce attaches a new firewall to iface and closes it again.
 func attachOnce(cfg Config, iface string, mode Mode) error {
 	fw, err := New(cfg)
