@@ -40,7 +40,12 @@ func newPGCluster(tb testing.TB) *pgCluster {
 	tb.Helper()
 	initdb, err := exec.LookPath("initdb")
 	if err != nil {
-		tb.Skip("initdb not on PATH: the check against a real PostgreSQL is not run")
+		// Debian keeps the server's programs off PATH.
+		found, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+		if len(found) == 0 {
+			tb.Skip("no initdb on PATH or in /usr/lib/postgresql: the check against a real PostgreSQL is not run")
+		}
+		initdb = found[len(found)-1]
 	}
 	bin := filepath.Join(filepath.Dir(initdb), "postgres")
 	if _, err := os.Stat(bin); err != nil {
