@@ -13,6 +13,16 @@ type Config struct {
 	// SessionTimeout ends a session after this long with no datagram in
 	// either direction. Positive.
 	SessionTimeout time.Duration
+	// DrainIdle bounds SessionTimeout once the proxy drains (an upgrade
+	// or a stop; see Proxy.Drain). A draining proxy reads no client
+	// datagram, so a session can only still receive its backend's
+	// answers to what was sent on before, and it ends after this long
+	// with none. The default, 2 s, leaves a request/reply backend (DNS,
+	// RADIUS, SNMP, NTP answer in milliseconds) ample time, yet a stop or
+	// an upgrade does not wait on sessions that will hear nothing more
+	// (syslog and statsd never answer): the drain is over 2 s after the
+	// last answer. 0 ends every session when the drain begins.
+	DrainIdle time.Duration
 	// HashKey selects the part of the client address that is hashed to
 	// pick a session's backend.
 	HashKey balancer.HashKey
@@ -36,6 +46,7 @@ const MaxBatch = 256
 func DefaultConfig() Config {
 	return Config{
 		SessionTimeout: 30 * time.Second,
+		DrainIdle:      2 * time.Second,
 		HashKey:        balancer.HashSrcIP,
 		Batch:          32,
 		SocketBuffer:   4 << 20,

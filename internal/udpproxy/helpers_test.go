@@ -2,6 +2,7 @@ package udpproxy
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -37,31 +38,63 @@ type rig struct {
 // toward backends, and stops them with tb.Cleanup.
 func startRig(tb testing.TB, listen netip.AddrPort, backends []netip.AddrPort, cfg Config, limiter *SessionLimiter, nloops int) *rig {
 	tb.Helper()
+	addr := listen
+	return newRig(tb, backends, cfg, limiter, nloops, func() (int, netip.AddrPort, error) {
+		fd, bound, err := Listen(addr, cfg.SocketBuffer)
+		if err == nil {
+			addr = bound
+		}
+		return fd, bound, err
+	})
+}
+
+// successor starts proxies on loops of their own that read r's listening
+// sockets, as an upgrade's successor does: each reads a duplicate of one
+// of r's sockets (the same open file), and sends on toward backends. Its
+// cleanup runs before r's.
+func (r *rig) successor(backends []netip.AddrPort, cfg Config) *rig {
+	r.tb.Helper()
+	var fds []int
+	for i := range r.proxies {
+		r.do(i, func(p *Proxy) { fds = append(fds, p.ListenerFDs()...) })
+	}
+	next := 0
+	return newRig(r.tb, backends, cfg, nil, len(fds), func() (int, netip.AddrPort, error) {
+		fd, err := unix.FcntlInt(uintptr(fds[next]), unix.F_DUPFD_CLOEXEC, 0)
+		next++
+		return fd, r.addr, err
+	})
+}
+
+// newRig starts nloops proxies, proxy i listening on the socket that the
+// i-th call of listen returns.
+func newRig(tb testing.TB, backends []netip.AddrPort, cfg Config, limiter *SessionLimiter, nloops int, listen func() (int, netip.AddrPort, error)) *rig {
+	tb.Helper()
 	if limiter == nil {
 		limiter = NewSessionLimiter(0)
 	}
 	r := &rig{tb: tb, pool: balancer.NewPool(snapshot(tb, nloops, backends...)), limiter: limiter}
-	addr := listen
 	for i := range nloops {
 		l, err := loop.New()
 		if err != nil {
+			r.close()
 			tb.Fatal(err)
 		}
 		p := New(l, i, cfg, r.pool, limiter, zap.NewNop())
-		fd, bound, err := Listen(addr, cfg.SocketBuffer)
+		r.loops = append(r.loops, l)
+		r.proxies = append(r.proxies, p)
+		fd, bound, err := listen()
 		if err != nil {
-			l.Close()
 			r.close()
 			tb.Fatal(err)
 		}
 		if err := p.Listen(fd); err != nil {
+			closeFD(fd)
+			r.close()
 			tb.Fatal(err)
 		}
-		addr = bound
-		r.loops = append(r.loops, l)
-		r.proxies = append(r.proxies, p)
+		r.addr = bound
 	}
-	r.addr = addr
 	for _, l := range r.loops {
 		r.wg.Add(1)
 		go func() {
@@ -268,6 +301,46 @@ func (c *client) roundTrip(to netip.AddrPort, req []byte) ([]byte, error) {
 		return nil, errors.New("reply from " + from.String() + ", want " + to.String())
 	}
 	return c.buf[:n], nil
+}
+
+// heldRequests sends "req-i" from client i to the service at to, and
+// reads every request at the backend be without answering: it returns
+// where each came from (its session's socket) and what it was, in the
+// order they arrived.
+func heldRequests(tb testing.TB, be *net.UDPConn, to netip.AddrPort, clients []*client) (froms []netip.AddrPort, reqs []string) {
+	tb.Helper()
+	for i, c := range clients {
+		if _, err := c.conn.WriteToUDPAddrPort(fmt.Appendf(nil, "req-%d", i), to); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	buf := make([]byte, 2048)
+	be.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for range clients {
+		k, from, err := be.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			tb.Fatalf("backend: %v", err)
+		}
+		froms = append(froms, from)
+		reqs = append(reqs, string(buf[:k]))
+	}
+	return froms, reqs
+}
+
+// expectReplies checks that client i receives "re:req-i" from the
+// service address svc.
+func expectReplies(tb testing.TB, clients []*client, svc netip.AddrPort) {
+	tb.Helper()
+	for i, c := range clients {
+		c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		k, from, err := c.conn.ReadFromUDPAddrPort(c.buf)
+		if err != nil {
+			tb.Fatalf("client %d: no reply: %v", i, err)
+		}
+		if want := fmt.Sprintf("re:req-%d", i); string(c.buf[:k]) != want || from != svc {
+			tb.Errorf("client %d got %q from %v, want %q from %v", i, c.buf[:k], from, want, svc)
+		}
+	}
 }
 
 // openFDs counts the process's open file descriptors.

@@ -51,6 +51,16 @@
 // or moved to it as a connection. Those counters leave with the backend,
 // so a churning backend set grows nothing here.
 //
+// A drain (an upgrade or a stop) takes the listening sockets out of the
+// loop's epoll set but keeps them open: an upgrade's successor holds the
+// same sockets and reads the clients' datagrams from then on, opening
+// sessions of its own, while this proxy keeps its sessions so that the
+// backends' answers to the datagrams already sent on still reach their
+// clients, from the service's address. With nothing more to send on, a
+// session then ends after Config.DrainIdle with no datagram either way (or
+// SessionTimeout, when shorter), and the drain is over when the last one
+// has; the caller bounds it (the server's --drain-timeout) with CloseAll.
+//
 // Drops are counted by reason (see DropReason), including the datagrams
 // the kernel drops when a socket's receive queue overflows, so that every
 // datagram is accounted for. Nothing blocks the loop: a send that would
@@ -97,9 +107,18 @@ type Proxy struct {
 	log     *zap.Logger
 	debug   bool
 
-	lnfd    int    // the listening socket; -1 before Listen and after Drain
-	lnDrops uint32 // the kernel's drop count of lnfd when last read
-	dropsAt int64  // loop clock of the last countListenDrops
+	// lns are the listening sockets, each read for client datagrams: one,
+	// or more in the successor of an upgrade from a process with more
+	// loops. They are bound to the same address, so a reply may leave
+	// from any: it leaves from lnfd, the first; -1 before Listen and after
+	// CloseAll. From Drain on they are no longer read, only written to.
+	lns      []*listener
+	lnfd     int
+	draining bool
+	// idle is how long a session may go without a datagram, in loop-clock
+	// nanoseconds: cfg.SessionTimeout, and from Drain on at most
+	// cfg.DrainIdle.
+	idle int64
 
 	// buf holds the datagrams of one read from the listening socket, or
 	// the replies gathered from session sockets during one wake-up: slots
@@ -147,6 +166,7 @@ func New(l *loop.Loop, id int, cfg Config, lb *balancer.Pool, limiter *SessionLi
 		log:      log,
 		debug:    log.Core().Enabled(zap.DebugLevel),
 		lnfd:     -1,
+		idle:     int64(cfg.SessionTimeout),
 		buf:      newBatch(cfg.Batch),
 		owner:    make([]*session, cfg.Batch),
 		sessions: make(map[netip.AddrPort]*session),
@@ -166,42 +186,82 @@ func (p *Proxy) Stats() *Stats { return p.stats }
 func (p *Proxy) Sessions() int { return len(p.sessions) }
 
 // Listen takes ownership of the UDP socket fd (from Listen) and starts
-// receiving on it. Loop goroutine, or before the loop runs.
+// receiving on it. A proxy may have several sockets bound to the same
+// address (sockets handed over by an upgrade beyond the loop count); each
+// is read. Loop goroutine, or before the loop runs; not after Drain.
 func (p *Proxy) Listen(fd int) error {
-	if err := p.loop.Add(fd, loop.In, (*listener)(p)); err != nil {
+	ln := &listener{p: p, fd: fd, drops: socketDrops(fd)}
+	if err := p.loop.Add(fd, loop.In, ln); err != nil {
 		return err
 	}
-	p.lnfd = fd
-	p.lnDrops = socketDrops(fd)
+	p.lns = append(p.lns, ln)
+	if p.lnfd < 0 {
+		p.lnfd = fd
+	}
 	return nil
 }
 
-// ListenerFDs returns the listening socket, for an upgrade's handoff; the
-// proxy keeps it open.
+// ListenerFDs returns the listening sockets, for an upgrade's handoff; the
+// proxy keeps them open. A draining proxy reads them no more and hands
+// over none.
 func (p *Proxy) ListenerFDs() []int {
-	if p.lnfd < 0 {
+	if p.draining {
 		return nil
 	}
-	return []int{p.lnfd}
+	fds := make([]int, 0, len(p.lns))
+	for _, ln := range p.lns {
+		fds = append(fds, ln.fd)
+	}
+	return fds
 }
 
-// Drain closes the listening socket and ends every session at once, then
-// returns a closed channel. UDP has no end-of-session signal to wait for,
-// and the replies of a session leave through the listening socket, so a
-// session cannot outlive it; closing the socket at once also lets the
-// kernel give the service's datagrams to the other sockets of its
-// SO_REUSEPORT group (a new process during an upgrade).
+// Drain stops reading the listening sockets and returns a channel closed
+// once every session has ended. The sockets stay open, for the replies:
+// after an upgrade the successor reads them (both processes hold the same
+// sockets, so this one must stop reading, but closing them would not take
+// them out of the SO_REUSEPORT group); after a stop nothing does. The
+// sessions go on receiving from their backends, and each ends after
+// Config.DrainIdle (or SessionTimeout, when shorter) with no datagram
+// either way: its client's next datagram reaches the successor, so all
+// that can still come is answers to what was sent on before. Those idle
+// that long already end now. CloseAll ends the rest and closes the
+// sockets.
 func (p *Proxy) Drain() <-chan struct{} {
-	p.CloseAll()
 	if p.drained == nil {
 		p.drained = make(chan struct{})
-		close(p.drained)
 	}
+	if !p.draining {
+		p.draining = true
+		// The drops from now on are the successor's to count.
+		p.countListenDrops()
+		for _, ln := range p.lns {
+			// Remove, not Forget: the socket stays open (and may be
+			// the successor's too), so nothing else takes it out of
+			// this loop's epoll set.
+			p.loop.Remove(ln.fd)
+		}
+		p.idle = min(p.idle, int64(p.cfg.DrainIdle))
+		p.loop.Cancel(&p.expiry)
+		p.expire()
+	}
+	p.checkDrained()
 	return p.drained
 }
 
-// CloseAll ends every session and closes the listening socket, and returns
-// how many sessions it ended. The proxy holds no fd afterwards.
+// checkDrained closes the drained channel once a drain has begun and the
+// last session has ended.
+func (p *Proxy) checkDrained() {
+	if p.draining && len(p.sessions) == 0 && p.drained != nil {
+		select {
+		case <-p.drained:
+		default:
+			close(p.drained)
+		}
+	}
+}
+
+// CloseAll ends every session and closes the listening sockets, and
+// returns how many sessions it ended. The proxy holds no fd afterwards.
 func (p *Proxy) CloseAll() int {
 	p.flushReplies()
 	n := 0
@@ -210,44 +270,54 @@ func (p *Proxy) CloseAll() int {
 		n++
 	}
 	p.loop.Cancel(&p.expiry)
-	if p.lnfd >= 0 {
+	if !p.draining {
 		p.countListenDrops()
-		// Remove, not Forget: after an upgrade the socket lives on in the
-		// successor, and an fd closed while its file stays open is not
-		// taken out of the epoll set.
-		p.loop.Remove(p.lnfd)
-		unix.Close(p.lnfd)
-		p.lnfd = -1
 	}
+	for _, ln := range p.lns {
+		if !p.draining {
+			// Remove, not Forget: after an upgrade the socket lives on
+			// in the successor, and an fd closed while its file stays
+			// open is not taken out of the epoll set.
+			p.loop.Remove(ln.fd)
+		}
+		unix.Close(ln.fd)
+	}
+	p.lns = nil
+	p.lnfd = -1
 	return n
 }
 
-// listener is the Proxy seen as the handler of its listening socket.
-type listener Proxy
+// listener is one listening socket of a Proxy.
+type listener struct {
+	p       *Proxy
+	fd      int
+	drops   uint32 // the kernel's drop count of fd when last read
+	dropsAt int64  // loop clock of the last countDrops
+}
 
 // HandleEvent reads client datagrams and sends each on its session.
 func (ln *listener) HandleEvent(uint32) {
-	p := (*Proxy)(ln)
+	p := ln.p
 	b := p.buf
 	// The slots are about to be reused, and handling client datagrams can
 	// end or remap sessions: the replies gathered so far go first.
 	p.flushReplies()
-	for read := 0; read < eventBudget && p.lnfd >= 0; {
-		n, err := b.recv(p.lnfd, 0, p.cfg.Batch, true)
+	for read := 0; read < eventBudget; {
+		n, err := b.recv(ln.fd, 0, p.cfg.Batch, true)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			return // EAGAIN; nothing else is expected of an unconnected socket
 		}
-		if now := p.loop.Now(); n == p.cfg.Batch || now-p.dropsAt >= int64(time.Second) {
+		if now := p.loop.Now(); n == p.cfg.Batch || now-ln.dropsAt >= int64(time.Second) {
 			// A full read means a backlog, the likeliest time for the
 			// socket's queue to have overflowed; but a queue of large
 			// datagrams (or a small receive buffer) overflows with fewer
 			// than a batch in it, so the count is also taken once a
 			// second while datagrams come in.
-			p.dropsAt = now
-			p.countListenDrops()
+			ln.dropsAt = now
+			ln.countDrops()
 		}
 		if snap := p.lb.Load(); snap != p.snap {
 			p.snap = snap
@@ -396,15 +466,22 @@ func (p *Proxy) flushReplies() {
 	}
 }
 
-// countListenDrops adds the datagrams the kernel dropped at the listening
-// socket since the last look (its receive queue was full) to the stats.
+// countListenDrops counts the kernel's drops at every listening socket.
 func (p *Proxy) countListenDrops() {
-	d := socketDrops(p.lnfd)
-	p.stats.drop(DropListenQueue, int(d-p.lnDrops))
-	p.lnDrops = d
+	for _, ln := range p.lns {
+		ln.countDrops()
+	}
 }
 
-// countSessionDrops is countListenDrops for a session socket, for when it
+// countDrops adds the datagrams the kernel dropped at the listening
+// socket since the last look (its receive queue was full) to the stats.
+func (ln *listener) countDrops() {
+	d := socketDrops(ln.fd)
+	ln.p.stats.drop(DropListenQueue, int(d-ln.drops))
+	ln.drops = d
+}
+
+// countSessionDrops is countDrops for a session socket, for when it
 // closes: while it is open, relay counts from the datagrams.
 func (p *Proxy) countSessionDrops(s *session) {
 	d := socketDrops(s.fd)

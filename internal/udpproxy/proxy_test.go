@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/testsrv"
@@ -520,36 +521,171 @@ func TestBackendRefused(t *testing.T) {
 	eventually(t, "backend_refused", func() bool { return st.Drops(DropBackendRefused) >= 1 })
 }
 
-// TestDrain closes the listener and every session at once, after which the
-// port can be bound again.
-func TestDrain(t *testing.T) {
+// TestDrainKeepsReplies is an upgrade: a successor reads the listening
+// sockets too, and the proxies drain. The replies a slow backend sends
+// after the drain began still reach their clients, from the service
+// address, while the clients' next datagrams are the successor's alone.
+// The drain ends once the sessions have been idle for DrainIdle, and the
+// sockets close with CloseAll.
+func TestDrainKeepsReplies(t *testing.T) {
 	checkFDs(t)
-	echo := testsrv.StartTB(t, testsrv.Echo, "udp")
-	r := startRig(t, lo4, []netip.AddrPort{echo.Addr()}, testConfig(), nil, 2)
-	for i := range 10 {
-		c := newClient(t, fmt.Sprintf("127.0.4.%d", i+1))
-		if _, err := c.roundTrip(r.addr, []byte("x")); err != nil {
+	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	cfg := testConfig()
+	r := startRig(t, lo4, []netip.AddrPort{be.LocalAddr().(*net.UDPAddr).AddrPort()}, cfg, nil, 2)
+
+	const n = 16
+	clients := make([]*client, n)
+	for i := range clients {
+		clients[i] = newClient(t, fmt.Sprintf("127.0.7.%d", i+1))
+	}
+	// The backend answers none yet: each request is in flight when the
+	// drain begins.
+	froms, reqs := heldRequests(t, be, r.addr, clients)
+
+	next := startID(t, 'S', "udp", "127.0.0.1")
+	succ := r.successor([]netip.AddrPort{next.addr}, cfg)
+	drained := make([]<-chan struct{}, len(r.proxies))
+	for i := range r.proxies {
+		r.do(i, func(p *Proxy) { drained[i] = p.Drain() })
+	}
+	// The clients' next datagrams go to the successor only.
+	for i, c := range clients {
+		req := fmt.Sprintf("next-%d", i)
+		got, err := c.roundTrip(r.addr, []byte(req))
+		if err != nil || string(got) != "S"+req {
+			t.Fatalf("client %d after the drain began: %q, %v; want the successor's %q", i, got, err, "S"+req)
+		}
+	}
+	if up := r.traffic().DatagramsUp; up != n {
+		t.Errorf("the draining proxies sent %d datagrams on, want only the %d before the drain", up, n)
+	}
+	for i, ch := range drained {
+		select {
+		case <-ch:
+			t.Errorf("proxy %d drained with replies still to come", i)
+		default:
+		}
+	}
+
+	// The backend answers now, after the drain began.
+	for i, from := range froms {
+		if _, err := be.WriteToUDPAddrPort([]byte("re:"+reqs[i]), from); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for i := range r.proxies {
-		var ch <-chan struct{}
-		r.do(i, func(p *Proxy) { ch = p.Drain() })
+	expectReplies(t, clients, r.addr)
+	// With nothing more to relay, the sessions end after DrainIdle.
+	for i, ch := range drained {
 		select {
 		case <-ch:
-		default:
-			t.Fatal("drain channel not closed")
+		case <-time.After(cfg.DrainIdle + 5*time.Second):
+			t.Fatalf("proxy %d still draining %v after the last reply", i, cfg.DrainIdle+5*time.Second)
 		}
 	}
-	if n := r.sum(func(s *Stats) uint64 { return s.SessionsEnded.Load() }); n != 10 || r.limiter.Open() != 0 {
-		t.Errorf("after drain: %d sessions ended, %d limiter slots", n, r.limiter.Open())
+	if e, o := r.sum(func(s *Stats) uint64 { return s.SessionsEnded.Load() }), r.limiter.Open(); e != n || o != 0 {
+		t.Errorf("after the drain: %d sessions ended, %d limiter slots; want %d and 0", e, o, n)
 	}
-	// The port is free: a plain bind without SO_REUSEPORT succeeds.
+	for i := range r.proxies {
+		r.do(i, func(p *Proxy) {
+			if k := p.CloseAll(); k != 0 {
+				t.Errorf("proxy %d: CloseAll ended %d sessions after the drain", i, k)
+			}
+		})
+	}
+	// The successor serves on alone.
+	if got, err := clients[0].roundTrip(succ.addr, []byte("last")); err != nil || string(got) != "Slast" {
+		t.Fatalf("after the old proxies closed: %q, %v", got, err)
+	}
+}
+
+// TestDrainEndsIdleSessions: sessions already idle for DrainIdle when the
+// drain begins end at once, and with none left the drain is over; the
+// listening socket is no longer read. CloseAll then frees the port.
+func TestDrainEndsIdleSessions(t *testing.T) {
+	for _, idle := range []time.Duration{0, 50 * time.Millisecond} {
+		t.Run(idle.String(), func(t *testing.T) {
+			checkFDs(t)
+			echo := testsrv.StartTB(t, testsrv.Echo, "udp")
+			cfg := testConfig()
+			cfg.DrainIdle = idle
+			r := startRig(t, lo4, []netip.AddrPort{echo.Addr()}, cfg, nil, 1)
+			for i := range 10 {
+				c := newClient(t, fmt.Sprintf("127.0.4.%d", i+1))
+				if _, err := c.roundTrip(r.addr, []byte("x")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(idle) // the sessions' idle time: the scenario
+			var ch <-chan struct{}
+			r.do(0, func(p *Proxy) { ch = p.Drain() })
+			select {
+			case <-ch:
+			default:
+				t.Fatal("drain channel not closed")
+			}
+			if n := r.sum(func(s *Stats) uint64 { return s.SessionsEnded.Load() }); n != 10 || r.limiter.Open() != 0 {
+				t.Errorf("after drain: %d sessions ended, %d limiter slots", n, r.limiter.Open())
+			}
+			// The socket is open but no longer read.
+			c := newClient(t, "127.0.4.99")
+			c.conn.WriteToUDPAddrPort([]byte("unread"), r.addr)
+			var queued int
+			eventually(t, "the datagram queued unread", func() bool {
+				r.do(0, func(p *Proxy) { queued, _ = unix.IoctlGetInt(p.lnfd, unix.SIOCINQ) })
+				return queued > 0
+			})
+			if n := r.sum(func(s *Stats) uint64 { return s.SessionsCreated.Load() }); n != 10 {
+				t.Errorf("%d sessions created, want 10: the draining proxy read a datagram", n)
+			}
+			r.do(0, func(p *Proxy) { p.CloseAll() })
+			// The port is free: a plain bind without SO_REUSEPORT succeeds.
+			fd, _, err := Listen(r.addr, 0)
+			if err != nil {
+				t.Fatalf("listen again on %s: %v", r.addr, err)
+			}
+			closeFD(fd)
+		})
+	}
+}
+
+// TestListenSeveral: a proxy given two sockets of the group (an upgrade's
+// successor with fewer loops than its predecessor) reads both, and every
+// client gets its replies from the service address.
+func TestListenSeveral(t *testing.T) {
+	checkFDs(t)
+	echo := testsrv.StartTB(t, testsrv.Echo, "udp")
+	r := startRig(t, lo4, []netip.AddrPort{echo.Addr()}, testConfig(), nil, 1)
 	fd, _, err := Listen(r.addr, 0)
 	if err != nil {
-		t.Fatalf("listen again on %s: %v", r.addr, err)
+		t.Fatal(err)
 	}
-	closeFD(fd)
+	r.do(0, func(p *Proxy) { err = p.Listen(fd) })
+	if err != nil {
+		closeFD(fd)
+		t.Fatal(err)
+	}
+	var fds []int
+	r.do(0, func(p *Proxy) { fds = p.ListenerFDs() })
+	if len(fds) != 2 {
+		t.Fatalf("ListenerFDs: %v, want two", fds)
+	}
+	// The kernel hashes each client to one of the two sockets: with 32
+	// clients, that both are read is all but certain to show (a chance of
+	// 2^-31 that one gets none).
+	const n = 32
+	for i := range n {
+		c := newClient(t, fmt.Sprintf("127.0.8.%d", i+1))
+		if got, err := c.roundTrip(r.addr, []byte("x")); err != nil || string(got) != "x" {
+			t.Fatalf("client %d: %q, %v", i, got, err)
+		}
+	}
+	if s := r.sum(func(s *Stats) uint64 { return s.SessionsCreated.Load() }); s != n {
+		t.Errorf("%d sessions, want %d", s, n)
+	}
 }
 
 func TestListen(t *testing.T) {
@@ -808,24 +944,10 @@ func TestRepliesGathered(t *testing.T) {
 	clients := make([]*client, n)
 	for i := range clients {
 		clients[i] = newClient(t, "127.0.0.1")
-		if _, err := clients[i].conn.WriteToUDPAddrPort([]byte(fmt.Sprintf("req-%d", i)), r.addr); err != nil {
-			t.Fatal(err)
-		}
 	}
 	// The backend takes every request before answering any, so that all
 	// sessions are open and their replies can be queued together.
-	froms := make([]netip.AddrPort, 0, n)
-	reqs := make([]string, 0, n)
-	buf := make([]byte, 2048)
-	be.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for range n {
-		k, from, err := be.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			t.Fatalf("backend: %v", err)
-		}
-		froms = append(froms, from)
-		reqs = append(reqs, string(buf[:k]))
-	}
+	froms, reqs := heldRequests(t, be, r.addr, clients)
 
 	// Hold the loop while the replies land in the session sockets (a
 	// loopback send has queued its datagram when it returns).
@@ -842,17 +964,7 @@ func TestRepliesGathered(t *testing.T) {
 		}
 	}
 	close(release)
-
-	for i, c := range clients {
-		c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-		k, from, err := c.conn.ReadFromUDPAddrPort(c.buf)
-		if err != nil {
-			t.Fatalf("client %d: %v", i, err)
-		}
-		if want := fmt.Sprintf("re:req-%d", i); string(c.buf[:k]) != want || from != r.addr {
-			t.Errorf("client %d got %q from %v, want %q from %v", i, c.buf[:k], from, want, r.addr)
-		}
-	}
+	expectReplies(t, clients, r.addr)
 	var sends, down uint64
 	r.do(0, func(p *Proxy) {
 		sends = p.buf.sends - sends0

@@ -77,7 +77,7 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 	s.lastActive = p.loop.Now()
 	p.stats.SessionsCreated.Add(1)
 	if !p.expiry.Scheduled() {
-		p.loop.Schedule(&p.expiry, s.lastActive+int64(p.cfg.SessionTimeout))
+		p.loop.Schedule(&p.expiry, s.lastActive+p.idle)
 	}
 	if p.debug {
 		p.log.Debug("udp session opened", zap.Stringer("client", client), zap.Stringer("backend", s.backend))
@@ -211,13 +211,13 @@ func (p *Proxy) evict(s *session) {
 	p.endKeepSlot(s)
 }
 
-// expire is the expiry timer: it ends the sessions idle for the session
-// timeout and re-arms for the next deadline. Traffic costs it nothing: a
-// session that was active since the timer was set is simply further from
-// the tail of the ring when it fires.
+// expire is the expiry timer: it ends the sessions idle for p.idle (the
+// session timeout, or less while draining) and re-arms for the next
+// deadline. Traffic costs it nothing: a session that was active since the
+// timer was set is simply further from the tail of the ring when it fires.
 func (p *Proxy) expire() {
 	now := p.loop.Now()
-	timeout := int64(p.cfg.SessionTimeout)
+	timeout := p.idle
 	for n := 0; ; n++ {
 		s := p.lru.prev
 		if s == &p.lru {
@@ -259,4 +259,5 @@ func (p *Proxy) endKeepSlot(s *session) {
 	s.prev, s.next = nil, nil
 	s.be.Active.Add(-1)
 	p.stats.SessionsEnded.Add(1)
+	p.checkDrained()
 }
