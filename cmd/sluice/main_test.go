@@ -3,11 +3,13 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -57,6 +59,50 @@ func TestBadInvocationExits2WithOneLine(t *testing.T) {
 		// One problem line plus the pointer to --help.
 		if len(lines) != 2 || !strings.HasPrefix(lines[0], "sluice: ") || strings.Contains(stderr.String(), "goroutine") {
 			t.Errorf("%v: stderr %q", args, stderr.String())
+		}
+	}
+}
+
+// TestSizingProblemsExit2: with an open-file limit of 20000, a connection
+// or session count that cannot fit, or whose doubling would wrap, is one
+// line naming the flag and the value, and exit status 2; before, the
+// wrapped counts started (one with a negative pipe count, so no splice),
+// and too many UDP sessions blamed the limit alone. A global setting
+// inside a service section is named as such.
+func TestSizingProblemsExit2(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "sluice.conf")
+	if err := os.WriteFile(conf, []byte("[service a]\nlisten 127.0.0.1:0\nbackend 127.0.0.1:1\nworkers 2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tcp := []string{"--listen", "127.0.0.1:0", "--backend", "127.0.0.1:1"}
+	cases := []struct {
+		args []string
+		want string // the problem line
+	}{
+		{append(tcp, "--max-conns", "4611686018427387904"), `sluice: --max-conns "4611686018427387904": want 1 to 8388608, or leave it out to derive it from the open-file limit`},
+		{append(tcp, "--max-conns", "9223372036854775807"), `sluice: --max-conns "9223372036854775807": want 1 to 8388608, or leave it out to derive it from the open-file limit`},
+		{append(tcp, "--workers", "1", "--max-conns", "10000"), `sluice: --max-conns "10000": needs 20260 file descriptors (two per connection) but the open-file limit is 20000; lower it to at most 9870 or raise the limit (e.g. LimitNOFILE=)`},
+		{[]string{"--proto", "udp", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:1", "--workers", "1", "--udp-max-sessions", "100000"},
+			`sluice: --udp-max-sessions "100000": needs 100263 file descriptors (one per session, 263 for listeners, loops and a connection) but the open-file limit is 20000; lower it to at most 19737 or raise the limit (e.g. LimitNOFILE=)`},
+		{[]string{"--config", conf}, "sluice: " + conf + `:4: "workers" is a global setting: put it before the first [service NAME] section`},
+	}
+	for _, tc := range cases {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// sh's ulimit sets the hard limit too, which the Go runtime would
+		// otherwise raise the soft one to.
+		cmd := exec.CommandContext(ctx, "/bin/sh", append([]string{"-c", `ulimit -n 20000 && exec "$0" "$@"`, os.Args[0]}, tc.args...)...)
+		cmd.Env = append(os.Environ(), "SLUICE_MAIN=1")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		cancel()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+			t.Errorf("%v: exit %v, want status 2 (stderr %q)", tc.args, err, stderr.String())
+			continue
+		}
+		if lines := strings.Split(strings.TrimSpace(stderr.String()), "\n"); len(lines) != 2 || lines[0] != tc.want {
+			t.Errorf("%v: stderr %q, want the line %q and the pointer to --help", tc.args, stderr.String(), tc.want)
 		}
 	}
 }

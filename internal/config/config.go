@@ -227,6 +227,13 @@ func isServiceFlag(name string) bool {
 	return fs.Lookup(name) != nil
 }
 
+// isGlobalFlag reports whether name is a process-wide flag.
+func isGlobalFlag(name string) bool {
+	fs := pflag.NewFlagSet("", pflag.ContinueOnError)
+	addGlobalFlags(fs, &globalVals{})
+	return fs.Lookup(name) != nil
+}
+
 func newFlagSet() *pflag.FlagSet {
 	fs := pflag.NewFlagSet("sluice", pflag.ContinueOnError)
 	fs.SortFlags = false
@@ -466,12 +473,16 @@ func build(g globalVals, svcs []namedService, fdLimit int, readBackends bool) (C
 			cfg.UDPMaxSessions = g.udpMaxSessions
 		}
 	}
+	sizable := g.workers >= 1 && g.workers <= 256
 	if g.udpMaxSessions < 1 || g.udpMaxSessions > 1<<20 {
 		bad("", "udp-max-sessions", strconv.Itoa(g.udpMaxSessions), "want 1 to 1048576")
+		sizable = false
 	}
-	if g.maxConns < 0 {
-		bad("", "max-conns", strconv.Itoa(g.maxConns), "want a positive number, or leave it out to derive it from the open-file limit")
-	} else if g.workers >= 1 && g.workers <= 256 {
+	if g.maxConns < 0 || g.maxConns > maxConnsCap {
+		bad("", "max-conns", strconv.Itoa(g.maxConns), "want 1 to %d, or leave it out to derive it from the open-file limit", maxConnsCap)
+		sizable = false
+	}
+	if sizable {
 		if p := sizeFDs(&cfg, fdLimit); p != "" {
 			probs = append(probs, p)
 		}
@@ -650,19 +661,48 @@ func parseAddr(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
-// sizeFDs shares the open-file limit between connections (two sockets
-// each) and splice pipes (two fds each): a connection count derived from the
-// limit leaves a third of it for pipes; the pipe pools get what connections
-// leave. It returns a problem line when --max-conns cannot fit.
+// maxConnsCap bounds --max-conns: a connection holds two file descriptors
+// and openFileLimit reports at most 1<<24, so no more could ever be open.
+// It also keeps the file-descriptor sums of sizeFDs far from overflow.
+const maxConnsCap = 1 << 23
+
+// sizeFDs shares the open-file limit between UDP sessions (one socket
+// each), connections (two sockets each) and splice pipes (two fds each): a
+// connection count derived from the limit leaves a third of what sessions
+// leave for pipes; the pipe pools get what connections leave. It returns a
+// problem line, naming the flag that asks for too much, when the limit
+// cannot hold the sessions and connections. On entry the workers, sessions
+// and connections are within their bounds, so no sum here overflows.
 func sizeFDs(cfg *Config, limit int) string {
-	avail := limit - fdReserve - 4*cfg.Workers*max(1, len(cfg.Services)) - cfg.UDPMaxSessions
+	// The reserve, and per loop and service its listener, epoll and
+	// eventfd with a spare.
+	fixed := fdReserve + 4*cfg.Workers*max(1, len(cfg.Services))
+	avail := limit - fixed - cfg.UDPMaxSessions
+	// What one connection needs: two sockets, or with a derived
+	// --max-conns a share of pipes too.
+	oneConn := 2
 	if cfg.MaxConns == 0 {
+		oneConn = 3
+	}
+	switch {
+	case cfg.UDPMaxSessions > 0 && avail < oneConn && limit-fixed-oneConn >= 1:
+		return fmt.Sprintf("--udp-max-sessions %q: needs %d file descriptors (one per session, %d for listeners, loops and a connection) but the open-file limit is %d; lower it to at most %d or raise the limit (e.g. LimitNOFILE=)",
+			strconv.Itoa(cfg.UDPMaxSessions), cfg.UDPMaxSessions+fixed+oneConn, fixed+oneConn, limit, limit-fixed-oneConn)
+	case cfg.MaxConns == 0:
 		cfg.MaxConns = avail / 3
 		if cfg.MaxConns < 1 {
-			return fmt.Sprintf("the open-file limit %d is too low to proxy anything; raise it (e.g. LimitNOFILE=)", limit)
+			return fmt.Sprintf("the open-file limit %d is too low to proxy anything: listeners, loops and one connection need %d; raise it (e.g. LimitNOFILE=)", limit, fixed+oneConn)
 		}
-	} else if 2*cfg.MaxConns > avail {
-		return fmt.Sprintf("--max-conns %q: needs %d file descriptors but the open-file limit is %d; lower it or raise the limit", strconv.Itoa(cfg.MaxConns), 2*cfg.MaxConns+fdReserve, limit)
+	case cfg.MaxConns > avail/2:
+		var udp, most string
+		if cfg.UDPMaxSessions > 0 {
+			udp = fmt.Sprintf(", %d of them for --udp-max-sessions", cfg.UDPMaxSessions)
+		}
+		if avail/2 >= 1 {
+			most = fmt.Sprintf(" to at most %d", avail/2)
+		}
+		return fmt.Sprintf("--max-conns %q: needs %d file descriptors (two per connection%s) but the open-file limit is %d; lower it%s or raise the limit (e.g. LimitNOFILE=)",
+			strconv.Itoa(cfg.MaxConns), 2*cfg.MaxConns+fixed+cfg.UDPMaxSessions, udp, limit, most)
 	}
 	cfg.MaxPipes = (avail - 2*cfg.MaxConns) / 2 / cfg.Workers
 	return ""

@@ -103,12 +103,21 @@ func TestParseBad(t *testing.T) {
 		{"bad log level", append(base, "--log-level", "loud"), []string{"--log-level", "loud"}},
 		{"bad log format", append(base, "--log-format", "xml"), []string{"--log-format", "xml"}},
 		{"negative max conns", append(base, "--max-conns", "-3"), []string{"--max-conns", "-3"}},
-		{"max conns over fd limit", append(base, "--max-conns", "100000000"), []string{"--max-conns", "100000000", "open-file limit"}},
+		{"max conns over fd limit", append(base, "--max-conns", "1000000"), []string{"--max-conns", "1000000", "open-file limit is 20000", "at most"}},
+		// 2*N wrapped to a negative count that fit any limit.
+		{"max conns whose double wraps", append(base, "--max-conns", "4611686018427387904"), []string{"--max-conns", `"4611686018427387904"`, "want 1 to 8388608"}},
+		{"max conns at the int limit", append(base, "--max-conns", "9223372036854775807"), []string{"--max-conns", `"9223372036854775807"`, "want 1 to 8388608"}},
+		{"max conns just over the cap", append(base, "--max-conns", "8388609"), []string{"--max-conns", `"8388609"`, "want 1 to 8388608"}},
+		{"max conns beside UDP sessions", []string{"--proto", "udp", "--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001", "--udp-max-sessions", "15000", "--max-conns", "5000"},
+			[]string{"--max-conns", `"5000"`, "15000 of them for --udp-max-sessions", "open-file limit is 20000"}},
+		{"UDP sessions over fd limit", []string{"--proto", "udp", "--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001", "--workers", "1", "--udp-max-sessions", "100000"},
+			[]string{"--udp-max-sessions", `"100000"`, "needs 100263 file descriptors", "open-file limit is 20000", "at most 19737"}},
 		{"stray argument", append(base, "extra"), []string{`"extra"`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse(tc.args, io.Discard)
+			// The open-file limit of the fuzz tests, whatever the machine's.
+			_, err := parse(tc.args, io.Discard, 20000, true)
 			var ue *UsageError
 			if !errors.As(err, &ue) {
 				t.Fatalf("err = %v, want a UsageError", err)
@@ -120,6 +129,49 @@ func TestParseBad(t *testing.T) {
 				if !strings.Contains(ue.Problems[0], w) {
 					t.Errorf("problem %q does not mention %q", ue.Problems[0], w)
 				}
+			}
+		})
+	}
+}
+
+// TestFDSizing: connections, sessions and pipes share the open-file limit
+// to the last descriptor, and never a negative share.
+func TestFDSizing(t *testing.T) {
+	base := []string{"--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001", "--workers", "1"}
+	udp := []string{"--proto", "udp", "--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001", "--workers", "1"}
+	// With one loop and one service, 260 descriptors are kept back.
+	cases := []struct {
+		name       string
+		args       []string
+		limit      int
+		ok         bool
+		conns      int // when ok
+		pipes      int
+		wantInProb string // when not ok
+	}{
+		{"derived", base, 20000, true, 6580, 3290, ""},
+		{"every fd to connections", append(base, "--max-conns", "9870"), 20000, true, 9870, 0, ""},
+		{"one connection too many", append(base, "--max-conns", "9871"), 20000, false, 0, 0, "at most 9870"},
+		{"near the cap with the largest limit", append(base, "--max-conns", "8388000"), 1 << 24, true, 8388000, 478, ""},
+		{"UDP sessions to the last fd", append(udp, "--udp-max-sessions", "19737"), 20000, true, 1, 0, ""},
+		{"one UDP session too many", append(udp, "--udp-max-sessions", "19738"), 20000, false, 0, 0, "--udp-max-sessions \"19738\""},
+		{"limit too low for anything", base, 200, false, 0, 0, "too low to proxy anything"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := parse(tc.args, io.Discard, tc.limit, true)
+			if !tc.ok {
+				var ue *UsageError
+				if !errors.As(err, &ue) || len(ue.Problems) != 1 || !strings.Contains(ue.Problems[0], tc.wantInProb) {
+					t.Fatalf("err = %v, want one problem with %q", err, tc.wantInProb)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.MaxConns != tc.conns || cfg.MaxPipes != tc.pipes {
+				t.Fatalf("max conns %d, pipes per loop %d; want %d and %d", cfg.MaxConns, cfg.MaxPipes, tc.conns, tc.pipes)
 			}
 		})
 	}
@@ -213,6 +265,8 @@ func TestConfigFileErrors(t *testing.T) {
 		"bad global value":        {"workers many\n[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", "sluice.conf:1: invalid argument \"many\" for \"--workers\""},
 		"unknown global key":      {"\n# c\nbogus 1\n[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", "sluice.conf:3: unknown flag: --bogus"},
 		"control character":       {"wor\rkers 1\n[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", `sluice.conf:1: unknown flag: --wor\rkers`},
+		"global after a section":  {"workers 1\n[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n\nworkers 2\n", `sluice.conf:6: "workers" is a global setting: put it before the first [service NAME] section`},
+		"config in a section":     {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\nconfig x\n", `sluice.conf:4: "config" cannot be set in the config file`},
 		"same listen twice":       {"[service a]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n[service b]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\n", "also the address of service \"a\""},
 	}
 	for name, tc := range cases {

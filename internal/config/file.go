@@ -77,13 +77,13 @@ func readFile(path string) (globals []string, globalLines map[string]int, svcs [
 		if value != "" {
 			args = []string{"--" + key + "=" + value}
 		}
+		if key == "config" || key == "help" {
+			probs = append(probs, where+fmt.Sprintf("%q cannot be set in the config file", key))
+			continue
+		}
 		if cur == nil {
 			if isServiceFlag(key) {
 				probs = append(probs, where+fmt.Sprintf("%q is a service setting: put it in a [service NAME] section", key))
-				continue
-			}
-			if key == "config" || key == "help" {
-				probs = append(probs, where+fmt.Sprintf("%q cannot be set in the config file", key))
 				continue
 			}
 			// Checked here, line by line, so that a problem names its
@@ -96,6 +96,12 @@ func readFile(path string) (globals []string, globalLines map[string]int, svcs [
 			}
 			globals = append(globals, args...)
 			globalLines[key] = n
+			continue
+		}
+		if isGlobalFlag(key) {
+			// A section runs to the next one or the end of the file, so
+			// a global after it would be taken for the service's.
+			probs = append(probs, where+fmt.Sprintf("%q is a global setting: put it before the first [service NAME] section", key))
 			continue
 		}
 		if err := curFS.Parse(args); err != nil {
