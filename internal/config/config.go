@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -66,6 +67,34 @@ type Config struct {
 	// UDPMaxSessions caps the UDP sessions open at once across loops and
 	// services (each holds one socket); 0 when no service is UDP.
 	UDPMaxSessions int
+	// Settings holds the value of every global flag in force, command
+	// line and config file together, defaults included.
+	Settings Settings
+}
+
+// Settings maps each flag of one scope (the global flags, or one
+// service's) to its value as the flag prints it, defaults included. Every
+// flag is in it, so comparing two Settings (Changed) covers every setting
+// without a list of them to keep up to date: a reload names what it does
+// not apply.
+type Settings map[string]string
+
+// Changed returns the names of the settings whose values differ between s
+// and t, sorted. A setting missing from one counts as changed.
+func (s Settings) Changed(t Settings) []string {
+	var out []string
+	for k, v := range s {
+		if w, ok := t[k]; !ok || w != v {
+			out = append(out, k)
+		}
+	}
+	for k := range t {
+		if _, ok := s[k]; !ok {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Firewall configures the XDP program. Nothing BPF is loaded when Ifaces
@@ -107,6 +136,9 @@ type Service struct {
 	DNS discovery.Config
 	// UDPSessionTimeout ends a UDP session idle this long.
 	UDPSessionTimeout time.Duration
+	// Settings holds the value of every service flag of this service,
+	// defaults included.
+	Settings Settings
 }
 
 // fdReserve is the file descriptors kept back from connections and pipes
@@ -232,6 +264,19 @@ func isGlobalFlag(name string) bool {
 	fs := pflag.NewFlagSet("", pflag.ContinueOnError)
 	addGlobalFlags(fs, &globalVals{})
 	return fs.Lookup(name) != nil
+}
+
+// settingsOf returns the Settings of vals, the values of the flags that
+// add binds (addGlobalFlags or addServiceFlags).
+func settingsOf[V any](vals V, add func(*pflag.FlagSet, *V)) Settings {
+	var v V
+	fs := newFlagSet()
+	add(fs, &v)
+	// The flags print what their pointers hold: v's fields.
+	v = vals
+	out := Settings{}
+	fs.VisitAll(func(f *pflag.Flag) { out[f.Name] = f.Value.String() })
+	return out
 }
 
 func newFlagSet() *pflag.FlagSet {
@@ -429,6 +474,7 @@ func build(g globalVals, svcs []namedService, fdLimit int, readBackends bool) (C
 		PipeSize:     int(g.pipeSize),
 		LogFormat:    g.logFormat,
 		ConfigFile:   g.config,
+		Settings:     settingsOf(g, addGlobalFlags),
 	}
 	if g.workers < 1 || g.workers > 256 {
 		bad("", "workers", strconv.Itoa(g.workers), "want 1 to 256")
@@ -494,6 +540,7 @@ func build(g globalVals, svcs []namedService, fdLimit int, readBackends bool) (C
 // problem names the file and line that set the value, for a config file.
 func buildService(ns namedService, readBackends bool) (Service, []string) {
 	s, probs := checkService(ns.name, ns.vals, readBackends)
+	s.Settings = settingsOf(ns.vals, addServiceFlags)
 	return s, ns.locate(probs)
 }
 

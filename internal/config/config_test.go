@@ -6,9 +6,12 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/tcpproxy"
@@ -412,4 +415,67 @@ func TestREADMEConfigExample(t *testing.T) {
 	if len(cfg.Services) != 2 || cfg.Services[1].Proto != "udp" || len(cfg.Firewall.Ifaces) != 1 {
 		t.Fatalf("README example parsed to %+v", cfg)
 	}
+}
+
+// TestSettingsChanged: two parses of a config file name exactly the
+// settings whose values differ, a flag set to its default being no change.
+func TestSettingsChanged(t *testing.T) {
+	base := "workers 1\n[service a]\nlisten 127.0.0.1:2\nbackends-file a.backends\nidle-timeout 1h\n"
+	cases := []struct {
+		name      string
+		body      string
+		args      []string // besides --config
+		global, a []string
+	}{
+		{"same file", base, nil, nil, nil},
+		{"a default spelled out", base + "splice auto\nhealth-rise 2\n", nil, nil, nil},
+		{"a service setting", strings.Replace(base, "idle-timeout 1h", "idle-timeout 5s", 1), nil, nil, []string{"idle-timeout"}},
+		{"several, path included", base + "backend 127.0.0.1:3\nhealth-check none\nbackends-file b.backends\n", nil, nil, []string{"backend", "backends-file", "health-check"}},
+		{"a global", "drain-timeout 5s\nxdp-iface lo\ndeny-cidr 198.18.0.0/15\n" + base, nil, []string{"deny-cidr", "drain-timeout", "xdp-iface"}, nil},
+		{"the command line's global wins", "workers 3\n" + strings.TrimPrefix(base, "workers 1\n"), []string{"--workers", "1"}, nil, nil},
+	}
+	// One path, rewritten, as for a reload.
+	path := writeConf(t, base)
+	parseFile := func(t *testing.T, body string, args ...string) Config {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := ParseReload(append([]string{"--config", path}, args...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	was := parseFile(t, base)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			now := parseFile(t, tc.body, tc.args...)
+			if got := was.Settings.Changed(now.Settings); !slices.Equal(got, tc.global) {
+				t.Errorf("global settings changed: %q, want %q", got, tc.global)
+			}
+			if got := was.Services[0].Settings.Changed(now.Services[0].Settings); !slices.Equal(got, tc.a) {
+				t.Errorf("service a's settings changed: %q, want %q", got, tc.a)
+			}
+		})
+	}
+}
+
+// TestSettingsHoldEveryFlag: a flag added later is compared by a reload
+// without a list to update.
+func TestSettingsHoldEveryFlag(t *testing.T) {
+	cfg, err := Parse([]string{"--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := newFlagSet()
+	addGlobalFlags(fs, &globalVals{})
+	addServiceFlags(fs, &serviceVals{})
+	fs.VisitAll(func(f *pflag.Flag) {
+		_, global := cfg.Settings[f.Name]
+		_, service := cfg.Services[0].Settings[f.Name]
+		if global == service {
+			t.Errorf("--%s: in the global settings %v, in the service's %v; want it in exactly one", f.Name, global, service)
+		}
+	})
 }

@@ -2,7 +2,6 @@ package server
 
 import (
 	"fmt"
-	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -85,12 +84,9 @@ func (s *Server) warnProxiedRateLimit(fc config.Firewall) {
 	}
 }
 
-// updateFirewall applies reloaded rules without detaching the program.
+// updateFirewall applies reloaded rules without detaching the program; a
+// change of xdp-iface or xdp-mode is left to Reload's warning.
 func (s *Server) updateFirewall(fc config.Firewall) {
-	if !slices.Equal(fc.Ifaces, s.cfg.Firewall.Ifaces) || fc.Mode != s.cfg.Firewall.Mode {
-		s.log.Warn("xdp-iface and xdp-mode changes need a restart or an upgrade (SIGUSR2); a reload keeps the interfaces it started with",
-			zap.Strings("running", s.cfg.Firewall.Ifaces), zap.Strings("configured", fc.Ifaces))
-	}
 	if s.fw == nil {
 		if len(fc.Rules.Deny) > 0 || len(fc.Rules.Allow) > 0 || fc.Rules.RateLimit > 0 {
 			s.log.Warn("firewall rules ignored: this process runs without the xdp firewall (no --xdp-iface at start); restart or upgrade (SIGUSR2) to load it")

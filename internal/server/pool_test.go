@@ -562,25 +562,3 @@ func TestReloadKeepsOtherServices(t *testing.T) {
 		t.Fatalf("service one's bad file changed its backends from %s to %s", one, got)
 	}
 }
-
-// TestReloadWarnsOfIgnoredFirewall: a reload that adds firewall rules to a
-// process started without the XDP firewall, or changes its interfaces,
-// says that they are not applied rather than nothing.
-func TestReloadWarnsOfIgnoredFirewall(t *testing.T) {
-	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	conf := filepath.Join(t.TempDir(), "sluice.conf")
-	service := []string{"[service one]", "listen 127.0.0.1:0", "backend " + a.Addr().String(), "health-interval 1h"}
-	writeFile(t, conf, service...)
-	core, logs := observer.New(zapcore.WarnLevel)
-	s := startCfg(t, parse(t, "--config", conf), zap.New(core))
-	writeFile(t, conf, append([]string{"deny-cidr 198.18.0.3/32", "xdp-iface lo"}, service...)...)
-	s.Reload()
-	for _, msg := range []string{
-		"firewall rules ignored: this process runs without the xdp firewall (no --xdp-iface at start); restart or upgrade (SIGUSR2) to load it",
-		"xdp-iface and xdp-mode changes need a restart or an upgrade (SIGUSR2); a reload keeps the interfaces it started with",
-	} {
-		if logs.FilterMessage(msg).Len() != 1 {
-			t.Errorf("no warning %q; warnings: %v", msg, logs.All())
-		}
-	}
-}

@@ -34,6 +34,13 @@ func stampOf(path string) fileStamp {
 	return fs
 }
 
+// backendsFile is a service's backends file: its path, which a reload may
+// switch, and its last seen state. Guarded by Server.reloadMu.
+type backendsFile struct {
+	path  string // "" when the service has none
+	stamp fileStamp
+}
+
 // watchFiles rereads a service's backends file when its stamp changes.
 func (s *Server) watchFiles(ctx context.Context) {
 	defer s.wg.Done()
@@ -45,47 +52,63 @@ func (s *Server) watchFiles(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		s.reloadMu.Lock()
 		for _, sv := range s.services {
-			if sv.cfg.BackendsFile == "" {
+			if sv.file.path == "" {
 				continue
 			}
-			s.reloadMu.Lock()
-			if st := stampOf(sv.cfg.BackendsFile); st != sv.file {
-				sv.file = st
-				s.log.Info("backends file changed", zap.String("service", sv.cfg.Name), zap.String("file", sv.cfg.BackendsFile))
+			if st := stampOf(sv.file.path); st != sv.file.stamp {
+				sv.file.stamp = st
+				s.log.Info("backends file changed", zap.String("service", sv.cfg.Name), zap.String("file", sv.file.path))
 				s.reloadFile(sv)
 			}
-			s.reloadMu.Unlock()
 		}
+		s.reloadMu.Unlock()
 	}
 }
 
-// Reload rereads every backends file and, with --config, the backend lists
-// of the config file's services and the firewall rules. A bad file is rejected whole, logged with
-// the line at fault, and the backends in force stay. Settings other than
-// backend lists are not changed by a reload. Safe for concurrent use.
+// reloadApplies are the settings a reload puts in force: a service's
+// backend lists, and the firewall rules. A reload names every other
+// setting that changed in a warning: the running config stays.
+var reloadApplies = map[string]bool{
+	"backend":       true,
+	"backends-file": true,
+	"deny-cidr":     true,
+	"allow-cidr":    true,
+	"rate-limit":    true,
+	"rate-burst":    true,
+	"protect-port":  true,
+}
+
+// upgradeKeeps are the settings an upgrade does not change either: the
+// successor adopts the xdp link, which keeps the mode it was attached in.
+var upgradeKeeps = map[string]bool{"xdp-mode": true}
+
+// Reload rereads every backends file and, with --config, the config
+// file: its services' backend lists and backends-file paths and the
+// firewall rules apply; every other change (a setting, a service added or
+// removed) is named in a warning and waits for a restart or an upgrade. A
+// bad file is rejected whole, logged with the line at fault, and the
+// backends in force stay. Safe for concurrent use.
 func (s *Server) Reload() {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
-	for _, sv := range s.services {
-		if sv.cfg.BackendsFile != "" {
-			sv.file = stampOf(sv.cfg.BackendsFile)
-			s.reloadFile(sv)
-		}
-	}
 	cfg, err := config.ParseReload(s.cfg.Args)
 	if err != nil {
 		s.log.Error("configuration rejected, keeping the one in force", zap.String("file", s.cfg.ConfigFile), zap.Error(err))
+		s.reloadFiles()
 		return
 	}
+	s.switchFiles(cfg)
+	s.reloadFiles()
 	s.updateFirewall(cfg.Firewall)
+	s.warnUnapplied(cfg)
 	if s.cfg.ConfigFile == "" {
 		return
 	}
 	for _, sv := range s.services {
 		i := slices.IndexFunc(cfg.Services, func(c config.Service) bool { return c.Name == sv.cfg.Name })
 		if i < 0 {
-			s.log.Warn("service missing from the reloaded config file; adding or removing services needs a restart", zap.String("service", sv.cfg.Name))
 			continue
 		}
 		if err := sv.bal.SetSource(balancer.SourceStatic, cfg.Services[i].Backends); err != nil {
@@ -94,12 +117,86 @@ func (s *Server) Reload() {
 	}
 }
 
+// switchFiles makes each service read the backends file cfg names for it:
+// a new path replaces the old one, whose backends stay until the new file
+// is read, and no path takes the file's backends away. Caller holds
+// reloadMu.
+func (s *Server) switchFiles(cfg config.Config) {
+	for _, sv := range s.services {
+		i := slices.IndexFunc(cfg.Services, func(c config.Service) bool { return c.Name == sv.cfg.Name })
+		if i < 0 || cfg.Services[i].BackendsFile == sv.file.path {
+			continue
+		}
+		path := cfg.Services[i].BackendsFile
+		s.log.Info("backends file switched", zap.String("service", sv.cfg.Name), zap.String("from", sv.file.path), zap.String("to", path))
+		sv.file = backendsFile{path: path}
+		if path == "" {
+			if err := sv.bal.SetSource(balancer.SourceFile, nil); err != nil {
+				s.log.Error("apply backends file", zap.String("service", sv.cfg.Name), zap.Error(err))
+			}
+		}
+	}
+}
+
+// reloadFiles applies every service's backends file. Caller holds
+// reloadMu.
+func (s *Server) reloadFiles() {
+	for _, sv := range s.services {
+		if sv.file.path != "" {
+			sv.file.stamp = stampOf(sv.file.path)
+			s.reloadFile(sv)
+		}
+	}
+}
+
+// warnUnapplied compares cfg, as reloaded, with the configuration the
+// process started with, and logs one warning for each scope (the global
+// settings, each service) whose settings changed beyond what a reload
+// applies, naming them, and one for each service added or removed.
+func (s *Server) warnUnapplied(cfg config.Config) {
+	warn := func(changed []string, fields ...zap.Field) {
+		var later, stopStart []string
+		for _, name := range changed {
+			switch {
+			case reloadApplies[name]:
+			case upgradeKeeps[name]:
+				stopStart = append(stopStart, name)
+			default:
+				later = append(later, name)
+			}
+		}
+		if len(later) > 0 {
+			s.log.Warn("settings changed in the config file are not applied by a reload; a restart or an upgrade (SIGUSR2) applies them",
+				append(fields, zap.Strings("settings", later))...)
+		}
+		if len(stopStart) > 0 {
+			s.log.Warn("settings changed in the config file are not applied by a reload nor by an upgrade, whose xdp link keeps its mode; stop and start sluice to apply them",
+				append(fields, zap.Strings("settings", stopStart))...)
+		}
+	}
+	warn(s.cfg.Settings.Changed(cfg.Settings))
+	for _, sv := range s.services {
+		i := slices.IndexFunc(cfg.Services, func(c config.Service) bool { return c.Name == sv.cfg.Name })
+		if i < 0 {
+			s.log.Warn("service removed from the config file keeps running; a restart or an upgrade (SIGUSR2) stops it", zap.String("service", sv.cfg.Name))
+			continue
+		}
+		warn(sv.cfg.Settings.Changed(cfg.Services[i].Settings), zap.String("service", sv.cfg.Name))
+	}
+	for _, c := range cfg.Services {
+		if !slices.ContainsFunc(s.services, func(sv *service) bool { return sv.cfg.Name == c.Name }) {
+			s.log.Warn("service added to the config file is not started by a reload; a restart or an upgrade (SIGUSR2) starts it",
+				zap.String("service", c.Name), zap.Stringer("listen", c.Listen))
+		}
+	}
+}
+
 // reloadFile applies sv's backends file. Caller holds reloadMu.
 func (s *Server) reloadFile(sv *service) {
-	specs, err := config.ReadBackendsFile(sv.cfg.BackendsFile)
+	specs, err := config.ReadBackendsFile(sv.file.path)
 	if err != nil {
 		s.log.Error("backends file rejected, keeping the backends in force",
-			zap.String("service", sv.cfg.Name), zap.String("file", sv.cfg.BackendsFile), zap.Error(err))
+			zap.String("service", sv.cfg.Name), zap.String("file", sv.file.path), zap.Error(err))
 		return
 	}
 	if err := sv.bal.SetSource(balancer.SourceFile, specs); err != nil {

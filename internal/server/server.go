@@ -80,7 +80,7 @@ type service struct {
 	udp     []*udpproxy.Proxy // UDP: udp[i] runs on loops[i]
 	each    []loopProxy       // either, for the lifecycle
 	addr    netip.AddrPort
-	file    fileStamp // last seen state of the backends file
+	file    backendsFile // guarded by Server.reloadMu
 }
 
 // loopProxy is what the lifecycle needs of a TCP or UDP proxy. Its methods
@@ -167,7 +167,7 @@ func (s *Server) addService(sc config.Service) error {
 			return fmt.Errorf("service %s: backends file %s: %w", sc.Name, sc.BackendsFile, err)
 		}
 		fileSpecs = specs
-		sv.file = stampOf(sc.BackendsFile)
+		sv.file = backendsFile{path: sc.BackendsFile, stamp: stampOf(sc.BackendsFile)}
 	}
 	checker, err := health.NewChecker(sc.Health)
 	if err != nil {

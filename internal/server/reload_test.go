@@ -1,0 +1,125 @@
+package server
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/sluice-lb/sluice/internal/testsrv"
+)
+
+// The warnings a reload gives for what it does not apply.
+const (
+	warnRestart   = "settings changed in the config file are not applied by a reload; a restart or an upgrade (SIGUSR2) applies them"
+	warnStopStart = "settings changed in the config file are not applied by a reload nor by an upgrade, whose xdp link keeps its mode; stop and start sluice to apply them"
+	warnAdded     = "service added to the config file is not started by a reload; a restart or an upgrade (SIGUSR2) starts it"
+	warnRemoved   = "service removed from the config file keeps running; a restart or an upgrade (SIGUSR2) stops it"
+)
+
+// logged returns the entries logged with msg as "service: settings"
+// ("-" for a field the entry lacks), sorted.
+func logged(logs *observer.ObservedLogs, msg string) []string {
+	var out []string
+	for _, e := range logs.FilterMessage(msg).All() {
+		m := e.ContextMap()
+		field := func(k string) string {
+			if v, ok := m[k]; ok {
+				return fmt.Sprint(v)
+			}
+			return "-"
+		}
+		out = append(out, field("service")+": "+field("settings"))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestReloadFollowsBackendsFileAndNamesTheRest: a reload switches a
+// service to the backends file the config file now names, and watches
+// that one from then on; every other setting that changed, and a service
+// added or removed, is named in one warning per service (and one for the
+// global settings), not passed over in silence.
+func TestReloadFollowsBackendsFileAndNamesTheRest(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	b := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	dir := t.TempDir()
+	aFile, bFile, conf := filepath.Join(dir, "a.backends"), filepath.Join(dir, "b.backends"), filepath.Join(dir, "sluice.conf")
+	writeFile(t, aFile, a.Addr().String())
+	writeFile(t, bFile, b.Addr().String())
+	one := []string{"[service one]", "listen 127.0.0.1:0", "health-interval 1h"}
+	two := []string{"[service two]", "listen 127.0.0.1:0", "health-interval 1h", "backend " + a.Addr().String()}
+	writeFile(t, conf, slices.Concat(one, []string{"backends-file " + aFile}, two)...)
+	core, logs := observer.New(zapcore.InfoLevel)
+	s := startCfg(t, parse(t, "--config", conf), zap.New(core))
+	members := func(want ...netip.AddrPort) {
+		t.Helper()
+		slices.SortFunc(want, netip.AddrPort.Compare)
+		if got := s.Service("one").Members(); !slices.Equal(got, want) {
+			t.Fatalf("service one has %v, want %v", got, want)
+		}
+	}
+	members(a.Addr())
+
+	writeFile(t, conf, slices.Concat(
+		[]string{"drain-timeout 7s"},
+		one, []string{"backends-file " + bFile, "idle-timeout 5s", "hash-key src-ip-port"},
+		[]string{"[service cache]", "listen 127.0.0.1:0", "backend " + a.Addr().String()},
+	)...)
+	s.Reload()
+	if got := logged(logs, "backends file switched"); len(got) != 1 {
+		t.Errorf("backends file switch logged %q, want once", got)
+	}
+	for msg, want := range map[string][]string{
+		warnRestart:   {"-: [drain-timeout]", "one: [hash-key idle-timeout]"},
+		warnAdded:     {"cache: -"},
+		warnRemoved:   {"two: -"},
+		warnStopStart: nil,
+	} {
+		if got := logged(logs, msg); !slices.Equal(got, want) {
+			t.Errorf("warnings %q: %q, want %q", msg, got, want)
+		}
+	}
+	if s.Service("cache") != nil {
+		t.Error("a reload started service cache")
+	}
+	members(b.Addr())
+
+	// The file watched is the new one.
+	writeFile(t, bFile, a.Addr().String(), b.Addr().String())
+	waitFor(t, "the backends of the switched-to file", func() bool { return len(s.Service("one").Members()) == 2 })
+	members(a.Addr(), b.Addr())
+
+	// Without a backends file the file's backends go.
+	writeFile(t, conf, slices.Concat(one, []string{"backend " + b.Addr().String()}, two)...)
+	s.Reload()
+	members(b.Addr())
+}
+
+// TestReloadWarnsOfIgnoredFirewall: a reload that adds firewall rules to a
+// process started without the XDP firewall, or changes its interfaces or
+// mode, says that they are not applied rather than nothing.
+func TestReloadWarnsOfIgnoredFirewall(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	conf := filepath.Join(t.TempDir(), "sluice.conf")
+	service := []string{"[service one]", "listen 127.0.0.1:0", "backend " + a.Addr().String(), "health-interval 1h"}
+	writeFile(t, conf, service...)
+	core, logs := observer.New(zapcore.WarnLevel)
+	s := startCfg(t, parse(t, "--config", conf), zap.New(core))
+	writeFile(t, conf, append([]string{"deny-cidr 198.18.0.3/32", "xdp-iface lo", "xdp-mode generic"}, service...)...)
+	s.Reload()
+	for msg, want := range map[string][]string{
+		"firewall rules ignored: this process runs without the xdp firewall (no --xdp-iface at start); restart or upgrade (SIGUSR2) to load it": {"-: -"},
+		warnRestart:   {"-: [xdp-iface]"},
+		warnStopStart: {"-: [xdp-mode]"},
+	} {
+		if got := logged(logs, msg); !slices.Equal(got, want) {
+			t.Errorf("warnings %q: %q, want %q; all: %v", msg, got, want, logs.All())
+		}
+	}
+}
