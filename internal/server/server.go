@@ -316,7 +316,7 @@ func (s *Server) release() {
 	}
 	for _, sv := range s.services {
 		for _, p := range sv.each {
-			p.Drain() // closes its listener; the loop has not run
+			p.Drain() // closes a TCP proxy's listeners; the loop has not run
 			p.CloseAll()
 		}
 	}
@@ -460,7 +460,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// (a `pkill -HUP sluice` meant for the successor) must not kill it
 	// and reset the connections it is finishing.
 	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2)
-	cut := s.drain()
+	reset, ended := s.drain()
 	stopBG()
 	for _, sv := range s.services {
 		sv.monitor.Close()
@@ -477,7 +477,8 @@ func (s *Server) Run(ctx context.Context) error {
 		zap.Uint64("bytes_down", t.BytesDown),
 		zap.Uint64("connect_failures", t.ConnectFailures+t.ConnectTimeouts),
 		zap.Uint64("resets", t.Resets),
-		zap.Int("reset_at_drain_timeout", cut))
+		zap.Int("reset_at_drain_timeout", reset),
+		zap.Int("udp_sessions_ended_at_drain_timeout", ended))
 	return runErr
 }
 
@@ -556,9 +557,12 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 	}
 }
 
-// drain stops every listener and waits for open connections to finish, up
-// to the drain timeout; then it resets those left and returns how many.
-func (s *Server) drain() int {
+// drain stops every listener and waits for open connections to finish and
+// UDP sessions to go idle (a UDP service's sockets are no longer read but
+// stay open, for its sessions' replies), up to the drain timeout; then it
+// resets the connections left, ends the sessions left, and returns how
+// many of each.
+func (s *Server) drain() (reset, ended int) {
 	var chans []<-chan struct{}
 	for _, sv := range s.services {
 		for i, p := range sv.each {
@@ -569,8 +573,8 @@ func (s *Server) drain() int {
 			chans = append(chans, <-ch)
 		}
 	}
-	if open := s.limiter.Open(); open > 0 {
-		s.log.Info("draining connections", zap.Int64("open", open), zap.Duration("timeout", s.cfg.DrainTimeout))
+	if open, sessions := s.limiter.Open(), s.sessions.Open(); open > 0 || sessions > 0 {
+		s.log.Info("draining connections", zap.Int64("open", open), zap.Int64("udp_sessions", sessions), zap.Duration("timeout", s.cfg.DrainTimeout))
 	}
 	deadline := time.NewTimer(s.cfg.DrainTimeout)
 	defer deadline.Stop()
@@ -607,16 +611,21 @@ func (s *Server) logCensus() {
 	}
 	wg.Wait()
 	s.log.Warn("drain timeout, resetting open connections",
-		zap.Int("connecting", connecting), zap.Int("established", established), zap.Int("half_closed", half))
+		zap.Int("connecting", connecting), zap.Int("established", established), zap.Int("half_closed", half),
+		zap.Int64("udp_sessions", s.sessions.Open()))
 }
 
-// closeAll resets every connection left, releases the pipe pools, waits
-// until each loop has done so, and returns how many connections (and UDP
-// sessions, though a drain has already ended those) it cut.
-func (s *Server) closeAll() int {
+// closeAll resets every connection left, ends every UDP session left and
+// closes the UDP sockets, releases the pipe pools, waits until each loop
+// has done so, and returns how many connections and sessions it cut.
+func (s *Server) closeAll() (reset, ended int) {
 	var wg sync.WaitGroup
-	var cut atomic.Int64
+	var conns, sessions atomic.Int64
 	for _, sv := range s.services {
+		cut := &conns
+		if sv.cfg.Proto == "udp" {
+			cut = &sessions
+		}
 		for i, p := range sv.each {
 			wg.Add(1)
 			if !s.loops[i].Submit(func() { cut.Add(int64(p.CloseAll())); wg.Done() }) {
@@ -625,7 +634,7 @@ func (s *Server) closeAll() int {
 		}
 	}
 	wg.Wait()
-	return int(cut.Load())
+	return int(conns.Load()), int(sessions.Load())
 }
 
 func (s *Server) stopLoops() {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,10 +29,17 @@ func (s *Server) addUDP(sv *service) error {
 	if err != nil {
 		return err
 	}
-	// A UDP proxy reads one socket; sockets beyond the loop count (the old
-	// process had more workers) are closed, losing only datagrams queued
-	// on them.
-	closeAll(extra)
+	// More inherited sockets than loops (the old process had more
+	// workers): every one is read, some loops read two. Closing one would
+	// not take it out of its SO_REUSEPORT group while the old process,
+	// draining, holds it for its sessions' replies: the datagrams the
+	// kernel gives it would be lost until then.
+	for i, fd := range extra {
+		if err := sv.udp[i%len(sv.udp)].Listen(fd); err != nil {
+			closeAll(extra[i:])
+			return fmt.Errorf("service %s: register listener: %w", sc.Name, err)
+		}
+	}
 	return nil
 }
 

@@ -6,8 +6,13 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/testsrv"
@@ -263,5 +268,158 @@ func TestUDPMetricsPruned(t *testing.T) {
 	if m[up] != clients || m[`sluice_udp_sessions_total{event="remapped",service="default"}`] != clients {
 		t.Errorf("%v datagrams up to %s and %v sessions remapped, want %d each", m[up], b.Addr(),
 			m[`sluice_udp_sessions_total{event="remapped",service="default"}`], clients)
+	}
+}
+
+// heldUDP starts n clients that each send "req-i" to the service at svc,
+// and reads every request at the backend be, unanswered: it returns the
+// clients and, in the order they came, where the requests came from (the
+// sessions' sockets) and what they were. The clients close at the end of
+// the test.
+func heldUDP(tb testing.TB, be *net.UDPConn, svc netip.AddrPort, n int) (clients []*net.UDPConn, froms []netip.AddrPort, reqs []string) {
+	tb.Helper()
+	for i := range n {
+		c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 10, byte(1+i))}, net.UDPAddrFromAddrPort(svc))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { c.Close() })
+		clients = append(clients, c)
+		if _, err := c.Write(fmt.Appendf(nil, "req-%d", i)); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	buf := make([]byte, 2048)
+	be.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for range n {
+		k, from, err := be.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			tb.Fatalf("backend: %v", err)
+		}
+		froms = append(froms, from)
+		reqs = append(reqs, string(buf[:k]))
+	}
+	return clients, froms, reqs
+}
+
+// udpBackend is a loopback UDP socket for a test to answer as a backend.
+func udpBackend(tb testing.TB) *net.UDPConn {
+	tb.Helper()
+	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { be.Close() })
+	return be
+}
+
+// onLog returns a logger that records its lines in logs and closes the
+// returned channel at the first line with message msg.
+func onLog(msg string) (*zap.Logger, *observer.ObservedLogs, <-chan struct{}) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	seen := make(chan struct{})
+	var once sync.Once
+	return zap.New(core, zap.Hooks(func(e zapcore.Entry) error {
+		if e.Message == msg {
+			once.Do(func() { close(seen) })
+		}
+		return nil
+	})), logs, seen
+}
+
+// TestUDPStopKeepsReplies: a stop does not cut the UDP replies in flight.
+// A slow backend's answers sent after the drain began still reach their
+// clients from the service address; the drain ends when the sessions are
+// idle, well before --drain-timeout, with nothing cut, and the process
+// then holds no fd more than before the balancer started.
+func TestUDPStopKeepsReplies(t *testing.T) {
+	be := udpBackend(t) // opened first: the netpoller's fds are not counted
+	before := openFDs(t)
+	log, logs, draining := onLog("draining connections")
+	r := startCfg(t, parse(t, "--listen", "127.0.0.1:0", "--proto", "udp", "--backend", be.LocalAddr().String(),
+		"--workers", "2", "--drain-timeout", "20s"), log)
+	const n = 8
+	clients, froms, reqs := heldUDP(t, be, r.Addr(), n)
+
+	r.cancel()
+	begin := time.Now()
+	select {
+	case <-draining:
+	case err := <-r.done:
+		close(r.done)
+		t.Errorf("Run returned (%v) without draining any UDP session", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no drain within 10s")
+	}
+	for i, from := range froms {
+		if _, err := be.WriteToUDPAddrPort([]byte("re:"+reqs[i]), from); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 2048)
+	for i, c := range clients {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		k, err := c.Read(buf)
+		if want := fmt.Sprintf("re:req-%d", i); err != nil || string(buf[:k]) != want {
+			t.Fatalf("client %d: reply sent after the stop began: %q, %v; want %q", i, buf[:k], err, want)
+		}
+		c.Close()
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if el := time.Since(begin); el > 10*time.Second {
+		t.Errorf("the drain took %v: the idle sessions waited for --drain-timeout", el)
+	}
+	if l := logs.FilterMessage("draining connections").All(); len(l) != 1 || l[0].ContextMap()["udp_sessions"] != int64(n) {
+		t.Errorf("drain lines %v, want one with udp_sessions %d", l, n)
+	}
+	stopped := logs.FilterMessage("sluice stopped").All()
+	if len(stopped) != 1 || stopped[0].ContextMap()["udp_sessions_ended_at_drain_timeout"] != int64(0) {
+		t.Errorf("stop lines %v, want one with udp_sessions_ended_at_drain_timeout 0", stopped)
+	}
+	if after := openFDs(t); after != before {
+		t.Errorf("open fds: %d before the balancer, %d after it stopped", before, after)
+	}
+}
+
+// TestUDPDrainTimeout: a UDP session still busy at --drain-timeout (its
+// backend streams to it) is ended then, and counted apart from the TCP
+// connections reset.
+func TestUDPDrainTimeout(t *testing.T) {
+	be := udpBackend(t)
+	core, logs := observer.New(zapcore.InfoLevel)
+	r := startCfg(t, parse(t, "--listen", "127.0.0.1:0", "--proto", "udp", "--backend", be.LocalAddr().String(),
+		"--drain-timeout", "300ms"), zap.New(core))
+	_, froms, _ := heldUDP(t, be, r.Addr(), 1)
+	// The backend streams to the session, a datagram every 20ms, so that
+	// it is never idle for the drain's 2s (at most 10s of it).
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for range 500 {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			be.WriteToUDPAddrPort([]byte("tick"), froms[0])
+		}
+	}()
+	err := r.stop(t)
+	close(stop)
+	<-done
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if l := logs.FilterMessage("drain timeout, resetting open connections").All(); len(l) != 1 || l[0].ContextMap()["udp_sessions"] != int64(1) {
+		t.Errorf("drain timeout lines %v, want one with udp_sessions 1", l)
+	}
+	stopped := logs.FilterMessage("sluice stopped").All()
+	if len(stopped) != 1 || stopped[0].ContextMap()["udp_sessions_ended_at_drain_timeout"] != int64(1) ||
+		stopped[0].ContextMap()["reset_at_drain_timeout"] != int64(0) {
+		t.Errorf("stop lines %v, want one with udp_sessions_ended_at_drain_timeout 1 and reset_at_drain_timeout 0", stopped)
 	}
 }
