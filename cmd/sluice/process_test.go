@@ -107,21 +107,21 @@ func startAt(tb testing.TB, exe string, args ...string) *proc {
 	return pr
 }
 
-// waitLog returns the first log line whose msg is msg.
-func (p *proc) waitLog(tb testing.TB, msg string) map[string]any {
+// waitLog returns the first log line whose msg is one of msgs.
+func (p *proc) waitLog(tb testing.TB, msgs ...string) map[string]any {
 	tb.Helper()
 	deadline := time.After(30 * time.Second)
 	for {
 		select {
 		case m, ok := <-p.lines:
 			if !ok {
-				tb.Fatalf("log ended before %q", msg)
+				tb.Fatalf("log ended before %q", msgs)
 			}
-			if m["msg"] == msg {
+			if msg, _ := m["msg"].(string); slices.Contains(msgs, msg) {
 				return m
 			}
 		case <-deadline:
-			tb.Fatalf("no %q log line within 30s", msg)
+			tb.Fatalf("no %q log line within 30s", msgs)
 		}
 	}
 }
