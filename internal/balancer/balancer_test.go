@@ -268,20 +268,8 @@ func TestReturningBackendKeepsDrainAndHealth(t *testing.T) {
 	s.now = func() time.Time { return clock }
 	drained, down, ok := netip.MustParseAddrPort("10.0.0.1:1"), netip.MustParseAddrPort("10.0.0.2:1"), netip.MustParseAddrPort("10.0.0.3:1")
 	all := []Spec{spec("10.0.0.1:1", 1), spec("10.0.0.2:1", 1), spec("10.0.0.3:1", 1)}
-	states := func() string {
-		var out []string
-		for _, bi := range s.Info() {
-			out = append(out, bi.Address+"="+string(bi.State))
-		}
-		return strings.Join(out, " ")
-	}
-	usable := func() string {
-		var out []string
-		for _, b := range s.Pool().Load().Backends {
-			out = append(out, b.Addr.String())
-		}
-		return strings.Join(out, " ")
-	}
+	states := func() string { return statesOf(s) }
+	usable := func() string { return usableOf(s) }
 
 	if err := s.SetSource(SourceDNS, all); err != nil {
 		t.Fatal(err)
@@ -347,5 +335,104 @@ func TestReturningBackendKeepsDrainAndHealth(t *testing.T) {
 	}
 	if len(s.departed) != 0 {
 		t.Fatalf("remembered %v with every backend back", s.departed)
+	}
+}
+
+// statesOf lists s's members as address=state, sorted.
+func statesOf(s *Service) string {
+	var out []string
+	for _, bi := range s.Info() {
+		out = append(out, bi.Address+"="+string(bi.State))
+	}
+	return strings.Join(out, " ")
+}
+
+// usableOf lists the backends of s's snapshot.
+func usableOf(s *Service) string {
+	var out []string
+	for _, b := range s.Pool().Load().Backends {
+		out = append(out, b.Addr.String())
+	}
+	return strings.Join(out, " ")
+}
+
+// TestInheritedState: a service started from the states another one
+// returned (an upgrade) starts its members drained and down as they were,
+// before its first snapshot, with their last checks, and lists the down
+// ones to the Members hook so their checks start down. States of backends
+// it does not have are remembered as departures: a drain until enabled, a
+// down verdict for healthMemory from when the backend left.
+func TestInheritedState(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	old, err := NewService(ServiceConfig{Name: "t", Loops: 1}, []Spec{
+		spec("10.0.0.1:1", 1), spec("10.0.0.2:1", 1), spec("10.0.0.3:1", 1), spec("10.0.0.4:1", 1), spec("10.0.0.5:1", 1),
+	}, Hooks{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := time.Unix(1000, 0)
+	if err := old.SetDrained(ap("10.0.0.1:1"), true); err != nil {
+		t.Fatal(err)
+	}
+	old.SetHealth(ap("10.0.0.2:1"), false, CheckResult{Time: checked, Error: "refused"})
+	old.SetHealth(ap("10.0.0.3:1"), true, CheckResult{Time: checked, OK: true})
+	if err := old.SetDrained(ap("10.0.0.4:1"), true); err != nil {
+		t.Fatal(err)
+	}
+	old.SetHealth(ap("10.0.0.5:1"), false, CheckResult{Time: checked, Error: "timeout"})
+	// .4 (drained) and .5 (down) leave: the old service remembers them.
+	if err := old.SetSource(SourceStatic, []Spec{spec("10.0.0.1:1", 1), spec("10.0.0.2:1", 1), spec("10.0.0.3:1", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	states := old.States()
+	var got []string
+	for _, st := range states {
+		got = append(got, fmt.Sprintf("%s drained=%v down=%v left=%v", st.Addr, st.Drained, st.Down, !st.Left.IsZero()))
+	}
+	want := []string{
+		"10.0.0.1:1 drained=true down=false left=false",
+		"10.0.0.2:1 drained=false down=true left=false",
+		"10.0.0.3:1 drained=false down=false left=false",
+		"10.0.0.4:1 drained=true down=false left=true",
+		"10.0.0.5:1 drained=false down=true left=true",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("States:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// A down verdict remembered for longer than healthMemory is stale.
+	states = append(states, BackendState{Addr: ap("10.0.0.6:1"), Down: true, Left: time.Now().Add(-healthMemory - time.Second)})
+
+	// The successor has .1, .2, .3 and a new .7; .4, .5 and .6 come back
+	// later (DNS, a reload).
+	var down map[netip.AddrPort]bool
+	hooks := Hooks{Members: func(_ []netip.AddrPort, d map[netip.AddrPort]bool) { down = d }}
+	s, err := NewService(ServiceConfig{Name: "t", Loops: 1, Inherited: states}, []Spec{
+		spec("10.0.0.1:1", 1), spec("10.0.0.2:1", 1), spec("10.0.0.3:1", 1), spec("10.0.0.7:1", 1),
+	}, hooks, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := statesOf(s), "10.0.0.1:1=draining 10.0.0.2:1=down 10.0.0.3:1=up 10.0.0.7:1=up"; got != want {
+		t.Fatalf("successor: %s, want %s", got, want)
+	}
+	if got, want := usableOf(s), "10.0.0.3:1 10.0.0.7:1"; got != want {
+		t.Fatalf("successor's first snapshot: %s, want %s", got, want)
+	}
+	info := s.Info()
+	if lc := info[1].LastCheck; lc == nil || lc.Error != "refused" || !lc.Time.Equal(checked) {
+		t.Fatalf("down backend's last check %+v, want the inherited one", lc)
+	}
+	if lc := info[2].LastCheck; lc == nil || !lc.OK {
+		t.Fatalf("up backend's last check %+v, want the inherited one", lc)
+	}
+	s.NotifyMembers()
+	if len(down) != 1 || !down[ap("10.0.0.2:1")] {
+		t.Fatalf("Members hook's down set %v, want 10.0.0.2:1", down)
+	}
+	if err := s.SetSource(SourceDNS, []Spec{spec("10.0.0.4:1", 1), spec("10.0.0.5:1", 1), spec("10.0.0.6:1", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := statesOf(s), "10.0.0.1:1=draining 10.0.0.2:1=down 10.0.0.3:1=up 10.0.0.4:1=draining 10.0.0.5:1=down 10.0.0.6:1=up 10.0.0.7:1=up"; got != want {
+		t.Fatalf("after the others return: %s, want %s", got, want)
 	}
 }

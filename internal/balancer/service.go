@@ -77,6 +77,27 @@ type ServiceConfig struct {
 	// connects on the data path, until its active check brings it back;
 	// 0 disables passive ejection.
 	PassiveFall int
+	// Inherited is the state to start from: what the service of this
+	// name knew in the process this one replaces (an upgrade), as its
+	// States returned it. A member starts drained and down as it was; a
+	// state of an address that is not a member is remembered as if the
+	// backend had left (a drain until enabled, a down verdict for
+	// healthMemory from its leaving), for when it is added.
+	Inherited []BackendState
+}
+
+// BackendState is what a service knows of a backend beyond its
+// configuration: for a successor process to start from.
+type BackendState struct {
+	Addr    netip.AddrPort
+	Drained bool // an operator drained it
+	// Down is the health verdict: false is up. Active checks or passive
+	// ejection took it down.
+	Down      bool
+	LastCheck *CheckResult // nil before the first check
+	// Left is when the backend left the service, for one remembered
+	// after it left; zero for a member.
+	Left time.Time
 }
 
 // Hooks let the server react to state changes. Each is called without the
@@ -165,7 +186,8 @@ type Service struct {
 // NewService returns a service with the static backends and publishes its
 // first snapshot. Every new backend starts up; health checks take it down.
 // A backend that returns keeps its drain, and for a while its down verdict
-// (see healthMemory).
+// (see healthMemory), and so does one with an inherited state
+// (cfg.Inherited).
 func NewService(cfg ServiceConfig, static []Spec, hooks Hooks, log *zap.Logger) (*Service, error) {
 	s := &Service{
 		cfg:      cfg,
@@ -180,12 +202,60 @@ func NewService(cfg ServiceConfig, static []Spec, hooks Hooks, log *zap.Logger) 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.inherit(cfg.Inherited)
 	s.sources[SourceStatic] = static
 	s.merge()
+	for _, st := range cfg.Inherited {
+		// An up member keeps its last check too.
+		if m := s.members[st.Addr]; m != nil && m.lastCheck == nil && st.Left.IsZero() {
+			m.lastCheck = st.LastCheck
+		}
+	}
 	if _, err := s.publish(); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// inherit records inherited states as departures, for merge to apply to
+// the members and remember for the rest. Caller holds mu.
+func (s *Service) inherit(states []BackendState) {
+	now := s.now()
+	for _, st := range states {
+		if !st.Drained && !st.Down {
+			continue
+		}
+		left := st.Left
+		if left.IsZero() || left.After(now) {
+			left = now // a member then: it leaves at the handover
+		}
+		s.departed[st.Addr] = departed{drained: st.Drained, down: st.Down, lastCheck: st.LastCheck, left: left}
+	}
+}
+
+// States returns what the service knows of its backends beyond their
+// configuration, for a successor process (ServiceConfig.Inherited): every
+// member's drain, verdict and last check, and the backends remembered
+// after they left drained, or down less than healthMemory ago. Sorted by
+// address, members first.
+func (s *Service) States() []BackendState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]BackendState, 0, len(s.members)+len(s.departed))
+	for _, a := range s.addrsLocked() {
+		m := s.members[a]
+		out = append(out, BackendState{Addr: a, Drained: m.drained, Down: !m.healthy, LastCheck: m.lastCheck})
+	}
+	gone := make([]BackendState, 0, len(s.departed))
+	now := s.now()
+	for a, d := range s.departed {
+		down := d.down && now.Sub(d.left) < healthMemory
+		if d.drained || down {
+			gone = append(gone, BackendState{Addr: a, Drained: d.drained, Down: down, LastCheck: d.lastCheck, Left: d.left})
+		}
+	}
+	slices.SortFunc(gone, func(a, b BackendState) int { return a.Addr.Compare(b.Addr) })
+	return append(out, gone...)
 }
 
 // Name returns the service's name.
