@@ -1,13 +1,17 @@
-// Package handoff carries a running sluice's open sockets to its successor
-// during a zero-downtime upgrade, over a unix socket with SCM_RIGHTS.
+// Package handoff carries a running sluice's open sockets, and what it
+// knows of its backends, to its successor during a zero-downtime upgrade,
+// over a unix socket with SCM_RIGHTS.
 //
 // The conversation is a series of frames, each a 4-byte big-endian length
 // and a JSON Frame, with the frame's file descriptors attached to its first
-// byte. The old process sends Socket frames and then one Done frame; the new
-// process answers with a Ready frame once it serves. The JSON is versioned
-// and its fields are all optional, so later versions can add kinds of
-// sockets (established connections, BPF links) without breaking older
-// readers: a reader skips kinds it does not know and closes their fds.
+// byte. The old process sends Socket frames, then Backend frames (its
+// services' drains and health verdicts, what HAProxy keeps in its server
+// state file), then one Done frame; the new process answers with a Ready
+// frame once it serves. The JSON is versioned and its fields are all
+// optional, so later versions can add kinds of sockets (established
+// connections, BPF links) and new fields without breaking older readers: a
+// reader skips socket kinds it does not know and closes their fds, and
+// ignores fields it does not know (a version-1 reader, the backends).
 package handoff
 
 import (
@@ -18,12 +22,14 @@ import (
 	"io"
 	"net"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// Version is the protocol version this package speaks.
-const Version = 1
+// Version is the protocol version this package speaks. Version 2 adds
+// Frame.Backends; a reader accepts every version from 1.
+const Version = 2
 
 // maxFDsPerFrame stays under the kernel's SCM_MAX_FD (253).
 const maxFDsPerFrame = 200
@@ -48,19 +54,46 @@ type Socket struct {
 	FD int `json:"-"`
 }
 
+// Backend is what a service of the old process knows of one backend beyond
+// its configuration, for the service of the same name in the new process
+// to start from. A backend the service remembers after it left (see
+// balancer.Service) has Left set.
+type Backend struct {
+	Service string `json:"service"`
+	Addr    string `json:"addr"`              // ip:port
+	Drained bool   `json:"drained,omitempty"` // an operator drained it
+	// Down is the health verdict: false is up. It is down after its
+	// active checks failed, or its connects on the data path.
+	Down      bool   `json:"down,omitempty"`
+	LastCheck *Check `json:"last_check,omitempty"`
+	// Left is when the backend left the service; zero for a member.
+	Left time.Time `json:"left,omitzero"`
+}
+
+// Check is the result of a backend's last active health check.
+type Check struct {
+	Time     time.Time     `json:"time"`
+	OK       bool          `json:"ok"`
+	Error    string        `json:"error,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
 // Frame is one message of the conversation.
 type Frame struct {
-	Version int      `json:"version"`
-	Sockets []Socket `json:"sockets,omitempty"`
-	Done    bool     `json:"done,omitempty"`  // the last frame of the old process
-	Ready   bool     `json:"ready,omitempty"` // the new process serves
-	PID     int      `json:"pid,omitempty"`
+	Version  int       `json:"version"`
+	Sockets  []Socket  `json:"sockets,omitempty"`
+	Backends []Backend `json:"backends,omitempty"` // since version 2; frames with backends carry no descriptors
+	Done     bool      `json:"done,omitempty"`     // the last frame of the old process
+	Ready    bool      `json:"ready,omitempty"`    // the new process serves
+	PID      int       `json:"pid,omitempty"`
 }
 
 // Send writes sockets (each with its FD set) to c, in frames of at most
-// maxFDsPerFrame descriptors, then a Done frame. The descriptors stay open
-// in the sender.
-func Send(c *net.UnixConn, sockets []Socket) error {
+// maxFDsPerFrame descriptors, then backends, in frames of at most
+// maxBackendBytes of JSON, then a Done frame. The descriptors stay open
+// in the sender. A backend too large for a frame on its own (a check
+// error of about a megabyte) goes without its last check.
+func Send(c *net.UnixConn, sockets []Socket, backends []Backend) error {
 	for len(sockets) > 0 {
 		n := min(len(sockets), maxFDsPerFrame)
 		chunk := sockets[:n]
@@ -73,19 +106,60 @@ func Send(c *net.UnixConn, sockets []Socket) error {
 			return err
 		}
 	}
+	var chunk []Backend
+	size := 0
+	for _, b := range backends {
+		n, err := encodedSize(b)
+		if err == nil && n > maxBackendBytes {
+			b.LastCheck = nil
+			n, err = encodedSize(b)
+		}
+		if err != nil {
+			return err
+		}
+		if n > maxBackendBytes {
+			continue // a service name or address of a megabyte: not one of ours
+		}
+		if size+n > maxBackendBytes {
+			if err := writeFrame(c, Frame{Version: Version, Backends: chunk}, nil); err != nil {
+				return err
+			}
+			chunk, size = nil, 0
+		}
+		chunk = append(chunk, b)
+		size += n + 1 // and a comma
+	}
+	if len(chunk) > 0 {
+		if err := writeFrame(c, Frame{Version: Version, Backends: chunk}, nil); err != nil {
+			return err
+		}
+	}
 	return writeFrame(c, Frame{Version: Version, Done: true, PID: os.Getpid()}, nil)
 }
 
-// Receive reads frames up to the Done frame and returns the sockets with
-// their descriptors in this process. On error every descriptor received so
-// far is closed.
-func Receive(c *net.UnixConn) (sockets []Socket, err error) {
+// maxBackendBytes bounds the JSON of the backends of one frame, leaving
+// room under maxFrame for the rest of the frame.
+const maxBackendBytes = maxFrame - 1024
+
+func encodedSize(b Backend) (int, error) {
+	body, err := json.Marshal(b)
+	if err != nil {
+		return 0, fmt.Errorf("encode handoff backend: %w", err)
+	}
+	return len(body), nil
+}
+
+// Receive reads frames up to the Done frame and returns the sockets, with
+// their descriptors in this process, and the backends. A sender of
+// version 1 sends no backends. On error every descriptor received so far
+// is closed.
+func Receive(c *net.UnixConn) (sockets []Socket, backends []Backend, err error) {
 	defer func() {
 		if err != nil {
 			for _, s := range sockets {
 				unix.Close(s.FD)
 			}
-			sockets = nil
+			sockets, backends = nil, nil
 		}
 	}()
 	for {
@@ -94,21 +168,22 @@ func Receive(c *net.UnixConn) (sockets []Socket, err error) {
 			for _, fd := range fds {
 				unix.Close(fd)
 			}
-			return sockets, err
+			return sockets, nil, err
 		}
 		if len(fds) != len(f.Sockets) {
 			for _, fd := range fds {
 				unix.Close(fd)
 			}
-			return sockets, fmt.Errorf("frame lists %d sockets but carries %d descriptors", len(f.Sockets), len(fds))
+			return sockets, nil, fmt.Errorf("frame lists %d sockets but carries %d descriptors", len(f.Sockets), len(fds))
 		}
 		for i, s := range f.Sockets {
 			s.FD = fds[i]
 			unix.CloseOnExec(s.FD)
 			sockets = append(sockets, s)
 		}
+		backends = append(backends, f.Backends...)
 		if f.Done {
-			return sockets, nil
+			return sockets, backends, nil
 		}
 	}
 }
@@ -140,6 +215,9 @@ func writeFrame(c *net.UnixConn, f Frame, fds []int) error {
 	if err != nil {
 		return fmt.Errorf("encode handoff frame: %w", err)
 	}
+	if len(body) > maxFrame {
+		return fmt.Errorf("encode handoff frame: %d bytes, more than the %d a reader takes", len(body), maxFrame)
+	}
 	msg := binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(body)), uint32(len(body)))
 	msg = append(msg, body...)
 	var oob []byte
@@ -164,6 +242,21 @@ var ErrFrame = errors.New("malformed handoff frame")
 
 func readFrame(c *net.UnixConn) (Frame, []int, error) {
 	var f Frame
+	body, fds, err := readBody(c)
+	if err != nil {
+		return f, fds, err
+	}
+	if err := json.Unmarshal(body, &f); err != nil {
+		return f, fds, fmt.Errorf("%w: %v", ErrFrame, err)
+	}
+	if f.Version < 1 {
+		return f, fds, fmt.Errorf("%w: version %d", ErrFrame, f.Version)
+	}
+	return f, fds, nil
+}
+
+// readBody reads one frame's JSON and the descriptors that came with it.
+func readBody(c *net.UnixConn) ([]byte, []int, error) {
 	hdr := make([]byte, 4)
 	oob := make([]byte, unix.CmsgSpace(4*maxFDsPerFrame))
 	n, oobn, _, _, err := c.ReadMsgUnix(hdr, oob)
@@ -180,29 +273,23 @@ func readFrame(c *net.UnixConn) (Frame, []int, error) {
 		}
 	}
 	if err != nil {
-		return f, fds, fmt.Errorf("read handoff frame: %w", err)
+		return nil, fds, fmt.Errorf("read handoff frame: %w", err)
 	}
 	if n == 0 {
-		return f, fds, io.EOF
+		return nil, fds, io.EOF
 	}
 	if n < 4 {
 		if _, err := io.ReadFull(c, hdr[n:]); err != nil {
-			return f, fds, fmt.Errorf("read handoff frame: %w", err)
+			return nil, fds, fmt.Errorf("read handoff frame: %w", err)
 		}
 	}
 	size := binary.BigEndian.Uint32(hdr)
 	if size == 0 || size > maxFrame {
-		return f, fds, fmt.Errorf("%w: length %d", ErrFrame, size)
+		return nil, fds, fmt.Errorf("%w: length %d", ErrFrame, size)
 	}
 	body := make([]byte, size)
 	if _, err := io.ReadFull(c, body); err != nil {
-		return f, fds, fmt.Errorf("read handoff frame: %w", err)
+		return nil, fds, fmt.Errorf("read handoff frame: %w", err)
 	}
-	if err := json.Unmarshal(body, &f); err != nil {
-		return f, fds, fmt.Errorf("%w: %v", ErrFrame, err)
-	}
-	if f.Version < 1 {
-		return f, fds, fmt.Errorf("%w: version %d", ErrFrame, f.Version)
-	}
-	return f, fds, nil
+	return body, fds, nil
 }

@@ -164,9 +164,9 @@ func TestRenamedServiceUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := parse(t, "--listen", held.String(), "--backend", backend.Addr().String(), "--workers", "2")
-	s, err := New(cfg, zap.NewNop(), Options{Inherited: []handoff.Socket{
+	s, err := New(cfg, zap.NewNop(), Options{Inherited: Inheritance{Sockets: []handoff.Socket{
 		{Kind: handoff.KindListener, Service: "old-name", Proto: "tcp", Addr: held.String(), FD: given},
-	}})
+	}}})
 	if err != nil {
 		t.Fatalf("New with the predecessor's socket for a renamed service: %v", err)
 	}
@@ -224,9 +224,9 @@ func TestUpgradeMovesToWildcard(t *testing.T) {
 	fd := standIn(t)
 	wild := netip.AddrPortFrom(netip.IPv4Unspecified(), held.Port())
 	cfg := parse(t, "--listen", wild.String(), "--backend", backend.Addr().String())
-	s, err := New(cfg, zap.NewNop(), Options{Inherited: []handoff.Socket{
+	s, err := New(cfg, zap.NewNop(), Options{Inherited: Inheritance{Sockets: []handoff.Socket{
 		{Kind: handoff.KindListener, Service: "default", Proto: "tcp", Addr: held.String(), FD: fd},
-	}})
+	}}})
 	if err != nil {
 		t.Fatalf("New on %v beside the predecessor's %v: %v", wild, held, err)
 	}

@@ -99,14 +99,14 @@ func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error
 		opts:     opts,
 		upgraded: make(chan struct{}),
 		stopping: make(chan struct{}),
-		inherit:  opts.Inherited,
+		inherit:  opts.Inherited.Sockets,
 		log:      log,
 		limiter:  tcpproxy.NewLimiter(cfg.MaxConns),
 		sessions: udpproxy.NewSessionLimiter(cfg.UDPMaxSessions),
 		ready:    make(chan struct{}),
 		registry: prometheus.NewRegistry(),
 	}
-	for _, so := range opts.Inherited {
+	for _, so := range opts.Inherited.Sockets {
 		if a, err := netip.ParseAddrPort(so.Addr); err == nil && so.Kind == handoff.KindListener {
 			s.handedOver = append(s.handedOver, protoAddr{so.Proto, a})
 		}
@@ -195,13 +195,31 @@ func (s *Server) addService(sc config.Service) error {
 	if sc.CloseOnDown {
 		hooks.Down = func(b *balancer.Backend) { s.closeBackend(sv, b) }
 	}
+	// The predecessor's drains and verdicts apply before the first
+	// snapshot, and before the first Members call starts the checks (from
+	// the verdicts).
+	inherited := s.inheritedStates(sc.Name, checker != nil)
 	sv.bal, err = balancer.NewService(balancer.ServiceConfig{
 		Name:        sc.Name,
 		Loops:       len(s.loops),
 		PassiveFall: sc.PassiveFall,
+		Inherited:   inherited,
 	}, static, hooks, s.log.Named("balancer"))
 	if err != nil {
 		return fmt.Errorf("service %s: %w", sc.Name, err)
+	}
+	if len(inherited) > 0 {
+		drained, down := 0, 0
+		for _, st := range inherited {
+			if st.Drained {
+				drained++
+			}
+			if st.Down {
+				down++
+			}
+		}
+		s.log.Info("backend states taken over from the previous process", zap.String("service", sc.Name),
+			zap.Int("backends", len(inherited)), zap.Int("drained", drained), zap.Int("down", down))
 	}
 	if fileSpecs != nil {
 		if err := sv.bal.SetSource(balancer.SourceFile, fileSpecs); err != nil {

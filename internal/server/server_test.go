@@ -58,7 +58,13 @@ func parse(tb testing.TB, args ...string) config.Config {
 // end of the test.
 func startCfg(tb testing.TB, cfg config.Config, log *zap.Logger) *running {
 	tb.Helper()
-	s, err := New(cfg, log, Options{})
+	return startOpts(tb, cfg, log, Options{})
+}
+
+// startOpts is startCfg with process-level options.
+func startOpts(tb testing.TB, cfg config.Config, log *zap.Logger, opts Options) *running {
+	tb.Helper()
+	s, err := New(cfg, log, opts)
 	if err != nil {
 		tb.Fatalf("new server: %v", err)
 	}

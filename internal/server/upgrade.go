@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/handoff"
 )
 
@@ -28,10 +30,8 @@ const upgradeTimeout = 30 * time.Second
 
 // Options are the process-level inputs of a server beside its Config.
 type Options struct {
-	// Inherited are sockets handed over by the process this one replaces;
-	// New adopts those that match a configured service or the admin
-	// endpoint and closes the rest.
-	Inherited []handoff.Socket
+	// Inherited is what the process this one replaces handed over.
+	Inherited Inheritance
 	// Executable is the path re-executed on SIGUSR2 (the binary at the
 	// path this process was started from, possibly replaced since).
 	Executable string
@@ -39,39 +39,118 @@ type Options struct {
 	OnReady func()
 }
 
-// Inherit returns the sockets handed over by a predecessor and the socket
-// to confirm readiness on, when this process was started by an upgrade;
-// nil and nil otherwise. The environment variable is cleared so that a
-// later upgrade of this process does not see it.
-func Inherit() ([]handoff.Socket, *net.UnixConn, error) {
+// Inheritance is what a predecessor hands over in an upgrade.
+type Inheritance struct {
+	// Sockets are its listening sockets, admin socket and XDP links; New
+	// adopts those that match a configured service, the admin endpoint
+	// or an interface, and closes the rest.
+	Sockets []handoff.Socket
+	// Backends are its services' drains and health verdicts. New starts
+	// each service from those of the service of the same name, before
+	// it serves (see balancer.ServiceConfig.Inherited). A predecessor
+	// older than the handoff's version 2 sends none.
+	Backends []handoff.Backend
+}
+
+// Inherit returns what a predecessor handed over and the socket to confirm
+// readiness on, when this process was started by an upgrade; nothing and
+// nil otherwise. The environment variable is cleared so that a later
+// upgrade of this process does not see it.
+func Inherit() (Inheritance, *net.UnixConn, error) {
 	v := os.Getenv(upgradeEnv)
 	if v == "" {
-		return nil, nil, nil
+		return Inheritance{}, nil, nil
 	}
 	os.Unsetenv(upgradeEnv)
 	fd, err := strconv.Atoi(v)
 	if err != nil || fd < 3 {
-		return nil, nil, fmt.Errorf("%s=%q: not a descriptor", upgradeEnv, v)
+		return Inheritance{}, nil, fmt.Errorf("%s=%q: not a descriptor", upgradeEnv, v)
 	}
 	f := os.NewFile(uintptr(fd), "handoff")
 	c, err := net.FileConn(f)
 	f.Close()
 	if err != nil {
-		return nil, nil, fmt.Errorf("handoff socket: %w", err)
+		return Inheritance{}, nil, fmt.Errorf("handoff socket: %w", err)
 	}
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
 		c.Close()
-		return nil, nil, errors.New("handoff socket is not a unix socket")
+		return Inheritance{}, nil, errors.New("handoff socket is not a unix socket")
 	}
 	uc.SetDeadline(time.Now().Add(upgradeTimeout))
-	socks, err := handoff.Receive(uc)
+	socks, backends, err := handoff.Receive(uc)
 	if err != nil {
 		uc.Close()
-		return nil, nil, fmt.Errorf("receive sockets: %w", err)
+		return Inheritance{}, nil, fmt.Errorf("receive sockets: %w", err)
 	}
 	uc.SetDeadline(time.Time{})
-	return socks, uc, nil
+	return Inheritance{Sockets: socks, Backends: backends}, uc, nil
+}
+
+// inheritedStates returns the backend states the predecessor handed over
+// for the service name. Without health checks (checked false) nothing
+// would bring a backend up again, so only drains are taken.
+func (s *Server) inheritedStates(name string, checked bool) []balancer.BackendState {
+	var out []balancer.BackendState
+	for _, b := range s.opts.Inherited.Backends {
+		addr, err := netip.ParseAddrPort(b.Addr)
+		if b.Service != name || err != nil {
+			continue
+		}
+		st := balancer.BackendState{Addr: addr, Drained: b.Drained, Left: b.Left}
+		if checked {
+			st.Down = b.Down
+			if c := b.LastCheck; c != nil {
+				st.LastCheck = &balancer.CheckResult{Time: c.Time, OK: c.OK, Error: c.Error, Duration: c.Duration}
+			}
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// backendStates lists what every service knows of its backends, for the
+// successor.
+func (s *Server) backendStates() []handoff.Backend {
+	var out []handoff.Backend
+	for _, sv := range s.services {
+		for _, st := range sv.bal.States() {
+			b := handoff.Backend{Service: sv.cfg.Name, Addr: st.Addr.String(), Drained: st.Drained, Down: st.Down, Left: st.Left}
+			if c := st.LastCheck; c != nil {
+				b.LastCheck = &handoff.Check{Time: c.Time, OK: c.OK, Error: c.Error, Duration: c.Duration}
+			}
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// drainsChanged returns the backends, as service/address, whose drain
+// differs between two lists of backendStates.
+func drainsChanged(before, after []handoff.Backend) []string {
+	drained := func(list []handoff.Backend) map[string]bool {
+		m := make(map[string]bool)
+		for _, b := range list {
+			if b.Drained {
+				m[b.Service+"/"+b.Addr] = true
+			}
+		}
+		return m
+	}
+	was, is := drained(before), drained(after)
+	var out []string
+	for k := range was {
+		if !is[k] {
+			out = append(out, k)
+		}
+	}
+	for k := range is {
+		if !was[k] {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // claimAll takes the inherited sockets of a kind for a service: same
@@ -245,8 +324,11 @@ func (s *Server) Upgrade() error {
 	}()
 	defer close(handed)
 	socks := s.sockets()
+	// The backends' state as it is now: a drain or enable after this
+	// point, before the successor serves, stays with this process.
+	backends := s.backendStates()
 	conn.SetDeadline(time.Now().Add(upgradeTimeout))
-	if err := handoff.Send(conn, socks); err != nil {
+	if err := handoff.Send(conn, socks, backends); err != nil {
 		return fail(fmt.Errorf("new process (pid %d) did not take the %d sockets: %w", pid, len(socks), err))
 	}
 	if err := handoff.WaitReady(conn); err != nil {
@@ -259,7 +341,11 @@ func (s *Server) Upgrade() error {
 		return stopChild("was ready")
 	default:
 	}
-	s.log.Info("new process serves", zap.Int("pid", pid), zap.Int("sockets", len(socks)))
+	s.log.Info("new process serves", zap.Int("pid", pid), zap.Int("sockets", len(socks)), zap.Int("backend_states", len(backends)))
+	if changed := drainsChanged(backends, s.backendStates()); len(changed) > 0 {
+		s.log.Warn("backends drained or enabled during the upgrade keep their old state in the new process: repeat the requests",
+			zap.Int("pid", pid), zap.Strings("backends", changed))
+	}
 	// Under systemd, the successor becomes the service's main process
 	// before this one exits, or systemd would stop the service with it.
 	if err := notifyMainPID(pid); err != nil {
