@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -603,6 +604,92 @@ func TestUpgradeNotifiesSystemd(t *testing.T) {
 	}
 	if st, err := p.cmd.Wait(); err != nil || !st.Success() {
 		t.Fatalf("old process: %v %v", st, err)
+	}
+	syscall.Kill(child, syscall.SIGTERM)
+	waitExit(t, child)
+}
+
+// backendStates returns the state of each backend of service svc, by
+// address, from the admin endpoint's GET /backends.
+func backendStates(tb testing.TB, admin, svc string) map[string]string {
+	tb.Helper()
+	resp, err := http.Get("http://" + admin + "/backends")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var services []struct {
+		Service  string `json:"service"`
+		Backends []struct {
+			Address string `json:"address"`
+			State   string `json:"state"`
+		} `json:"backends"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&services); err != nil {
+		tb.Fatalf("GET /backends: %v", err)
+	}
+	out := map[string]string{}
+	for _, s := range services {
+		for _, b := range s.Backends {
+			if s.Service == svc {
+				out[b.Address] = b.State
+			}
+		}
+	}
+	return out
+}
+
+// TestUpgradeKeepsBackendStates: an upgrade hands the backends' states to
+// the new process, as HAProxy's server-state file does: right after it, the
+// backend the operator drained is still draining (it took new connections
+// again before) and the dead one is still down (it counted as up until
+// --health-fall checks had failed). The new release's configuration checks
+// once an hour and takes three failures, so that only the handed-over state
+// can explain the down.
+func TestUpgradeKeepsBackendStates(t *testing.T) {
+	up := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	drained := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	dead := freeAddr(t) // nothing listens: refused
+	addr, admin := freeAddr(t), freeAddr(t)
+	conf := filepath.Join(t.TempDir(), "sluice.conf")
+	write := func(interval string, fall int) {
+		body := fmt.Sprintf("admin-addr %s\ndrain-timeout 5s\n[service web]\nlisten %s\nbackend %s\nbackend %s\nbackend %s\n"+
+			"health-interval %s\nhealth-fall %d\n", admin, addr, up.Addr(), drained.Addr(), dead, interval, fall)
+		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("50ms", 1)
+	p := startCopy(t, "--config", conf)
+	// The dead one, at its first check. The checks start as the process
+	// serves: the admin endpoint answers what follows, SIGUSR2 included.
+	p.waitLog(t, "backend down")
+	resp, err := http.Post("http://"+admin+"/backends/"+drained.Addr().String()+"/drain", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("drain: %s", resp.Status)
+	}
+	want := map[string]string{up.Addr().String(): "up", drained.Addr().String(): "draining", dead: "down"}
+	if got := backendStates(t, admin, "web"); !maps.Equal(got, want) {
+		t.Fatalf("before the upgrade: %v, want %v", got, want)
+	}
+
+	write("1h", 3) // the new release reads the file afresh
+	if err := p.cmd.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	child := int(p.waitLog(t, "new process serves")["pid"].(float64))
+	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
+	// Once the old process is gone, only the new one answers on the
+	// admin socket.
+	if st, err := p.cmd.Wait(); err != nil || !st.Success() {
+		t.Fatalf("old process: %v %v", st, err)
+	}
+	if got := backendStates(t, admin, "web"); !maps.Equal(got, want) {
+		t.Fatalf("right after the upgrade: %v, want %v", got, want)
 	}
 	syscall.Kill(child, syscall.SIGTERM)
 	waitExit(t, child)
