@@ -443,7 +443,10 @@ func (s *Server) Run(ctx context.Context) error {
 	close(s.ready)
 	s.logStart()
 
-	if s.opts.OnReady != nil {
+	// A stop that came first (a SIGTERM to an upgrade's successor while
+	// it started) is not readiness: the predecessor, not told, sees the
+	// handoff end, and keeps serving.
+	if s.opts.OnReady != nil && ctx.Err() == nil {
 		s.opts.OnReady()
 	}
 	var runErr error
@@ -569,7 +572,7 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 				}
 				continue
 			}
-			s.log.Info("SIGHUP: reloading backend lists and firewall rules")
+			s.log.Info("SIGHUP: reloading the configuration")
 			s.Reload()
 		}
 	}

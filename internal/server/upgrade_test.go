@@ -1,9 +1,11 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,5 +158,27 @@ func TestBackendStatesRoundTrip(t *testing.T) {
 	}
 	if lc := infoOf(s, b).LastCheck; lc == nil || lc.Error != "refused" {
 		t.Fatalf("down backend's last check %+v", lc)
+	}
+}
+
+// TestStoppedBeforeReadyIsNotReady: a successor stopped (SIGTERM) before it
+// served does not report readiness to its predecessor, which would take
+// that as the upgrade done, drain and exit, leaving nothing serving. It
+// stops without it, and its predecessor sees the handoff end.
+func TestStoppedBeforeReadyIsNotReady(t *testing.T) {
+	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	cfg := parse(t, "--listen", "127.0.0.1:0", "--backend", backend.Addr().String(), "--health-interval", "1h")
+	var ready atomic.Bool
+	s, err := New(cfg, zap.NewNop(), Options{OnReady: func() { ready.Store(true) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ready.Load() {
+		t.Fatal("OnReady was called for a server stopped before it served")
 	}
 }
