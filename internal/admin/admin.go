@@ -10,6 +10,7 @@
 package admin
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -197,9 +198,19 @@ func (s *Server) Start() {
 	go func() { s.done <- s.srv.Serve(s.ln) }()
 }
 
-// Close stops the server and waits for its goroutine.
+// closeGrace bounds how long Close lets requests in flight finish.
+const closeGrace = 2 * time.Second
+
+// Close stops accepting at once, lets the requests in flight finish for up
+// to closeGrace (a scrape or a drain answered during an upgrade's hand-over
+// is not cut), closes the rest, and waits for the server's goroutine.
 func (s *Server) Close() error {
-	err := s.srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), closeGrace)
+	defer cancel()
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		err = s.srv.Close()
+	}
 	if s.done != nil {
 		<-s.done
 	}

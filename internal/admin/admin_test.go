@@ -1,11 +1,13 @@
 package admin
 
 import (
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -94,5 +96,59 @@ func TestLiteralHost(t *testing.T) {
 		if got := literalHost(host); got != want {
 			t.Errorf("literalHost(%q) = %v, want %v", host, got, want)
 		}
+	}
+}
+
+// TestCloseFinishesRequestsInFlight: Close (at an upgrade's hand-over, or
+// at exit) stops accepting but lets a request already being answered
+// finish, instead of cutting it.
+func TestCloseFinishesRequestsInFlight(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release
+		w.Write([]byte("done\n"))
+	})
+	s, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), nil, h, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	type result struct {
+		code int
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		resp, err := http.Get("http://" + s.Addr().String() + "/")
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		resp.Body.Close()
+		got <- result{code: resp.StatusCode}
+	}()
+	<-entered
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	// Close must not return while the request is unanswered; once it
+	// is answered, both end.
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) with a request in flight", err)
+	case r := <-got:
+		t.Fatalf("the request ended (%d, %v) before it was answered", r.code, r.err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if r := <-got; r.err != nil || r.code != http.StatusOK {
+		t.Fatalf("request in flight at Close: %d, %v; want 200", r.code, r.err)
+	}
+	if err := <-closed; err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if c, err := net.Dial("tcp", s.Addr().String()); err == nil {
+		c.Close()
+		t.Fatal("still accepting after Close")
 	}
 }

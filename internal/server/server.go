@@ -468,8 +468,9 @@ func (s *Server) Run(ctx context.Context) error {
 	s.upMu.Unlock()
 	if upgraded {
 		s.log.Info("upgrade done: the new process serves; draining this one")
-		// The admin socket is shared with the successor: stop answering
-		// on it at once, or probes would meet this draining process.
+		// The admin socket is shared with the successor: stop accepting
+		// on it at once, or probes would meet this draining process
+		// (the requests it is answering finish).
 		if s.admin != nil {
 			s.admin.Close()
 			s.admin = nil
