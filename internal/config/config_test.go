@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -362,6 +363,28 @@ func TestBackendsFile(t *testing.T) {
 		if _, err := ReadBackendsFile(writeConf(t, body)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: err = %v, want %q", body, err, want)
 		}
+	}
+}
+
+// TestBackendsFileBesideConfig: a relative backends-file in the config file
+// is the file beside the config file, wherever sluice runs from (under
+// systemd, /); an absolute one is kept.
+func TestBackendsFileBesideConfig(t *testing.T) {
+	conf := writeConf(t, "[service a]\nlisten 127.0.0.1:2\nbackends-file pool.backends\n"+
+		"[service b]\nlisten 127.0.0.1:3\nbackends-file /nonexistent/b.backends\n")
+	dir := filepath.Dir(conf)
+	if err := os.WriteFile(filepath.Join(dir, "pool.backends"), []byte("127.0.0.1:5432\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := ParseReload([]string{"--config", conf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.Services[0].BackendsFile, filepath.Join(dir, "pool.backends"); got != want {
+		t.Errorf("relative backends-file: %q, want %q", got, want)
+	}
+	if got := cfg.Services[1].BackendsFile; got != "/nonexistent/b.backends" {
+		t.Errorf("absolute backends-file: %q", got)
 	}
 }
 

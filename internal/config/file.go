@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 
@@ -107,6 +108,9 @@ func readFile(path string) (globals []string, globalLines map[string]int, svcs [
 		if err := curFS.Parse(args); err != nil {
 			probs = append(probs, where+err.Error())
 		}
+		if key == "backends-file" {
+			cur.vals.backendsFile = besideFile(path, cur.vals.backendsFile)
+		}
 		cur.lines[key] = n
 		cur.lines[key+" "+value] = n
 		if len(svcs) > 0 && curFS.NArg() > 0 {
@@ -117,6 +121,20 @@ func readFile(path string) (globals []string, globalLines map[string]int, svcs [
 		probs = append(probs, fmt.Sprintf("--config %q: %v", path, err))
 	}
 	return globals, globalLines, svcs, probs, true
+}
+
+// besideFile resolves a relative path given in the config file at
+// confPath against the config file's own folder, as an operator reads it
+// (and as under systemd, whose working directory is /, it must be).
+func besideFile(confPath, p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	dir, err := filepath.Abs(filepath.Dir(confPath))
+	if err != nil {
+		return p
+	}
+	return filepath.Join(dir, p)
 }
 
 // stripComment cuts line at its first # that starts the line or follows a
