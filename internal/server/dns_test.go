@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -167,5 +169,44 @@ func TestReturningDNSBackendKeepsDrainAndDown(t *testing.T) {
 	waitFor(t, "the returned backend up", func() bool { return state(bAddr).State == balancer.StateUp })
 	if st := state(a.Addr()).State; st != balancer.StateDraining {
 		t.Fatalf("drained backend is %s", st)
+	}
+}
+
+// TestReloadSwitchesDNSNames: a SIGHUP that changes a service's
+// --backend-dns restarts its discovery with the new name; the backends of
+// the old name go once the new one answers, and with no name left the
+// discovered backends go at once.
+func TestReloadSwitchesDNSNames(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	port := a.Addr().Port()
+	z := startZone(t)
+	z.set("old.test", netip.MustParseAddr("127.0.0.1"))
+	z.set("new.test", netip.MustParseAddr("127.0.0.2"))
+	conf := filepath.Join(t.TempDir(), "sluice.conf")
+	write := func(lines string) {
+		body := "[service db]\nlisten 127.0.0.1:0\nhealth-check none\ndns-interval 1h\n" + lines
+		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(fmt.Sprintf("backend-dns old.test:%d\n", port))
+	cfg := parse(t, "--config", conf)
+	cfg.Services[0].DNS.Resolver = z.resolver()
+	s := startCfg(t, cfg, zap.NewNop())
+	members := func(addrs ...string) func() bool {
+		return func() bool { return fmt.Sprint(s.Service("db").Members()) == fmt.Sprint(addrs) }
+	}
+	waitFor(t, "the old name's backend", members(fmt.Sprintf("127.0.0.1:%d", port)))
+
+	// The interval is an hour: only a restarted discovery can see the
+	// new name.
+	write(fmt.Sprintf("backend-dns new.test:%d\n", port))
+	s.Reload()
+	waitFor(t, "the new name's backend", members(fmt.Sprintf("127.0.0.2:%d", port)))
+
+	write("backend 127.0.0.1:1\n")
+	s.Reload()
+	if got := fmt.Sprint(s.Service("db").Members()); got != "[127.0.0.1:1]" {
+		t.Fatalf("members after the names were removed: %s, want only the static backend", got)
 	}
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"os"
+	"reflect"
 	"slices"
 	"syscall"
 	"time"
@@ -73,6 +74,9 @@ func (s *Server) watchFiles(ctx context.Context) {
 var reloadApplies = map[string]bool{
 	"backend":       true,
 	"backends-file": true,
+	"backend-dns":   true,
+	"backend-srv":   true,
+	"dns-interval":  true,
 	"deny-cidr":     true,
 	"allow-cidr":    true,
 	"rate-limit":    true,
@@ -100,6 +104,7 @@ func (s *Server) Reload() {
 		return
 	}
 	s.switchFiles(cfg)
+	s.switchDiscovery(cfg)
 	s.reloadFiles()
 	s.updateFirewall(cfg.Firewall)
 	s.warnUnapplied(cfg)
@@ -135,6 +140,34 @@ func (s *Server) switchFiles(cfg config.Config) {
 				s.log.Error("apply backends file", zap.String("service", sv.cfg.Name), zap.Error(err))
 			}
 		}
+	}
+}
+
+// switchDiscovery restarts the DNS discovery of each service whose names
+// or interval cfg changes. The backends found under the old names stay
+// until the new ones answer (a reload while DNS fails must not empty the
+// service); with no names left, they go at once. Caller holds reloadMu.
+func (s *Server) switchDiscovery(cfg config.Config) {
+	for _, sv := range s.services {
+		i := slices.IndexFunc(cfg.Services, func(c config.Service) bool { return c.Name == sv.cfg.Name })
+		if i < 0 {
+			continue
+		}
+		next := cfg.Services[i].DNS
+		next.Resolver = sv.dns.cfg.Resolver // not a setting: a test's, or nil
+		if reflect.DeepEqual(next, sv.dns.cfg) {
+			continue
+		}
+		s.log.Info("DNS discovery restarted with the reloaded names", zap.String("service", sv.cfg.Name),
+			zap.Int("names", len(next.Targets)), zap.Duration("interval", next.Interval))
+		s.stopDiscovery(sv)
+		sv.dns.cfg = next
+		if len(next.Targets) == 0 {
+			if err := sv.bal.SetSource(balancer.SourceDNS, nil); err != nil {
+				s.log.Error("apply discovered backends", zap.String("service", sv.cfg.Name), zap.Error(err))
+			}
+		}
+		s.startDiscovery(sv)
 	}
 }
 

@@ -69,6 +69,9 @@ type Server struct {
 	ready     chan struct{}
 	listening atomic.Bool
 	reloadMu  sync.Mutex // serialises Reload
+	// bg is the context of Run's background work (health checks, DNS
+	// discovery), set before Run starts any. Guarded by reloadMu.
+	bg context.Context
 }
 
 // service is one configured service and its per-loop proxies.
@@ -81,6 +84,15 @@ type service struct {
 	each    []loopProxy       // either, for the lifecycle
 	addr    netip.AddrPort
 	file    backendsFile // guarded by Server.reloadMu
+	dns     discoveryRun // guarded by Server.reloadMu
+}
+
+// discoveryRun is a service's DNS discovery: its configuration, which a
+// reload may change, and the goroutine resolving it, if one runs.
+type discoveryRun struct {
+	cfg    discovery.Config
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // loopProxy is what the lifecycle needs of a TCP or UDP proxy. Its methods
@@ -158,7 +170,7 @@ func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error
 }
 
 func (s *Server) addService(sc config.Service) error {
-	sv := &service{cfg: sc}
+	sv := &service{cfg: sc, dns: discoveryRun{cfg: sc.DNS}}
 	static := sc.Backends
 	var fileSpecs []balancer.Spec
 	if sc.BackendsFile != "" {
@@ -421,15 +433,15 @@ func (s *Server) Run(ctx context.Context) error {
 		go s.runLoop(l, errc)
 	}
 	bg, stopBG := context.WithCancel(context.Background())
+	s.reloadMu.Lock()
+	s.bg = bg
 	for _, sv := range s.services {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); sv.bal.Run(bg) }()
 		sv.bal.NotifyMembers() // starts the health checks
-		if len(sv.cfg.DNS.Targets) > 0 {
-			s.wg.Add(1)
-			go s.discover(bg, sv)
-		}
+		s.startDiscovery(sv)
 	}
+	s.reloadMu.Unlock()
 	s.wg.Add(1)
 	go s.watchFiles(bg)
 	s.hup = make(chan os.Signal, 1)
@@ -536,9 +548,36 @@ func (s *Server) logStart() {
 
 // discover merges the backends DNS discovery finds into sv's membership
 // until ctx ends.
-func (s *Server) discover(ctx context.Context, sv *service) {
+// startDiscovery starts resolving sv.dns.cfg's names, if it has any, once
+// Run has begun. Caller holds reloadMu.
+func (s *Server) startDiscovery(sv *service) {
+	if s.bg == nil || len(sv.dns.cfg.Targets) == 0 {
+		return
+	}
+	ctx, cancel := context.WithCancel(s.bg)
+	done := make(chan struct{})
+	sv.dns.cancel, sv.dns.done = cancel, done
+	cfg := sv.dns.cfg
+	s.wg.Add(1)
+	go func() {
+		defer close(done)
+		s.discover(ctx, sv, cfg)
+	}()
+}
+
+// stopDiscovery stops sv's DNS discovery and waits for it. The backends it
+// found stay. Caller holds reloadMu.
+func (s *Server) stopDiscovery(sv *service) {
+	if sv.dns.cancel != nil {
+		sv.dns.cancel()
+		<-sv.dns.done
+		sv.dns.cancel, sv.dns.done = nil, nil
+	}
+}
+
+func (s *Server) discover(ctx context.Context, sv *service, cfg discovery.Config) {
 	defer s.wg.Done()
-	w := discovery.New(sv.cfg.DNS, s.log.Named("discovery").With(zap.String("service", sv.cfg.Name)))
+	w := discovery.New(cfg, s.log.Named("discovery").With(zap.String("service", sv.cfg.Name)))
 	w.Run(ctx, func(found []discovery.Backend) {
 		specs := make([]balancer.Spec, len(found))
 		for i, b := range found {
