@@ -280,10 +280,20 @@ func (s *Service) Run(ctx context.Context) {
 // keep their state and counters; removed ones leave the table, and their
 // open connections finish undisturbed.
 func (s *Service) SetSource(src Source, specs []Spec) error {
+	return s.SetSources(map[Source][]Spec{src: specs})
+}
+
+// SetSources replaces the backend lists of several sources in one change,
+// published once: a backend that moves from one source to another (a
+// reload that turns a backends file into static lines) stays a member
+// throughout, with its state and its connections' counts.
+func (s *Service) SetSources(lists map[Source][]Spec) error {
 	s.hookMu.Lock()
 	defer s.hookMu.Unlock()
 	s.mu.Lock()
-	s.sources[src] = slices.Clone(specs)
+	for src, specs := range lists {
+		s.sources[src] = slices.Clone(specs)
+	}
 	s.merge()
 	down, err := s.publish()
 	addrs, unhealthy := s.addrsLocked(), s.unhealthyLocked()

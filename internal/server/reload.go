@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/config"
+	"github.com/sluice-lb/sluice/internal/discovery"
 )
 
 // fileStamp identifies a version of a file cheaply: a rewrite in place or a
@@ -100,86 +101,70 @@ func (s *Server) Reload() {
 	cfg, err := config.ParseReload(s.cfg.Args)
 	if err != nil {
 		s.log.Error("configuration rejected, keeping the one in force", zap.String("file", s.cfg.ConfigFile), zap.Error(err))
-		s.reloadFiles()
-		return
-	}
-	s.switchFiles(cfg)
-	s.switchDiscovery(cfg)
-	s.reloadFiles()
-	s.updateFirewall(cfg.Firewall)
-	s.warnUnapplied(cfg)
-	if s.cfg.ConfigFile == "" {
-		return
-	}
-	for _, sv := range s.services {
-		i := slices.IndexFunc(cfg.Services, func(c config.Service) bool { return c.Name == sv.cfg.Name })
-		if i < 0 {
-			continue
+		for _, sv := range s.services {
+			if sv.file.path != "" {
+				s.reloadFile(sv)
+			}
 		}
-		if err := sv.bal.SetSource(balancer.SourceStatic, cfg.Services[i].Backends); err != nil {
+		return
+	}
+	// Each service's lists change in one step: a backend that moves
+	// between the lists (a file's line made static) never leaves.
+	for _, sv := range s.services {
+		lists := map[balancer.Source][]balancer.Spec{}
+		i := slices.IndexFunc(cfg.Services, func(c config.Service) bool { return c.Name == sv.cfg.Name })
+		if i >= 0 && s.cfg.ConfigFile != "" {
+			lists[balancer.SourceStatic] = cfg.Services[i].Backends
+		}
+		if i >= 0 {
+			s.switchFile(sv, cfg.Services[i].BackendsFile)
+			if s.switchDiscovery(sv, cfg.Services[i].DNS) {
+				lists[balancer.SourceDNS] = nil
+			}
+		}
+		if sv.file.path == "" {
+			lists[balancer.SourceFile] = nil
+		} else if specs, ok := s.readFile(sv); ok {
+			lists[balancer.SourceFile] = specs
+		}
+		if err := sv.bal.SetSources(lists); err != nil {
 			s.log.Error("apply reloaded backends", zap.String("service", sv.cfg.Name), zap.Error(err))
 		}
-	}
-}
-
-// switchFiles makes each service read the backends file cfg names for it:
-// a new path replaces the old one, whose backends stay until the new file
-// is read, and no path takes the file's backends away. Caller holds
-// reloadMu.
-func (s *Server) switchFiles(cfg config.Config) {
-	for _, sv := range s.services {
-		i := slices.IndexFunc(cfg.Services, func(c config.Service) bool { return c.Name == sv.cfg.Name })
-		if i < 0 || cfg.Services[i].BackendsFile == sv.file.path {
-			continue
-		}
-		path := cfg.Services[i].BackendsFile
-		s.log.Info("backends file switched", zap.String("service", sv.cfg.Name), zap.String("from", sv.file.path), zap.String("to", path))
-		sv.file = backendsFile{path: path}
-		if path == "" {
-			if err := sv.bal.SetSource(balancer.SourceFile, nil); err != nil {
-				s.log.Error("apply backends file", zap.String("service", sv.cfg.Name), zap.Error(err))
-			}
-		}
-	}
-}
-
-// switchDiscovery restarts the DNS discovery of each service whose names
-// or interval cfg changes. The backends found under the old names stay
-// until the new ones answer (a reload while DNS fails must not empty the
-// service); with no names left, they go at once. Caller holds reloadMu.
-func (s *Server) switchDiscovery(cfg config.Config) {
-	for _, sv := range s.services {
-		i := slices.IndexFunc(cfg.Services, func(c config.Service) bool { return c.Name == sv.cfg.Name })
-		if i < 0 {
-			continue
-		}
-		next := cfg.Services[i].DNS
-		next.Resolver = sv.dns.cfg.Resolver // not a setting: a test's, or nil
-		if reflect.DeepEqual(next, sv.dns.cfg) {
-			continue
-		}
-		s.log.Info("DNS discovery restarted with the reloaded names", zap.String("service", sv.cfg.Name),
-			zap.Int("names", len(next.Targets)), zap.Duration("interval", next.Interval))
-		s.stopDiscovery(sv)
-		sv.dns.cfg = next
-		if len(next.Targets) == 0 {
-			if err := sv.bal.SetSource(balancer.SourceDNS, nil); err != nil {
-				s.log.Error("apply discovered backends", zap.String("service", sv.cfg.Name), zap.Error(err))
-			}
-		}
+		// A restarted discovery's first answer replaces the old names'
+		// backends after this.
 		s.startDiscovery(sv)
 	}
+	s.updateFirewall(cfg.Firewall)
+	s.warnUnapplied(cfg)
 }
 
-// reloadFiles applies every service's backends file. Caller holds
-// reloadMu.
-func (s *Server) reloadFiles() {
-	for _, sv := range s.services {
-		if sv.file.path != "" {
-			sv.file.stamp = stampOf(sv.file.path)
-			s.reloadFile(sv)
-		}
+// switchFile makes sv read the backends file at path from now on; the
+// caller applies it (or, with no path, takes the file's backends away).
+// Caller holds reloadMu.
+func (s *Server) switchFile(sv *service, path string) {
+	if path == sv.file.path {
+		return
 	}
+	s.log.Info("backends file switched", zap.String("service", sv.cfg.Name), zap.String("from", sv.file.path), zap.String("to", path))
+	sv.file = backendsFile{path: path}
+}
+
+// switchDiscovery stops sv's DNS discovery when next changes its names or
+// interval, and reports whether the names' backends must go now (no name
+// is left). The caller starts the discovery again with startDiscovery,
+// once the reloaded lists are applied: the old names' backends stay until
+// the new names answer, so that a reload while DNS fails cannot empty the
+// service. Caller holds reloadMu.
+func (s *Server) switchDiscovery(sv *service, next discovery.Config) (clear bool) {
+	next.Resolver = sv.dns.cfg.Resolver // not a setting: a test's, or nil
+	if reflect.DeepEqual(next, sv.dns.cfg) {
+		return false
+	}
+	s.log.Info("DNS discovery restarted with the reloaded names", zap.String("service", sv.cfg.Name),
+		zap.Int("names", len(next.Targets)), zap.Duration("interval", next.Interval))
+	s.stopDiscovery(sv)
+	sv.dns.cfg = next
+	return len(next.Targets) == 0
 }
 
 // warnUnapplied compares cfg, as reloaded, with the configuration the
@@ -226,13 +211,24 @@ func (s *Server) warnUnapplied(cfg config.Config) {
 
 // reloadFile applies sv's backends file. Caller holds reloadMu.
 func (s *Server) reloadFile(sv *service) {
-	specs, err := config.ReadBackendsFile(sv.file.path)
-	if err != nil {
-		s.log.Error("backends file rejected, keeping the backends in force",
-			zap.String("service", sv.cfg.Name), zap.String("file", sv.file.path), zap.Error(err))
+	specs, ok := s.readFile(sv)
+	if !ok {
 		return
 	}
 	if err := sv.bal.SetSource(balancer.SourceFile, specs); err != nil {
 		s.log.Error("apply backends file", zap.String("service", sv.cfg.Name), zap.Error(err))
 	}
+}
+
+// readFile reads sv's backends file and notes its stamp; a bad file is
+// logged, and ok is false. Caller holds reloadMu.
+func (s *Server) readFile(sv *service) (specs []balancer.Spec, ok bool) {
+	sv.file.stamp = stampOf(sv.file.path)
+	specs, err := config.ReadBackendsFile(sv.file.path)
+	if err != nil {
+		s.log.Error("backends file rejected, keeping the backends in force",
+			zap.String("service", sv.cfg.Name), zap.String("file", sv.file.path), zap.Error(err))
+		return nil, false
+	}
+	return specs, true
 }

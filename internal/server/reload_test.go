@@ -2,10 +2,13 @@ package server
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -121,5 +124,56 @@ func TestReloadWarnsOfIgnoredFirewall(t *testing.T) {
 		if got := logged(logs, msg); !slices.Equal(got, want) {
 			t.Errorf("warnings %q: %q, want %q; all: %v", msg, got, want, logs.All())
 		}
+	}
+}
+
+// TestReloadMovesBackendBetweenLists: a reload that turns a backends file's
+// line into a static one (and back) changes both lists in one step: the
+// backend never leaves, so it keeps its connections' counts and no client
+// meets an empty service.
+func TestReloadMovesBackendBetweenLists(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	dir := t.TempDir()
+	file, conf := filepath.Join(dir, "a.backends"), filepath.Join(dir, "sluice.conf")
+	writeFile(t, file, a.Addr().String())
+	head := []string{"[service db]", "listen 127.0.0.1:0", "health-interval 1h"}
+	writeFile(t, conf, slices.Concat(head, []string{"backends-file " + file})...)
+	core, logs := observer.New(zapcore.InfoLevel)
+	s := startCfg(t, parse(t, "--config", conf), zap.New(core))
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("x"))
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatalf("through the backend: %v", err)
+	}
+	info := func() string {
+		var out []string
+		for _, bi := range s.Service("db").Info() {
+			out = append(out, fmt.Sprintf("%s %v active=%d total=%d", bi.Address, bi.Sources, bi.ActiveConnections, bi.Connections))
+		}
+		return fmt.Sprint(out)
+	}
+	want := func(source string) string {
+		return fmt.Sprintf("[%s [%s] active=1 total=1]", a.Addr(), source)
+	}
+	if got := info(); got != want("file") {
+		t.Fatalf("before the reload: %s, want %s", got, want("file"))
+	}
+	writeFile(t, conf, slices.Concat(head, []string{"backend " + a.Addr().String()})...)
+	s.Reload()
+	if got := info(); got != want("static") {
+		t.Fatalf("after the file's line became static: %s, want %s", got, want("static"))
+	}
+	writeFile(t, conf, slices.Concat(head, []string{"backends-file " + file})...)
+	s.Reload()
+	if got := info(); got != want("file") {
+		t.Fatalf("after it went back to the file: %s, want %s", got, want("file"))
+	}
+	if n := logs.FilterMessage("backend removed").Len(); n != 0 {
+		t.Fatalf("%d backend removed lines: the backend left the service", n)
 	}
 }

@@ -548,10 +548,10 @@ func (s *Server) logStart() {
 
 // discover merges the backends DNS discovery finds into sv's membership
 // until ctx ends.
-// startDiscovery starts resolving sv.dns.cfg's names, if it has any, once
-// Run has begun. Caller holds reloadMu.
+// startDiscovery starts resolving sv.dns.cfg's names, if it has any and
+// none runs, once Run has begun. Caller holds reloadMu.
 func (s *Server) startDiscovery(sv *service) {
-	if s.bg == nil || len(sv.dns.cfg.Targets) == 0 {
+	if s.bg == nil || sv.dns.cancel != nil || len(sv.dns.cfg.Targets) == 0 {
 		return
 	}
 	ctx, cancel := context.WithCancel(s.bg)
