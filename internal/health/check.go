@@ -329,9 +329,14 @@ const (
 // the client is, so:
 //
 //   - An authentication request ('R') means the server accepts sessions.
-//     The check hangs up without answering, which the server does not log;
-//     after AuthenticationOk (trust) a session has started, and the check
-//     ends it with a Terminate message.
+//     The check hangs up without answering, which the server does not log.
+//     A refusal the server makes only once it knows the user (the slots
+//     kept for superusers, a role's connection limit) cannot be seen this
+//     way: name a user the server lets in without a password
+//     (--health-postgres-user, a trust line in pg_hba.conf) to see those.
+//   - After AuthenticationOk (trust) the check reads on: ReadyForQuery
+//     means a session has started, and the check ends it with a Terminate
+//     message; an ErrorResponse is taken as below.
 //   - An ErrorResponse of class 28 (invalid authorization: no pg_hba.conf
 //     line, no such role) or 3D000 (no such database) means it would
 //     accept sessions of other users.
@@ -384,13 +389,19 @@ func (p postgresCheck) Check(ctx context.Context, addr netip.AddrPort) error {
 	if err != nil {
 		return fmt.Errorf("read answer to StartupMessage: %w", err)
 	}
-	switch typ {
-	case 'R':
-		if len(body) >= 4 && binary.BigEndian.Uint32(body) == 0 { // AuthenticationOk
+	if typ == 'R' && len(body) >= 4 && binary.BigEndian.Uint32(body) == 0 { // AuthenticationOk
+		if typ, body, err = readPGSessionStart(c); err != nil {
+			return err
+		}
+		if typ == 'Z' {
 			if _, err := c.Write([]byte{'X', 0, 0, 0, 4}); err != nil {
 				return fmt.Errorf("send Terminate: %w", err)
 			}
+			return nil
 		}
+	}
+	switch typ {
+	case 'R':
 		return nil
 	case 'E':
 		f := pgFields(body)
@@ -404,6 +415,25 @@ func (p postgresCheck) Check(ctx context.Context, addr netip.AddrPort) error {
 		return fmt.Errorf("server refuses sessions: %s", msg)
 	}
 	return fmt.Errorf("StartupMessage answered with message type %q, not a PostgreSQL server", typ)
+}
+
+// pgMaxStartMessages bounds the messages read between AuthenticationOk
+// and ReadyForQuery (parameter statuses, the key data, notices).
+const pgMaxStartMessages = 64
+
+// readPGSessionStart reads the messages that follow AuthenticationOk up to
+// ReadyForQuery ('Z') or an ErrorResponse ('E'), and returns that one.
+func readPGSessionStart(r io.Reader) (typ byte, body []byte, err error) {
+	for range pgMaxStartMessages {
+		typ, body, err = readPGMessage(r)
+		if err != nil {
+			return 0, nil, fmt.Errorf("read the session's start: %w", err)
+		}
+		if typ == 'Z' || typ == 'E' {
+			return typ, body, nil
+		}
+	}
+	return 0, nil, fmt.Errorf("no ReadyForQuery within %d messages of AuthenticationOk", pgMaxStartMessages)
 }
 
 // startupMessage returns the StartupMessage of protocol 3.0 for p's user

@@ -448,6 +448,12 @@ func testTLSConfig(tb testing.TB) *tls.Config {
 	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
 }
 
+// pgSessionStart is what a server sends a user it lets in without a
+// password: AuthenticationOk, a parameter status, the key data, and
+// ReadyForQuery.
+var pgSessionStart = pgAuth(0, "") + pgMessage('S', "client_encoding\x00UTF8\x00") +
+	pgMessage('K', "\x00\x00\x00\x01\x00\x00\x00\x02") + pgMessage('Z', "I")
+
 func TestPostgresCheck(t *testing.T) {
 	t.Parallel()
 	const user, db = "sluice_health", "postgres" // the defaults
@@ -462,9 +468,14 @@ func TestPostgresCheck(t *testing.T) {
 	}{
 		{name: "SCRAM asked", answer: pgAuth(10, "SCRAM-SHA-256\x00\x00")},
 		{name: "MD5 asked", answer: pgAuth(5, "\x01\x02\x03\x04")},
-		{name: "trust: session started", answer: pgAuth(0, ""), terminate: true},
+		{name: "trust: session started", answer: pgSessionStart, terminate: true},
+		{
+			name:    "trust: slots kept for superusers",
+			answer:  pgAuth(0, "") + pgErrorResponse("FATAL", "53300", "remaining connection slots are reserved for non-replication superuser connections"),
+			wantErr: "server refuses sessions: FATAL 53300: remaining connection slots are reserved",
+		},
 		{name: "TLS, SCRAM asked", tls: true, answer: pgAuth(10, "SCRAM-SHA-256\x00\x00")},
-		{name: "TLS, trust", tls: true, answer: pgAuth(0, ""), terminate: true},
+		{name: "TLS, trust", tls: true, answer: pgSessionStart, terminate: true},
 		{name: "configured user and database", user: "monitor", database: "app", answer: pgAuth(10, "SCRAM-SHA-256\x00\x00")},
 		{name: "no pg_hba.conf line", answer: pgErrorResponse("FATAL", "28000",
 			`no pg_hba.conf entry for host "127.0.0.1", user "sluice_health", database "postgres", no encryption`)},
