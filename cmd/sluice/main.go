@@ -33,7 +33,7 @@ func main() {
 	var ue *config.UsageError
 	switch {
 	case err == nil:
-	case errors.Is(err, firewall.ErrPermission), errors.Is(err, firewall.ErrUnsupported):
+	case errors.Is(err, firewall.ErrPermission), errors.Is(err, firewall.ErrUnsupported), errors.Is(err, firewall.ErrInterface):
 		// Missing privileges or kernel support: as much a problem of the
 		// invocation as a bad flag.
 		fmt.Fprintf(os.Stderr, "sluice: %v\n", err)

@@ -514,6 +514,7 @@ func build(g globalVals, svcs []namedService, fdLimit int, readBackends bool) (C
 		}
 		cfg.Services = append(cfg.Services, s)
 	}
+	probs = append(probs, checkFirewallSize(cfg)...)
 	for _, sv := range cfg.Services {
 		if sv.Proto == "udp" {
 			cfg.UDPMaxSessions = g.udpMaxSessions

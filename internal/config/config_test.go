@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/firewall"
 	"github.com/sluice-lb/sluice/internal/tcpproxy"
 )
 
@@ -385,6 +387,40 @@ func TestBackendsFileBesideConfig(t *testing.T) {
 	}
 	if got := cfg.Services[1].BackendsFile; got != "/nonexistent/b.backends" {
 		t.Errorf("absolute backends-file: %q", got)
+	}
+}
+
+// TestFirewallSizeProblems: rule sets larger than the program's maps are
+// bad invocations naming the flag, counting each service's own port once,
+// not start-up failures.
+func TestFirewallSizeProblems(t *testing.T) {
+	base := []string{"--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001", "--xdp-iface", "eth0"}
+	ports := func(n int, extra ...string) []string {
+		args := slices.Clone(base)
+		for p := 1; len(args) < len(base)+2*n; p++ {
+			if p != 7000 {
+				args = append(args, "--protect-port", fmt.Sprintf("tcp/%d", p))
+			}
+		}
+		return append(args, extra...)
+	}
+	// 1023 and the service's own port: the most the map holds; the
+	// service's port given again counts once.
+	if _, err := Parse(ports(firewall.MaxPorts-1, "--protect-port", "tcp/7000"), io.Discard); err != nil {
+		t.Fatalf("%d ports and the service's: %v", firewall.MaxPorts-1, err)
+	}
+	_, err := Parse(ports(firewall.MaxPorts), io.Discard)
+	var ue *UsageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), fmt.Sprintf("--protect-port: %d ports to protect", firewall.MaxPorts+1)) {
+		t.Fatalf("%d ports and the service's: %v, want a usage error naming --protect-port", firewall.MaxPorts, err)
+	}
+	deny := slices.Clone(base)
+	for i := range firewall.MaxPrefixes + 1 {
+		deny = append(deny, "--deny-cidr", netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)}).String()+"/32")
+	}
+	_, err = Parse(deny, io.Discard)
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), fmt.Sprintf("--deny-cidr: %d IPv4 and 0 IPv6 prefixes", firewall.MaxPrefixes+1)) {
+		t.Fatalf("%d deny prefixes: %v, want a usage error naming --deny-cidr", firewall.MaxPrefixes+1, err)
 	}
 }
 

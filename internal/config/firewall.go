@@ -1,8 +1,11 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
+	"iter"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -71,6 +74,56 @@ func buildFirewall(fw *Firewall, g globalVals) []string {
 	fw.Rules = rules
 	if len(fw.Ifaces) == 0 && (len(g.deny)+len(g.allow)+len(g.protect) > 0 || g.rateLimit > 0) {
 		probs = append(probs, "--deny-cidr, --allow-cidr, --rate-limit and --protect-port need --xdp-iface: without it no firewall runs")
+	}
+	return probs
+}
+
+// ProtectedPorts returns extra (the --protect-port ports) and the services'
+// own ports, each once.
+func ProtectedPorts(extra []firewall.Port, services iter.Seq2[string, uint16]) []firewall.Port {
+	out := slices.Clone(extra)
+	for proto, port := range services {
+		out = append(out, firewall.Port{Proto: proto, Num: port})
+	}
+	slices.SortFunc(out, func(a, b firewall.Port) int {
+		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Num, b.Num))
+	})
+	return slices.Compact(out)
+}
+
+// checkFirewallSize reports, as problems of the flags that make them, rule
+// sets larger than the program's maps hold: protected ports (counting the
+// services' own) and each family's deny and allow prefixes.
+func checkFirewallSize(cfg Config) []string {
+	if len(cfg.Firewall.Ifaces) == 0 {
+		return nil
+	}
+	var probs []string
+	ports := ProtectedPorts(cfg.Firewall.Rules.Ports, func(yield func(string, uint16) bool) {
+		for _, s := range cfg.Services {
+			if !yield(s.Proto, s.Listen.Port()) {
+				return
+			}
+		}
+	})
+	if len(ports) > firewall.MaxPorts {
+		probs = append(probs, fmt.Sprintf("--protect-port: %d ports to protect, counting each service's own, more than %d", len(ports), firewall.MaxPorts))
+	}
+	for _, l := range []struct {
+		flag string
+		ps   []netip.Prefix
+	}{{"deny-cidr", cfg.Firewall.Rules.Deny}, {"allow-cidr", cfg.Firewall.Rules.Allow}} {
+		var n4, n6 int
+		for _, p := range firewall.UnmapPrefixes(l.ps) {
+			if p.Addr().Is4() {
+				n4++
+			} else {
+				n6++
+			}
+		}
+		if n4 > firewall.MaxPrefixes || n6 > firewall.MaxPrefixes {
+			probs = append(probs, fmt.Sprintf("--%s: %d IPv4 and %d IPv6 prefixes, more than %d of a family", l.flag, n4, n6, firewall.MaxPrefixes))
+		}
 	}
 	return probs
 }

@@ -17,6 +17,10 @@ var (
 	// ErrUnsupported is in the chain of errors from New and Attach when the
 	// kernel lacks a feature the firewall needs.
 	ErrUnsupported = errors.New("not supported by the kernel")
+	// ErrInterface is in the chain of errors from Attach when the
+	// interface cannot carry the program (a layer-3 device): a fault of
+	// the invocation, as ErrUnsupported is.
+	ErrInterface = errors.New("the interface cannot carry the firewall")
 	// ErrClosed is returned by methods called after Close.
 	ErrClosed = errors.New("firewall closed")
 )

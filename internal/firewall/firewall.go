@@ -205,7 +205,7 @@ func checkEthernet(iface string) error {
 	}
 	// The hardware address's family is the link type, ARPHRD_*.
 	if t := ifr.Uint16(); t != unix.ARPHRD_ETHER && t != unix.ARPHRD_LOOPBACK {
-		return fmt.Errorf("link type %d is not Ethernet: the program parses Ethernet frames and would pass this device's packets unpoliced", t)
+		return fmt.Errorf("%w: link type %d is not Ethernet: the program parses Ethernet frames and would pass this device's packets unpoliced", ErrInterface, t)
 	}
 	return nil
 }

@@ -565,7 +565,7 @@ func TestAttachEthernetOnly(t *testing.T) {
 		switch {
 		case tc.ok && rep.Err != "":
 			t.Errorf("attach to %s in %v mode: %s", tc.iface, tc.mode, rep.Err)
-		case !tc.ok && !strings.Contains(rep.Err, "not Ethernet"):
+		case !tc.ok && (!strings.Contains(rep.Err, "not Ethernet") || !strings.Contains(rep.Err, ErrInterface.Error())):
 			t.Errorf("attach to %s in %v mode: error %q, want a refusal for not being Ethernet", tc.iface, tc.mode, rep.Err)
 		}
 	}

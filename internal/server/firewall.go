@@ -15,10 +15,13 @@ import (
 // the --protect-port extras.
 func (s *Server) firewallRules(fc config.Firewall) firewall.Config {
 	rules := fc.Rules
-	rules.Ports = append([]firewall.Port(nil), fc.Rules.Ports...)
-	for _, sv := range s.services {
-		rules.Ports = append(rules.Ports, firewall.Port{Proto: sv.cfg.Proto, Num: sv.addr.Port()})
-	}
+	rules.Ports = config.ProtectedPorts(fc.Rules.Ports, func(yield func(string, uint16) bool) {
+		for _, sv := range s.services {
+			if !yield(sv.cfg.Proto, sv.addr.Port()) {
+				return
+			}
+		}
+	})
 	return rules
 }
 
