@@ -36,8 +36,10 @@
 // spec's fall back to UNSPEC), as is any LOCAL header. The TLVs are checked
 // to be well formed, and a PP2_TYPE_CRC32C checksum, when present, is
 // verified. A LOCAL header's block is the sender's to fill as it likes (the
-// spec has the receiver discard it), so a block that fails these checks
-// does not make a LOCAL header bad: it comes without TLVs.
+// spec has the receiver discard it), so a block that fails these checks,
+// or a protocol byte naming no known family or transport, does not make a
+// LOCAL header bad: it comes without TLVs (and, for the latter, without a
+// transport).
 //
 // # Addresses
 //

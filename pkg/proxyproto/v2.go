@@ -249,6 +249,13 @@ func (p Parser) parseV2(b []byte) (Header, int, error) {
 		return Header{}, 0, ErrIncomplete
 	}
 	fam, tr := int(b[13]>>4), Transport(b[13]&0xf)
+	// A LOCAL header's protocol byte is the sender's to fill as it likes
+	// (the spec has the receiver ignore it): one this package does not
+	// know makes the whole block opaque, not the header bad.
+	opaque := cmd == Local && (fam >= len(v2AddrLen) || (tr != UnknownTransport && tr != TCP && tr != UDP))
+	if opaque {
+		fam, tr = famUnspec, UnknownTransport
+	}
 	if fam >= len(v2AddrLen) {
 		return Header{}, 0, ErrBadFamily
 	}
@@ -286,6 +293,9 @@ func (p Parser) parseV2(b []byte) (Header, int, error) {
 	}
 	hdr := b[:total:total]
 	h := Header{Version: 2, Command: cmd, Transport: tr}
+	if opaque {
+		return h, total, nil
+	}
 	if length < addrLen {
 		// A LOCAL header's address block is ignored, even when it is
 		// shorter than its family says; there are no TLVs to find.
