@@ -199,7 +199,7 @@ func addGlobalFlags(fs *pflag.FlagSet, g *globalVals) {
 	g.pipeSize = 256 << 10
 	fs.StringVar(&g.config, "config", "", "config file listing several services (see the README); flags given too override its global settings")
 	fs.IntVar(&g.workers, "workers", runtime.NumCPU(), "event loops, each with its own thread and SO_REUSEPORT listener; defaults to the CPU count")
-	fs.IntVar(&g.maxConns, "max-conns", 0, "client connections open at once; beyond it new ones wait in the accept queue (default: derived from the open-file limit)")
+	fs.IntVar(&g.maxConns, "max-conns", 0, "client connections open at once; beyond it new ones wait in the accept queue (0, the default: derived from the open-file limit)")
 	durationVar(fs, &g.drain, "drain-timeout", 30*time.Second, "on SIGTERM/SIGINT, time open connections get to finish before they are reset")
 	fs.Var(&g.pipeSize, "pipe-size", "capacity of each splice pipe, bytes (suffixes k, m); pipes are lent only while bytes are in flight")
 	fs.StringVar(&g.admin, "admin-addr", "", "admin HTTP endpoint (health, backends, metrics), ip:port; off when empty. It has no authentication: keep it on loopback")
@@ -526,7 +526,7 @@ func build(g globalVals, svcs []namedService, fdLimit int, readBackends bool) (C
 		sizable = false
 	}
 	if g.maxConns < 0 || g.maxConns > maxConnsCap {
-		bad("", "max-conns", strconv.Itoa(g.maxConns), "want 1 to %d, or leave it out to derive it from the open-file limit", maxConnsCap)
+		bad("", "max-conns", strconv.Itoa(g.maxConns), "want 1 to %d, or 0 (the default) to derive it from the open-file limit", maxConnsCap)
 		sizable = false
 	}
 	if sizable {
