@@ -169,7 +169,7 @@ func (f *Firewall) Attach(iface string, mode Mode) error {
 		if mode == ModeNative && errors.Is(err, unix.EOPNOTSUPP) {
 			// Asked for by name, so no generic fallback: the operator
 			// must choose, and no restart will change the driver.
-			return fmt.Errorf("attach xdp to %s: native mode %w: its driver has no XDP support; use --xdp-mode generic, or auto to fall back to it (%v)", iface, ErrUnsupported, err)
+			return fmt.Errorf("attach xdp to %s: native mode: %w: its driver has no XDP support; use --xdp-mode generic, or auto to fall back to it (%v)", iface, ErrInterface, err)
 		}
 		err = fmt.Errorf("%v mode: %w", m, err)
 		if errs == nil {

@@ -573,7 +573,7 @@ func TestAttachEthernetOnly(t *testing.T) {
 
 // TestAttachNativeUnsupported: native mode asked for by name on a driver
 // without XDP (loopback's) is refused with the way out, and as
-// ErrUnsupported, which sluice reports as a bad invocation (exit 2): no
+// ErrInterface, which sluice reports as a bad invocation (exit 2): no
 // restart changes the driver.
 func TestAttachNativeUnsupported(t *testing.T) {
 	requirePrivileges(t)
@@ -583,8 +583,8 @@ func TestAttachNativeUnsupported(t *testing.T) {
 	srvNS, _ := newTopology(t)
 	srv := startHelper(t, srvNS)
 	rep := srv.do(t, helperRequest{Op: "attach", Iface: "lo", Mode: ModeNative})
-	if !strings.Contains(rep.Err, ErrUnsupported.Error()) || !strings.Contains(rep.Err, "--xdp-mode generic") {
-		t.Fatalf("native attach to lo: error %q, want ErrUnsupported and the generic mode named", rep.Err)
+	if !strings.Contains(rep.Err, ErrInterface.Error()) || !strings.Contains(rep.Err, "--xdp-mode generic") {
+		t.Fatalf("native attach to lo: error %q, want ErrInterface and the generic mode named", rep.Err)
 	}
 	if rep := srv.do(t, helperRequest{Op: "attach", Iface: "lo", Mode: ModeAuto}); rep.Err != "" {
 		t.Fatalf("auto attach to lo after the refusal: %s", rep.Err)
