@@ -1003,3 +1003,29 @@ func TestActiveNeverNegative(t *testing.T) {
 		}
 	}
 }
+
+// TestDrainClosesAfterSlotFreed: Drain's channel closes only once the last
+// session's slot of the session cap is free, so whoever it wakes sees the
+// cap's count at 0. The session ends on the drain's idle timer, on the
+// loop, while the test waits on the channel: a race that many rounds bring
+// out.
+func TestDrainClosesAfterSlotFreed(t *testing.T) {
+	echo := testsrv.StartTB(t, testsrv.Echo, "udp")
+	cfg := testConfig()
+	cfg.DrainIdle = 2 * time.Millisecond
+	for i := range 200 {
+		r := startRig(t, lo4, []netip.AddrPort{echo.Addr()}, cfg, nil, 1)
+		c := newClient(t, "127.0.0.1")
+		if _, err := c.roundTrip(r.addr, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		var ch <-chan struct{}
+		r.do(0, func(p *Proxy) { ch = p.Drain() })
+		<-ch
+		if n := r.limiter.Open(); n != 0 {
+			t.Fatalf("round %d: drain over with %d slots of the cap still held", i, n)
+		}
+		r.close()
+		c.conn.Close()
+	}
+}

@@ -209,6 +209,7 @@ func (p *Proxy) evict(s *session) {
 		p.log.Debug("udp session evicted", zap.Stringer("client", s.client), zap.Stringer("backend", s.backend))
 	}
 	p.endKeepSlot(s)
+	p.checkDrained() // the slot is the new session's
 }
 
 // expire is the expiry timer: it ends the sessions idle for p.idle (the
@@ -246,6 +247,8 @@ func (p *Proxy) expire() {
 func (p *Proxy) end(s *session) {
 	p.endKeepSlot(s)
 	p.limiter.Release()
+	// After the release: whoever the drain wakes sees the slot free.
+	p.checkDrained()
 }
 
 // endKeepSlot is end for a session whose slot passes to a new one.
@@ -259,5 +262,4 @@ func (p *Proxy) endKeepSlot(s *session) {
 	s.prev, s.next = nil, nil
 	s.be.Active.Add(-1)
 	p.stats.SessionsEnded.Add(1)
-	p.checkDrained()
 }
