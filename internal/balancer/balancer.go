@@ -148,26 +148,26 @@ type Snapshot struct {
 	Backends []*Backend
 	table    *maglev.Table
 	weight   int // sum of the backends' weights
-	// members are the addresses of every member of the service when the
-	// snapshot was made, usable or not (down, drained, weight 0); nil for
+	// members are every member of the service when the snapshot was
+	// made, usable or not (down, drained, weight 0), by address; nil for
 	// a snapshot of fixed backends, whose members are Backends.
-	members map[netip.AddrPort]struct{}
+	members map[netip.AddrPort]*Backend
 }
 
-// Member reports whether addr was a member of the service when s was
-// made, whether or not it was usable: a UDP session keeps a member that
-// is drained or down, as a TCP connection does.
-func (s *Snapshot) Member(addr netip.AddrPort) bool {
+// Member returns the member of the service at addr when s was made,
+// whether or not it was usable (a UDP session keeps a member that is
+// drained or down, as a TCP connection does), or nil. A backend that left
+// and came back is a new *Backend, with counters of its own.
+func (s *Snapshot) Member(addr netip.AddrPort) *Backend {
 	if s.members == nil {
 		for _, b := range s.Backends {
 			if b.Addr == addr {
-				return true
+				return b
 			}
 		}
-		return false
+		return nil
 	}
-	_, ok := s.members[addr]
-	return ok
+	return s.members[addr]
 }
 
 // NewSnapshot builds the Maglev table for backends with tableSize slots (a

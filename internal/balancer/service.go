@@ -421,9 +421,9 @@ func (s *Service) publish() ([]*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	snap.members = make(map[netip.AddrPort]struct{}, len(s.members))
-	for addr := range s.members {
-		snap.members[addr] = struct{}{}
+	snap.members = make(map[netip.AddrPort]*Backend, len(s.members))
+	for addr, m := range s.members {
+		snap.members[addr] = m.b
 	}
 	prev := s.pool.Load()
 	s.pool.Store(snap)

@@ -12,10 +12,12 @@ import (
 	"time"
 	"unsafe"
 
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/loop"
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
@@ -1027,5 +1029,64 @@ func TestDrainClosesAfterSlotFreed(t *testing.T) {
 		}
 		r.close()
 		c.conn.Close()
+	}
+}
+
+// TestSessionFollowsReturningBackend: a backend that leaves the service and
+// comes back between two datagrams of a session (a DNS round without it)
+// is a new Backend with counters of its own, which the metrics and GET
+// /backends read; the session counts there from then on, and its open
+// session with it.
+func TestSessionFollowsReturningBackend(t *testing.T) {
+	echo := testsrv.StartTB(t, testsrv.Echo, "udp")
+	spec := []balancer.Spec{{Addr: echo.Addr(), Weight: 1}}
+	svc, err := balancer.NewService(balancer.ServiceConfig{Name: "u", Loops: 1}, spec, balancer.Hooks{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := loop.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(l, 0, testConfig(), svc.Pool(), NewSessionLimiter(0), zap.NewNop())
+	fd, addr, err := Listen(lo4, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Listen(fd); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := l.Run(); !errors.Is(err, loop.ErrStopped) {
+			t.Error(err)
+		}
+	}()
+	defer func() {
+		done := make(chan struct{})
+		l.Submit(func() { p.CloseAll(); close(done) })
+		<-done
+		l.Stop()
+		wg.Wait()
+		l.Close()
+	}()
+	c := newClient(t, "127.0.0.1")
+	if _, err := c.roundTrip(addr, []byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	svc.SetSource(balancer.SourceStatic, nil)
+	svc.SetSource(balancer.SourceStatic, spec)
+	const more = 10
+	for range more {
+		if _, err := c.roundTrip(addr, []byte("b")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := svc.Backends()[0].Counts()
+	if info := svc.Info()[0]; got.DatagramsUp != more || got.DatagramsDown != more || info.ActiveConnections != 1 {
+		t.Fatalf("the returned backend counts %d datagrams up, %d down, %d sessions; want %d, %d and the 1 open",
+			got.DatagramsUp, got.DatagramsDown, info.ActiveConnections, more, more)
 	}
 }

@@ -128,7 +128,14 @@ func (p *Proxy) connect(s *session) error {
 func (p *Proxy) recheck(s *session) bool {
 	snap := p.snap
 	s.epoch = p.epoch
-	if snap.Member(s.backend) {
+	if b := snap.Member(s.backend); b != nil {
+		if b.Active != s.be.Active {
+			// The backend left and came back, as a new Backend with
+			// counters of its own: the session counts there now.
+			s.be.Active.Add(-1)
+			b.Active.Add(1)
+		}
+		s.be = b
 		return true
 	}
 	idx := snap.Pick(s.hash)
