@@ -436,3 +436,68 @@ func TestInheritedState(t *testing.T) {
 		t.Fatalf("after the others return: %s, want %s", got, want)
 	}
 }
+
+// TestDepartedDrainsAreBounded: a drain is remembered after its backend
+// leaves for drainMemory, not for ever (a new instance at a recycled
+// address starts up), and at most maxDeparted departures are remembered,
+// the ones gone longest forgotten first; the successor of an upgrade is
+// handed only what is still remembered.
+func TestDepartedDrainsAreBounded(t *testing.T) {
+	// A small table: the test publishes some 12,000 snapshots.
+	s, err := NewService(ServiceConfig{Name: "t", Loops: 1, TableSize: 13}, []Spec{spec("10.0.0.9:1", 1)}, Hooks{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Unix(1000, 0)
+	s.now = func() time.Time { return clock }
+	pod := func(i int) Spec { return spec(fmt.Sprintf("10.1.%d.%d:1", i>>8, i&0xff), 1) }
+	leaveDrained := func(i int) {
+		t.Helper()
+		if err := s.SetSource(SourceDNS, []Spec{pod(i)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetDrained(pod(i).Addr, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetSource(SourceDNS, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stateOf := func(i int) State {
+		t.Helper()
+		if err := s.SetSource(SourceDNS, []Spec{pod(i)}); err != nil {
+			t.Fatal(err)
+		}
+		defer s.SetSource(SourceDNS, nil)
+		for _, bi := range s.Info() {
+			if bi.Address == pod(i).Addr.String() {
+				return bi.State
+			}
+		}
+		return ""
+	}
+	leaveDrained(0)
+	clock = clock.Add(drainMemory - time.Minute)
+	if got := stateOf(0); got != StateDraining {
+		t.Fatalf("back after %v: %s, want draining", drainMemory-time.Minute, got)
+	}
+	leaveDrained(1)
+	clock = clock.Add(drainMemory)
+	if got := stateOf(1); got != StateUp {
+		t.Fatalf("back after %v: %s, want up (a new instance)", drainMemory, got)
+	}
+
+	for i := range maxDeparted + 10 {
+		leaveDrained(100 + i)
+		clock = clock.Add(time.Second)
+	}
+	if n := len(s.States()) - 1; n != maxDeparted { // less the one member
+		t.Fatalf("%d departures handed over, want %d", n, maxDeparted)
+	}
+	if got := stateOf(100); got != StateUp {
+		t.Fatalf("the first of %d departures: %s, want forgotten (up)", maxDeparted+10, got)
+	}
+	if got := stateOf(100 + maxDeparted + 9); got != StateDraining {
+		t.Fatalf("the last departure: %s, want draining", got)
+	}
+}

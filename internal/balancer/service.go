@@ -132,9 +132,24 @@ type member struct {
 // it was down: one that returns within it (DNS dropped it for a round, a
 // reload re-added it) starts down, and its checks must pass Rise times.
 // One that returns later is taken for a new instance at the same address
-// and starts up, as every new backend does. A drain is remembered for the
-// service's lifetime, until the operator enables the address.
+// and starts up, as every new backend does.
 const healthMemory = 5 * time.Minute
+
+// drainMemory is how long a service remembers that a backend which left
+// it was drained, unless the operator enables the address first: long
+// enough for a DNS round or a reload to bring it back, short enough that
+// a new instance given a recycled address (a pod's) does not start
+// drained days later. maxDeparted bounds what is remembered: past it, the
+// longest gone is forgotten first.
+const (
+	drainMemory = 24 * time.Hour
+	maxDeparted = 4096
+)
+
+// remembered reports whether d still says anything at now.
+func (d departed) remembered(now time.Time) bool {
+	return d.drained && now.Sub(d.left) < drainMemory || d.down && now.Sub(d.left) < healthMemory
+}
 
 // departed is what a service remembers of a backend that left it drained
 // or down.
@@ -249,13 +264,30 @@ func (s *Service) States() []BackendState {
 	gone := make([]BackendState, 0, len(s.departed))
 	now := s.now()
 	for a, d := range s.departed {
-		down := d.down && now.Sub(d.left) < healthMemory
-		if d.drained || down {
-			gone = append(gone, BackendState{Addr: a, Drained: d.drained, Down: down, LastCheck: d.lastCheck, Left: d.left})
+		if d.remembered(now) {
+			down := d.down && now.Sub(d.left) < healthMemory
+			drained := d.drained && now.Sub(d.left) < drainMemory
+			gone = append(gone, BackendState{Addr: a, Drained: drained, Down: down, LastCheck: d.lastCheck, Left: d.left})
 		}
 	}
 	slices.SortFunc(gone, func(a, b BackendState) int { return a.Addr.Compare(b.Addr) })
 	return append(out, gone...)
+}
+
+// boundDeparted forgets the backends gone longest until at most
+// maxDeparted are remembered. Caller holds mu.
+func (s *Service) boundDeparted() {
+	if len(s.departed) <= maxDeparted {
+		return
+	}
+	addrs := make([]netip.AddrPort, 0, len(s.departed))
+	for a := range s.departed {
+		addrs = append(addrs, a)
+	}
+	slices.SortFunc(addrs, func(a, b netip.AddrPort) int { return s.departed[a].left.Compare(s.departed[b].left) })
+	for _, a := range addrs[:len(addrs)-maxDeparted] {
+		delete(s.departed, a)
+	}
 }
 
 // Name returns the service's name.
@@ -352,10 +384,11 @@ func (s *Service) addrsLocked() []netip.AddrPort {
 func (s *Service) merge() {
 	now := s.now()
 	for a, d := range s.departed {
-		if !d.drained && now.Sub(d.left) >= healthMemory {
+		if !d.remembered(now) {
 			delete(s.departed, a)
 		}
 	}
+	defer s.boundDeparted()
 	want := make(map[netip.AddrPort]*member)
 	for src := Source(0); src < numSources; src++ {
 		for _, sp := range s.sources[src] {
