@@ -31,6 +31,12 @@ import (
 // Frame.Backends; a reader accepts every version from 1.
 const Version = 2
 
+// ReadsEveryUDPSocket is the first version whose receiver reads every UDP
+// listening socket handed to it, however many loops it has: an older one
+// closes those beyond its loop count, so its predecessor must not keep
+// them, unread, in the SO_REUSEPORT group while it drains.
+const ReadsEveryUDPSocket = 2
+
 // maxFDsPerFrame stays under the kernel's SCM_MAX_FD (253).
 const maxFDsPerFrame = 200
 
@@ -193,19 +199,20 @@ func SendReady(c *net.UnixConn) error {
 	return writeFrame(c, Frame{Version: Version, Ready: true, PID: os.Getpid()}, nil)
 }
 
-// WaitReady reads until a Ready frame arrives, or fails when the new
-// process closes the socket (it exited) or c's deadline passes.
-func WaitReady(c *net.UnixConn) error {
+// WaitReady reads until a Ready frame arrives and returns the version the
+// new process speaks, or fails when the new process closes the socket (it
+// exited) or c's deadline passes.
+func WaitReady(c *net.UnixConn) (version int, err error) {
 	for {
 		f, fds, err := readFrame(c)
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if f.Ready {
-			return nil
+			return f.Version, nil
 		}
 	}
 }

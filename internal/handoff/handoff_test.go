@@ -76,8 +76,8 @@ func TestSendReceive(t *testing.T) {
 	// Ready goes the other way.
 	errc := make(chan error, 1)
 	go func() { errc <- SendReady(b) }()
-	if err := WaitReady(a); err != nil {
-		t.Fatal(err)
+	if v, err := WaitReady(a); err != nil || v != Version {
+		t.Fatalf("WaitReady: version %d, %v; want %d", v, err, Version)
 	}
 	<-errc
 }
@@ -85,7 +85,7 @@ func TestSendReceive(t *testing.T) {
 func TestWaitReadyFailsWhenPeerLeaves(t *testing.T) {
 	a, b := pair(t)
 	b.Close()
-	if err := WaitReady(a); err == nil {
+	if _, err := WaitReady(a); err == nil {
 		t.Fatal("WaitReady succeeded without a Ready frame")
 	}
 }

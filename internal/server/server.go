@@ -72,6 +72,20 @@ type Server struct {
 	// bg is the context of Run's background work (health checks, DNS
 	// discovery), set before Run starts any. Guarded by reloadMu.
 	bg context.Context
+	// closeUDPAtDrain is set, before upgraded is closed, when the
+	// successor is of a release that may not read every UDP socket handed
+	// over: the drain then closes the UDP sockets and sessions at once.
+	closeUDPAtDrain bool
+}
+
+// hasUDP reports whether a service is UDP.
+func (s *Server) hasUDP() bool {
+	for _, sv := range s.services {
+		if sv.cfg.Proto == "udp" {
+			return true
+		}
+	}
+	return false
 }
 
 // service is one configured service and its per-loop proxies.
@@ -626,9 +640,15 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 func (s *Server) drain() (reset, ended int) {
 	var chans []<-chan struct{}
 	for _, sv := range s.services {
+		closeNow := sv.cfg.Proto == "udp" && s.closeUDPAtDrain
 		for i, p := range sv.each {
 			ch := make(chan (<-chan struct{}), 1)
-			if !s.loops[i].Submit(func() { ch <- p.Drain() }) {
+			if !s.loops[i].Submit(func() {
+				if closeNow {
+					p.CloseAll()
+				}
+				ch <- p.Drain()
+			}) {
 				continue
 			}
 			chans = append(chans, <-ch)

@@ -423,3 +423,23 @@ func TestUDPDrainTimeout(t *testing.T) {
 		t.Errorf("stop lines %v, want one with udp_sessions_ended_at_drain_timeout 1 and reset_at_drain_timeout 0", stopped)
 	}
 }
+
+// TestUDPDrainClosesForOlderSuccessor: when the successor of an upgrade is
+// of a release that may not read every UDP socket handed over (its Ready
+// frame says version 1), the drain closes the UDP sockets and sessions at
+// once, as before sessions outlived a stop: kept open and unread, the
+// sockets would take their share of new clients' datagrams.
+func TestUDPDrainClosesForOlderSuccessor(t *testing.T) {
+	be := udpBackend(t)
+	log, logs, _ := onLog("draining connections")
+	r := startCfg(t, parse(t, "--listen", "127.0.0.1:0", "--proto", "udp", "--backend", be.LocalAddr().String(),
+		"--workers", "2", "--drain-timeout", "20s"), log)
+	heldUDP(t, be, r.Addr(), 4)
+	r.closeUDPAtDrain = true // as Upgrade sets it for a version-1 successor; Run reads it after the stop
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if l := logs.FilterMessage("draining connections").All(); len(l) != 0 {
+		t.Fatalf("the drain waited for UDP sessions: %v", l[0].ContextMap())
+	}
+}

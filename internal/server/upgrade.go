@@ -331,7 +331,8 @@ func (s *Server) Upgrade() error {
 	if err := handoff.Send(conn, socks, backends); err != nil {
 		return fail(fmt.Errorf("new process (pid %d) did not take the %d sockets: %w", pid, len(socks), err))
 	}
-	if err := handoff.WaitReady(conn); err != nil {
+	version, err := handoff.WaitReady(conn)
+	if err != nil {
 		return fail(fmt.Errorf("new process (pid %d) did not become ready: %w", pid, err))
 	}
 	s.upMu.Lock()
@@ -350,6 +351,13 @@ func (s *Server) Upgrade() error {
 	// before this one exits, or systemd would stop the service with it.
 	if err := notifyMainPID(pid); err != nil {
 		s.log.Warn("tell systemd the new main pid", zap.Error(err))
+	}
+	// A successor of an older release closes the UDP sockets beyond its
+	// loop count: this process must not keep them while it drains.
+	s.closeUDPAtDrain = version < handoff.ReadsEveryUDPSocket
+	if s.closeUDPAtDrain && s.hasUDP() {
+		s.log.Warn("the new process is of an older release, which may not read every UDP socket handed over: this one closes its UDP sockets and sessions at once, and replies on their way are lost",
+			zap.Int("pid", pid), zap.Int("version", version))
 	}
 	// The child is not waited for: it outlives this process, which exits
 	// after its drain.
