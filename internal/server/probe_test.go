@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/handoff"
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
@@ -136,7 +137,8 @@ func standIn(t *testing.T) int {
 // TestRenamedServiceUpgrade: an upgrade whose configuration renamed a
 // service keeps its address; the predecessor's socket there, handed over
 // under the old name, is taken over rather than closed (with the
-// connections in its accept queue), and the second loop's socket joins it.
+// connections in its accept queue), and the second loop's socket joins it;
+// the states of its backends (a drain) are taken over too.
 func TestRenamedServiceUpgrade(t *testing.T) {
 	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -164,13 +166,20 @@ func TestRenamedServiceUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := parse(t, "--listen", held.String(), "--backend", backend.Addr().String(), "--workers", "2")
-	s, err := New(cfg, zap.NewNop(), Options{Inherited: Inheritance{Sockets: []handoff.Socket{
-		{Kind: handoff.KindListener, Service: "old-name", Proto: "tcp", Addr: held.String(), FD: given},
-	}}})
+	s, err := New(cfg, zap.NewNop(), Options{Inherited: Inheritance{
+		Sockets: []handoff.Socket{
+			{Kind: handoff.KindListener, Service: "old-name", Proto: "tcp", Addr: held.String(), FD: given},
+		},
+		Backends: []handoff.Backend{{Service: "old-name", Addr: backend.Addr().String(), Drained: true}},
+	}})
 	if err != nil {
 		t.Fatalf("New with the predecessor's socket for a renamed service: %v", err)
 	}
 	defer s.release()
+	// Its backends' states come with the sockets.
+	if got := s.Service("default").Info()[0].State; got != balancer.StateDraining {
+		t.Errorf("the backend drained under the old name: %s, want draining", got)
+	}
 	// The handed-over socket and one new one; three if it was not taken.
 	if got := testsrv.ListenInodes(t, port); len(got) != 2 {
 		t.Fatalf("sockets listening on %s: %v, want 2", held, got)

@@ -224,7 +224,7 @@ func (s *Server) addService(sc config.Service) error {
 	// The predecessor's drains and verdicts apply before the first
 	// snapshot, and before the first Members call starts the checks (from
 	// the verdicts).
-	inherited := s.inheritedStates(sc.Name, checker != nil)
+	inherited := s.inheritedStates(sc, checker != nil)
 	sv.bal, err = balancer.NewService(balancer.ServiceConfig{
 		Name:        sc.Name,
 		Loops:       len(s.loops),

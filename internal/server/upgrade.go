@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/config"
 	"github.com/sluice-lb/sluice/internal/handoff"
 )
 
@@ -90,7 +91,11 @@ func Inherit() (Inheritance, *net.UnixConn, error) {
 // inheritedStates returns the backend states the predecessor handed over
 // for the service name. Without health checks (checked false) nothing
 // would bring a backend up again, so only drains are taken.
-func (s *Server) inheritedStates(name string, checked bool) []balancer.BackendState {
+func (s *Server) inheritedStates(sc config.Service, checked bool) []balancer.BackendState {
+	name := sc.Name
+	if was := s.renamedFrom(sc); was != "" {
+		name = was // a renamed service keeps its backends' states too
+	}
 	var out []balancer.BackendState
 	for _, b := range s.opts.Inherited.Backends {
 		addr, err := netip.ParseAddrPort(b.Addr)
@@ -107,6 +112,29 @@ func (s *Server) inheritedStates(name string, checked bool) []balancer.BackendSt
 		out = append(out, st)
 	}
 	return out
+}
+
+// renamedFrom returns the name the predecessor gave sc, when sc was
+// renamed between the releases: no listening socket was handed over under
+// sc's name, and one of sc's protocol was, bound to sc's address, under
+// another. claimAll takes those sockets for sc.
+func (s *Server) renamedFrom(sc config.Service) string {
+	if sc.Listen.Port() == 0 {
+		return ""
+	}
+	was := ""
+	for _, so := range s.inherit {
+		if so.Kind != handoff.KindListener || so.Proto != sc.Proto {
+			continue
+		}
+		if so.Service == sc.Name {
+			return ""
+		}
+		if so.Addr == sc.Listen.String() {
+			was = so.Service
+		}
+	}
+	return was
 }
 
 // backendStates lists what every service knows of its backends, for the
