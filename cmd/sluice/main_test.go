@@ -79,8 +79,8 @@ func TestSizingProblemsExit2(t *testing.T) {
 		args []string
 		want string // the problem line
 	}{
-		{append(tcp, "--max-conns", "4611686018427387904"), `sluice: --max-conns "4611686018427387904": want 1 to 8388608, or leave it out to derive it from the open-file limit`},
-		{append(tcp, "--max-conns", "9223372036854775807"), `sluice: --max-conns "9223372036854775807": want 1 to 8388608, or leave it out to derive it from the open-file limit`},
+		{append(tcp, "--max-conns", "4611686018427387904"), `sluice: --max-conns "4611686018427387904": want 1 to 8388608, or 0 (the default) to derive it from the open-file limit`},
+		{append(tcp, "--max-conns", "9223372036854775807"), `sluice: --max-conns "9223372036854775807": want 1 to 8388608, or 0 (the default) to derive it from the open-file limit`},
 		{append(tcp, "--workers", "1", "--max-conns", "10000"), `sluice: --max-conns "10000": needs 20260 file descriptors (two per connection) but the open-file limit is 20000; lower it to at most 9870 or raise the limit (e.g. LimitNOFILE=)`},
 		{[]string{"--proto", "udp", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:1", "--workers", "1", "--udp-max-sessions", "100000"},
 			`sluice: --udp-max-sessions "100000": needs 100263 file descriptors (one per session, 263 for listeners, loops and a connection) but the open-file limit is 20000; lower it to at most 19737 or raise the limit (e.g. LimitNOFILE=)`},
