@@ -276,16 +276,22 @@ func (c Config) withDefaults() Config {
 // Watcher resolves its targets periodically. It holds no state between
 // calls of Run: each Run starts afresh. Create it with New.
 type Watcher struct {
-	cfg Config // defaults applied; checked by the caller with Validate
-	log *zap.Logger
+	cfg   Config // defaults applied; checked by the caller with Validate
+	log   *zap.Logger
+	first chan struct{} // closed when Run's first round is over
 }
 
 // New returns a Watcher for cfg, which the caller has checked with
 // Validate; zero fields take their defaults. log receives the failure,
 // recovery, hold and change lines, named "discovery".
 func New(cfg Config, log *zap.Logger) *Watcher {
-	return &Watcher{cfg: cfg.withDefaults(), log: log.Named("discovery")}
+	return &Watcher{cfg: cfg.withDefaults(), log: log.Named("discovery"), first: make(chan struct{})}
 }
+
+// FirstRound returns a channel closed once Run's first round of
+// resolution is over, its backends (if any resolved) passed to update:
+// for a caller that must not say it serves before it knows its backends.
+func (w *Watcher) FirstRound() <-chan struct{} { return w.first }
 
 // errNoUsableSRV says an SRV answer names no backend: every record's
 // target is "." or does not exist. Like NXDOMAIN, it starts a hold.
@@ -343,6 +349,11 @@ func (w *Watcher) Run(ctx context.Context, update func([]Backend)) {
 				zap.Int("backends", len(next)), zap.Int("added", added), zap.Int("removed", removed))
 			current = next
 			update(slices.Clone(next))
+		}
+		select {
+		case <-w.first:
+		default:
+			close(w.first)
 		}
 		timer.Reset(w.cfg.Interval + time.Duration(rand.Int64N(int64(w.cfg.Interval/10)+1)))
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,9 +23,10 @@ import (
 // zone is a tiny authoritative DNS server on loopback whose A records the
 // test changes.
 type zone struct {
-	mu sync.Mutex // guards a
-	a  map[string][]netip.Addr
-	s  *dns.Server
+	mu    sync.Mutex // guards a
+	a     map[string][]netip.Addr
+	s     *dns.Server
+	delay atomic.Int64 // nanoseconds each answer waits
 }
 
 func startZone(tb testing.TB) *zone {
@@ -49,6 +51,7 @@ func (z *zone) set(name string, addrs ...netip.Addr) {
 }
 
 func (z *zone) serve(w dns.ResponseWriter, req *dns.Msg) {
+	time.Sleep(time.Duration(z.delay.Load())) // a distant server
 	m := new(dns.Msg)
 	m.SetReply(req)
 	m.Authoritative = true
@@ -208,5 +211,36 @@ func TestReloadSwitchesDNSNames(t *testing.T) {
 	s.Reload()
 	if got := fmt.Sprint(s.Service("db").Members()); got != "[127.0.0.1:1]" {
 		t.Fatalf("members after the names were removed: %s, want only the static backend", got)
+	}
+}
+
+// TestSuccessorReadyWithDNSBackends: an upgrade's successor reports that it
+// serves only once a service whose backends all come from DNS has them:
+// its predecessor stops accepting at that report, and new clients would
+// meet a service with no backend. The DNS server answers after 300ms.
+func TestSuccessorReadyWithDNSBackends(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	z := startZone(t)
+	z.set("db.test", netip.MustParseAddr("127.0.0.1"))
+	z.delay.Store(int64(300 * time.Millisecond))
+	cfg := parse(t, "--listen", "127.0.0.1:0", "--backend-dns", fmt.Sprintf("db.test:%d", a.Addr().Port()), "--health-check", "none")
+	cfg.Services[0].DNS.Resolver = z.resolver()
+	atReady := make(chan string, 1)
+	s, err := New(cfg, zap.NewNop(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.opts.OnReady = func() { atReady <- fmt.Sprint(s.Service("default").Members()) }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	if got, want := <-atReady, fmt.Sprintf("[%s]", a.Addr()); got != want {
+		t.Fatalf("members when the successor reported ready: %s, want %s", got, want)
 	}
 }

@@ -164,6 +164,7 @@ func (s *Server) switchDiscovery(sv *service, next discovery.Config) (clear bool
 		zap.Int("names", len(next.Targets)), zap.Duration("interval", next.Interval))
 	s.stopDiscovery(sv)
 	sv.dns.cfg = next
+	sv.dns.first = nil
 	return len(next.Targets) == 0
 }
 

@@ -107,6 +107,7 @@ type discoveryRun struct {
 	cfg    discovery.Config
 	cancel context.CancelFunc
 	done   chan struct{}
+	first  <-chan struct{} // closed after the watcher's first round
 }
 
 // loopProxy is what the lifecycle needs of a TCP or UDP proxy. Its methods
@@ -472,6 +473,9 @@ func (s *Server) Run(ctx context.Context) error {
 	// A stop that came first (a SIGTERM to an upgrade's successor while
 	// it started) is not readiness: the predecessor, not told, sees the
 	// handoff end, and keeps serving.
+	if s.opts.OnReady != nil {
+		s.awaitDiscovery(ctx)
+	}
 	if s.opts.OnReady != nil && ctx.Err() == nil {
 		s.opts.OnReady()
 	}
@@ -570,13 +574,48 @@ func (s *Server) startDiscovery(sv *service) {
 	}
 	ctx, cancel := context.WithCancel(s.bg)
 	done := make(chan struct{})
-	sv.dns.cancel, sv.dns.done = cancel, done
-	cfg := sv.dns.cfg
+	w := discovery.New(sv.dns.cfg, s.log.Named("discovery").With(zap.String("service", sv.cfg.Name)))
+	sv.dns.cancel, sv.dns.done, sv.dns.first = cancel, done, w.FirstRound()
 	s.wg.Add(1)
 	go func() {
 		defer close(done)
-		s.discover(ctx, sv, cfg)
+		s.discover(ctx, sv, w)
 	}()
+}
+
+// awaitDiscovery waits until every service's DNS discovery has had its
+// first round, or its timeout has passed, or ctx is done: an upgrade's
+// successor must not tell its predecessor that it serves while a service
+// that has only DNS backends still has none. Run calls it before the
+// loops take connections from it alone.
+func (s *Server) awaitDiscovery(ctx context.Context) {
+	s.reloadMu.Lock()
+	var firsts []<-chan struct{}
+	wait := time.Duration(0)
+	for _, sv := range s.services {
+		if sv.dns.first != nil {
+			firsts = append(firsts, sv.dns.first)
+			wait = max(wait, sv.dns.cfg.Timeout)
+		}
+	}
+	s.reloadMu.Unlock()
+	if len(firsts) == 0 {
+		return
+	}
+	// A round's lookups are bounded by the DNS timeout (default 5s);
+	// what is left of the upgrade's 30s is ample for the rest.
+	deadline := time.NewTimer(max(wait, discovery.DefaultConfig().Timeout) + time.Second)
+	defer deadline.Stop()
+	for _, first := range firsts {
+		select {
+		case <-first:
+		case <-deadline.C:
+			s.log.Warn("DNS discovery has not answered yet: reporting ready without its backends")
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // stopDiscovery stops sv's DNS discovery and waits for it. The backends it
@@ -589,9 +628,8 @@ func (s *Server) stopDiscovery(sv *service) {
 	}
 }
 
-func (s *Server) discover(ctx context.Context, sv *service, cfg discovery.Config) {
+func (s *Server) discover(ctx context.Context, sv *service, w *discovery.Watcher) {
 	defer s.wg.Done()
-	w := discovery.New(cfg, s.log.Named("discovery").With(zap.String("service", sv.cfg.Name)))
 	w.Run(ctx, func(found []discovery.Backend) {
 		specs := make([]balancer.Spec, len(found))
 		for i, b := range found {
