@@ -331,6 +331,12 @@ func (w *Watcher) Run(ctx context.Context, update func([]Backend)) {
 		targets[i].Target = t
 	}
 	var current []Backend
+	// published: update has been called. Until then an empty result is
+	// passed on too, once every target has answered or has been gone for
+	// the hold: a caller that restarts a Watcher with new names (a
+	// reload) must learn that they have no backends, or it would keep
+	// the old names' for ever. A failure to get an answer is not enough.
+	published := false
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -343,11 +349,11 @@ func (w *Watcher) Run(ctx context.Context, update func([]Backend)) {
 		if ctx.Err() != nil {
 			return
 		}
-		if next := merge(targets); !slices.Equal(next, current) {
+		if next := merge(targets); !slices.Equal(next, current) || !published && w.settled(targets, time.Now()) {
 			added, removed := diff(current, next)
 			w.log.Info("backends changed",
 				zap.Int("backends", len(next)), zap.Int("added", added), zap.Int("removed", removed))
-			current = next
+			current, published = next, true
 			update(slices.Clone(next))
 		}
 		select {
@@ -401,6 +407,18 @@ func (w *Watcher) round(ctx context.Context, targets []target) {
 				zap.Stringer("target", t.Target), zap.Int("kept", len(t.last)), zap.Error(r.err))
 		}
 	}
+}
+
+// settled reports whether every target's last round answered, or its name
+// has been gone for at least the hold.
+func (w *Watcher) settled(targets []target, now time.Time) bool {
+	for i := range targets {
+		t := &targets[i]
+		if t.failing && (t.goneSince.IsZero() || now.Sub(t.goneSince) < w.cfg.Hold) {
+			return false
+		}
+	}
+	return true
 }
 
 // hold records an answer at now saying t's name is gone: the first starts

@@ -244,3 +244,32 @@ func TestSuccessorReadyWithDNSBackends(t *testing.T) {
 		t.Fatalf("members when the successor reported ready: %s, want %s", got, want)
 	}
 }
+
+// TestReloadToGoneNameDropsOldBackends: a reload that names a DNS name with
+// no records drops the old name's backends once the new name has been
+// gone for the hold, as a name that disappears without a reload does; a
+// restarted discovery that never found anything used to say nothing, and
+// the old backends stayed for good.
+func TestReloadToGoneNameDropsOldBackends(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	port := a.Addr().Port()
+	z := startZone(t)
+	z.set("old.test", netip.MustParseAddr("127.0.0.1"))
+	conf := filepath.Join(t.TempDir(), "sluice.conf")
+	write := func(name string) {
+		body := fmt.Sprintf("[service db]\nlisten 127.0.0.1:0\nhealth-check none\ndns-interval 1s\nbackend-dns %s:%d\n", name, port)
+		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("old.test")
+	cfg := parse(t, "--config", conf)
+	cfg.Services[0].DNS.Resolver = z.resolver()
+	cfg.Services[0].DNS.Hold = 200 * time.Millisecond
+	s := startCfg(t, cfg, zap.NewNop())
+	members := func() string { return fmt.Sprint(s.Service("db").Members()) }
+	waitFor(t, "the old name's backend", func() bool { return members() == fmt.Sprintf("[127.0.0.1:%d]", port) })
+	write("typo.test")
+	s.Reload()
+	waitFor(t, "the old name's backend gone", func() bool { return members() == "[]" })
+}

@@ -156,7 +156,9 @@ func (s *Server) switchFile(sv *service, path string) {
 // the new names answer, so that a reload while DNS fails cannot empty the
 // service. Caller holds reloadMu.
 func (s *Server) switchDiscovery(sv *service, next discovery.Config) (clear bool) {
-	next.Resolver = sv.dns.cfg.Resolver // not a setting: a test's, or nil
+	// What no flag sets stays as the process started with it (a test's
+	// resolver and hold).
+	next.Resolver, next.Hold, next.Timeout, next.MaxAddrs = sv.dns.cfg.Resolver, sv.dns.cfg.Hold, sv.dns.cfg.Timeout, sv.dns.cfg.MaxAddrs
 	if reflect.DeepEqual(next, sv.dns.cfg) {
 		return false
 	}
