@@ -68,6 +68,12 @@ func startOpts(tb testing.TB, cfg config.Config, log *zap.Logger, opts Options) 
 	if err != nil {
 		tb.Fatalf("new server: %v", err)
 	}
+	return run(tb, s)
+}
+
+// run runs s, built by New, until the end of the test.
+func run(tb testing.TB, s *Server) *running {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{Server: s, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- s.Run(ctx) }()

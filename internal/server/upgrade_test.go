@@ -52,8 +52,12 @@ func TestInheritedBackendStates(t *testing.T) {
 		{Service: "default", Addr: gone, Drained: true},
 		{Service: "other", Addr: up.Addr().String(), Drained: true, Down: true},
 	}}}
-	r := startOpts(t, cfg, zap.NewNop(), opts)
-	start := time.Now()
+	// Looked at before Run starts the checks, which may replace the last
+	// check at once.
+	s, err := New(cfg, zap.NewNop(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for addr, want := range map[string]balancer.State{
 		up.Addr().String():       balancer.StateUp,
 		drained.Addr().String():  balancer.StateDraining,
@@ -61,16 +65,19 @@ func TestInheritedBackendStates(t *testing.T) {
 		fileDown.Addr().String(): balancer.StateDown,
 		gone:                     "",
 	} {
-		if got := infoOf(r.Server, addr).State; got != want {
+		if got := infoOf(s, addr).State; got != want {
 			t.Errorf("%s: %q after the takeover, want %q", addr, got, want)
 		}
 	}
-	if lc := infoOf(r.Server, down.Addr().String()).LastCheck; lc == nil || lc.Error != failed.Error {
+	if lc := infoOf(s, down.Addr().String()).LastCheck; lc == nil || lc.Error != failed.Error {
 		t.Errorf("down backend's last check %+v, want the inherited one", lc)
 	}
 	if t.Failed() {
+		s.release()
 		t.FailNow()
 	}
+	start := time.Now()
+	r := run(t, s)
 	// Rise-1 further checks, 400ms, must pass before one is up, so the
 	// poll sees the report of each one's first passing check.
 	first := map[string]balancer.State{}
