@@ -186,13 +186,32 @@ func (c *pgCluster) sslAnswer(tb testing.TB) byte {
 
 // session opens a session as the superuser (trust) and returns it once
 // the server is ready for queries; it is closed at cleanup.
+// A check's session, ended a moment ago, may hold its slot until its
+// server process has exited: session waits up to this long for one.
+const slotWait = 5 * time.Second
+
 func (c *pgCluster) session(tb testing.TB) net.Conn {
+	tb.Helper()
+	for deadline := time.Now().Add(slotWait); ; {
+		conn, refusal := c.trySession(tb)
+		if conn != nil {
+			return conn
+		}
+		if refusal['C'] != "53300" || time.Now().After(deadline) {
+			tb.Fatalf("session refused: %v", refusal)
+		}
+		time.Sleep(20 * time.Millisecond) // polling: the server signals nothing
+	}
+}
+
+// trySession starts a session as postgres, or returns the server's
+// refusal.
+func (c *pgCluster) trySession(tb testing.TB) (net.Conn, map[byte]string) {
 	tb.Helper()
 	conn, err := net.DialTimeout("tcp", c.addr.String(), checkTimeout)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { conn.Close() })
 	conn.SetDeadline(time.Now().Add(checkTimeout))
 	if _, err := conn.Write(postgresCheck{user: "postgres", database: "postgres"}.startupMessage()); err != nil {
 		tb.Fatal(err)
@@ -204,10 +223,12 @@ func (c *pgCluster) session(tb testing.TB) net.Conn {
 		}
 		switch typ {
 		case 'E':
-			tb.Fatalf("session refused: %v", pgFields(body))
+			conn.Close()
+			return nil, pgFields(body)
 		case 'Z': // ReadyForQuery
 			conn.SetDeadline(time.Time{})
-			return conn
+			tb.Cleanup(func() { conn.Close() })
+			return conn, nil
 		}
 	}
 }
