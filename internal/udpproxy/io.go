@@ -55,11 +55,10 @@ func (b *batch) data(i int) []byte { return b.bufs[i][:b.msgs[i].Len] }
 
 // recv receives up to hi-lo datagrams from fd into slots lo..hi-1 and
 // returns how many arrived; with names (an unconnected socket), each
-// slot's source address is stored in names; without (a session socket),
-// the drop count the kernel may attach is stored in ctrls (see rxqDrops),
-// so the caller clears Control before sending from the slot.
-// unix.EAGAIN means none was waiting. One slot uses recvmsg, more use
-// recvmmsg.
+// slot's source address is stored in names. The drop count the kernel may
+// attach is stored in ctrls (see newDrops), so the caller clears Control
+// before sending from the slot. unix.EAGAIN means none was waiting. One
+// slot uses recvmsg, more use recvmmsg.
 func (b *batch) recv(fd, lo, hi int, names bool) (int, error) {
 	for i := lo; i < hi; i++ {
 		h := &b.msgs[i].Hdr
@@ -67,14 +66,12 @@ func (b *batch) recv(fd, lo, hi int, names bool) (int, error) {
 		if names {
 			h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
 			h.Namelen = unix.SizeofSockaddrInet6
-			h.Control = nil
-			h.SetControllen(0)
 		} else {
 			h.Name = nil
 			h.Namelen = 0
-			h.Control = (*byte)(unsafe.Pointer(&b.ctrls[i]))
-			h.SetControllen(int(unsafe.Sizeof(b.ctrls[i])))
 		}
+		h.Control = (*byte)(unsafe.Pointer(&b.ctrls[i]))
+		h.SetControllen(int(unsafe.Sizeof(b.ctrls[i])))
 		h.Flags = 0
 	}
 	b.calls++
@@ -95,23 +92,38 @@ func (b *batch) recv(fd, lo, hi int, names bool) (int, error) {
 	return int(r), nil
 }
 
-// rxqCmsg is room for the one control message a session socket carries:
+// rxqCmsg is room for the one control message the proxy's sockets carry:
 // the kernel's count of the datagrams the socket has dropped, attached (with
-// SO_RXQ_OVFL on) to every datagram queued after the first drop, as it was
-// when that datagram was queued.
+// SO_RXQ_OVFL on, see countDropsInline) to every datagram queued after the
+// first drop, as it was when that datagram was queued. Drops are so counted
+// as datagrams come in, whether or not a read finds a backlog (a queue of
+// large datagrams overflows with few in it), at no syscall.
 type rxqCmsg struct {
 	hdr   unix.Cmsghdr
 	drops uint32
 	_     uint32 // CMSG_SPACE pads the data to the header's alignment
 }
 
-// rxqDrops returns the drop count received with slot i, if one was.
-func (b *batch) rxqDrops(i int) (uint32, bool) {
+// newDrops returns how many drops the count received with slot i adds to
+// *last, the socket's count as last seen, and moves *last on.
+func (b *batch) newDrops(i int, last *uint32) int {
 	c := &b.ctrls[i]
 	if int(b.msgs[i].Hdr.Controllen) < unix.CmsgLen(4) || c.hdr.Level != unix.SOL_SOCKET || c.hdr.Type != unix.SO_RXQ_OVFL {
-		return 0, false
+		return 0
 	}
-	return c.drops, true
+	d := int32(c.drops - *last)
+	if d <= 0 {
+		return 0
+	}
+	*last = c.drops
+	return int(d)
+}
+
+// countDropsInline has the kernel attach its drop count to the datagrams
+// fd receives (see rxqCmsg). Best effort: without it, drops are counted
+// when the socket is read for the last time.
+func countDropsInline(fd int) {
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1)
 }
 
 // send sends slots lo..hi-1 on fd, each with its iovec length set to its

@@ -75,7 +75,6 @@ package udpproxy
 import (
 	"net/netip"
 	"sync/atomic"
-	"time"
 	"unsafe"
 
 	"go.uber.org/zap"
@@ -190,6 +189,7 @@ func (p *Proxy) Sessions() int { return len(p.sessions) }
 // address (sockets handed over by an upgrade beyond the loop count); each
 // is read. Loop goroutine, or before the loop runs; not after Drain.
 func (p *Proxy) Listen(fd int) error {
+	countDropsInline(fd)
 	ln := &listener{p: p, fd: fd, drops: socketDrops(fd)}
 	if err := p.loop.Add(fd, loop.In, ln); err != nil {
 		return err
@@ -289,10 +289,9 @@ func (p *Proxy) CloseAll() int {
 
 // listener is one listening socket of a Proxy.
 type listener struct {
-	p       *Proxy
-	fd      int
-	drops   uint32 // the kernel's drop count of fd when last read
-	dropsAt int64  // loop clock of the last countDrops
+	p     *Proxy
+	fd    int
+	drops uint32 // the kernel's drop count of fd as last counted
 }
 
 // HandleEvent reads client datagrams and sends each on its session.
@@ -310,20 +309,14 @@ func (ln *listener) HandleEvent(uint32) {
 		if err != nil {
 			return // EAGAIN; nothing else is expected of an unconnected socket
 		}
-		if now := p.loop.Now(); n == p.cfg.Batch || now-ln.dropsAt >= int64(time.Second) {
-			// A full read means a backlog, the likeliest time for the
-			// socket's queue to have overflowed; but a queue of large
-			// datagrams (or a small receive buffer) overflows with fewer
-			// than a batch in it, so the count is also taken once a
-			// second while datagrams come in.
-			ln.dropsAt = now
-			ln.countDrops()
-		}
 		if snap := p.lb.Load(); snap != p.snap {
 			p.snap = snap
 			p.epoch++ // wraps after 2^32 changes, far beyond a session's life
 		}
 		for i := range n {
+			if k := b.newDrops(i, &ln.drops); k > 0 {
+				p.stats.drop(DropListenQueue, k)
+			}
 			p.forward(i)
 		}
 		read += n
@@ -392,12 +385,8 @@ func (p *Proxy) relay(s *session) {
 			return // EAGAIN; other errors are transient datagram errors
 		}
 		for i := lo; i < lo+n; i++ {
-			// The kernel's drop count comes with the datagrams queued
-			// after a drop, so drops are counted as replies come in,
-			// whether or not a read finds a backlog, at no syscall.
-			if d, ok := b.rxqDrops(i); ok && int32(d-s.drops) > 0 {
-				p.stats.drop(DropSessionQueue, int(d-s.drops))
-				s.drops = d
+			if k := b.newDrops(i, &s.drops); k > 0 {
+				p.stats.drop(DropSessionQueue, k)
 			}
 			h := &b.msgs[i].Hdr
 			b.iovs[i].SetLen(int(b.msgs[i].Len))

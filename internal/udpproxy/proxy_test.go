@@ -836,7 +836,7 @@ func TestListenDropsCountedWithoutFullReads(t *testing.T) {
 		c.conn.WriteToUDPAddrPort(big, r.addr)
 	}
 	// Traffic goes on, a datagram every 20ms, until the drops show (the
-	// count is taken at most once a second between full reads).
+	// kernel's count comes with the datagrams queued after a drop).
 	deadline := time.Now().Add(5 * time.Second)
 	for st.Drops(DropListenQueue) == 0 {
 		if time.Now().After(deadline) {

@@ -96,9 +96,7 @@ func (p *Proxy) connect(s *session) error {
 	if err != nil {
 		return err
 	}
-	// The kernel's drop count then comes with the datagrams (see relay).
-	// Best effort: without it, drops are counted when the socket closes.
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1)
+	countDropsInline(fd)
 	if err := unix.Connect(fd, sa); err != nil {
 		unix.Close(fd)
 		s.be.Loops[p.id].ConnectErrors.Add(1)
