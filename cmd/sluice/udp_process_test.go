@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
 // freeUDPAddr returns a loopback address whose UDP port is free now.
@@ -54,18 +56,13 @@ func holdUDP(tb testing.TB, be *net.UDPConn, svc string, n int) *heldUDP {
 			tb.Fatal(err)
 		}
 	}
-	buf := make([]byte, 2048)
-	be.SetReadDeadline(time.Now().Add(10 * time.Second))
-	for range n {
-		k, from, err := be.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			tb.Fatalf("backend: %v", err)
-		}
+	froms, reqs := testsrv.ReadUDP(tb, be, n, 10*time.Second)
+	for j, req := range reqs {
 		var i int
-		if _, err := fmt.Sscanf(string(buf[:k]), "req-%d", &i); err != nil || i < 0 || i >= n {
-			tb.Fatalf("backend got %q", buf[:k])
+		if _, err := fmt.Sscanf(req, "req-%d", &i); err != nil || i < 0 || i >= n {
+			tb.Fatalf("backend got %q", req)
 		}
-		h.froms[i] = from
+		h.froms[i] = froms[j]
 	}
 	go h.keep()
 	tb.Cleanup(h.release)

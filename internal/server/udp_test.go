@@ -289,16 +289,7 @@ func heldUDP(tb testing.TB, be *net.UDPConn, svc netip.AddrPort, n int) (clients
 			tb.Fatal(err)
 		}
 	}
-	buf := make([]byte, 2048)
-	be.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for range n {
-		k, from, err := be.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			tb.Fatalf("backend: %v", err)
-		}
-		froms = append(froms, from)
-		reqs = append(reqs, string(buf[:k]))
-	}
+	froms, reqs = testsrv.ReadUDP(tb, be, n, 5*time.Second)
 	return clients, froms, reqs
 }
 

@@ -3,10 +3,13 @@ package testsrv
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // StartTB starts a server of the given kind on a free loopback port of
@@ -41,4 +44,22 @@ func ListenInodes(tb testing.TB, port int) []string {
 	}
 	slices.Sort(inodes)
 	return inodes
+}
+
+// ReadUDP reads n datagrams at be, a test's UDP backend, within timeout,
+// and returns where each came from and what it held, in the order they
+// arrived. It fails tb at the first read error.
+func ReadUDP(tb testing.TB, be *net.UDPConn, n int, timeout time.Duration) (froms []netip.AddrPort, data []string) {
+	tb.Helper()
+	buf := make([]byte, 64<<10)
+	be.SetReadDeadline(time.Now().Add(timeout))
+	for range n {
+		k, from, err := be.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			tb.Fatalf("backend: %v", err)
+		}
+		froms = append(froms, from)
+		data = append(data, string(buf[:k]))
+	}
+	return froms, data
 }

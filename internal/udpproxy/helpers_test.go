@@ -16,6 +16,7 @@ import (
 
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/loop"
+	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -314,17 +315,7 @@ func heldRequests(tb testing.TB, be *net.UDPConn, to netip.AddrPort, clients []*
 			tb.Fatal(err)
 		}
 	}
-	buf := make([]byte, 2048)
-	be.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for range clients {
-		k, from, err := be.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			tb.Fatalf("backend: %v", err)
-		}
-		froms = append(froms, from)
-		reqs = append(reqs, string(buf[:k]))
-	}
-	return froms, reqs
+	return testsrv.ReadUDP(tb, be, len(clients), 5*time.Second)
 }
 
 // expectReplies checks that client i receives "re:req-i" from the
