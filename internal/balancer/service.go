@@ -146,9 +146,17 @@ const (
 	maxDeparted = 4096
 )
 
+// at returns what d still says at now: its drain for drainMemory, its
+// down verdict for healthMemory.
+func (d departed) at(now time.Time) (drained, down bool) {
+	age := now.Sub(d.left)
+	return d.drained && age < drainMemory, d.down && age < healthMemory
+}
+
 // remembered reports whether d still says anything at now.
 func (d departed) remembered(now time.Time) bool {
-	return d.drained && now.Sub(d.left) < drainMemory || d.down && now.Sub(d.left) < healthMemory
+	drained, down := d.at(now)
+	return drained || down
 }
 
 // departed is what a service remembers of a backend that left it drained
@@ -264,9 +272,7 @@ func (s *Service) States() []BackendState {
 	gone := make([]BackendState, 0, len(s.departed))
 	now := s.now()
 	for a, d := range s.departed {
-		if d.remembered(now) {
-			down := d.down && now.Sub(d.left) < healthMemory
-			drained := d.drained && now.Sub(d.left) < drainMemory
+		if drained, down := d.at(now); drained || down {
 			gone = append(gone, BackendState{Addr: a, Drained: drained, Down: down, LastCheck: d.lastCheck, Left: d.left})
 		}
 	}
@@ -402,8 +408,9 @@ func (s *Service) merge() {
 				*m = *old
 				m.sources = [numSources]bool{}
 			} else if d, ok := s.departed[sp.Addr]; ok {
-				m.drained = d.drained
-				if d.down && now.Sub(d.left) < healthMemory {
+				drained, down := d.at(now)
+				m.drained = drained
+				if down {
 					m.healthy, m.lastCheck = false, d.lastCheck
 				}
 				delete(s.departed, sp.Addr)
