@@ -297,7 +297,13 @@ func (s *Server) addService(sc config.Service) error {
 // the loop count are returned for the caller to place or close.
 func (s *Server) openListeners(sv *service, bind func(netip.AddrPort) (int, netip.AddrPort, error), listen func(i, fd int) error) ([]int, error) {
 	sc := sv.cfg
-	inherited := s.claimAll(handoff.KindListener, sc.Name, sc.Proto, sc.Listen)
+	name := sc.Name
+	if was := s.renamedFrom(sc); was != "" {
+		s.log.Info("taking over the listening sockets of a renamed service",
+			zap.String("service", sc.Name), zap.String("was", was), zap.String("addr", sc.Listen.String()))
+		name = was
+	}
+	inherited := s.claimAll(handoff.KindListener, name, sc.Proto, sc.Listen)
 	addr := sc.Listen
 	if len(inherited) == 0 && !s.ownListener(sv, addr) && addr.Port() != 0 {
 		// New sockets only, and not beside sluice's own: those sockets

@@ -116,23 +116,23 @@ func (s *Server) inheritedStates(sc config.Service, checked bool) []balancer.Bac
 
 // renamedFrom returns the name the predecessor gave sc, when sc was
 // renamed between the releases: no listening socket was handed over under
-// sc's name, and one of sc's protocol was, bound to sc's address, under
-// another. claimAll takes those sockets for sc.
+// sc's name at sc's address, and one of sc's protocol was, bound there,
+// under another. The service then takes those sockets (rather than bind
+// new ones and leave the old ones, with the connections in their accept
+// queues, to be closed) and its backends' states.
 func (s *Server) renamedFrom(sc config.Service) string {
 	if sc.Listen.Port() == 0 {
 		return ""
 	}
 	was := ""
 	for _, so := range s.inherit {
-		if so.Kind != handoff.KindListener || so.Proto != sc.Proto {
+		if so.Kind != handoff.KindListener || so.Proto != sc.Proto || so.Addr != sc.Listen.String() {
 			continue
 		}
 		if so.Service == sc.Name {
 			return ""
 		}
-		if so.Addr == sc.Listen.String() {
-			was = so.Service
-		}
+		was = so.Service
 	}
 	return was
 }
@@ -183,40 +183,13 @@ func drainsChanged(before, after []handoff.Backend) []string {
 
 // claimAll takes the inherited sockets of a kind for a service: same
 // service name and protocol, and the configured address unless its port is
-// 0 (then any address the old process bound for that service). A service
-// renamed between the releases finds none by its name; it then takes the
-// sockets of the same protocol bound to its address, whatever service they
-// were handed over for, rather than bind new ones and leave the old ones,
-// with the connections in their accept queues, to be closed.
+// 0 (then any address the old process bound for that service). A renamed
+// service names itself by its old name (see renamedFrom).
 func (s *Server) claimAll(kind, service, proto string, addr netip.AddrPort) []int {
-	fds := s.take(func(so handoff.Socket) bool {
-		return so.Kind == kind && so.Service == service && so.Proto == proto && (addr.Port() == 0 || so.Addr == addr.String())
-	})
-	if len(fds) > 0 || addr.Port() == 0 {
-		return fds
-	}
-	var was string
-	fds = s.take(func(so handoff.Socket) bool {
-		if so.Kind == kind && so.Proto == proto && so.Addr == addr.String() {
-			was = so.Service
-			return true
-		}
-		return false
-	})
-	if len(fds) > 0 {
-		s.log.Info("taking over the listening sockets of a renamed service",
-			zap.String("service", service), zap.String("was", was), zap.String("addr", addr.String()))
-	}
-	return fds
-}
-
-// take removes the inherited sockets that match from s.inherit and returns
-// their descriptors.
-func (s *Server) take(match func(handoff.Socket) bool) []int {
 	var fds []int
 	rest := s.inherit[:0]
 	for _, so := range s.inherit {
-		if match(so) {
+		if so.Kind == kind && so.Service == service && so.Proto == proto && (addr.Port() == 0 || so.Addr == addr.String()) {
 			fds = append(fds, so.FD)
 			continue
 		}
