@@ -58,7 +58,8 @@ type Result struct {
 }
 
 // Report receives every check result of addr with the verdict after it.
-// It is called from the backend's check goroutine.
+// It is called from the backend's check goroutine, and must not call the
+// Monitor's Sync or Close (they wait for reports under way).
 type Report func(addr netip.AddrPort, up bool, r Result)
 
 // Monitor runs one check loop per backend. Create it with NewMonitor, keep
@@ -80,7 +81,23 @@ type worker struct {
 	addr      netip.AddrPort
 	cancel    context.CancelFunc
 	forceDown atomic.Bool
+	// reporting holds one token, which the loop takes for each report
+	// and retire takes for good: once retire has it, the loop has no
+	// report under way and makes no more.
+	reporting chan struct{}
 }
+
+func newWorker(addr netip.AddrPort, cancel context.CancelFunc) *worker {
+	w := &worker{addr: addr, cancel: cancel, reporting: make(chan struct{}, 1)}
+	w.reporting <- struct{}{}
+	return w
+}
+
+// retire waits, after w.cancel, for the report w's loop has under way,
+// if any, and keeps it from making another. A report of the loop that
+// landed later would reach whatever the address is by then: a backend
+// that left and returned, with a verdict this loop knows nothing of.
+func (w *worker) retire() { <-w.reporting }
 
 // NewMonitor returns a monitor with no backends. A nil checker ("none")
 // makes a monitor that never checks.
@@ -94,10 +111,15 @@ func NewMonitor(cfg Config, checker Checker, report Report) *Monitor {
 // starts down and needs Rise passing checks to be reported up (a backend
 // that returns after health checks took it down). down may be nil; it
 // does not change the loops already running.
+//
+// When Sync returns, the loops it stopped have no report under way and
+// make no more, so a caller that orders its Sync calls knows that a
+// backend it removes and adds back hears only from the new loop.
 func (m *Monitor) Sync(addrs []netip.AddrPort, down map[netip.AddrPort]bool) {
+	var stopped []*worker
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.closed || m.checker == nil {
+		m.mu.Unlock()
 		return // closed, or "none": no checks to run
 	}
 	want := make(map[netip.AddrPort]bool, len(addrs))
@@ -105,7 +127,7 @@ func (m *Monitor) Sync(addrs []netip.AddrPort, down map[netip.AddrPort]bool) {
 		want[a] = true
 		if m.workers[a] == nil {
 			ctx, cancel := context.WithCancel(context.Background())
-			w := &worker{addr: a, cancel: cancel}
+			w := newWorker(a, cancel)
 			m.workers[a] = w
 			m.wg.Add(1)
 			go m.runWorker(ctx, w, !down[a])
@@ -115,7 +137,14 @@ func (m *Monitor) Sync(addrs []netip.AddrPort, down map[netip.AddrPort]bool) {
 		if !want[a] {
 			w.cancel()
 			delete(m.workers, a)
+			stopped = append(stopped, w)
 		}
+	}
+	m.mu.Unlock()
+	// Outside mu: a report under way may take its time (the balancer's
+	// lock), and ForceDown must not wait for it.
+	for _, w := range stopped {
+		w.retire()
 	}
 }
 
@@ -168,7 +197,13 @@ func (m *Monitor) runWorker(ctx context.Context, w *worker, up bool) {
 		cctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
 		err := m.checker.Check(cctx, w.addr)
 		cancel()
+		select {
+		case <-w.reporting:
+		case <-ctx.Done():
+			return // stopped: retire holds the token
+		}
 		if ctx.Err() != nil {
+			w.reporting <- struct{}{}
 			return // stopped mid-check: the result means nothing
 		}
 		var up bool
@@ -181,6 +216,7 @@ func (m *Monitor) runWorker(ctx context.Context, w *worker, up bool) {
 			up, _ = rf.Observe(err == nil)
 		}
 		m.report(w.addr, up, Result{Time: start, Err: err, Duration: time.Since(start)})
+		w.reporting <- struct{}{}
 		jitter := time.Duration(rand.Int64N(int64(m.cfg.Interval)/5+1)) - m.cfg.Interval/10
 		t.Reset(m.cfg.Interval + jitter)
 	}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -590,4 +591,88 @@ func TestMonitorTCP(t *testing.T) {
 			break
 		}
 	}
+}
+
+// TestMonitorSyncWaitsForStoppedReport: a backend leaves while its loop
+// is reporting a passing check that completes Rise, and returns with the
+// down verdict the balancer remembers of it. The stopped loop's report
+// must not land on the returned backend and bring it up without Rise
+// passing checks of its new loop: Sync, which stops the loop, returns only
+// once that report has landed, while the backend is gone.
+func TestMonitorSyncWaitsForStoppedReport(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeChecker()
+		r := newReporter(true)
+		// The balancer: its members and their verdicts. A report lands
+		// once the test has acked it, as SetHealth does once it has the
+		// balancer's lock, and only on a member.
+		var mu sync.Mutex // guards members
+		members := make(map[netip.AddrPort]bool)
+		m := NewMonitor(monitorConfig(2, 1, time.Second), f, func(a netip.AddrPort, up bool, res Result) {
+			r.report(a, up, res)
+			mu.Lock()
+			defer mu.Unlock()
+			if _, ok := members[a]; ok {
+				members[a] = up
+			}
+		})
+		t.Cleanup(func() { closeMonitor(t, m) })
+		t.Cleanup(func() { close(r.stop) })
+		a := addrN(1)
+		// join makes a a member that is down, as the balancer does a
+		// backend that returns while it remembers it down.
+		join := func() {
+			mu.Lock()
+			members[a] = false
+			mu.Unlock()
+			m.Sync([]netip.AddrPort{a}, map[netip.AddrPort]bool{a: true})
+		}
+		// land lets the report under way land and returns a's verdict.
+		land := func() bool {
+			r.ack <- struct{}{}
+			synctest.Wait()
+			mu.Lock()
+			defer mu.Unlock()
+			return members[a]
+		}
+
+		join()
+		f.next(t).answer(nil)
+		if rep := r.next(t); rep.up {
+			t.Fatal("first passing check of Rise 2 reported up")
+		}
+		r.ack <- struct{}{}
+		f.next(t).answer(nil)
+		if rep := r.next(t); !rep.up {
+			t.Fatal("second passing check of Rise 2 reported down")
+		}
+		// That report is under way. The backend leaves.
+		mu.Lock()
+		delete(members, a)
+		mu.Unlock()
+		removed := make(chan struct{})
+		go func() {
+			m.Sync(nil, nil)
+			close(removed)
+		}()
+		synctest.Wait()
+		select {
+		case <-removed:
+			join() // before the report lands
+			t.Fatalf("Sync returned with a report of the loop it stopped under way; the returned backend is up=%v, "+
+				"want down until its new loop sees Rise passing checks", land())
+		default:
+		}
+		r.ack <- struct{}{}
+		<-removed
+		join()
+		f.next(t).answer(nil)
+		if rep := r.next(t); rep.up {
+			t.Fatal("returned backend: first passing check of its new loop reported up")
+		}
+		if land() {
+			t.Fatal("returned backend up after one passing check of Rise 2")
+		}
+	})
 }
