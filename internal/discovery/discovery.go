@@ -23,7 +23,8 @@
 // nor restarts the hold, and an answer with records ends it. Both the start
 // of a hold and the removal are logged. For an SRV target, an answer whose
 // records all say "no service here" (target "."), or whose record targets
-// all do not exist, counts as gone too.
+// all do not exist, counts as gone too. An SRV record's target name that is
+// gone is held by the same rules (see below).
 //
 // # SRV records
 //
@@ -31,14 +32,20 @@
 // (RFC 2782's rule; lower priorities are not a fallback for unhealthy
 // backends, since health checking is not this package's job). A record is
 // usable when its target resolves, through A and AAAA lookups, to at least
-// one address; a target name that does not exist (NXDOMAIN) makes its
-// record unusable. A target that fails to resolve for another reason (a
-// timeout, SERVFAIL) contributes the addresses it had when it last
-// resolved, if any, and the other targets are used as they resolve now; but
-// when no target of the priority resolved, the whole SRV target fails and
-// keeps its last good answer. A record target that starts or stops
-// resolving is logged once. Records with target "." (service not
-// available) are skipped.
+// one address, or is held. A target name that is gone (NXDOMAIN, or no A
+// or AAAA records) is held as a name is: it keeps the addresses it last
+// resolved to for Config.Hold from the first answer saying so, and the
+// first answer at least Hold after it that still says it is gone removes
+// them; a target that had no addresses is skipped at once. A target that
+// fails to resolve for another reason (a timeout, SERVFAIL) contributes
+// the addresses it had when it last resolved, if any, neither ending nor
+// restarting its hold, and the other targets are used as they resolve now;
+// but when no target of the priority resolved, none is held and one failed,
+// the whole SRV target fails and keeps its last good answer. When the holds
+// of the last held targets end and no record is usable, the SRV target's
+// backends go at once: they have been held already. A record target that
+// starts or stops resolving, and the start and end of its hold, are logged
+// once. Records with target "." (service not available) are skipped.
 //
 // An SRV weight (0 to 65535) becomes a backend weight (1 to MaxWeight) as
 // follows: weights up to MaxWeight are kept, and when the largest weight at
@@ -400,7 +407,7 @@ func (w *Watcher) round(ctx context.Context, targets []target) {
 			t.failing, t.goneSince = false, time.Time{}
 			t.last, t.srv = r.backends, r.srv
 		case gone(r.err):
-			w.hold(t, now, r.err)
+			w.hold(t, now, t.goneFrom(now, r.err), r.err)
 		case !t.failing:
 			t.failing = true
 			w.log.Warn("resolve failed, keeping last good backends",
@@ -422,28 +429,59 @@ func (w *Watcher) settled(targets []target, now time.Time) bool {
 }
 
 // hold records an answer at now saying t's name is gone: the first starts
-// the hold, and the first at least Hold after it removes t's backends.
-func (w *Watcher) hold(t *target, now time.Time, err error) {
+// the hold (as of since, normally now), and the first at least Hold after
+// its start removes t's backends.
+func (w *Watcher) hold(t *target, now, since time.Time, err error) {
 	wasFailing := t.failing
 	t.failing = true
-	switch {
-	case t.goneSince.IsZero():
-		t.goneSince = now
-		switch {
-		case len(t.last) > 0:
-			w.log.Warn("name is gone, holding its last backends",
-				zap.Stringer("target", t.Target), zap.Int("kept", len(t.last)),
-				zap.Duration("hold", w.cfg.Hold), zap.Error(err))
-		case !wasFailing:
-			w.log.Warn("resolve failed, keeping last good backends",
-				zap.Stringer("target", t.Target), zap.Int("kept", 0), zap.Error(err))
+	if t.goneSince.IsZero() {
+		t.goneSince = since
+		if now.Sub(since) < w.cfg.Hold {
+			switch {
+			case len(t.last) > 0:
+				w.log.Warn("name is gone, holding its last backends",
+					zap.Stringer("target", t.Target), zap.Int("kept", len(t.last)),
+					zap.Duration("hold", w.cfg.Hold), zap.Error(err))
+			case !wasFailing:
+				w.log.Warn("resolve failed, keeping last good backends",
+					zap.Stringer("target", t.Target), zap.Int("kept", 0), zap.Error(err))
+			}
+			return
 		}
-	case len(t.last) > 0 && now.Sub(t.goneSince) >= w.cfg.Hold:
+	}
+	if len(t.last) > 0 && now.Sub(t.goneSince) >= w.cfg.Hold {
 		w.log.Warn("name is still gone after the hold, removing its backends",
 			zap.Stringer("target", t.Target), zap.Int("removed", len(t.last)),
 			zap.Duration("gone_for", now.Sub(t.goneSince)), zap.Error(err))
 		t.last, t.srv = nil, nil
 	}
+}
+
+// goneFrom returns when the hold that an answer at now saying t's name is
+// gone starts, given the answer's error: now, except for an SRV answer with
+// no usable record (errNoUsableSRV) whose last backends all came from
+// record targets that were held, whose holds have ended: the hold began
+// when the last of those did, so that the backends are not held twice.
+func (t *target) goneFrom(now time.Time, err error) time.Time {
+	if !errors.Is(err, errNoUsableSRV) {
+		return now
+	}
+	var since time.Time
+	for _, st := range t.srv {
+		if len(st.addrs) == 0 {
+			continue
+		}
+		if st.goneSince.IsZero() {
+			return now // a target that was not held: its record went
+		}
+		if st.goneSince.After(since) {
+			since = st.goneSince
+		}
+	}
+	if since.IsZero() {
+		return now
+	}
+	return since
 }
 
 // resolve returns the backends of t, sorted and deduplicated, and for an
@@ -549,8 +587,13 @@ func (w *Watcher) resolveTargets(ctx context.Context, group []*net.SRV) map[srvK
 
 // srvState is what a watcher knows of one record target of an SRV name.
 type srvState struct {
-	addrs   []Backend // what it resolved to when it last did (weights unset)
-	failing bool      // it did not resolve last time, and that was logged
+	// addrs is what it resolved to when it last did (weights unset); nil
+	// once its hold has ended.
+	addrs   []Backend
+	failing bool // it did not resolve last time, and that was logged
+	// goneSince is when the answers saying its name is gone began, as for
+	// a target; zero when it last resolved, or no answer said so.
+	goneSince time.Time
 }
 
 // resolveSRV returns the backends of the lowest usable priority of name's
@@ -579,8 +622,10 @@ func (w *Watcher) resolveSRV(ctx context.Context, name string, prev map[srvKey]s
 		group := srvs[:n]
 		srvs = srvs[n:]
 		found := w.resolveTargets(ctx, group)
+		now := time.Now()
 		resolved := 0    // record targets that resolved now
-		var failed error // the first that failed other than NXDOMAIN
+		held := 0        // record targets gone but in their hold
+		var failed error // the first that failed other than by being gone
 		for _, s := range group {
 			k := srvKey{s.Target, s.Port}
 			r, ok := found[k]
@@ -598,15 +643,35 @@ func (w *Watcher) resolveSRV(ctx context.Context, name string, prev map[srvKey]s
 					lines = append(lines, func() { w.log.Info("SRV target resolves again", fields...) })
 				}
 			case errors.As(r.err, &dnsErr) && dnsErr.IsNotFound:
-				next[k] = srvState{failing: true}
-				if !was.failing {
+				st := srvState{failing: true, goneSince: was.goneSince}
+				if st.goneSince.IsZero() {
+					st.goneSince = now
+				}
+				goneFor := now.Sub(st.goneSince)
+				switch {
+				case len(was.addrs) > 0 && goneFor < w.cfg.Hold:
+					held++
+					st.addrs = was.addrs
+					if was.goneSince.IsZero() {
+						lines = append(lines, func() {
+							w.log.Warn("SRV target does not exist, holding its last addresses",
+								append(fields, zap.Int("kept", len(was.addrs)), zap.Duration("hold", w.cfg.Hold), zap.Error(r.err))...)
+						})
+					}
+				case len(was.addrs) > 0:
+					lines = append(lines, func() {
+						w.log.Warn("SRV target still does not exist after the hold, removing its addresses",
+							append(fields, zap.Int("removed", len(was.addrs)), zap.Duration("gone_for", goneFor), zap.Error(r.err))...)
+					})
+				case !was.failing:
 					lines = append(lines, func() { w.log.Warn("SRV target does not exist, skipping it", append(fields, zap.Error(r.err))...) })
 				}
+				next[k] = st
 			default:
 				if failed == nil {
 					failed = fmt.Errorf("SRV target %s: %w", k.target, r.err)
 				}
-				next[k] = srvState{addrs: was.addrs, failing: true}
+				next[k] = srvState{addrs: was.addrs, failing: true, goneSince: was.goneSince}
 				if !was.failing {
 					lines = append(lines, func() {
 						w.log.Warn("SRV target failed to resolve, keeping its last addresses",
@@ -619,7 +684,9 @@ func (w *Watcher) resolveSRV(ctx context.Context, name string, prev map[srvKey]s
 			if failed != nil {
 				return nil, nil, failed
 			}
-			continue // every target is gone: the next priority
+			if held == 0 {
+				continue // every target is gone: the next priority
+			}
 		}
 		var bs []Backend
 		var srvWeights []uint16 // per element of bs

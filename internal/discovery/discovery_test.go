@@ -366,9 +366,10 @@ func TestSRV(t *testing.T) {
 	h := start(t, s, Config{Targets: []Target{{Kind: SRV, Name: name}}})
 	h.expect(t, "127.0.1.1:8080,weight=5", "127.0.1.2:8080", "[::1]:8080,weight=5")
 
-	// The lowest priority goes: the next one is used.
-	s.set(t, "a.test.")
-	s.set(t, "b.test.")
+	// The lowest priority has no usable record left (a target that never
+	// resolved is skipped at once): the next one is used. (A target that
+	// resolved and then is gone is held: TestSRVTargetGoneIsRemovedAfterHold.)
+	s.set(t, name, "SRV 10 7 8082 gone.test.", "SRV 20 1 9090 c.test.")
 	h.expect(t, "127.0.1.3:9090")
 
 	// Weights above MaxWeight scale down, keeping their ratio. (Changes
@@ -558,40 +559,56 @@ func TestGoneNameIsRemovedAfterHold(t *testing.T) {
 // TestOnlyGoneAnswersEndAHold: a hold started by NXDOMAIN, followed by
 // SERVFAIL for longer than the hold, keeps the backends (a DNS outage must
 // not empty a database pool); the next NXDOMAIN answer removes them, the
-// hold having long passed. A target that only ever fails keeps its
-// backends however long it fails.
+// hold having long passed. The same goes for an SRV record's target. A
+// target that only ever fails keeps its backends however long it fails.
 func TestOnlyGoneAnswersEndAHold(t *testing.T) {
 	const hold = 100 * time.Millisecond
-	s := newDNSServer(t)
-	s.set(t, "web.test.", "A 127.0.0.1")
-	s.set(t, "down.test.", "A 127.0.0.2")
-	h := start(t, s, Config{Hold: hold, Targets: []Target{
-		{Kind: Host, Name: "web.test.", Port: 80},
-		{Kind: Host, Name: "down.test.", Port: 80},
-	}})
-	h.expect(t, "127.0.0.1:80", "127.0.0.2:80")
-	s.setMode("down.test.", servfail)
+	const srvName = "_pg._tcp.db.test."
+	for _, tc := range []struct {
+		name            string
+		target          Target
+		gone            string // the name that goes
+		before, after   []string
+		holdMsg, remMsg string
+	}{
+		{"name", Target{Kind: Host, Name: "web.test.", Port: 80}, "web.test.",
+			[]string{"127.0.0.1:80"}, nil, msgHold, msgRemoved},
+		{"SRV target", Target{Kind: SRV, Name: srvName}, "a.test.",
+			[]string{"127.0.1.1:5432", "127.0.1.2:5432"}, []string{"127.0.1.2:5432"}, msgTargetHold, msgTargetRemoved},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newDNSServer(t)
+			s.set(t, "web.test.", "A 127.0.0.1")
+			s.set(t, srvName, "SRV 10 1 5432 a.test.", "SRV 10 1 5432 b.test.")
+			s.set(t, "a.test.", "A 127.0.1.1")
+			s.set(t, "b.test.", "A 127.0.1.2")
+			s.set(t, "down.test.", "A 127.0.0.2")
+			h := start(t, s, Config{Hold: hold, Targets: []Target{tc.target, {Kind: Host, Name: "down.test.", Port: 80}}})
+			h.expect(t, append(tc.before, "127.0.0.2:80")...)
+			s.setMode("down.test.", servfail)
 
-	s.set(t, "web.test.")
-	for deadline := time.Now().Add(10 * time.Second); h.count(msgHold) == 0; {
-		if time.Now().After(deadline) {
-			t.Fatal("no hold line in 10s")
-		}
-		h.dns.settle(t)
-	}
-	s.setMode("web.test.", servfail)
-	for since := time.Now(); time.Since(since) < 3*hold; {
-		h.dns.settle(t)
-	}
-	h.quiet(t)
-	if n := h.count(msgRemoved); n != 0 {
-		t.Fatalf("%d removal lines after SERVFAIL answers only", n)
-	}
+			s.set(t, tc.gone)
+			for deadline := time.Now().Add(10 * time.Second); h.count(tc.holdMsg) == 0; {
+				if time.Now().After(deadline) {
+					t.Fatalf("no line %q in 10s", tc.holdMsg)
+				}
+				h.dns.settle(t)
+			}
+			s.setMode(tc.gone, servfail)
+			for since := time.Now(); time.Since(since) < 3*hold; {
+				h.dns.settle(t)
+			}
+			h.quiet(t)
+			if n := h.count(tc.remMsg); n != 0 {
+				t.Fatalf("%d removal lines after SERVFAIL answers only", n)
+			}
 
-	s.setMode("web.test.", answer) // NXDOMAIN again
-	h.expect(t, "127.0.0.2:80")
-	if n := h.count(msgRemoved); n != 1 {
-		t.Fatalf("%d removal lines, want 1", n)
+			s.setMode(tc.gone, answer) // NXDOMAIN again
+			h.expect(t, append(tc.after, "127.0.0.2:80")...)
+			if n := h.count(tc.remMsg); n != 1 {
+				t.Fatalf("%d removal lines, want 1", n)
+			}
+		})
 	}
 }
 
@@ -648,5 +665,87 @@ func TestSRVTargetFailureKeepsTheOthers(t *testing.T) {
 	h.quiet(t)
 	if n := h.count(msgAgain); n != 2 {
 		t.Errorf("%d lines %q, want 2", n, msgAgain)
+	}
+}
+
+// Lines of an SRV record target's hold.
+const (
+	msgTargetHold    = "SRV target does not exist, holding its last addresses"
+	msgTargetRemoved = "SRV target still does not exist after the hold, removing its addresses"
+)
+
+// TestSRVTargetGoneIsRemovedAfterHold: an SRV record target whose name is
+// gone (NXDOMAIN, or no address records) keeps its addresses for the hold,
+// as a name does, then loses them; the other targets stay. A priority
+// whose targets are all held stays in use for the hold, and when the last
+// target of the answer goes, its backends go once its hold is over, not
+// after a second hold of the SRV name.
+func TestSRVTargetGoneIsRemovedAfterHold(t *testing.T) {
+	const hold = 300 * time.Millisecond
+	const name = "_pg._tcp.db.test."
+	for _, tc := range []struct {
+		name    string
+		records []string // name's SRV records
+		gone    []string // a.test.'s records while it is gone
+		want    []string // the backends once a.test.'s hold is over
+		// The lines of the removal: the target's (the others stay) or
+		// the name's (a.test. was the last).
+		targetRemoved, nameRemoved int
+	}{
+		{"NXDOMAIN", []string{"SRV 10 1 5432 a.test.", "SRV 10 1 5432 b.test."}, nil,
+			[]string{"127.0.1.2:5432"}, 1, 0},
+		{"NODATA", []string{"SRV 10 1 5432 a.test.", "SRV 10 1 5432 b.test."}, []string{`TXT "moved"`},
+			[]string{"127.0.1.2:5432"}, 1, 0},
+		{"next priority", []string{"SRV 10 1 5432 a.test.", "SRV 20 1 5432 b.test."}, nil,
+			[]string{"127.0.1.2:5432"}, 1, 0},
+		{"last target", []string{"SRV 10 1 5432 a.test."}, nil,
+			nil, 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newDNSServer(t)
+			s.set(t, name, tc.records...)
+			s.set(t, "a.test.", "A 127.0.1.1")
+			s.set(t, "b.test.", "A 127.0.1.2")
+			h := start(t, s, Config{Hold: hold, Targets: []Target{{Kind: SRV, Name: name}}})
+			first := []string{"127.0.1.1:5432"}
+			if len(tc.records) == 2 && !strings.HasPrefix(tc.records[1], "SRV 20") {
+				first = append(first, "127.0.1.2:5432")
+			}
+			h.expect(t, first...)
+
+			began := time.Now() // at or before the first answer saying a.test. is gone
+			s.set(t, "a.test.", tc.gone...)
+			h.expect(t, tc.want...)
+			if held := time.Since(began); held < hold {
+				t.Fatalf("a.test.'s backend removed %v after it went, before the hold of %v", held, hold)
+			}
+			h.quiet(t) // still gone: nothing more to remove, nothing logged
+			if n := h.count(msgTargetHold); n != 1 {
+				t.Errorf("%d lines %q, want 1", n, msgTargetHold)
+			}
+			if n := h.count(msgTargetRemoved); n != tc.targetRemoved {
+				t.Errorf("%d lines %q, want %d", n, msgTargetRemoved, tc.targetRemoved)
+			}
+			if n := h.count(msgRemoved); n != tc.nameRemoved {
+				t.Errorf("%d lines %q, want %d", n, msgRemoved, tc.nameRemoved)
+			}
+			if n := h.count(msgHold); n != 0 {
+				t.Errorf("%d lines %q: the SRV name was held after its target's hold", n, msgHold)
+			}
+			l := h.logs.FilterMessage(msgTargetHold).All()
+			if len(l) > 0 {
+				if f := l[0].ContextMap(); l[0].Level != zapcore.WarnLevel || f["srv"] != name || f["target"] != "a.test." ||
+					f["kept"] != int64(1) || f["hold"] != hold || f["error"] == "" {
+					t.Errorf("hold line %v %v", l[0].Level, f)
+				}
+			}
+
+			s.set(t, "a.test.", "A 127.0.1.3")
+			want := append(slices.Clone(tc.want), "127.0.1.3:5432")
+			if tc.name == "next priority" {
+				want = []string{"127.0.1.3:5432"}
+			}
+			h.expect(t, want...)
+		})
 	}
 }
