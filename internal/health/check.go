@@ -15,6 +15,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -324,9 +325,15 @@ const (
 // It sends an SSLRequest, which a PostgreSQL server answers with one byte,
 // 'S' or 'N'; after 'S' it does the TLS handshake without verifying the
 // certificate (it sends no secret, and it must reach servers that take
-// only TLS sessions). Then it sends a StartupMessage and reads the first
-// answer. The server refuses a session it cannot serve before it asks who
-// the client is, so:
+// only TLS sessions). A handshake that fails with time left is followed,
+// as libpq's sslmode=prefer does, by a second connection in plain text,
+// which starts with the StartupMessage: a server whose TLS Go cannot speak
+// (a cipher suite Go lacks, such as DHE or CBC with SHA-384; TLS below
+// 1.2) still serves libpq's clients, so the check goes by the plain-text
+// answer (the server may log each failed handshake). A check that fails
+// both ways names both errors. Then it sends a StartupMessage and reads
+// the first answer. The server refuses a session it cannot serve before
+// it asks who the client is, so:
 //
 //   - An authentication request ('R') means the server accepts sessions.
 //     The check hangs up without answering, which the server does not log.
@@ -352,35 +359,32 @@ const (
 	pgMaxAnswer      = 16 << 10 // the longest first answer read
 )
 
+// errTLSHandshake marks the postgres check's failed TLS handshakes.
+var errTLSHandshake = errors.New("TLS handshake")
+
 func (p postgresCheck) Check(ctx context.Context, addr netip.AddrPort) error {
+	err := p.attempt(ctx, addr, true)
+	if !errors.Is(err, errTLSHandshake) || ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		return err // passed, failed otherwise, or out of time
+	}
+	if perr := p.attempt(ctx, addr, false); perr != nil {
+		return fmt.Errorf("%w; then in plain text: %w", err, perr)
+	}
+	return nil
+}
+
+// attempt is one connection of the check: it starts with an SSLRequest
+// when askTLS is set, else with the StartupMessage.
+func (p postgresCheck) attempt(ctx context.Context, addr netip.AddrPort, askTLS bool) error {
 	c, err := dial(ctx, addr)
 	if err != nil {
 		return err
 	}
 	defer func() { c.Close() }() // c becomes the TLS connection, which closes both
-	var req [8]byte
-	binary.BigEndian.PutUint32(req[0:], 8)
-	binary.BigEndian.PutUint32(req[4:], pgSSLRequestCode)
-	if _, err := c.Write(req[:]); err != nil {
-		return fmt.Errorf("send SSLRequest: %w", err)
-	}
-	// One byte exactly: anything after it, before the handshake, could be
-	// injected by a man in the middle.
-	var ans [1]byte
-	if _, err := io.ReadFull(c, ans[:]); err != nil {
-		return fmt.Errorf("read SSLRequest answer: %w", err)
-	}
-	switch ans[0] {
-	case 'N':
-	case 'S':
-		// InsecureSkipVerify: see postgresCheck; nothing secret is sent.
-		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
-		if err := tc.HandshakeContext(ctx); err != nil {
-			return fmt.Errorf("TLS handshake: %w", err)
+	if askTLS {
+		if c, err = p.negotiateTLS(ctx, c); err != nil {
+			return err
 		}
-		c = tc
-	default:
-		return fmt.Errorf("SSLRequest answered %q, not a PostgreSQL server", ans[0])
 	}
 	if _, err := c.Write(p.startupMessage()); err != nil {
 		return fmt.Errorf("send StartupMessage: %w", err)
@@ -415,6 +419,36 @@ func (p postgresCheck) Check(ctx context.Context, addr netip.AddrPort) error {
 		return fmt.Errorf("server refuses sessions: %s", msg)
 	}
 	return fmt.Errorf("StartupMessage answered with message type %q, not a PostgreSQL server", typ)
+}
+
+// negotiateTLS sends an SSLRequest on c and returns the connection to go
+// on with: c after 'N', a TLS client over c after 'S'. On error the
+// caller still closes c.
+func (p postgresCheck) negotiateTLS(ctx context.Context, c net.Conn) (net.Conn, error) {
+	var req [8]byte
+	binary.BigEndian.PutUint32(req[0:], 8)
+	binary.BigEndian.PutUint32(req[4:], pgSSLRequestCode)
+	if _, err := c.Write(req[:]); err != nil {
+		return c, fmt.Errorf("send SSLRequest: %w", err)
+	}
+	// One byte exactly: anything after it, before the handshake, could be
+	// injected by a man in the middle.
+	var ans [1]byte
+	if _, err := io.ReadFull(c, ans[:]); err != nil {
+		return c, fmt.Errorf("read SSLRequest answer: %w", err)
+	}
+	switch ans[0] {
+	case 'N':
+		return c, nil
+	case 'S':
+		// InsecureSkipVerify: see postgresCheck; nothing secret is sent.
+		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return c, fmt.Errorf("%w: %w", errTLSHandshake, err)
+		}
+		return tc, nil
+	}
+	return c, fmt.Errorf("SSLRequest answered %q, not a PostgreSQL server", ans[0])
 }
 
 // pgMaxStartMessages bounds the messages read between AuthenticationOk

@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -375,9 +376,7 @@ func pgAuth(code byte, data string) string { return pgMessage('R', "\x00\x00\x00
 
 // pgServer is the script of a PostgreSQL server: it reads the SSLRequest
 // and answers 'S' (then a TLS handshake) when tlsConf is set, else 'N';
-// reads a StartupMessage of protocol 3.0 and checks its user and
-// database; writes answer; and then wants the check to send nothing but
-// a Terminate when terminate is set, before it hangs up.
+// then it goes on as pgStartup.
 func pgServer(tb testing.TB, tlsConf *tls.Config, user, database, answer string, terminate bool) func(net.Conn) {
 	return func(c net.Conn) {
 		if !readExactly(tb, c, pgSSLRequest) {
@@ -394,35 +393,42 @@ func pgServer(tb testing.TB, tlsConf *tls.Config, user, database, answer string,
 			}
 			c = tc
 		}
-		var hdr [8]byte
-		if _, err := io.ReadFull(c, hdr[:]); err != nil {
-			tb.Errorf("peer: read StartupMessage: %v", err)
-			return
-		}
-		n, version := binary.BigEndian.Uint32(hdr[:]), binary.BigEndian.Uint32(hdr[4:])
-		if n < 9 || n > 1024 || version != 3<<16 {
-			tb.Errorf("peer: StartupMessage of length %d, protocol %#x; want protocol 3.0", n, version)
-			return
-		}
-		params := make([]byte, n-8)
-		if _, err := io.ReadFull(c, params); err != nil {
-			tb.Errorf("peer: read StartupMessage: %v", err)
-			return
-		}
-		got := strings.Split(string(params), "\x00")
-		want := []string{"user", user, "database", database, "application_name", "sluice-health", "", ""}
-		if !slices.Equal(got, want) {
-			tb.Errorf("peer: StartupMessage parameters %q, want %q", got, want)
-			return
-		}
-		io.WriteString(c, answer)
-		rest, err := io.ReadAll(c)
-		if err != nil {
-			tb.Errorf("peer: read after the answer: %v", err)
-		}
-		if want := map[bool]string{true: pgTerminate}[terminate]; string(rest) != want {
-			tb.Errorf("peer: after the answer the check sent %q, want %q", rest, want)
-		}
+		pgStartup(tb, c, user, database, answer, terminate)
+	}
+}
+
+// pgStartup reads a StartupMessage of protocol 3.0 from c and checks its
+// user and database; writes answer; and then wants the check to send
+// nothing but a Terminate when terminate is set, before it hangs up.
+func pgStartup(tb testing.TB, c net.Conn, user, database, answer string, terminate bool) {
+	var hdr [8]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		tb.Errorf("peer: read StartupMessage: %v", err)
+		return
+	}
+	n, version := binary.BigEndian.Uint32(hdr[:]), binary.BigEndian.Uint32(hdr[4:])
+	if n < 9 || n > 1024 || version != 3<<16 {
+		tb.Errorf("peer: StartupMessage of length %d, protocol %#x; want protocol 3.0", n, version)
+		return
+	}
+	params := make([]byte, n-8)
+	if _, err := io.ReadFull(c, params); err != nil {
+		tb.Errorf("peer: read StartupMessage: %v", err)
+		return
+	}
+	got := strings.Split(string(params), "\x00")
+	want := []string{"user", user, "database", database, "application_name", "sluice-health", "", ""}
+	if !slices.Equal(got, want) {
+		tb.Errorf("peer: StartupMessage parameters %q, want %q", got, want)
+		return
+	}
+	io.WriteString(c, answer)
+	rest, err := io.ReadAll(c)
+	if err != nil {
+		tb.Errorf("peer: read after the answer: %v", err)
+	}
+	if want := map[bool]string{true: pgTerminate}[terminate]; string(rest) != want {
+		tb.Errorf("peer: after the answer the check sent %q, want %q", rest, want)
 	}
 }
 
@@ -591,19 +597,95 @@ func TestPostgresCheckNotPostgres(t *testing.T) {
 			},
 			wantErr: "read answer to StartupMessage: EOF",
 		},
-		{
-			name: "S, then no TLS",
-			script: func(tb testing.TB) func(net.Conn) {
-				return answer(tb, pgSSLRequest, "S", "not a TLS record\n")
-			},
-			wantErr: "TLS handshake",
-		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			p := startPeer(t, "127.0.0.1", tc.script(t))
 			wantErr(t, runCheck(newChecker(t, Config{Kind: "postgres"}), p.addr), tc.wantErr)
 		})
+	}
+}
+
+// TestPostgresCheckTLSFallback: a server that answers the SSLRequest 'S'
+// and then fails the TLS handshake is asked again, as libpq asks with
+// sslmode=prefer, on a new connection that starts with the StartupMessage
+// in plain text; the check goes by that answer, and names both failures
+// when it fails.
+func TestPostgresCheckTLSFallback(t *testing.T) {
+	t.Parallel()
+	const user, db = "sluice_health", "postgres" // the defaults
+	tls11 := testTLSConfig(t)
+	tls11.MinVersion, tls11.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
+	for _, tc := range []struct {
+		name      string
+		breakTLS  func(c net.Conn) // after 'S'
+		answer    string           // to the plain-text StartupMessage
+		terminate bool             // the check must send a Terminate
+		wantErr   string           // after "TLS handshake: ..."
+	}{
+		{
+			name:     "TLS 1.1 only, SCRAM asked",
+			breakTLS: func(c net.Conn) { tls.Server(c, tls11).Handshake() },
+			answer:   pgAuth(10, "SCRAM-SHA-256\x00\x00"),
+		},
+		{
+			name:      "not a TLS record, trust",
+			breakTLS:  func(c net.Conn) { io.WriteString(c, "not a TLS record\n") },
+			answer:    pgSessionStart,
+			terminate: true,
+		},
+		{
+			name:     "hang up, then starting up",
+			breakTLS: func(net.Conn) {},
+			answer:   pgErrorResponse("FATAL", "57P03", "the database system is starting up"),
+			wantErr:  "; then in plain text: server refuses sessions: FATAL 57P03: the database system is starting up",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var conns atomic.Int32
+			p := startPeer(t, "127.0.0.1", func(c net.Conn) {
+				switch n := conns.Add(1); n {
+				case 1:
+					if readExactly(t, c, pgSSLRequest) {
+						io.WriteString(c, "S")
+						tc.breakTLS(c)
+					}
+				case 2:
+					pgStartup(t, c, user, db, tc.answer, tc.terminate)
+				default:
+					t.Errorf("peer: connection %d, want 2", n)
+				}
+			})
+			err := runCheck(newChecker(t, Config{Kind: "postgres"}), p.addr)
+			wantErr(t, err, tc.wantErr)
+			if err != nil && !strings.HasPrefix(err.Error(), "TLS handshake: ") {
+				t.Errorf("error %q does not start with the TLS failure", err)
+			}
+			p.close()
+			if n := conns.Load(); n != 2 {
+				t.Errorf("the check made %d connections, want 2", n)
+			}
+		})
+	}
+}
+
+// TestPostgresCheckTLSTimeout: a handshake that runs out of the check's
+// time is not tried again in plain text.
+func TestPostgresCheckTLSTimeout(t *testing.T) {
+	t.Parallel()
+	var conns atomic.Int32
+	p := startPeer(t, "127.0.0.1", func(c net.Conn) {
+		conns.Add(1)
+		answer(t, pgSSLRequest, "S")(c)
+	})
+	_, err := timedCheck(newChecker(t, Config{Kind: "postgres"}), p.addr, 100*time.Millisecond)
+	if !isTimeout(err) || !strings.HasPrefix(err.Error(), "TLS handshake: ") {
+		t.Fatalf("check error %v, want a TLS handshake timeout", err)
+	}
+	p.close()
+	if n := conns.Load(); n != 1 {
+		t.Errorf("the check made %d connections, want 1", n)
 	}
 }
 

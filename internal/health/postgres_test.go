@@ -1,6 +1,7 @@
 package health
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"io"
@@ -141,6 +142,20 @@ func (c *pgCluster) stop(tb testing.TB) {
 	}
 }
 
+// startTLS is start with TLS on, with a fresh certificate and key for
+// 127.0.0.1 in the data directory.
+func (c *pgCluster) startTLS(tb testing.TB, settings ...string) {
+	tb.Helper()
+	cert := testTLSConfig(tb).Certificates[0]
+	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	certFile := c.writeFile(tb, "server.crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}))
+	keyFile := c.writeFile(tb, "server.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}))
+	c.start(tb, append([]string{"ssl=on", "ssl_cert_file=" + certFile, "ssl_key_file=" + keyFile}, settings...)...)
+}
+
 // await runs ch against the server until cond holds for its error, and
 // returns that error. It fails the test when the server exits or
 // pgStartTimeout passes first.
@@ -168,11 +183,19 @@ func (c *pgCluster) await(tb testing.TB, ch Checker, what string, cond func(erro
 // sslAnswer returns the server's answer to an SSLRequest.
 func (c *pgCluster) sslAnswer(tb testing.TB) byte {
 	tb.Helper()
+	_, ans := c.sslRequest(tb)
+	return ans
+}
+
+// sslRequest sends an SSLRequest on a new connection, which is closed at
+// cleanup, and returns it with the server's answer.
+func (c *pgCluster) sslRequest(tb testing.TB) (net.Conn, byte) {
+	tb.Helper()
 	conn, err := net.DialTimeout("tcp", c.addr.String(), checkTimeout)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer conn.Close()
+	tb.Cleanup(func() { conn.Close() })
 	conn.SetDeadline(time.Now().Add(checkTimeout))
 	var ans [1]byte
 	if _, err := conn.Write(pgSSLRequest); err != nil {
@@ -181,7 +204,7 @@ func (c *pgCluster) sslAnswer(tb testing.TB) byte {
 	if _, err := io.ReadFull(conn, ans[:]); err != nil {
 		tb.Fatal(err)
 	}
-	return ans[0]
+	return conn, ans[0]
 }
 
 // session opens a session as the superuser (trust) and returns it once
@@ -242,15 +265,7 @@ func (c *pgCluster) trySession(tb testing.TB) (net.Conn, map[byte]string) {
 func TestPostgresCheckRealServer(t *testing.T) {
 	t.Parallel()
 	c := newPGCluster(t)
-	cert := testTLSConfig(t).Certificates[0]
-	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile := c.writeFile(t, "server.crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}))
-	keyFile := c.writeFile(t, "server.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}))
-	c.start(t, "max_connections=2", "superuser_reserved_connections=0",
-		"ssl=on", "ssl_cert_file="+certFile, "ssl_key_file="+keyFile)
+	c.startTLS(t, "max_connections=2", "superuser_reserved_connections=0")
 	scram := newChecker(t, Config{Kind: "postgres"})
 	trust := newChecker(t, Config{Kind: "postgres", PostgresUser: "postgres"})
 	isNil := func(err error) bool { return err == nil }
@@ -274,12 +289,34 @@ func TestPostgresCheckRealServer(t *testing.T) {
 	c.stop(t)
 	c.writeFile(t, "standby.signal", nil)
 	c.start(t, "hot_standby=off")
-	err = c.await(t, scram, "standby refusing sessions", func(err error) bool {
+	err := c.await(t, scram, "standby refusing sessions", func(err error) bool {
 		return err != nil && strings.Contains(err.Error(), "Hot standby mode is disabled")
 	})
 	wantErr(t, err, "server refuses sessions: FATAL 57P03: the database system is not accepting connections")
 	c.stop(t)
 	if log := c.log.String(); strings.Contains(log, defaultPostgresUser) {
 		t.Errorf("the server logged the check's user:\n%s", log)
+	}
+}
+
+// TestPostgresCheckRealServerTLSFallback runs the check against a
+// PostgreSQL whose only TLS cipher suite Go does not implement
+// (ECDHE-ECDSA-AES256-SHA384): libpq's clients get TLS sessions, the
+// check's handshake fails, and its plain-text retry finds the server
+// accepting sessions.
+func TestPostgresCheckRealServerTLSFallback(t *testing.T) {
+	t.Parallel()
+	c := newPGCluster(t)
+	c.startTLS(t, "ssl_max_protocol_version=TLSv1.2", "ssl_ciphers=ECDHE-ECDSA-AES256-SHA384")
+	c.await(t, newChecker(t, Config{Kind: "postgres"}), "server up", func(err error) bool { return err == nil })
+	conn, ans := c.sslRequest(t)
+	if ans != 'S' {
+		t.Fatalf("SSLRequest answered %q, want 'S'", ans)
+	}
+	// The check's TLS settings; the handshake must fail, or this test
+	// tests nothing.
+	err := tls.Client(conn, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}).Handshake()
+	if err == nil {
+		t.Fatal("Go's TLS handshake passed: the server's TLS is not one Go lacks")
 	}
 }
