@@ -62,10 +62,13 @@ func Handler(d Deps, log *zap.Logger) http.Handler {
 		type svc struct {
 			Service  string                 `json:"service"`
 			Backends []balancer.BackendInfo `json:"backends"`
+			// Absent are the addresses that left drained and return
+			// drained: not members, so not among Backends.
+			Absent []balancer.AbsentInfo `json:"absent"`
 		}
 		out := []svc{}
 		for _, s := range d.Services {
-			out = append(out, svc{Service: s.Name(), Backends: s.Info()})
+			out = append(out, svc{Service: s.Name(), Backends: s.Info(), Absent: s.Absent()})
 		}
 		writeJSON(w, http.StatusOK, out)
 	})

@@ -1,6 +1,8 @@
 package admin
 
 import (
+	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -150,5 +152,82 @@ func TestCloseFinishesRequestsInFlight(t *testing.T) {
 	if c, err := net.Dial("tcp", s.Addr().String()); err == nil {
 		c.Close()
 		t.Fatal("still accepting after Close")
+	}
+}
+
+// TestAbsentDrainsListed: a backend drained by the operator that then left
+// (DNS dropped it) is listed by GET /backends under its service's
+// "absent", drained, with when it left and until when its drain holds,
+// and not among "backends", whose entries keep their fields; POST enable
+// forgets the drain, so the address returns up.
+func TestAbsentDrainsListed(t *testing.T) {
+	h, svc, be := testHandler(t)
+	gone := netip.MustParseAddrPort("10.0.0.5:5432")
+	if err := svc.SetSource(balancer.SourceDNS, []balancer.Spec{{Addr: gone, Weight: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	post := func(path string) {
+		t.Helper()
+		req := httptest.NewRequest("POST", path, nil)
+		req.Host = "127.0.0.1:9090"
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			t.Fatalf("POST %s: %d %s", path, rec.Code, rec.Body)
+		}
+	}
+	type service struct {
+		Service  string           `json:"service"`
+		Backends []map[string]any `json:"backends"`
+		Absent   []map[string]any `json:"absent"`
+	}
+	get := func() service {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/backends", nil))
+		var out []service
+		if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil || len(out) != 1 {
+			t.Fatalf("GET /backends: %v, %s", err, rec.Body)
+		}
+		if !strings.Contains(rec.Body.String(), `"absent": [`) {
+			t.Fatalf("GET /backends has no absent list (want [] when there is none): %s", rec.Body)
+		}
+		return out[0]
+	}
+
+	post("/backends/" + gone.String() + "/drain")
+	before := time.Now()
+	if err := svc.SetSource(balancer.SourceDNS, nil); err != nil {
+		t.Fatal(err)
+	}
+	got := get()
+	if len(got.Backends) != 1 || got.Backends[0]["address"] != be.String() {
+		t.Fatalf("backends %v, want %v alone", got.Backends, be)
+	}
+	for _, f := range []string{"address", "weight", "state", "sources", "active_connections", "connections_total", "connect_errors_total"} {
+		if _, ok := got.Backends[0][f]; !ok {
+			t.Errorf("backend entry lacks %q: %v", f, got.Backends[0])
+		}
+	}
+	if len(got.Absent) != 1 {
+		t.Fatalf("absent %v, want %v", got.Absent, gone)
+	}
+	a := got.Absent[0]
+	left, err1 := time.Parse(time.RFC3339Nano, fmt.Sprint(a["left"]))
+	until, err2 := time.Parse(time.RFC3339Nano, fmt.Sprint(a["drain_until"]))
+	if a["address"] != gone.String() || a["state"] != string(balancer.StateDraining) || err1 != nil || err2 != nil ||
+		left.Before(before.Add(-time.Second)) || until.Sub(left) != 24*time.Hour {
+		t.Fatalf("absent entry %v (%v, %v)", a, err1, err2)
+	}
+
+	post("/backends/" + gone.String() + "/enable")
+	if got := get(); len(got.Absent) != 0 {
+		t.Fatalf("absent %v after enable, want none", got.Absent)
+	}
+	if err := svc.SetSource(balancer.SourceDNS, []balancer.Spec{{Addr: gone, Weight: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if bi := svc.Info()[0]; bi.Address != gone.String() || bi.State != balancer.StateUp {
+		t.Fatalf("enabled while absent, it returned as %+v", bi)
 	}
 }

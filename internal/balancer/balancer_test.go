@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -499,5 +500,55 @@ func TestDepartedDrainsAreBounded(t *testing.T) {
 	}
 	if got := stateOf(100 + maxDeparted + 9); got != StateDraining {
 		t.Fatalf("the last departure: %s, want draining", got)
+	}
+}
+
+// TestAbsentListsRememberedDrains: Absent lists the addresses that left
+// drained while their drain is remembered, not those remembered only as
+// down; enabling one forgets its drain, and enabling one whose drain has
+// run out is ErrUnknownBackend, as for an address never seen, so that
+// what Absent lists and what enable accepts agree.
+func TestAbsentListsRememberedDrains(t *testing.T) {
+	s := testService(t, spec("10.0.0.9:1", 1))
+	clock := time.Unix(1000, 0)
+	s.now = func() time.Time { return clock }
+	ap := netip.MustParseAddrPort
+	if err := s.SetSource(SourceDNS, []Spec{spec("10.0.0.1:1", 1), spec("10.0.0.2:1", 1), spec("10.0.0.3:1", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"10.0.0.1:1", "10.0.0.3:1"} {
+		if err := s.SetDrained(ap(a), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.SetHealth(ap("10.0.0.2:1"), false, CheckResult{Error: "refused"})
+	if err := s.SetSource(SourceDNS, nil); err != nil {
+		t.Fatal(err)
+	}
+	left := clock
+	clock = clock.Add(time.Hour)
+	want := []AbsentInfo{
+		{Address: "10.0.0.1:1", State: StateDraining, Left: left, DrainUntil: left.Add(drainMemory)},
+		{Address: "10.0.0.3:1", State: StateDraining, Left: left, DrainUntil: left.Add(drainMemory)},
+	}
+	if got := s.Absent(); !slices.Equal(got, want) {
+		t.Fatalf("Absent = %+v, want %+v", got, want)
+	}
+	if got := statesOf(s); got != "10.0.0.9:1=up" {
+		t.Fatalf("Info lists %s, want the member alone", got)
+	}
+
+	if err := s.SetDrained(ap("10.0.0.3:1"), false); err != nil {
+		t.Fatalf("enable an absent drained backend: %v", err)
+	}
+	if got := s.Absent(); !slices.Equal(got, want[:1]) {
+		t.Fatalf("Absent after enabling 10.0.0.3:1 = %+v, want %+v", got, want[:1])
+	}
+	clock = left.Add(drainMemory)
+	if got := s.Absent(); len(got) != 0 {
+		t.Fatalf("Absent after %v = %+v, want none", drainMemory, got)
+	}
+	if err := s.SetDrained(ap("10.0.0.1:1"), false); !errors.Is(err, ErrUnknownBackend) {
+		t.Fatalf("enable a drain that ran out: %v, want ErrUnknownBackend", err)
 	}
 }

@@ -65,6 +65,21 @@ type BackendInfo struct {
 	LastCheck         *CheckResult `json:"last_check,omitempty"`
 }
 
+// AbsentInfo describes, for the admin API, an address that is not a member
+// of the service but whose drain it remembers: the backend left drained,
+// and returns drained if it comes back before DrainUntil, unless the
+// address is enabled first.
+type AbsentInfo struct {
+	Address string `json:"address"`
+	// State is always StateDraining.
+	State State `json:"state"`
+	// Left is when the backend left the service (for one inherited from
+	// an upgrade as a member, the handover).
+	Left time.Time `json:"left"`
+	// DrainUntil is when the drain is forgotten: Left plus 24 hours.
+	DrainUntil time.Time `json:"drain_until"`
+}
+
 // ServiceConfig configures a Service.
 type ServiceConfig struct {
 	// Name labels the service in logs and metrics.
@@ -565,20 +580,23 @@ func (s *Service) ejectBackend(b *Backend) {
 }
 
 // SetDrained drains (no new connections; open ones finish) or re-enables a
-// backend. Enabling an address that left the service drained makes it
-// return enabled.
+// backend. Enabling an address that left the service drained, and is
+// listed by Absent, makes it return enabled; another address that is not a
+// member is ErrUnknownBackend.
 func (s *Service) SetDrained(addr netip.AddrPort, drained bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m := s.members[addr]
-	if d, ok := s.departed[addr]; ok && m == nil && !drained && d.drained {
-		d.drained = false
-		s.departed[addr] = d
-		if !d.down {
-			delete(s.departed, addr)
+	if d, ok := s.departed[addr]; ok && m == nil && !drained {
+		if stillDrained, down := d.at(s.now()); stillDrained {
+			d.drained = false
+			s.departed[addr] = d
+			if !down {
+				delete(s.departed, addr)
+			}
+			s.log.Info("backend enabled, for when it returns", zap.String("service", s.cfg.Name), zap.Stringer("backend", addr))
+			return nil
 		}
-		s.log.Info("backend enabled, for when it returns", zap.String("service", s.cfg.Name), zap.Stringer("backend", addr))
-		return nil
 	}
 	if m == nil {
 		return fmt.Errorf("%w: %s", ErrUnknownBackend, addr)
@@ -619,6 +637,28 @@ func (s *Service) Info() []BackendInfo {
 			}
 		}
 		out = append(out, bi)
+	}
+	return out
+}
+
+// Absent describes the addresses that are not members but whose drain the
+// service remembers (see AbsentInfo), sorted by address. Info does not
+// list them.
+func (s *Service) Absent() []AbsentInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	var addrs []netip.AddrPort
+	for a, d := range s.departed {
+		if drained, _ := d.at(now); drained {
+			addrs = append(addrs, a)
+		}
+	}
+	slices.SortFunc(addrs, netip.AddrPort.Compare)
+	out := make([]AbsentInfo, 0, len(addrs))
+	for _, a := range addrs {
+		d := s.departed[a]
+		out = append(out, AbsentInfo{Address: a.String(), State: StateDraining, Left: d.left, DrainUntil: d.left.Add(drainMemory)})
 	}
 	return out
 }
