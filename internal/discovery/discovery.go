@@ -52,7 +52,10 @@
 // the chosen priority is above MaxWeight all of them are scaled so that it
 // becomes MaxWeight, rounding to nearest. A weight of 0, RFC 2782's "very
 // small chance", becomes 1, the smallest weight that still takes
-// connections. Every address of a target gets its record's weight.
+// connections. Every address of a target gets its record's weight; an
+// address that several records name (a record repeated, two target names
+// for one address) gets the largest of their weights and counts once
+// against Config.MaxAddrs.
 package discovery
 
 import (
@@ -688,24 +691,39 @@ func (w *Watcher) resolveSRV(ctx context.Context, name string, prev map[srvKey]s
 				continue // every target is gone: the next priority
 			}
 		}
-		var bs []Backend
-		var srvWeights []uint16 // per element of bs
+		// Each distinct address once, with the largest weight of the
+		// records naming it: a record repeated, or two names for the
+		// same addresses, count once against the limit.
+		keyWeights := make(map[srvKey]uint16)
+		var keys []srvKey // of keyWeights, in the records' order
 		for _, s := range group {
+			k := srvKey{s.Target, s.Port}
 			if !usableSRV(s) {
 				continue
 			}
-			got := next[srvKey{s.Target, s.Port}].addrs
-			if len(bs)+len(got) > w.cfg.MaxAddrs {
+			if have, ok := keyWeights[k]; !ok {
+				keys = append(keys, k)
+			} else if have >= s.Weight {
+				continue
+			}
+			keyWeights[k] = s.Weight
+		}
+		srvWeights := make(map[netip.AddrPort]uint16)
+		var maxW uint16
+		for _, k := range keys {
+			for _, b := range next[k].addrs {
+				if have, ok := srvWeights[b.Addr]; !ok || keyWeights[k] > have {
+					srvWeights[b.Addr] = keyWeights[k]
+					maxW = max(maxW, keyWeights[k])
+				}
+			}
+			if len(srvWeights) > w.cfg.MaxAddrs {
 				return nil, nil, fmt.Errorf("more than the limit of %d addresses", w.cfg.MaxAddrs)
 			}
-			bs = append(bs, got...)
-			for range got {
-				srvWeights = append(srvWeights, s.Weight)
-			}
 		}
-		maxW := slices.Max(srvWeights)
-		for i, sw := range srvWeights {
-			bs[i].Weight = srvWeight(sw, maxW)
+		bs := make([]Backend, 0, len(srvWeights))
+		for a, sw := range srvWeights {
+			bs = append(bs, Backend{Addr: a, Weight: srvWeight(sw, maxW)})
 		}
 		for _, l := range lines {
 			l()

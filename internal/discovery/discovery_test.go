@@ -749,3 +749,21 @@ func TestSRVTargetGoneIsRemovedAfterHold(t *testing.T) {
 		})
 	}
 }
+
+// TestSRVDuplicatesCountOnce: an answer that names the same backends
+// several times (a record repeated with another weight, a second name for
+// the same addresses) is within the address limit when its distinct
+// addresses are, and each address gets the largest weight given for it.
+func TestSRVDuplicatesCountOnce(t *testing.T) {
+	s := newDNSServer(t)
+	const name = "_db._tcp.dup.test."
+	s.set(t, name, "SRV 10 1 5432 a.test.", "SRV 10 5 5432 a.test.", "SRV 10 3 5432 alias.test.")
+	s.set(t, "a.test.", "A 127.0.1.1", "A 127.0.1.2")
+	s.set(t, "alias.test.", "A 127.0.1.2", "A 127.0.1.1")
+	h := start(t, s, Config{Targets: []Target{{Kind: SRV, Name: name}}, MaxAddrs: 3})
+	h.dns.settle(t)
+	if n := h.count(msgFailed); n != 0 {
+		t.Fatalf("%d failure lines: %v", n, h.logs.FilterMessage(msgFailed).All()[0].ContextMap()["error"])
+	}
+	h.expect(t, "127.0.1.1:5432,weight=5", "127.0.1.2:5432,weight=5")
+}
