@@ -82,10 +82,12 @@ func Handler(d Deps, log *zap.Logger) http.Handler {
 			addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
 			only := r.URL.Query().Get("service")
 			var changed []string
+			named := false // a service is named only
 			for _, s := range d.Services {
 				if only != "" && s.Name() != only {
 					continue
 				}
+				named = true
 				err := s.SetDrained(addr, drained)
 				if errors.Is(err, balancer.ErrUnknownBackend) {
 					continue
@@ -96,7 +98,14 @@ func Handler(d Deps, log *zap.Logger) http.Handler {
 				}
 				changed = append(changed, s.Name())
 			}
-			if len(changed) == 0 {
+			switch {
+			case only != "" && !named:
+				writeJSON(w, http.StatusNotFound, map[string]string{"error": "no service " + strconv.Quote(only)})
+				return
+			case only != "" && len(changed) == 0:
+				writeJSON(w, http.StatusNotFound, map[string]string{"error": "service " + strconv.Quote(only) + " has no backend " + addr.String()})
+				return
+			case len(changed) == 0:
 				writeJSON(w, http.StatusNotFound, map[string]string{"error": "no service has backend " + addr.String()})
 				return
 			}

@@ -231,3 +231,28 @@ func TestAbsentDrainsListed(t *testing.T) {
 		t.Fatalf("enabled while absent, it returned as %+v", bi)
 	}
 }
+
+// TestDrainNotFoundSaysWhat: a drain that finds nothing to act on is 404,
+// and says what is missing: the service named by ?service= (a typo must
+// not read as "no such backend" when the backend is there), or the backend
+// in that service, or in any.
+func TestDrainNotFoundSaysWhat(t *testing.T) {
+	h, svc, be := testHandler(t)
+	for _, c := range []struct{ path, want string }{
+		{"/backends/" + be.String() + "/drain?service=dbb", `no service "dbb"`},
+		{"/backends/10.9.9.9:1/drain?service=db", `service "db" has no backend 10.9.9.9:1`},
+		{"/backends/10.9.9.9:1/drain", "no service has backend 10.9.9.9:1"},
+	} {
+		req := httptest.NewRequest("POST", c.path, nil)
+		req.Host = "127.0.0.1:9090"
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		var body struct{ Error string }
+		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || rec.Code != http.StatusNotFound || !strings.Contains(body.Error, c.want) {
+			t.Errorf("POST %s: %d %s, want 404 saying %q", c.path, rec.Code, strings.TrimSpace(rec.Body.String()), c.want)
+		}
+	}
+	if st := svc.Info()[0].State; st != balancer.StateUp {
+		t.Fatalf("backend %s after requests that found nothing", st)
+	}
+}
