@@ -33,8 +33,11 @@ type session struct {
 func (s *session) HandleEvent(uint32) { s.p.relay(s) }
 
 // open creates the session of a new client: picks its backend in p.snap,
-// makes room at the session cap, and connects a socket. It returns nil,
-// with the datagram counted as dropped, when it cannot.
+// connects a socket, and makes room at the session cap. It returns nil,
+// with the datagram counted as dropped, when it cannot. Nothing is
+// evicted for a session that cannot be made, except when the process is
+// out of fds: then a session gives its socket up before the new one can
+// try.
 func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen uint32) *session {
 	snap := p.snap
 	hash := p.cfg.HashKey.Hash(client.Addr(), client.Port())
@@ -43,32 +46,46 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 		p.stats.drop(DropNoBackend, 1)
 		return nil
 	}
-	if !p.limiter.Acquire() {
-		// At the cap: a session on this loop makes room, and its slot
-		// passes to the new one (never released, so no other loop can
-		// take it in between).
-		v := p.victim()
-		if v == nil {
+	// full: at the cap, so v, a session on this loop, is to make room;
+	// its slot passes to the new session (never released, so that no
+	// other loop takes it in between). v is ended only once the new
+	// session's socket is connected.
+	var v *session
+	full := !p.limiter.Acquire()
+	if full {
+		if v = p.victim(); v == nil {
 			p.stats.drop(DropSessionLimit, 1)
 			return nil
 		}
-		v.p.evict(v)
 	}
 	be := snap.Backends[idx]
 	s := &session{p: p, fd: -1, hash: hash, epoch: p.epoch, be: be, backend: be.Addr, client: client, name: *name, nameLen: nameLen}
 	err := p.connect(s)
 	if err == unix.EMFILE || err == unix.ENFILE {
-		// Out of fds: a session on this loop gives its socket up.
-		if v := p.victim(); v != nil {
+		// Out of fds: a session on this loop gives its socket up, and
+		// its slot, which the new session takes or, holding one of
+		// its own, frees.
+		if v == nil {
+			v = p.victim()
+		}
+		if v != nil {
 			v.p.evict(v)
-			p.limiter.Release()
+			if !full {
+				p.limiter.Release()
+			}
+			full, v = false, nil
 			err = p.connect(s)
 		}
 	}
 	if err != nil {
-		p.limiter.Release()
+		if !full {
+			p.limiter.Release()
+		}
 		p.stats.drop(DropSocketFailed, 1)
 		return nil
+	}
+	if v != nil {
+		v.p.evict(v)
 	}
 	p.sessions[client] = s
 	s.be.Active.Add(1)
