@@ -13,15 +13,17 @@ type Config struct {
 	// SessionTimeout ends a session after this long with no datagram in
 	// either direction. Positive.
 	SessionTimeout time.Duration
-	// DrainIdle bounds SessionTimeout once the proxy drains (an upgrade
-	// or a stop; see Proxy.Drain). A draining proxy reads no client
-	// datagram, so a session can only still receive its backend's
-	// answers to what was sent on before, and it ends after this long
-	// with none. The default, 2 s, leaves a request/reply backend (DNS,
+	// DrainIdle bounds SessionTimeout once the proxy drains (an upgrade,
+	// Proxy.Drain, or a stop, Proxy.DrainAlone): a session ends after
+	// this long with no datagram either way. In an upgrade the successor
+	// reads the clients' datagrams, so a session can only still receive
+	// its backend's answers to what was sent on before; in a stop the
+	// clients of open sessions go on sending, and each datagram restarts
+	// the wait. The default, 2 s, leaves a request/reply backend (DNS,
 	// RADIUS, SNMP, NTP answer in milliseconds) ample time, yet a stop or
 	// an upgrade does not wait on sessions that will hear nothing more
 	// (syslog and statsd never answer): the drain is over 2 s after the
-	// last answer. 0 ends every session when the drain begins.
+	// last datagram. 0 ends every session when the drain begins.
 	DrainIdle time.Duration
 	// HashKey selects the part of the client address that is hashed to
 	// pick a session's backend.

@@ -203,6 +203,44 @@ func (r *rig) sessions() map[netip.AddrPort]netip.AddrPort {
 	return out
 }
 
+// checkDraining fails the test for each drain channel that is closed:
+// the proxies have sessions still to carry.
+func checkDraining(tb testing.TB, drained []<-chan struct{}) {
+	tb.Helper()
+	for i, ch := range drained {
+		select {
+		case <-ch:
+			tb.Errorf("proxy %d drained with its sessions still to carry datagrams", i)
+		default:
+		}
+	}
+}
+
+// awaitDrained waits for each of the drain channels of r's proxies (each
+// should close after idle with no datagram, the test allows 5 s more),
+// then checks that n sessions ended and freed their slots, and that
+// CloseAll finds none left.
+func (r *rig) awaitDrained(tb testing.TB, drained []<-chan struct{}, idle time.Duration, n int) {
+	tb.Helper()
+	for i, ch := range drained {
+		select {
+		case <-ch:
+		case <-time.After(idle + 5*time.Second):
+			tb.Fatalf("proxy %d still draining %v after the last datagram", i, idle+5*time.Second)
+		}
+	}
+	if e, o := r.sum(func(s *Stats) uint64 { return s.SessionsEnded.Load() }), r.limiter.Open(); e != uint64(n) || o != 0 {
+		tb.Errorf("after the drain: %d sessions ended, %d limiter slots; want %d and 0", e, o, n)
+	}
+	for i := range r.proxies {
+		r.do(i, func(p *Proxy) {
+			if k := p.CloseAll(); k != 0 {
+				tb.Errorf("proxy %d: CloseAll ended %d sessions after the drain", i, k)
+			}
+		})
+	}
+}
+
 // snapshot returns a set of backends of weight 1 with counters for loops
 // event loops.
 func snapshot(tb testing.TB, loops int, backends ...netip.AddrPort) *balancer.Snapshot {

@@ -51,15 +51,19 @@
 // or moved to it as a connection. Those counters leave with the backend,
 // so a churning backend set grows nothing here.
 //
-// A drain (an upgrade or a stop) takes the listening sockets out of the
-// loop's epoll set but keeps them open: an upgrade's successor holds the
-// same sockets and reads the clients' datagrams from then on, opening
-// sessions of its own, while this proxy keeps its sessions so that the
-// backends' answers to the datagrams already sent on still reach their
-// clients, from the service's address. With nothing more to send on, a
-// session then ends after Config.DrainIdle with no datagram either way (or
-// SessionTimeout, when shorter), and the drain is over when the last one
-// has; the caller bounds it (the server's --drain-timeout) with CloseAll.
+// A drain keeps the sessions open, so that their traffic still goes both
+// ways, from and to the service's address, and ends each after
+// Config.DrainIdle with no datagram either way (or SessionTimeout, when
+// shorter); the drain is over when the last one has ended, and the caller
+// bounds it (the server's --drain-timeout) with CloseAll. An upgrade's
+// drain (Drain) takes the listening sockets out of the loop's epoll set
+// but keeps them open: the successor holds the same sockets and reads the
+// clients' datagrams from then on, opening sessions of its own, so all
+// that a session can still carry is its backend's answers to what was
+// sent on before. A stop's drain (DrainAlone) has no successor: it goes
+// on reading the sockets, so the clients of the open sessions go on
+// talking to their backends, and it opens no session for a new client
+// (DropDraining), as a TCP listener that has closed takes no connection.
 //
 // Drops are counted by reason (see DropReason), including the datagrams
 // the kernel drops when a socket's receive queue overflows, so that every
@@ -110,13 +114,16 @@ type Proxy struct {
 	// or more in the successor of an upgrade from a process with more
 	// loops. They are bound to the same address, so a reply may leave
 	// from any: it leaves from lnfd, the first; -1 before Listen and after
-	// CloseAll. From Drain on they are no longer read, only written to.
+	// CloseAll. From Drain on (yielded) they are no longer read, only
+	// written to; from DrainAlone on they are read, but a new client gets
+	// no session.
 	lns      []*listener
 	lnfd     int
-	draining bool
+	draining bool // Drain or DrainAlone has been called
+	yielded  bool // Drain has been called: the successor reads lns
 	// idle is how long a session may go without a datagram, in loop-clock
-	// nanoseconds: cfg.SessionTimeout, and from Drain on at most
-	// cfg.DrainIdle.
+	// nanoseconds: cfg.SessionTimeout, and from Drain or DrainAlone on
+	// at most cfg.DrainIdle.
 	idle int64
 
 	// buf holds the datagrams of one read from the listening socket, or
@@ -202,8 +209,7 @@ func (p *Proxy) Listen(fd int) error {
 }
 
 // ListenerFDs returns the listening sockets, for an upgrade's handoff; the
-// proxy keeps them open. A draining proxy reads them no more and hands
-// over none.
+// proxy keeps them open. A draining proxy hands over none.
 func (p *Proxy) ListenerFDs() []int {
 	if p.draining {
 		return nil
@@ -215,31 +221,49 @@ func (p *Proxy) ListenerFDs() []int {
 	return fds
 }
 
-// Drain stops reading the listening sockets and returns a channel closed
-// once every session has ended. The sockets stay open, for the replies:
-// after an upgrade the successor reads them (both processes hold the same
-// sockets, so this one must stop reading, but closing them would not take
-// them out of the SO_REUSEPORT group); after a stop nothing does. The
+// Drain begins the drain of an upgrade: it stops reading the listening
+// sockets and returns a channel closed once every session has ended. The
+// sockets stay open, for the replies: the successor holds the same
+// sockets and reads them (so this proxy must stop reading them, and
+// closing them would not take them out of the SO_REUSEPORT group). The
 // sessions go on receiving from their backends, and each ends after
 // Config.DrainIdle (or SessionTimeout, when shorter) with no datagram
 // either way: its client's next datagram reaches the successor, so all
 // that can still come is answers to what was sent on before. Those idle
 // that long already end now. CloseAll ends the rest and closes the
-// sockets.
-func (p *Proxy) Drain() <-chan struct{} {
+// sockets. Drain after DrainAlone stops the reading.
+func (p *Proxy) Drain() <-chan struct{} { return p.drain(true) }
+
+// DrainAlone begins the drain of a stop, which no successor takes over:
+// the proxy goes on reading the listening sockets, sends on the datagrams
+// of the clients that have a session, and drops (DropDraining) those of
+// new clients, for which it opens no session. It returns a channel closed
+// once every session has ended: each ends after Config.DrainIdle (or
+// SessionTimeout, when shorter) with no datagram either way, and those
+// idle that long already end now. CloseAll ends the rest and closes the
+// sockets. Never call it once a successor reads the sockets: it would
+// take their datagrams.
+func (p *Proxy) DrainAlone() <-chan struct{} { return p.drain(false) }
+
+// drain is Drain (yield: the successor reads the listening sockets) and
+// DrainAlone.
+func (p *Proxy) drain(yield bool) <-chan struct{} {
 	if p.drained == nil {
 		p.drained = make(chan struct{})
 	}
-	if !p.draining {
-		p.draining = true
+	if yield && !p.yielded {
+		p.yielded = true
 		// The drops from now on are the successor's to count.
 		p.countListenDrops()
 		for _, ln := range p.lns {
-			// Remove, not Forget: the socket stays open (and may be
+			// Remove, not Forget: the socket stays open (and is
 			// the successor's too), so nothing else takes it out of
 			// this loop's epoll set.
 			p.loop.Remove(ln.fd)
 		}
+	}
+	if !p.draining {
+		p.draining = true
 		p.idle = min(p.idle, int64(p.cfg.DrainIdle))
 		p.loop.Cancel(&p.expiry)
 		p.expire()
@@ -270,11 +294,11 @@ func (p *Proxy) CloseAll() int {
 		n++
 	}
 	p.loop.Cancel(&p.expiry)
-	if !p.draining {
+	if !p.yielded {
 		p.countListenDrops()
 	}
 	for _, ln := range p.lns {
-		if !p.draining {
+		if !p.yielded {
 			// Remove, not Forget: after an upgrade the socket lives on
 			// in the successor, and an fd closed while its file stays
 			// open is not taken out of the epoll set.
@@ -337,6 +361,12 @@ func (p *Proxy) forward(i int) {
 	client := addrOfRaw(&b.names[i])
 	s := p.sessions[client]
 	if s == nil {
+		if p.draining {
+			// Only a DrainAlone's proxy reads: its sessions go on,
+			// but it takes no new client.
+			p.stats.drop(DropDraining, 1)
+			return
+		}
 		if s = p.open(client, &b.names[i], b.msgs[i].Hdr.Namelen); s == nil {
 			return
 		}

@@ -42,6 +42,11 @@ const (
 	// the kernel attaches to the datagrams that come after a drop
 	// (SO_RXQ_OVFL), and when the session ends.
 	DropSessionQueue
+	// DropDraining: a new client's datagram read while the proxy drains
+	// with no successor (Proxy.DrainAlone, a stop): like a TCP listener
+	// that has closed, the proxy takes no new client, and the sessions
+	// open go on.
+	DropDraining
 
 	numDropReasons
 )
@@ -56,6 +61,7 @@ var dropNames = [numDropReasons]string{
 	DropBackendRefused:    "backend_refused",
 	DropListenQueue:       "listen_queue_full",
 	DropSessionQueue:      "session_queue_full",
+	DropDraining:          "draining",
 }
 
 // DropReasons lists every reason, in label order, for exporters that want
@@ -63,7 +69,7 @@ var dropNames = [numDropReasons]string{
 var DropReasons = [numDropReasons]DropReason{
 	DropNoBackend, DropSessionLimit, DropSocketFailed, DropSendBackendFailed,
 	DropSendClientFailed, DropTruncated, DropBackendRefused, DropListenQueue,
-	DropSessionQueue,
+	DropSessionQueue, DropDraining,
 }
 
 func (r DropReason) String() string {
