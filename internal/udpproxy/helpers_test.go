@@ -71,10 +71,23 @@ func (r *rig) successor(backends []netip.AddrPort, cfg Config) *rig {
 // i-th call of listen returns.
 func newRig(tb testing.TB, backends []netip.AddrPort, cfg Config, limiter *SessionLimiter, nloops int, listen func() (int, netip.AddrPort, error)) *rig {
 	tb.Helper()
+	return newRigOn(tb, balancer.NewPool(snapshot(tb, nloops, backends...)), cfg, limiter, nloops, listen)
+}
+
+// startServiceRig starts one proxy on loopback toward the backends of
+// svc, a service of one loop, as the server does.
+func startServiceRig(tb testing.TB, svc *balancer.Service, cfg Config) *rig {
+	tb.Helper()
+	return newRigOn(tb, svc.Pool(), cfg, nil, 1, func() (int, netip.AddrPort, error) { return Listen(lo4, cfg.SocketBuffer) })
+}
+
+// newRigOn is newRig for the backends in pool.
+func newRigOn(tb testing.TB, pool *balancer.Pool, cfg Config, limiter *SessionLimiter, nloops int, listen func() (int, netip.AddrPort, error)) *rig {
+	tb.Helper()
 	if limiter == nil {
 		limiter = NewSessionLimiter(0)
 	}
-	r := &rig{tb: tb, pool: balancer.NewPool(snapshot(tb, nloops, backends...)), limiter: limiter}
+	r := &rig{tb: tb, pool: pool, limiter: limiter}
 	for i := range nloops {
 		l, err := loop.New()
 		if err != nil {
@@ -196,7 +209,7 @@ func (r *rig) sessions() map[netip.AddrPort]netip.AddrPort {
 	for i := range r.proxies {
 		r.do(i, func(p *Proxy) {
 			for c, s := range p.sessions {
-				out[c] = s.backend
+				out[c] = s.t.be.Addr
 			}
 		})
 	}

@@ -49,7 +49,11 @@
 // (balancer.Backend.Loops), as TCP's is: datagrams and payload bytes when
 // sent on, so drops are not in them, and each session opened on a backend
 // or moved to it as a connection. Those counters leave with the backend,
-// so a churning backend set grows nothing here.
+// so a churning backend set grows nothing here. The sessions to one
+// backend share a target, so that when the backend leaves and comes back
+// (a new Backend, with counters of its own) one update per backend makes
+// them count there: at the next read of a client datagram, or at once
+// when the proxy is told of the change (Refresh).
 //
 // A drain keeps the sessions open, so that their traffic still goes both
 // ways, from and to the service's address, and ends each after
@@ -139,6 +143,8 @@ type Proxy struct {
 	flush       func() // flushDeferred, bound once
 
 	sessions map[netip.AddrPort]*session
+	// targets are the backends the sessions use, by address (see target).
+	targets map[netip.AddrPort]*target
 	// lru is the sentinel of the ring of sessions ordered by last activity:
 	// lru.next is the most recently active, lru.prev the least.
 	lru session
@@ -146,10 +152,11 @@ type Proxy struct {
 	// (or later: it is re-armed lazily) and ends the sessions past theirs.
 	expiry loop.Timer
 
-	// snap is the backend set as of the last client datagrams read, and
-	// epoch counts its changes. A session remembers the epoch at which it
-	// last checked its backend rather than the snapshot, so that an idle
-	// session keeps no old snapshot (and its Maglev table) alive.
+	// snap is the backend set as of the last client datagrams read (or
+	// Refresh), and epoch counts its changes. A session remembers the
+	// epoch at which it last checked its backend rather than the
+	// snapshot, so that an idle session keeps no old snapshot (and its
+	// Maglev table) alive.
 	snap  *balancer.Snapshot
 	epoch uint32
 
@@ -176,6 +183,7 @@ func New(l *loop.Loop, id int, cfg Config, lb *balancer.Pool, limiter *SessionLi
 		buf:      newBatch(cfg.Batch),
 		owner:    make([]*session, cfg.Batch),
 		sessions: make(map[netip.AddrPort]*session),
+		targets:  make(map[netip.AddrPort]*target),
 		stats:    new(Stats),
 	}
 	p.peers = limiter.join(p)
@@ -334,8 +342,7 @@ func (ln *listener) HandleEvent(uint32) {
 			return // EAGAIN; nothing else is expected of an unconnected socket
 		}
 		if snap := p.lb.Load(); snap != p.snap {
-			p.snap = snap
-			p.epoch++ // wraps after 2^32 changes, far beyond a session's life
+			p.follow(snap)
 		}
 		for i := range n {
 			if k := b.newDrops(i, &ln.drops); k > 0 {
@@ -388,7 +395,7 @@ func (p *Proxy) forward(i int) {
 		p.stats.drop(DropSendBackendFailed, 1)
 		return
 	}
-	lc := &s.be.Loops[p.id]
+	lc := &s.t.be.Loops[p.id]
 	lc.DatagramsUp.Add(1)
 	lc.BytesUp.Add(uint64(len(data)))
 }
@@ -477,7 +484,7 @@ func (p *Proxy) flushReplies() {
 			continue
 		}
 		for i := off; i < off+k; i++ {
-			lc := &p.owner[i].be.Loops[p.id]
+			lc := &p.owner[i].t.be.Loops[p.id]
 			lc.DatagramsDown.Add(1)
 			lc.BytesDown.Add(uint64(b.msgs[i].Len))
 		}

@@ -17,7 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
-	"github.com/sluice-lb/sluice/internal/loop"
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
@@ -1022,43 +1021,16 @@ func TestSessionFollowsReturningBackend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := loop.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := New(l, 0, testConfig(), svc.Pool(), NewSessionLimiter(0), zap.NewNop())
-	fd, addr, err := Listen(lo4, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Listen(fd); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := l.Run(); !errors.Is(err, loop.ErrStopped) {
-			t.Error(err)
-		}
-	}()
-	defer func() {
-		done := make(chan struct{})
-		l.Submit(func() { p.CloseAll(); close(done) })
-		<-done
-		l.Stop()
-		wg.Wait()
-		l.Close()
-	}()
+	r := startServiceRig(t, svc, testConfig())
 	c := newClient(t, "127.0.0.1")
-	if _, err := c.roundTrip(addr, []byte("a")); err != nil {
+	if _, err := c.roundTrip(r.addr, []byte("a")); err != nil {
 		t.Fatal(err)
 	}
 	svc.SetSource(balancer.SourceStatic, nil)
 	svc.SetSource(balancer.SourceStatic, spec)
 	const more = 10
 	for range more {
-		if _, err := c.roundTrip(addr, []byte("b")); err != nil {
+		if _, err := c.roundTrip(r.addr, []byte("b")); err != nil {
 			t.Fatal(err)
 		}
 	}

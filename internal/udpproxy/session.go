@@ -16,12 +16,11 @@ import (
 // serves them all.
 type session struct {
 	p          *Proxy
-	fd         int               // UDP socket connected to backend; -1 once ended
-	prev, next *session          // LRU ring neighbours, most recent towards p.lru.next
-	lastActive int64             // loop clock of the last datagram either way
-	hash       uint64            // key hash of the client address
-	be         *balancer.Backend // the backend; its Active count includes this session once connected
-	backend    netip.AddrPort
+	fd         int                   // UDP socket connected to t's backend; -1 once ended
+	prev, next *session              // LRU ring neighbours, most recent towards p.lru.next
+	lastActive int64                 // loop clock of the last datagram either way
+	hash       uint64                // key hash of the client address
+	t          *target               // the backend, which counts this session once connected
 	client     netip.AddrPort        // key in p.sessions
 	name       unix.RawSockaddrInet6 // client address as the kernel gave it, for replies
 	nameLen    uint32
@@ -32,12 +31,81 @@ type session struct {
 // HandleEvent reads replies from the backend.
 func (s *session) HandleEvent(uint32) { s.p.relay(s) }
 
+// target is a backend as the sessions of one proxy use it: the sessions to
+// one backend address share a target, whose be their traffic and their
+// count go to. A backend that leaves the service and comes back is a new
+// Backend, with counters of its own (those /backends and the metrics
+// read): follow moves the target to it, so that one update per backend,
+// not per session, makes its sessions count there. Owned by the proxy's
+// loop, like the sessions.
+type target struct {
+	// be is the member at the address in p.snap; once the address is no
+	// member, the last one, until the sessions move to other backends.
+	// be.Active counts the n sessions.
+	be *balancer.Backend
+	n  int
+}
+
+// Refresh takes up the backend set lb holds now, as the next read of
+// client datagrams would: the sessions to a backend that left the service
+// and came back count there from now on, open and with their replies,
+// rather than from their client's next datagram. The server calls it
+// whenever the service's members change. Loop goroutine only.
+func (p *Proxy) Refresh() {
+	if snap := p.lb.Load(); snap != p.snap {
+		p.follow(snap)
+	}
+}
+
+// follow makes snap the backend set the proxy works from, and moves each
+// target whose backend is a member of snap as another Backend to that
+// one. A target whose backend is no member stays: its sessions move to
+// other backends at their next client datagram (recheck).
+func (p *Proxy) follow(snap *balancer.Snapshot) {
+	p.snap = snap
+	p.epoch++ // wraps after 2^32 changes, far beyond a session's life
+	for _, t := range p.targets {
+		b := snap.Member(t.be.Addr)
+		if b == nil || b == t.be {
+			continue
+		}
+		if b.Active != t.be.Active {
+			// Not a new weight, whose Backend shares the old one's
+			// counters: the backend left and came back.
+			t.be.Active.Add(-int64(t.n))
+			b.Active.Add(int64(t.n))
+		}
+		t.be = b
+	}
+}
+
+// attach makes be the backend of s, counted there.
+func (p *Proxy) attach(s *session, be *balancer.Backend) {
+	t := p.targets[be.Addr]
+	if t == nil {
+		t = &target{be: be}
+		p.targets[be.Addr] = t
+	}
+	t.n++
+	t.be.Active.Add(1)
+	s.t = t
+}
+
+// detach uncounts s at its backend. s keeps t, so that the replies it
+// gathered before it ended still count there when they go out.
+func (p *Proxy) detach(s *session) {
+	t := s.t
+	t.be.Active.Add(-1)
+	if t.n--; t.n == 0 {
+		delete(p.targets, t.be.Addr)
+	}
+}
+
 // open creates the session of a new client: picks its backend in p.snap,
-// connects a socket, and makes room at the session cap. It returns nil,
-// with the datagram counted as dropped, when it cannot. Nothing is
-// evicted for a session that cannot be made, except when the process is
-// out of fds: then a session gives its socket up before the new one can
-// try.
+// connects a socket, and makes room at the session cap. It returns nil, with the datagram counted as dropped, when it
+// cannot. Nothing is evicted for a session that cannot be made, except
+// when the process is out of fds: then a session gives its socket up
+// before the new one can try.
 func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen uint32) *session {
 	snap := p.snap
 	hash := p.cfg.HashKey.Hash(client.Addr(), client.Port())
@@ -59,8 +127,8 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 		}
 	}
 	be := snap.Backends[idx]
-	s := &session{p: p, fd: -1, hash: hash, epoch: p.epoch, be: be, backend: be.Addr, client: client, name: *name, nameLen: nameLen}
-	err := p.connect(s)
+	s := &session{p: p, fd: -1, hash: hash, epoch: p.epoch, client: client, name: *name, nameLen: nameLen}
+	err := p.connect(s, be)
 	if err == unix.EMFILE || err == unix.ENFILE {
 		// Out of fds: a session on this loop gives its socket up, and
 		// its slot, which the new session takes or, holding one of
@@ -74,7 +142,7 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 				p.limiter.Release()
 			}
 			full, v = false, nil
-			err = p.connect(s)
+			err = p.connect(s, be)
 		}
 	}
 	if err != nil {
@@ -88,7 +156,7 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 		v.p.evict(v)
 	}
 	p.sessions[client] = s
-	s.be.Active.Add(1)
+	p.attach(s, be)
 	s.prev, s.next = &p.lru, p.lru.next
 	s.prev.next, s.next.prev = s, s
 	s.lastActive = p.loop.Now()
@@ -97,18 +165,18 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 		p.loop.Schedule(&p.expiry, s.lastActive+p.idle)
 	}
 	if p.debug {
-		p.log.Debug("udp session opened", zap.Stringer("client", client), zap.Stringer("backend", s.backend))
+		p.log.Debug("udp session opened", zap.Stringer("client", client), zap.Stringer("backend", be.Addr))
 	}
 	return s
 }
 
-// connect opens a socket connected to s.backend, registers it, and makes it
-// the socket of s, closing the one s had. A session connected counts as a
-// connection to s.be, as a TCP connection established does (the admin
+// connect opens a socket connected to be, registers it, and makes it the
+// socket of s, closing the one s had. A session connected counts as a
+// connection to be, as a TCP connection established does (the admin
 // API's connections_total); connect(2) failing (no route, ...) counts as
-// a connect error.
-func (p *Proxy) connect(s *session) error {
-	sa, family := sockaddrOf(s.backend)
+// a connect error. The caller moves s to be (attach).
+func (p *Proxy) connect(s *session, be *balancer.Backend) error {
+	sa, family := sockaddrOf(be.Addr)
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -116,7 +184,7 @@ func (p *Proxy) connect(s *session) error {
 	countDropsInline(fd)
 	if err := unix.Connect(fd, sa); err != nil {
 		unix.Close(fd)
-		s.be.Loops[p.id].ConnectErrors.Add(1)
+		be.Loops[p.id].ConnectErrors.Add(1)
 		return err
 	}
 	if err := p.loop.Add(fd, loop.In, s); err != nil {
@@ -130,7 +198,7 @@ func (p *Proxy) connect(s *session) error {
 	}
 	s.fd = fd
 	s.drops = 0
-	s.be.Loops[p.id].Connections.Add(1)
+	be.Loops[p.id].Connections.Add(1)
 	return nil
 }
 
@@ -143,15 +211,8 @@ func (p *Proxy) connect(s *session) error {
 func (p *Proxy) recheck(s *session) bool {
 	snap := p.snap
 	s.epoch = p.epoch
-	if b := snap.Member(s.backend); b != nil {
-		if b.Active != s.be.Active {
-			// The backend left and came back, as a new Backend with
-			// counters of its own: the session counts there now.
-			s.be.Active.Add(-1)
-			b.Active.Add(1)
-		}
-		s.be = b
-		return true
+	if snap.Member(s.t.be.Addr) != nil {
+		return true // follow has made it s.t.be
 	}
 	idx := snap.Pick(s.hash)
 	if idx < 0 {
@@ -159,19 +220,18 @@ func (p *Proxy) recheck(s *session) bool {
 		p.end(s)
 		return false
 	}
-	old := s.backend
-	s.backend = snap.Backends[idx].Addr
-	s.be.Active.Add(-1)
-	s.be = snap.Backends[idx]
-	s.be.Active.Add(1)
-	if err := p.connect(s); err != nil {
+	be := snap.Backends[idx]
+	if err := p.connect(s, be); err != nil {
 		p.stats.drop(DropSocketFailed, 1)
 		p.end(s)
 		return false
 	}
+	old := s.t.be.Addr
+	p.detach(s)
+	p.attach(s, be)
 	p.stats.Remaps.Add(1)
 	if p.debug {
-		p.log.Debug("udp session remapped", zap.Stringer("client", s.client), zap.Stringer("from", old), zap.Stringer("to", s.backend))
+		p.log.Debug("udp session remapped", zap.Stringer("client", s.client), zap.Stringer("from", old), zap.Stringer("to", be.Addr))
 	}
 	return true
 }
@@ -182,9 +242,9 @@ func (p *Proxy) recheck(s *session) bool {
 func (p *Proxy) CloseBackend(b *balancer.Backend) {
 	for s := p.lru.next; s != &p.lru; {
 		next := s.next
-		if s.be.Addr == b.Addr {
+		if s.t.be.Addr == b.Addr {
 			if p.debug {
-				p.log.Debug("udp session closed: backend down", zap.Stringer("client", s.client), zap.Stringer("backend", s.backend))
+				p.log.Debug("udp session closed: backend down", zap.Stringer("client", s.client), zap.Stringer("backend", s.t.be.Addr))
 			}
 			p.end(s)
 		}
@@ -228,7 +288,7 @@ func (p *Proxy) victim() *session {
 func (p *Proxy) evict(s *session) {
 	p.stats.SessionsEvicted.Add(1)
 	if p.debug {
-		p.log.Debug("udp session evicted", zap.Stringer("client", s.client), zap.Stringer("backend", s.backend))
+		p.log.Debug("udp session evicted", zap.Stringer("client", s.client), zap.Stringer("backend", s.t.be.Addr))
 	}
 	p.endKeepSlot(s)
 	p.checkDrained() // the slot is the new session's
@@ -258,7 +318,7 @@ func (p *Proxy) expire() {
 		}
 		p.stats.SessionsExpired.Add(1)
 		if p.debug {
-			p.log.Debug("udp session expired", zap.Stringer("client", s.client), zap.Stringer("backend", s.backend))
+			p.log.Debug("udp session expired", zap.Stringer("client", s.client), zap.Stringer("backend", s.t.be.Addr))
 		}
 		p.end(s)
 	}
@@ -282,6 +342,6 @@ func (p *Proxy) endKeepSlot(s *session) {
 	delete(p.sessions, s.client)
 	s.prev.next, s.next.prev = s.next, s.prev
 	s.prev, s.next = nil, nil
-	s.be.Active.Add(-1)
+	p.detach(s)
 	p.stats.SessionsEnded.Add(1)
 }
