@@ -155,23 +155,29 @@ func unescape(s string) string {
 	return strings.NewReplacer(`\r`, "\r", `\n`, "\n", `\t`, "\t", `\\`, `\`).Replace(s)
 }
 
-// dial connects with ctx's deadline applied to the whole conversation.
-func dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+// dial connects over network ("tcp" or "udp") with ctx's deadline
+// applied to the whole conversation. ctx's end, a cancellation as much as
+// the deadline, ends the conversation at once: a Monitor that stops
+// checking a backend, or closes, does not wait out the checks' timeout.
+func dial(ctx context.Context, network string, addr netip.AddrPort) (net.Conn, error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr.String())
+	c, err := d.DialContext(ctx, network, addr.String())
 	if err != nil {
 		return nil, err
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
+	// After the check, when its ctx is cancelled, this touches a closed
+	// connection: harmless.
+	context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	return c, nil
 }
 
 type tcpCheck struct{}
 
 func (tcpCheck) Check(ctx context.Context, addr netip.AddrPort) error {
-	c, err := dial(ctx, addr)
+	c, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}
@@ -181,7 +187,7 @@ func (tcpCheck) Check(ctx context.Context, addr netip.AddrPort) error {
 type sendExpect struct{ send, expect []byte }
 
 func (s sendExpect) Check(ctx context.Context, addr netip.AddrPort) error {
-	c, err := dial(ctx, addr)
+	c, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}
@@ -224,15 +230,11 @@ func clip(b []byte) []byte {
 type udpSendExpect struct{ send, expect []byte }
 
 func (u udpSendExpect) Check(ctx context.Context, addr netip.AddrPort) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "udp", addr.String())
+	c, err := dial(ctx, "udp", addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
 	if _, err := c.Write(u.send); err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
@@ -251,7 +253,7 @@ func (u udpSendExpect) Check(ctx context.Context, addr netip.AddrPort) error {
 type redisCheck struct{ password string }
 
 func (r redisCheck) Check(ctx context.Context, addr netip.AddrPort) error {
-	c, err := dial(ctx, addr)
+	c, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}
@@ -376,7 +378,7 @@ func (p postgresCheck) Check(ctx context.Context, addr netip.AddrPort) error {
 // attempt is one connection of the check: it starts with an SSLRequest
 // when askTLS is set, else with the StartupMessage.
 func (p postgresCheck) attempt(ctx context.Context, addr netip.AddrPort, askTLS bool) error {
-	c, err := dial(ctx, addr)
+	c, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}
@@ -521,7 +523,7 @@ func pgFields(body []byte) map[byte]string {
 type mysqlCheck struct{}
 
 func (mysqlCheck) Check(ctx context.Context, addr netip.AddrPort) error {
-	c, err := dial(ctx, addr)
+	c, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}

@@ -905,3 +905,70 @@ func TestUDPSendExpect(t *testing.T) {
 		t.Fatal("closed port passed")
 	}
 }
+
+// TestCheckEndsOnCancel runs every check against a peer that accepts and
+// never answers, with a deadline an hour away, and cancels it once the
+// peer has its request: the check must end at once (Monitor.Close and Sync
+// cancel the checks under way, and Close waits for them).
+func TestCheckEndsOnCancel(t *testing.T) {
+	t.Parallel()
+	for name, c := range map[string]Config{
+		"send-expect":     {Kind: "send-expect", Send: `PING\r\n`, Expect: "PONG"},
+		"redis":           {Kind: "redis"},
+		"postgres":        {Kind: "postgres"},
+		"mysql":           {Kind: "mysql"}, // sends nothing: waits for the server's greeting
+		"grpc":            {Kind: "grpc"},
+		"udp send-expect": {Kind: "send-expect", Network: "udp", Send: "ping", Expect: "pong"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			hold := make(chan struct{})
+			defer close(hold)
+			reached := make(chan struct{}, 1)
+			var addr netip.AddrPort
+			if c.Network == "udp" {
+				pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer pc.Close()
+				addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
+				go func() {
+					pc.ReadFrom(make([]byte, 64))
+					reached <- struct{}{}
+				}()
+			} else {
+				addr = startPeer(t, "127.0.0.1", func(conn net.Conn) {
+					if c.Kind != "mysql" {
+						conn.Read(make([]byte, 1)) // a byte of the request
+					}
+					select {
+					case reached <- struct{}{}:
+					default:
+					}
+					<-hold
+				}).addr
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+			defer cancel()
+			ended := make(chan error, 1)
+			go func() { ended <- newChecker(t, c).Check(ctx, addr) }()
+			select {
+			case <-reached:
+			case err := <-ended:
+				t.Fatalf("check ended before it was cancelled: %v", err)
+			case <-time.After(waitLimit):
+				t.Fatalf("the peer saw nothing within %v", waitLimit)
+			}
+			cancel()
+			select {
+			case err := <-ended:
+				if err == nil {
+					t.Fatal("cancelled check passed")
+				}
+			case <-time.After(waitLimit):
+				t.Fatalf("check still running %v after its cancellation", waitLimit)
+			}
+		})
+	}
+}
