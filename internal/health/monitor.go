@@ -174,8 +174,10 @@ func (m *Monitor) Close() {
 
 // runWorker checks one backend every Interval until ctx ends, starting
 // from the verdict up. The first check starts after a random fraction of
-// the interval, and each wait is jittered by ±10%, so many backends are not
-// probed in lockstep.
+// the interval, and each interval is jittered by ±10%, so many backends
+// are not probed in lockstep. An interval counts from a check's start, so
+// Fall failing checks take about Fall intervals whether they fail at once
+// or time out; a check that outlasts it is followed at once by the next.
 func (m *Monitor) runWorker(ctx context.Context, w *worker, up bool) {
 	defer m.wg.Done()
 	rf := NewRiseFall(m.cfg.Rise, m.cfg.Fall, up)
@@ -218,6 +220,6 @@ func (m *Monitor) runWorker(ctx context.Context, w *worker, up bool) {
 		m.report(w.addr, up, Result{Time: start, Err: err, Duration: time.Since(start)})
 		w.reporting <- struct{}{}
 		jitter := time.Duration(rand.Int64N(int64(m.cfg.Interval)/5+1)) - m.cfg.Interval/10
-		t.Reset(m.cfg.Interval + jitter)
+		t.Reset(max(0, m.cfg.Interval+jitter-time.Since(start)))
 	}
 }

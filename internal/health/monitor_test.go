@@ -676,3 +676,42 @@ func TestMonitorSyncWaitsForStoppedReport(t *testing.T) {
 		}
 	})
 }
+
+// TestMonitorIntervalStartToStart: Interval is the time between the
+// starts of two checks, however long a check takes (up to the interval),
+// so Fall failing checks take a backend down in about Fall intervals
+// whether they are refused at once or time out. A check that outlasts the
+// interval is followed at once by the next.
+func TestMonitorIntervalStartToStart(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		const interval = time.Second
+		// Each check takes its time from took, in turn.
+		took := []time.Duration{0, 600 * time.Millisecond, 900 * time.Millisecond, 1500 * time.Millisecond, 0}
+		var starts []time.Time // the check goroutine's alone until Close
+		ch := checkFunc(func(ctx context.Context, addr netip.AddrPort) error {
+			starts = append(starts, time.Now())
+			if len(starts) <= len(took) {
+				time.Sleep(took[len(starts)-1]) // the bubble's clock
+			}
+			return nil
+		})
+		m := NewMonitor(monitorConfig(1, 1, interval), ch, func(netip.AddrPort, bool, Result) {})
+		m.Sync([]netip.AddrPort{addrN(1)}, nil)
+		time.Sleep(time.Duration(len(took)+1) * interval * 2)
+		m.Close()
+		if len(starts) < len(took)+1 {
+			t.Fatalf("%d checks started, want at least %d", len(starts), len(took)+1)
+		}
+		for i, d := range took {
+			gap := starts[i+1].Sub(starts[i])
+			want := interval
+			if d > interval {
+				want = d // at once after the check
+			}
+			if lo, hi := want-interval/10, max(want, interval+interval/10); gap < lo || gap > hi {
+				t.Errorf("check %d took %v; the next started %v after its start, want %v to %v", i+1, d, gap, lo, hi)
+			}
+		}
+	})
+}
