@@ -505,8 +505,8 @@ func TestDepartedDrainsAreBounded(t *testing.T) {
 
 // TestAbsentListsRememberedDrains: Absent lists the addresses that left
 // drained while their drain is remembered, not those remembered only as
-// down; enabling one forgets its drain, and enabling one whose drain has
-// run out is ErrUnknownBackend, as for an address never seen, so that
+// down; draining one again is no error, enabling one forgets its drain,
+// and enabling one whose drain has run out is ErrUnknownBackend, as for an address never seen, so that
 // what Absent lists and what enable accepts agree.
 func TestAbsentListsRememberedDrains(t *testing.T) {
 	s := testService(t, spec("10.0.0.9:1", 1))
@@ -538,6 +538,14 @@ func TestAbsentListsRememberedDrains(t *testing.T) {
 		t.Fatalf("Info lists %s, want the member alone", got)
 	}
 
+	// Draining one again changes nothing and is no error, as for a
+	// member; one remembered only as down is not drained.
+	if err := s.SetDrained(ap("10.0.0.1:1"), true); err != nil {
+		t.Fatalf("drain an absent drained backend: %v", err)
+	}
+	if err := s.SetDrained(ap("10.0.0.2:1"), true); !errors.Is(err, ErrUnknownBackend) {
+		t.Fatalf("drain an absent down backend: %v, want ErrUnknownBackend", err)
+	}
 	if err := s.SetDrained(ap("10.0.0.3:1"), false); err != nil {
 		t.Fatalf("enable an absent drained backend: %v", err)
 	}

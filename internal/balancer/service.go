@@ -580,15 +580,18 @@ func (s *Service) ejectBackend(b *Backend) {
 }
 
 // SetDrained drains (no new connections; open ones finish) or re-enables a
-// backend. Enabling an address that left the service drained, and is
-// listed by Absent, makes it return enabled; another address that is not a
-// member is ErrUnknownBackend.
+// backend. For an address that left the service drained, and is listed by
+// Absent, a drain changes nothing and an enable makes it return enabled;
+// another address that is not a member is ErrUnknownBackend.
 func (s *Service) SetDrained(addr netip.AddrPort, drained bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m := s.members[addr]
-	if d, ok := s.departed[addr]; ok && m == nil && !drained {
+	if d, ok := s.departed[addr]; ok && m == nil {
 		if stillDrained, down := d.at(s.now()); stillDrained {
+			if drained {
+				return nil
+			}
 			d.drained = false
 			s.departed[addr] = d
 			if !down {
