@@ -202,9 +202,11 @@ func (b Backend) String() string {
 type Config struct {
 	// Targets are the names to resolve; at least one.
 	Targets []Target
-	// Interval is the time between the starts of two rounds of
-	// resolution, plus a random jitter of up to a tenth of it so that
-	// many balancers do not query in step (--dns-interval). Default 30s.
+	// Interval is the time from the end of one round of resolution to the
+	// start of the next (so a round that waits for its Timeout does not
+	// run the next back to back), plus a random jitter of up to a tenth
+	// of it so that many balancers do not query in step (--dns-interval).
+	// Default 30s.
 	Interval time.Duration
 	// Timeout bounds the resolution of one target in one round, SRV
 	// target lookups included. Default 5s.
