@@ -7,7 +7,9 @@
 // byte. The old process sends Socket frames, then Backend frames (its
 // services' drains and health verdicts, what HAProxy keeps in its server
 // state file), then one Done frame; the new process answers with a Ready
-// frame once it serves. The JSON is versioned and its fields are all
+// frame once it serves, or with a Stopping frame when it was told to stop
+// before that (it drains what it accepted and exits; the old process goes
+// on serving). The JSON is versioned and its fields are all
 // optional, so later versions can add kinds of sockets (established
 // connections, BPF links) and new fields without breaking older readers: a
 // reader skips socket kinds it does not know and closes their fds, and
@@ -28,8 +30,9 @@ import (
 )
 
 // Version is the protocol version this package speaks. Version 2 adds
-// Frame.Backends; a reader accepts every version from 1.
-const Version = 2
+// Frame.Backends, version 3 Frame.Stopping; a reader accepts every version
+// from 1.
+const Version = 3
 
 // ReadsEveryUDPSocket is the first version whose receiver reads every UDP
 // listening socket handed to it, however many loops it has: an older one
@@ -91,7 +94,10 @@ type Frame struct {
 	Backends []Backend `json:"backends,omitempty"` // since version 2; frames with backends carry no descriptors
 	Done     bool      `json:"done,omitempty"`     // the last frame of the old process
 	Ready    bool      `json:"ready,omitempty"`    // the new process serves
-	PID      int       `json:"pid,omitempty"`
+	// Stopping: the new process was told to stop before it served; it
+	// drains the connections it accepted and exits (since version 3).
+	Stopping bool `json:"stopping,omitempty"`
+	PID      int  `json:"pid,omitempty"`
 }
 
 // Send writes sockets (each with its FD set) to c, in frames of at most
@@ -199,9 +205,17 @@ func SendReady(c *net.UnixConn) error {
 	return writeFrame(c, Frame{Version: Version, Ready: true, PID: os.Getpid()}, nil)
 }
 
+// SendStopping tells the old process that the new one was told to stop
+// before it served: it will not take over, and it drains the connections
+// it accepted meanwhile, so it must be left to finish rather than killed.
+func SendStopping(c *net.UnixConn) error {
+	return writeFrame(c, Frame{Version: Version, Stopping: true, PID: os.Getpid()}, nil)
+}
+
 // WaitReady reads until a Ready frame arrives and returns the version the
-// new process speaks, or fails when the new process closes the socket (it
-// exited) or c's deadline passes.
+// new process speaks. It fails with ErrStopping when a Stopping frame
+// arrives instead, and with another error when the new process closes the
+// socket (it exited) or c's deadline passes.
 func WaitReady(c *net.UnixConn) (version int, err error) {
 	for {
 		f, fds, err := readFrame(c)
@@ -213,6 +227,9 @@ func WaitReady(c *net.UnixConn) (version int, err error) {
 		}
 		if f.Ready {
 			return f.Version, nil
+		}
+		if f.Stopping {
+			return f.Version, ErrStopping
 		}
 	}
 }
@@ -244,8 +261,13 @@ func writeFrame(c *net.UnixConn, f Frame, fds []int) error {
 	return nil
 }
 
-// ErrFrame reports a malformed frame.
-var ErrFrame = errors.New("malformed handoff frame")
+var (
+	// ErrFrame reports a malformed frame.
+	ErrFrame = errors.New("malformed handoff frame")
+	// ErrStopping is WaitReady's error when the new process says it was
+	// told to stop before it served.
+	ErrStopping = errors.New("the new process was told to stop before it served")
+)
 
 func readFrame(c *net.UnixConn) (Frame, []int, error) {
 	var f Frame

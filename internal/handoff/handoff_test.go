@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -80,6 +81,20 @@ func TestSendReceive(t *testing.T) {
 		t.Fatalf("WaitReady: version %d, %v; want %d", v, err, Version)
 	}
 	<-errc
+}
+
+// TestWaitReadyStopping: a new process told to stop before it served says
+// so, and WaitReady tells that apart from an exit (which closes the
+// socket) with ErrStopping, at once: the old process must not wait out its
+// timeout and then kill a process that is draining connections.
+func TestWaitReadyStopping(t *testing.T) {
+	a, b := pair(t)
+	if err := SendStopping(b); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := WaitReady(a); !errors.Is(err, ErrStopping) || v != Version {
+		t.Fatalf("WaitReady after a Stopping frame: version %d, %v; want %d, ErrStopping", v, err, Version)
+	}
 }
 
 func TestWaitReadyFailsWhenPeerLeaves(t *testing.T) {
