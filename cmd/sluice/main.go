@@ -78,6 +78,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				log.Error("tell the old process this one serves", zap.Error(err))
 			}
 		}
+		opts.Stopped = func() {
+			if err := handoff.SendStopping(predecessor); err != nil {
+				log.Error("tell the old process this one stops", zap.Error(err))
+			}
+		}
 	}
 	s, err := server.New(cfg, log, opts)
 	if err != nil {

@@ -15,6 +15,8 @@ import (
 
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/testsrv"
@@ -23,15 +25,17 @@ import (
 // zone is a tiny authoritative DNS server on loopback whose A records the
 // test changes.
 type zone struct {
-	mu    sync.Mutex // guards a
-	a     map[string][]netip.Addr
-	s     *dns.Server
-	delay atomic.Int64 // nanoseconds each answer waits
+	mu        sync.Mutex // guards a, held and questions
+	a         map[string][]netip.Addr
+	held      map[string]chan struct{} // answers for a name wait until its channel closes
+	questions map[string]chan struct{} // closed at a name's first question
+	s         *dns.Server
+	delay     atomic.Int64 // nanoseconds each answer waits
 }
 
 func startZone(tb testing.TB) *zone {
 	tb.Helper()
-	z := &zone{a: map[string][]netip.Addr{}}
+	z := &zone{a: map[string][]netip.Addr{}, held: map[string]chan struct{}{}, questions: map[string]chan struct{}{}}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
@@ -50,8 +54,52 @@ func (z *zone) set(name string, addrs ...netip.Addr) {
 	z.a[dns.Fqdn(name)] = addrs
 }
 
+// hold makes the answers for name wait until release is called, at the
+// latest at the end of the test.
+func (z *zone) hold(tb testing.TB, name string) (release func()) {
+	tb.Helper()
+	gate := make(chan struct{})
+	z.mu.Lock()
+	z.held[dns.Fqdn(name)] = gate
+	z.mu.Unlock()
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate) }) }
+	tb.Cleanup(release) // before the server's Shutdown, which waits for the handlers
+	return release
+}
+
+// asked returns a channel closed once name has been asked for.
+func (z *zone) asked(name string) <-chan struct{} {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return z.askedLocked(dns.Fqdn(name))
+}
+
+func (z *zone) askedLocked(fqdn string) chan struct{} {
+	ch := z.questions[fqdn]
+	if ch == nil {
+		ch = make(chan struct{})
+		z.questions[fqdn] = ch
+	}
+	return ch
+}
+
 func (z *zone) serve(w dns.ResponseWriter, req *dns.Msg) {
 	time.Sleep(time.Duration(z.delay.Load())) // a distant server
+	for _, q := range req.Question {
+		z.mu.Lock()
+		gate := z.held[q.Name]
+		ch := z.askedLocked(q.Name)
+		select {
+		case <-ch:
+		default:
+			close(ch)
+		}
+		z.mu.Unlock()
+		if gate != nil {
+			<-gate
+		}
+	}
 	m := new(dns.Msg)
 	m.SetReply(req)
 	m.Authoritative = true
@@ -186,13 +234,7 @@ func TestReloadSwitchesDNSNames(t *testing.T) {
 	z.set("old.test", netip.MustParseAddr("127.0.0.1"))
 	z.set("new.test", netip.MustParseAddr("127.0.0.2"))
 	conf := filepath.Join(t.TempDir(), "sluice.conf")
-	write := func(lines string) {
-		body := "[service db]\nlisten 127.0.0.1:0\nhealth-check none\ndns-interval 1h\n" + lines
-		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(fmt.Sprintf("backend-dns old.test:%d\n", port))
+	writeDBConf(t, conf, fmt.Sprintf("backend-dns old.test:%d\n", port))
 	cfg := parse(t, "--config", conf)
 	cfg.Services[0].DNS.Resolver = z.resolver()
 	s := startCfg(t, cfg, zap.NewNop())
@@ -203,14 +245,24 @@ func TestReloadSwitchesDNSNames(t *testing.T) {
 
 	// The interval is an hour: only a restarted discovery can see the
 	// new name.
-	write(fmt.Sprintf("backend-dns new.test:%d\n", port))
+	writeDBConf(t, conf, fmt.Sprintf("backend-dns new.test:%d\n", port))
 	s.Reload()
 	waitFor(t, "the new name's backend", members(fmt.Sprintf("127.0.0.2:%d", port)))
 
-	write("backend 127.0.0.1:1\n")
+	writeDBConf(t, conf, "backend 127.0.0.1:1\n")
 	s.Reload()
 	if got := fmt.Sprint(s.Service("db").Members()); got != "[127.0.0.1:1]" {
 		t.Fatalf("members after the names were removed: %s, want only the static backend", got)
+	}
+}
+
+// writeDBConf writes a config file of one service, db, checked by nobody
+// and resolving its names once an hour, with lines added.
+func writeDBConf(tb testing.TB, path, lines string) {
+	tb.Helper()
+	body := "[service db]\nlisten 127.0.0.1:0\nhealth-check none\ndns-interval 1h\n" + lines
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		tb.Fatal(err)
 	}
 }
 
@@ -272,4 +324,49 @@ func TestReloadToGoneNameDropsOldBackends(t *testing.T) {
 	write("typo.test")
 	s.Reload()
 	waitFor(t, "the old name's backend gone", func() bool { return members() == "[]" })
+}
+
+// TestReadyWaitsForReloadedDiscovery: a reload (a SIGHUP during an
+// upgrade) that restarts the DNS discovery an upgrade's successor waits
+// for, before it reports ready, makes it wait for the discovery of the
+// reloaded names instead, and with no names left for none. It waited on
+// the stopped discovery, which never has a first round, for the whole
+// timeout, then reported ready with a warning that DNS had not answered.
+func TestReadyWaitsForReloadedDiscovery(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	port := a.Addr().Port()
+	for _, tc := range []struct {
+		name, reloaded, want string
+	}{
+		{"new names", fmt.Sprintf("backend-dns new.test:%d\n", port), fmt.Sprintf("[%s]", a.Addr())},
+		{"no names", "backend 127.0.0.1:1\n", "[127.0.0.1:1]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			z := startZone(t)
+			z.set("new.test", netip.MustParseAddr("127.0.0.1"))
+			z.hold(t, "old.test") // never answered in this test
+			conf := filepath.Join(t.TempDir(), "sluice.conf")
+			writeDBConf(t, conf, fmt.Sprintf("backend-dns old.test:%d\n", port))
+			cfg := parse(t, "--config", conf)
+			cfg.Services[0].DNS.Resolver = z.resolver()
+			core, logs := observer.New(zapcore.WarnLevel)
+			atReady := make(chan string, 1)
+			var s *Server
+			s, err := New(cfg, zap.New(core), Options{OnReady: func() { atReady <- fmt.Sprint(s.Service("db").Members()) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			run(t, s)
+			<-z.asked("old.test")
+			writeDBConf(t, conf, tc.reloaded)
+			s.Reload()
+			got := <-atReady
+			if n := logs.FilterMessage("DNS discovery has not answered yet: reporting ready without its backends").Len(); n != 0 {
+				t.Errorf("warned %d times that DNS had not answered, though the reloaded discovery had", n)
+			}
+			if got != tc.want {
+				t.Errorf("members when the successor reported ready: %s, want %s", got, tc.want)
+			}
+		})
+	}
 }

@@ -72,6 +72,18 @@ type Server struct {
 	// bg is the context of Run's background work (health checks, DNS
 	// discovery), set before Run starts any. Guarded by reloadMu.
 	bg context.Context
+	// stateMu orders the admin API's backend state changes (drain,
+	// enable) with an upgrade's hand-over: a change checks handingOver
+	// and is applied under the read lock; handingOver is set under the
+	// write lock, so no change is applied after the states are read for
+	// the successor.
+	stateMu sync.RWMutex
+	// handingOver is true while an upgrade hands this process's backend
+	// states over, and in an upgrade's successor until it has taken over:
+	// a change applied then would be lost (the other process does not see
+	// it, and a failed successor takes its own with it), so it is refused.
+	// Guarded by stateMu.
+	handingOver bool
 	// closeUDPAtDrain is set, before upgraded is closed, when the
 	// successor is of a release that may not read every UDP socket handed
 	// over: the drain then closes the UDP sockets and sessions at once.
@@ -132,6 +144,9 @@ func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error
 		sessions: udpproxy.NewSessionLimiter(cfg.UDPMaxSessions),
 		ready:    make(chan struct{}),
 		registry: prometheus.NewRegistry(),
+		// An upgrade's successor (told to report readiness) does not
+		// own its backends' states until it has taken over.
+		handingOver: opts.OnReady != nil,
 	}
 	for _, so := range opts.Inherited.Sockets {
 		if a, err := netip.ParseAddrPort(so.Addr); err == nil && so.Kind == handoff.KindListener {
@@ -175,7 +190,7 @@ func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error
 		for _, sv := range s.services {
 			svcs = append(svcs, sv.bal)
 		}
-		h := admin.Handler(admin.Deps{Services: svcs, Listening: s.isListening, Gatherer: s.registry}, log.Named("admin"))
+		h := s.refuseDuringHandover(admin.Handler(admin.Deps{Services: svcs, Listening: s.isListening, Gatherer: s.registry}, log.Named("admin")))
 		s.admin, err = admin.Listen(cfg.AdminAddr, s.claim(handoff.KindAdmin, "", "", cfg.AdminAddr), h, log.Named("admin"))
 		if err != nil {
 			return nil, fmt.Errorf("admin endpoint: %w", err)
@@ -477,13 +492,24 @@ func (s *Server) Run(ctx context.Context) error {
 	s.logStart()
 
 	// A stop that came first (a SIGTERM to an upgrade's successor while
-	// it started) is not readiness: the predecessor, not told, sees the
-	// handoff end, and keeps serving.
+	// it started) is not readiness. The predecessor is told, and keeps
+	// serving; this process drains the connections it accepted on the
+	// listening sockets they share, like any stop, and gives up the admin
+	// socket they share at once (below).
+	stoppedFirst := false
 	if s.opts.OnReady != nil {
 		s.awaitDiscovery(ctx)
-	}
-	if s.opts.OnReady != nil && ctx.Err() == nil {
-		s.opts.OnReady()
+		if ctx.Err() == nil {
+			// Committed to taking over: the states are this process's.
+			s.setHandingOver(false)
+			s.opts.OnReady()
+		} else {
+			stoppedFirst = true
+			s.log.Info("stopped before taking over: the previous process keeps serving; draining the connections this one accepted")
+			if s.opts.Stopped != nil {
+				s.opts.Stopped()
+			}
+		}
 	}
 	var runErr error
 	select {
@@ -504,13 +530,16 @@ func (s *Server) Run(ctx context.Context) error {
 	s.upMu.Unlock()
 	if upgraded {
 		s.log.Info("upgrade done: the new process serves; draining this one")
-		// The admin socket is shared with the successor: stop accepting
-		// on it at once, or probes would meet this draining process
-		// (the requests it is answering finish).
-		if s.admin != nil {
-			s.admin.Close()
-			s.admin = nil
-		}
+	}
+	// After an upgrade the admin socket is shared with the successor, and
+	// for a successor stopped before it took over, with the predecessor:
+	// stop accepting on it at once, or probes and drains would meet this
+	// draining process (the requests it is answering finish). s.admin
+	// itself stays: an Upgrade under way may read it.
+	adminOpen := s.admin != nil
+	if adminOpen && (upgraded || stoppedFirst) {
+		s.admin.Close()
+		adminOpen = false
 	}
 	s.listening.Store(false)
 	signal.Stop(s.hup)
@@ -523,7 +552,7 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, sv := range s.services {
 		sv.monitor.Close()
 	}
-	if s.admin != nil {
+	if adminOpen {
 		s.admin.Close()
 	}
 	s.stopFirewall()
@@ -570,8 +599,6 @@ func (s *Server) logStart() {
 	}
 }
 
-// discover merges the backends DNS discovery finds into sv's membership
-// until ctx ends.
 // startDiscovery starts resolving sv.dns.cfg's names, if it has any and
 // none runs, once Run has begun. Caller holds reloadMu.
 func (s *Server) startDiscovery(sv *service) {
@@ -594,34 +621,63 @@ func (s *Server) startDiscovery(sv *service) {
 // successor must not tell its predecessor that it serves while a service
 // that has only DNS backends still has none. Run calls it before the
 // loops take connections from it alone.
+//
+// A reload meanwhile may stop a discovery before its first round (new
+// names, or none): the discovery that replaces it, if any, is waited for
+// instead, within the same deadline.
 func (s *Server) awaitDiscovery(ctx context.Context) {
+	// A round's lookups are bounded by the DNS timeout (default 5s;
+	// a reload keeps it); what is left of the upgrade's 30s is ample for
+	// the rest.
 	s.reloadMu.Lock()
-	var firsts []<-chan struct{}
-	wait := time.Duration(0)
+	wait := discovery.DefaultConfig().Timeout
 	for _, sv := range s.services {
-		if sv.dns.first != nil {
-			firsts = append(firsts, sv.dns.first)
-			wait = max(wait, sv.dns.cfg.Timeout)
-		}
+		wait = max(wait, sv.dns.cfg.Timeout)
 	}
 	s.reloadMu.Unlock()
-	if len(firsts) == 0 {
-		return
-	}
-	// A round's lookups are bounded by the DNS timeout (default 5s);
-	// what is left of the upgrade's 30s is ample for the rest.
-	deadline := time.NewTimer(max(wait, discovery.DefaultConfig().Timeout) + time.Second)
-	defer deadline.Stop()
-	for _, first := range firsts {
+	var deadline <-chan time.Time
+	for {
+		first, done := s.pendingDiscovery()
+		if first == nil {
+			return
+		}
+		if deadline == nil {
+			t := time.NewTimer(wait + time.Second)
+			defer t.Stop()
+			deadline = t.C
+		}
 		select {
 		case <-first:
-		case <-deadline.C:
+		case <-done: // stopped by a reload: look again
+		case <-deadline:
 			s.log.Warn("DNS discovery has not answered yet: reporting ready without its backends")
 			return
 		case <-ctx.Done():
 			return
 		}
 	}
+}
+
+// pendingDiscovery returns the first-round channel of a service's running
+// DNS discovery that has not had its first round yet, and the channel
+// closed when that discovery stops; nil when there is none.
+func (s *Server) pendingDiscovery() (first, done <-chan struct{}) {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	for _, sv := range s.services {
+		if sv.dns.first == nil || sv.dns.done == nil {
+			continue
+		}
+		select {
+		case <-sv.dns.first:
+			continue
+		case <-sv.dns.done:
+			continue
+		default:
+		}
+		return sv.dns.first, sv.dns.done
+	}
+	return nil, nil
 }
 
 // stopDiscovery stops sv's DNS discovery and waits for it. The backends it
@@ -634,6 +690,8 @@ func (s *Server) stopDiscovery(sv *service) {
 	}
 }
 
+// discover merges the backends w finds into sv's membership until ctx
+// ends.
 func (s *Server) discover(ctx context.Context, sv *service, w *discovery.Watcher) {
 	defer s.wg.Done()
 	w.Run(ctx, func(found []discovery.Backend) {
@@ -665,6 +723,8 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 				s.log.Info("SIGUSR2: upgrading")
 				if err := s.Upgrade(); errors.Is(err, errStopping) {
 					s.log.Warn("upgrade abandoned: this process is stopping", zap.Error(err))
+				} else if errors.Is(err, errSuccessorStopped) {
+					s.log.Warn("upgrade abandoned: the new process was stopped; this process keeps serving", zap.Error(err))
 				} else if err != nil {
 					s.log.Error("upgrade failed, this process keeps serving", zap.Error(err))
 				}

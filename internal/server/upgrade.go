@@ -1,14 +1,15 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
-	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -36,8 +37,15 @@ type Options struct {
 	// Executable is the path re-executed on SIGUSR2 (the binary at the
 	// path this process was started from, possibly replaced since).
 	Executable string
-	// OnReady is called by Run once the loops run.
+	// OnReady is called by Run once the loops run (for an upgrade's
+	// successor: once its DNS-discovered services have their first
+	// answer, see Run).
 	OnReady func()
+	// Stopped is called by Run instead of OnReady when it was told to
+	// stop first: an upgrade's successor tells its predecessor, which
+	// keeps serving and leaves it to drain the connections it accepted
+	// meanwhile (on the listening sockets they share).
+	Stopped func()
 }
 
 // Inheritance is what a predecessor hands over in an upgrade.
@@ -153,34 +161,6 @@ func (s *Server) backendStates() []handoff.Backend {
 	return out
 }
 
-// drainsChanged returns the backends, as service/address, whose drain
-// differs between two lists of backendStates.
-func drainsChanged(before, after []handoff.Backend) []string {
-	drained := func(list []handoff.Backend) map[string]bool {
-		m := make(map[string]bool)
-		for _, b := range list {
-			if b.Drained {
-				m[b.Service+"/"+b.Addr] = true
-			}
-		}
-		return m
-	}
-	was, is := drained(before), drained(after)
-	var out []string
-	for k := range was {
-		if !is[k] {
-			out = append(out, k)
-		}
-	}
-	for k := range is {
-		if !was[k] {
-			out = append(out, k)
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
 // claimAll takes the inherited sockets of a kind for a service: same
 // service name and protocol, and the configured address unless its port is
 // 0 (then any address the old process bound for that service). A renamed
@@ -221,14 +201,22 @@ func (s *Server) closeUnclaimed() {
 	s.inherit = nil
 }
 
-// errStopping is Upgrade's error when Run stopped (SIGTERM) before the
-// successor took over.
-var errStopping = errors.New("this process is stopping")
+var (
+	// errStopping is Upgrade's error when Run stopped (SIGTERM) before
+	// the successor took over.
+	errStopping = errors.New("this process is stopping")
+	// errSuccessorStopped is Upgrade's error when the successor was
+	// stopped (SIGTERM) before it took over.
+	errSuccessorStopped = errors.New("the new process was stopped before it took over")
+)
 
 // Upgrade starts the binary at Options.Executable with the same arguments,
 // hands it every listening socket, and waits until it serves. Then Run
 // stops accepting, drains and returns. If the new process fails to start
-// or to become ready, it is killed and this one keeps serving.
+// or to become ready, it is killed and this one keeps serving. One that
+// was stopped (SIGTERM) before it served says so: it is left to drain the
+// connections it accepted on the sockets the two share, and this one
+// keeps serving.
 //
 // A stop of this process (SIGTERM) before the successor has taken over
 // ends the upgrade: a stop is meant for the service, and a successor left
@@ -246,6 +234,17 @@ func (s *Server) Upgrade() error {
 	if s.opts.Executable == "" {
 		return errors.New("the path of the executable is unknown")
 	}
+	// From here until the upgrade is done or has failed, the backends'
+	// states are the successor's to take: the admin API refuses to
+	// change them (see refuseDuringHandover). After an upgrade the
+	// refusal stays until this process's admin endpoint closes.
+	s.setHandingOver(true)
+	upgraded := false
+	defer func() {
+		if !upgraded {
+			s.setHandingOver(false)
+		}
+	}()
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return os.NewSyscallError("socketpair", err)
@@ -304,13 +303,7 @@ func (s *Server) Upgrade() error {
 		}
 		cmd.Process.Kill()
 		cmd.Wait()
-		// The successor may have adopted the XDP links, swapping its
-		// program in: this process's program, and rules, go back.
-		if s.fw != nil {
-			if rerr := s.fw.Reclaim(); rerr != nil {
-				s.log.Error("take the xdp firewall back after the failed upgrade", zap.Error(rerr))
-			}
-		}
+		s.reclaimFirewall()
 		return err
 	}
 	// A stop cuts the handoff short: the deadline makes Send or WaitReady
@@ -325,14 +318,21 @@ func (s *Server) Upgrade() error {
 	}()
 	defer close(handed)
 	socks := s.sockets()
-	// The backends' state as it is now: a drain or enable after this
-	// point, before the successor serves, stays with this process.
+	// No drain or enable can come after this: the admin API refuses them.
 	backends := s.backendStates()
 	conn.SetDeadline(time.Now().Add(upgradeTimeout))
 	if err := handoff.Send(conn, socks, backends); err != nil {
 		return fail(fmt.Errorf("new process (pid %d) did not take the %d sockets: %w", pid, len(socks), err))
 	}
 	version, err := handoff.WaitReady(conn)
+	if errors.Is(err, handoff.ErrStopping) {
+		// Told to stop (SIGTERM) before it served, it drains what it
+		// accepted on the sockets this process still serves: killing it
+		// would cut those connections. It is reaped in the background.
+		go cmd.Wait()
+		s.reclaimFirewall()
+		return fmt.Errorf("%w (pid %d): it drains the connections it accepted, and exits", errSuccessorStopped, pid)
+	}
 	if err != nil {
 		return fail(fmt.Errorf("new process (pid %d) did not become ready: %w", pid, err))
 	}
@@ -344,10 +344,6 @@ func (s *Server) Upgrade() error {
 	default:
 	}
 	s.log.Info("new process serves", zap.Int("pid", pid), zap.Int("sockets", len(socks)), zap.Int("backend_states", len(backends)))
-	if changed := drainsChanged(backends, s.backendStates()); len(changed) > 0 {
-		s.log.Warn("backends drained or enabled during the upgrade keep their old state in the new process: repeat the requests",
-			zap.Int("pid", pid), zap.Strings("backends", changed))
-	}
 	// Under systemd, the successor becomes the service's main process
 	// before this one exits, or systemd would stop the service with it.
 	if err := notifyMainPID(pid); err != nil {
@@ -362,8 +358,60 @@ func (s *Server) Upgrade() error {
 	}
 	// The child is not waited for: it outlives this process, which exits
 	// after its drain.
+	upgraded = true
 	close(s.upgraded)
 	return nil
+}
+
+// setHandingOver sets whether the admin API refuses backend state changes;
+// setting it waits for the changes under way.
+func (s *Server) setHandingOver(on bool) {
+	s.stateMu.Lock()
+	s.handingOver = on
+	s.stateMu.Unlock()
+}
+
+// handingOverMsg is the admin API's answer to a drain or enable while an
+// upgrade hands the backends' states over.
+const handingOverMsg = "an upgrade is handing the backends' states over to a new process: retry in a moment"
+
+// refuseDuringHandover wraps the admin handler: while the backends' states
+// are being handed over (see Server.handingOver), a request that could
+// change them, any but GET and HEAD, is answered 503 with Retry-After,
+// rather than applied where the serving process will not see it. The
+// retry reaches whichever process then serves (the two share the admin
+// socket until the old one closes it). The read lock is held while h
+// answers: its answers are a few hundred bytes, which a socket's buffer
+// takes without waiting for the client.
+func (s *Server) refuseDuringHandover(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			h.ServeHTTP(w, r)
+			return
+		}
+		s.stateMu.RLock()
+		defer s.stateMu.RUnlock()
+		if s.handingOver {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			json.NewEncoder(w).Encode(map[string]string{"error": handingOverMsg})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// reclaimFirewall puts this process's XDP program back after an upgrade
+// that did not happen: the successor may have adopted the links, swapping
+// its program, and rules, in.
+func (s *Server) reclaimFirewall() {
+	if s.fw == nil {
+		return
+	}
+	if err := s.fw.Reclaim(); err != nil {
+		s.log.Error("take the xdp firewall back after the failed upgrade", zap.Error(err))
+	}
 }
 
 // sockets lists every listening socket, collected on the loops that own

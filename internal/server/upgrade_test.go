@@ -3,15 +3,21 @@ package server
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/config"
 	"github.com/sluice-lb/sluice/internal/handoff"
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
@@ -141,18 +147,6 @@ func TestBackendStatesRoundTrip(t *testing.T) {
 	}
 	svc.SetHealth(netip.MustParseAddrPort(b), false, balancer.CheckResult{Time: time.Now(), Error: "refused"})
 	sent := old.backendStates()
-	if changed := drainsChanged(sent, old.backendStates()); changed != nil {
-		t.Fatalf("drains changed %v, with none made", changed)
-	}
-	if err := svc.SetDrained(netip.MustParseAddrPort(a), false); err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.SetDrained(netip.MustParseAddrPort(c), true); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := fmt.Sprint(drainsChanged(sent, old.backendStates())), "[default/127.0.0.1:1 default/127.0.0.1:3]"; got != want {
-		t.Fatalf("drains changed %s, want %s", got, want)
-	}
 	cfg = parse(t, "--listen", "127.0.0.1:0", "--backend", a, "--backend", b, "--backend", c, "--health-interval", "1h")
 	s, err := New(cfg, zap.NewNop(), Options{Inherited: Inheritance{Backends: sent}})
 	if err != nil {
@@ -187,5 +181,178 @@ func TestStoppedBeforeReadyIsNotReady(t *testing.T) {
 	}
 	if ready.Load() {
 		t.Fatal("OnReady was called for a server stopped before it served")
+	}
+}
+
+// adminPost posts to path on s's admin endpoint and returns the status
+// and the Retry-After header.
+func adminPost(t *testing.T, s *Server, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Post("http://"+s.AdminAddr()+path, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header.Get("Retry-After")
+}
+
+// TestUpgradeRefusesStateChanges: while an upgrade hands the backends'
+// states to the new process, a drain posted to the old one is refused
+// with 503 and Retry-After, rather than applied where the new process,
+// which took the states before, does not see it. Reads still answer;
+// once the upgrade has failed, drains apply again. The new release is a
+// script that says it started, then waits to be let go and exits without
+// reporting ready.
+func TestUpgradeRefusesStateChanges(t *testing.T) {
+	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	dir := t.TempDir()
+	started, release := filepath.Join(dir, "started"), filepath.Join(dir, "release")
+	for _, f := range []string{started, release} {
+		if err := unix.Mkfifo(f, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exe := filepath.Join(dir, "sluice")
+	writeFile(t, exe, "#!/bin/sh", "echo up > "+started, "read x < "+release)
+	if err := os.Chmod(exe, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := parse(t, "--listen", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--backend", backend.Addr().String(),
+		"--health-interval", "1h", "--drain-timeout", "10s")
+	s := startOpts(t, cfg, zap.NewNop(), Options{Executable: exe})
+	upgrade := make(chan error, 1)
+	go func() { upgrade <- s.Upgrade() }()
+	// Opening a fifo waits for the other end: the script runs.
+	if b, err := os.ReadFile(started); err != nil || string(b) != "up\n" {
+		t.Fatalf("the new release's start: %q, %v", b, err)
+	}
+	drain := "/backends/" + backend.Addr().String() + "/drain"
+	if code, retry := adminPost(t, s.Server, drain); code != http.StatusServiceUnavailable || retry == "" {
+		t.Errorf("drain during the hand-over: %d, Retry-After %q; want 503 with Retry-After", code, retry)
+	}
+	if st := infoOf(s.Server, backend.Addr().String()).State; st != balancer.StateUp {
+		t.Errorf("backend %s during the hand-over, want up", st)
+	}
+	if resp, err := http.Get("http://" + s.AdminAddr() + "/backends"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /backends during the hand-over: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if err := os.WriteFile(release, []byte("go\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-upgrade; err == nil {
+		t.Fatal("the upgrade to a release that never reported ready succeeded")
+	}
+	if code, _ := adminPost(t, s.Server, drain); code != http.StatusOK {
+		t.Fatalf("drain after the failed upgrade: %d, want 200", code)
+	}
+	if st := infoOf(s.Server, backend.Addr().String()).State; st != balancer.StateDraining {
+		t.Fatalf("backend %s after the drain, want draining", st)
+	}
+}
+
+// heldDNSConfig returns the configuration, with args added, of a service
+// with the admin endpoint, an echo backend, and the DNS name db.test,
+// which the zone returned answers with the backend's address once answer
+// is called: an upgrade's successor started from it serves, but waits
+// until then to report ready.
+func heldDNSConfig(t *testing.T, args ...string) (cfg config.Config, backend *testsrv.Server, z *zone, answer func()) {
+	t.Helper()
+	backend = testsrv.StartTB(t, testsrv.Echo, "tcp")
+	z = startZone(t)
+	z.set("db.test", backend.Addr().Addr())
+	answer = z.hold(t, "db.test")
+	cfg = parse(t, append([]string{"--listen", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--backend", backend.Addr().String(),
+		"--backend-dns", fmt.Sprintf("db.test:%d", backend.Addr().Port()), "--health-check", "none"}, args...)...)
+	cfg.Services[0].DNS.Resolver = z.resolver()
+	return cfg, backend, z, answer
+}
+
+// TestSuccessorRefusesStateChangesUntilReady: an upgrade's successor
+// shares the admin socket with its predecessor, so a drain may reach it
+// before it has taken over; applied then, it would be lost if the upgrade
+// failed. It is refused with 503 until the successor reports ready, and
+// applies after. The successor waits for its DNS discovery's answer,
+// which the test holds.
+func TestSuccessorRefusesStateChangesUntilReady(t *testing.T) {
+	cfg, backend, z, answer := heldDNSConfig(t)
+	ready := make(chan struct{})
+	s := startOpts(t, cfg, zap.NewNop(), Options{OnReady: func() { close(ready) }})
+	<-z.asked("db.test")
+	drain := "/backends/" + backend.Addr().String() + "/drain"
+	if code, retry := adminPost(t, s.Server, drain); code != http.StatusServiceUnavailable || retry == "" {
+		t.Errorf("drain before the successor took over: %d, Retry-After %q; want 503 with Retry-After", code, retry)
+	}
+	answer()
+	<-ready
+	if code, _ := adminPost(t, s.Server, drain); code != http.StatusOK {
+		t.Fatalf("drain after the successor took over: %d, want 200", code)
+	}
+	if st := infoOf(s.Server, backend.Addr().String()).State; st != balancer.StateDraining {
+		t.Fatalf("backend %s after the drain, want draining", st)
+	}
+}
+
+// TestStoppedBeforeReadyDrains: an upgrade's successor stopped before it
+// took over tells its predecessor so (Stopped, not OnReady), which keeps
+// serving; it stops answering on the admin socket the two share at once,
+// and drains the connections it accepted, like any stop: they finish
+// rather than being cut. The successor waits for its DNS discovery's
+// answer, which never comes.
+func TestStoppedBeforeReadyDrains(t *testing.T) {
+	cfg, _, _, _ := heldDNSConfig(t, "--drain-timeout", "1m")
+	var ready atomic.Bool
+	stopped := make(chan struct{})
+	s, err := New(cfg, zap.NewNop(), Options{OnReady: func() { ready.Store(true) }, Stopped: func() { close(stopped) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer cancel()
+	<-s.Ready()
+	admin := s.AdminAddr()
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echo := func() error {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("x")); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(c, make([]byte, 1))
+		return err
+	}
+	if err := echo(); err != nil {
+		t.Fatalf("through the successor: %v", err)
+	}
+
+	cancel()
+	<-stopped
+	if ready.Load() {
+		t.Fatal("OnReady was called for a successor stopped before it took over")
+	}
+	waitFor(t, "the admin socket closed", func() bool {
+		a, err := net.Dial("tcp", admin)
+		if err == nil {
+			a.Close()
+		}
+		return err != nil
+	})
+	if err := echo(); err != nil {
+		t.Fatalf("the connection the stopped successor accepted: %v; it should drain", err)
+	}
+	c.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the drain did not end when its last connection closed")
 	}
 }

@@ -1,0 +1,226 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluice-lb/sluice/internal/testsrv"
+)
+
+// TestSuccessorStoppedBeforeReady: an upgrade's new process that is told
+// to stop (SIGTERM) before it reports ready may already have accepted
+// connections, on the listening sockets it shares with the old process.
+// It drains them like any stop, and the old process keeps serving: it
+// must not wait out the upgrade's 30 s and then kill the new one, which
+// would cut them.
+//
+// The new process stays unready while its DNS discovery has no answer
+// (up to the DNS timeout and a second): the namespace's resolv.conf names
+// a DNS server on loopback that never answers. Its backend differs from
+// the old process's, so the backend a connection reaches tells which
+// process accepted it.
+func TestSuccessorStoppedBeforeReady(t *testing.T) {
+	requireRoot(t)
+	bin := buildBinaries(t)
+	ns := newLoopbackNetns(t, "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n")
+	const (
+		listen = "127.0.0.1:7000"
+		oldBE  = "127.0.0.1:7001"
+		newBE  = "127.0.0.1:7002"
+	)
+	var silentDNS net.PacketConn
+	var oldBackend, newBackend *testsrv.Server
+	if err := inNetns(ns, func() error {
+		var err error
+		if silentDNS, err = net.ListenPacket("udp", "127.0.0.1:53"); err != nil {
+			return err
+		}
+		if oldBackend, err = testsrv.Start(context.Background(), testsrv.Config{Kind: testsrv.Echo, Addr: oldBE}); err != nil {
+			return err
+		}
+		newBackend, err = testsrv.Start(context.Background(), testsrv.Config{Kind: testsrv.Echo, Addr: newBE})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		silentDNS.Close()
+		oldBackend.Close()
+		if newBackend != nil {
+			newBackend.Close()
+		}
+	})
+
+	conf := filepath.Join(t.TempDir(), "sluice.conf")
+	write := func(backends string) {
+		t.Helper()
+		body := "drain-timeout 2m\n[service web]\nlisten " + listen + "\nhealth-check none\n" + backends
+		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("backend " + oldBE + "\n")
+	old := startIn(t, ns, "sluice", bin.sluice, "--log-format", "json", "--config", conf)
+	waitLogCount(t, old, "sluice started", 1)
+
+	// The new release's configuration, read by the new process.
+	write("backend " + newBE + "\nbackend-dns never.test:7002\n")
+	if err := old.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	var child int
+	waitFor(t, "the new process", 10*time.Second, func() bool {
+		kids := childrenOf(old.cmd.Process.Pid)
+		if len(kids) == 1 {
+			child = kids[0]
+		}
+		return child != 0
+	})
+	t.Cleanup(func() { stopPID(t, child) })
+	// Its loops run, and its DNS round has no answer: unready.
+	waitLogCount(t, old, "sluice started", 2)
+	var held net.Conn
+	for deadline := time.Now().Add(3 * time.Second); held == nil; {
+		if time.Now().After(deadline) {
+			t.Fatal("no connection reached the new process within 3 s")
+		}
+		c, err := dialIn(ns, "tcp", "", listen, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := roundTrip(c, 3*time.Second); err != nil {
+			c.Close()
+			t.Fatal(err)
+		}
+		if newBackend.Stats().Active > 0 {
+			held = c
+			break
+		}
+		c.Close()
+	}
+	defer held.Close()
+	if m := findLog(old, "new process serves"); m != nil {
+		t.Fatalf("the new process reported ready before the test stopped it: %v", m)
+	}
+
+	if err := syscall.Kill(child, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	const abandoned = "upgrade abandoned: the new process was stopped; this process keeps serving"
+	outcome := waitLog(t, old, 45*time.Second, abandoned, "upgrade failed, this process keeps serving", "new process serves")
+	if outcome["msg"] != abandoned {
+		t.Errorf("the old process logged %q (%v), want %q", outcome["msg"], outcome["error"], abandoned)
+	}
+	if err := roundTrip(held, 3*time.Second); err != nil {
+		t.Errorf("the connection the stopped new process accepted: %v; it should drain", err)
+	}
+	before := oldBackend.Stats().Accepted
+	if err := echoRoundTrip(ns, "", listen, 3*time.Second); err != nil {
+		t.Errorf("a new connection after the new process stopped: %v", err)
+	}
+	if oldBackend.Stats().Accepted == before {
+		t.Error("a new connection after the new process stopped did not reach the old process's backend")
+	}
+	// Its last connection closed, the new process's drain ends (a further
+	// SIGTERM changes nothing there).
+	held.Close()
+	stopPID(t, child)
+	if old.exited() {
+		t.Fatalf("the old process exited: %v", old.exitErr)
+	}
+}
+
+// newLoopbackNetns creates a network namespace with loopback up and a
+// resolv.conf of its own (ip netns exec mounts /etc/netns/NAME/resolv.conf
+// over /etc/resolv.conf for the processes it starts), and removes both in
+// tb.Cleanup.
+func newLoopbackNetns(tb testing.TB, resolvConf string) string {
+	tb.Helper()
+	ns := fmt.Sprintf("sl-up-%d", os.Getpid())
+	etc := filepath.Join("/etc/netns", ns)
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(etc) })
+	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte(resolvConf), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	ipCmd(tb, "netns", "add", ns)
+	tb.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
+			tb.Errorf("ip netns delete %s: %v: %s", ns, err, out)
+		}
+	})
+	ipCmd(tb, "-n", ns, "link", "set", "lo", "up")
+	return ns
+}
+
+// childrenOf lists the children of pid, from /proc/PID/task/*/children.
+func childrenOf(pid int) []int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var out []int
+	for _, f := range tasks {
+		b, _ := os.ReadFile(f)
+		for _, s := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(s); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// logLines returns p's JSON log lines whose msg is one of msgs, in order.
+func logLines(p *proc, msgs ...string) []map[string]any {
+	var out []map[string]any
+	for _, l := range strings.Split(p.output(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && slices.Contains(msgs, fmt.Sprint(m["msg"])) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// findLog returns p's first JSON log line whose msg is msg, or nil.
+func findLog(p *proc, msg string) map[string]any {
+	if l := logLines(p, msg); len(l) > 0 {
+		return l[0]
+	}
+	return nil
+}
+
+// waitLog waits up to timeout for a JSON log line of p whose msg is one of
+// msgs, and returns the first.
+func waitLog(tb testing.TB, p *proc, timeout time.Duration, msgs ...string) map[string]any {
+	tb.Helper()
+	var l []map[string]any
+	waitFor(tb, fmt.Sprintf("%s to log one of %q", p.name, msgs), timeout, func() bool {
+		l = logLines(p, msgs...)
+		return len(l) > 0
+	})
+	return l[0]
+}
+
+// waitLogCount waits until p (with the successors it starts, which share
+// its output) has logged msg n times.
+func waitLogCount(tb testing.TB, p *proc, msg string, n int) {
+	tb.Helper()
+	waitFor(tb, fmt.Sprintf("%s to log %q %d times", p.name, msg, n), 20*time.Second, func() bool {
+		if p.exited() {
+			tb.Fatalf("%s exited: %v", p.name, p.exitErr)
+		}
+		return len(logLines(p, msg)) >= n
+	})
+}
