@@ -76,7 +76,10 @@ type Config struct {
 // service's) to its value as the flag prints it, defaults included. Every
 // flag is in it, so comparing two Settings (Changed) covers every setting
 // without a list of them to keep up to date: a reload names what it does
-// not apply.
+// not apply. Values that can be written several ways are in one form, so
+// that only a change of effect counts: a list's entries are sorted (every
+// list flag is a set), and an address, a prefix, a log level and the
+// default health check are as parsed.
 type Settings map[string]string
 
 // Changed returns the names of the settings whose values differ between s
@@ -275,8 +278,21 @@ func settingsOf[V any](vals V, add func(*pflag.FlagSet, *V)) Settings {
 	// The flags print what their pointers hold: v's fields.
 	v = vals
 	out := Settings{}
-	fs.VisitAll(func(f *pflag.Flag) { out[f.Name] = f.Value.String() })
+	fs.VisitAll(func(f *pflag.Flag) {
+		out[f.Name] = f.Value.String()
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			out.setList(f.Name, sv.GetSlice())
+		}
+	})
 	return out
+}
+
+// setList sets the setting name to the list vals, in a form that does not
+// depend on their order.
+func (s Settings) setList(name string, vals []string) {
+	vals = slices.Clone(vals)
+	slices.Sort(vals)
+	s[name] = "[" + strings.Join(vals, ",") + "]"
 }
 
 func newFlagSet() *pflag.FlagSet {
@@ -496,6 +512,10 @@ func build(g globalVals, svcs []namedService, fdLimit int, readBackends bool) (C
 		bad("", "log-level", g.logLevel, "want debug, info, warn or error")
 	} else {
 		cfg.LogLevel = lvl
+		cfg.Settings["log-level"] = lvl.String()
+	}
+	if cfg.AdminAddr.IsValid() {
+		cfg.Settings["admin-addr"] = cfg.AdminAddr.String()
 	}
 	if g.logFormat != "json" && g.logFormat != "console" {
 		bad("", "log-format", g.logFormat, "want json or console")
@@ -542,6 +562,19 @@ func build(g globalVals, svcs []namedService, fdLimit int, readBackends bool) (C
 func buildService(ns namedService, readBackends bool) (Service, []string) {
 	s, probs := checkService(ns.name, ns.vals, readBackends)
 	s.Settings = settingsOf(ns.vals, addServiceFlags)
+	// As parsed: addresses and prefixes in one spelling, the default
+	// check by name.
+	if s.Listen.IsValid() {
+		s.Settings["listen"] = s.Listen.String()
+	}
+	s.Settings["health-check"] = s.Health.Kind
+	if len(s.Proxy.TrustedProxies) == len(ns.vals.trusted) {
+		var trusted []string
+		for _, p := range s.Proxy.TrustedProxies {
+			trusted = append(trusted, p.String())
+		}
+		s.Settings.setList("proxy-protocol-trusted", trusted)
+	}
 	return s, ns.locate(probs)
 }
 

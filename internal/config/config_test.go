@@ -520,6 +520,35 @@ func TestSettingsChanged(t *testing.T) {
 	}
 }
 
+// TestSettingsSameValues: the same values written another way are no
+// change: an address or a prefix spelled otherwise, a log level in
+// capitals, the default health check by name, a list in another order.
+func TestSettingsSameValues(t *testing.T) {
+	svc := "[service a]\nbackend 127.0.0.1:3\naccept-proxy-protocol true\n"
+	was := "log-level info\nadmin-addr 127.0.0.1:9\nxdp-iface lo\nxdp-iface eth0\n" + svc +
+		"listen 127.0.0.1:2\nproxy-protocol-trusted 10.0.0.0/8\nproxy-protocol-trusted 2001:db8::1/128\n"
+	now := "log-level INFO\nadmin-addr [::ffff:127.0.0.1]:9\nxdp-iface eth0\nxdp-iface lo\n" + svc +
+		"listen [::ffff:127.0.0.1]:2\nhealth-check tcp\nproxy-protocol-trusted 2001:db8:0::1\nproxy-protocol-trusted 10.0.0.0/8\n"
+	path := writeConf(t, was)
+	a, err := Parse([]string{"--config", path}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(now), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Parse([]string{"--config", path}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := a.Settings.Changed(b.Settings); got != nil {
+		t.Errorf("global settings changed: %q, want none", got)
+	}
+	if got := a.Services[0].Settings.Changed(b.Services[0].Settings); got != nil {
+		t.Errorf("service a's settings changed: %q, want none", got)
+	}
+}
+
 // TestSettingsHoldEveryFlag: a flag added later is compared by a reload
 // without a list to update.
 func TestSettingsHoldEveryFlag(t *testing.T) {

@@ -173,7 +173,10 @@ func (s *Server) switchDiscovery(sv *service, next discovery.Config) (clear bool
 // warnUnapplied compares cfg, as reloaded, with the configuration the
 // process started with, and logs one warning for each scope (the global
 // settings, each service) whose settings changed beyond what a reload
-// applies, naming them, and one for each service added or removed.
+// applies, naming them (not their values: a password is a setting), and
+// one for each service added or removed. A later reload warns again of
+// what is still not in force: each reload's log says all that the file
+// asks and the process does not do, so the latest is enough to read.
 func (s *Server) warnUnapplied(cfg config.Config) {
 	warn := func(changed []string, fields ...zap.Field) {
 		var later, stopStart []string

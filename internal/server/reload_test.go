@@ -177,3 +177,37 @@ func TestReloadMovesBackendBetweenLists(t *testing.T) {
 		t.Fatalf("%d backend removed lines: the backend left the service", n)
 	}
 }
+
+// TestReloadWarnsOnlyOfChangedValues: a reload names the settings whose
+// values changed, not those merely spelled another way: an address
+// written another way, a log level in capitals, a default written out,
+// the entries of a list in another order. It names them again at every
+// reload until a restart applies them: each reload's log says all that
+// the file asks and the process does not do.
+func TestReloadWarnsOnlyOfChangedValues(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	conf := filepath.Join(t.TempDir(), "sluice.conf")
+	service := func(listen, trusted, extra string) []string {
+		return []string{"[service one]", "listen " + listen, "backend " + a.Addr().String(), "health-interval 1h",
+			"accept-proxy-protocol true", trusted, extra}
+	}
+	writeFile(t, conf, slices.Concat([]string{"log-level info", "admin-addr 127.0.0.1:0"},
+		service("127.0.0.1:0", "proxy-protocol-trusted 10.0.0.0/8\nproxy-protocol-trusted 192.0.2.1/32", ""))...)
+	core, logs := observer.New(zapcore.WarnLevel)
+	s := startCfg(t, parse(t, "--config", conf), zap.New(core))
+	writeFile(t, conf, slices.Concat([]string{"log-level INFO", "admin-addr [::ffff:127.0.0.1]:0"},
+		service("[::ffff:127.0.0.1]:0", "proxy-protocol-trusted 192.0.2.1\nproxy-protocol-trusted 10.0.0.0/8", "health-check tcp"))...)
+	s.Reload()
+	if got := logs.All(); len(got) != 0 {
+		t.Errorf("a reload of the same settings spelled otherwise warned: %v", got)
+	}
+	writeFile(t, conf, slices.Concat([]string{"log-level info", "admin-addr 127.0.0.1:0"},
+		service("127.0.0.1:0", "proxy-protocol-trusted 10.0.0.0/8", "idle-timeout 5s"))...)
+	for range 2 {
+		s.Reload()
+	}
+	want := []string{"one: [idle-timeout proxy-protocol-trusted]", "one: [idle-timeout proxy-protocol-trusted]"}
+	if got := logged(logs, warnRestart); !slices.Equal(got, want) {
+		t.Errorf("warnings of two reloads of changed settings: %q, want %q; all: %v", got, want, logs.All())
+	}
+}
