@@ -621,12 +621,13 @@ func TestDrainEndsIdleSessions(t *testing.T) {
 				t.Errorf("%d sessions created, want 10: the draining proxy read a datagram", n)
 			}
 			r.do(0, func(p *Proxy) { p.CloseAll() })
-			// The port is free: a plain bind without SO_REUSEPORT succeeds.
-			fd, _, err := Listen(r.addr, 0)
+			// The port is free: a bind without SO_REUSEPORT succeeds
+			// (Listen's would join the socket still bound).
+			again, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(r.addr))
 			if err != nil {
 				t.Fatalf("listen again on %s: %v", r.addr, err)
 			}
-			closeFD(fd)
+			again.Close()
 		})
 	}
 }
