@@ -65,7 +65,8 @@ type Config struct {
 	// Firewall is the optional XDP firewall; off without interfaces.
 	Firewall Firewall
 	// UDPMaxSessions caps the UDP sessions open at once across loops and
-	// services (each holds one socket); 0 when no service is UDP.
+	// services (each holds one socket); 0 when no service is UDP. Each
+	// loop owns an even share of it, at least one session.
 	UDPMaxSessions int
 	// Settings holds the value of every global flag in force, command
 	// line and config file together, defaults included.
@@ -208,7 +209,7 @@ func addGlobalFlags(fs *pflag.FlagSet, g *globalVals) {
 	fs.StringVar(&g.admin, "admin-addr", "", "admin HTTP endpoint (health, backends, metrics), ip:port; off when empty. It has no authentication: keep it on loopback")
 	fs.StringVar(&g.logLevel, "log-level", "info", "minimum log level: debug, info, warn or error")
 	fs.StringVar(&g.logFormat, "log-format", "console", "log encoding: json or console")
-	fs.IntVar(&g.udpMaxSessions, "udp-max-sessions", 4096, "UDP sessions open at once (one socket each); at the cap a new session evicts the least recently active one of the service holding the most on its loop")
+	fs.IntVar(&g.udpMaxSessions, "udp-max-sessions", 4096, "UDP sessions open at once (one socket each), split evenly between the loops (at least one each); at its loop's share a new session evicts the least recently active one of the service holding the most on that loop")
 	fs.StringArrayVar(&g.xdpIfaces, "xdp-iface", nil, "attach the XDP firewall to this interface (repeatable); without it nothing BPF is loaded")
 	fs.StringVar(&g.xdpMode, "xdp-mode", "auto", "XDP attach mode: auto (native when the driver has it, else generic), native or generic")
 	fs.StringArrayVar(&g.deny, "deny-cidr", nil, "XDP: drop packets from this source prefix to the protected ports (repeatable, IPv4 or IPv6)")

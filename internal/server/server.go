@@ -141,7 +141,7 @@ func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error
 		inherit:  opts.Inherited.Sockets,
 		log:      log,
 		limiter:  tcpproxy.NewLimiter(cfg.MaxConns),
-		sessions: udpproxy.NewSessionLimiter(cfg.UDPMaxSessions),
+		sessions: udpproxy.NewSessionLimiter(cfg.UDPMaxSessions, cfg.Workers),
 		ready:    make(chan struct{}),
 		registry: prometheus.NewRegistry(),
 		// An upgrade's successor (told to report readiness) does not

@@ -8,7 +8,7 @@ import (
 
 // Config is the per-service behaviour of a UDP proxy. The process-wide
 // session cap is not here: it is the SessionLimiter shared by every loop's
-// Proxy (see NewSessionLimiter).
+// Proxy, each loop owning a share of it (see SessionLimiter).
 type Config struct {
 	// SessionTimeout ends a session after this long with no datagram in
 	// either direction. Positive.

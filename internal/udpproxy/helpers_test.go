@@ -85,7 +85,7 @@ func startServiceRig(tb testing.TB, svc *balancer.Service, cfg Config) *rig {
 func newRigOn(tb testing.TB, pool *balancer.Pool, cfg Config, limiter *SessionLimiter, nloops int, listen func() (int, netip.AddrPort, error)) *rig {
 	tb.Helper()
 	if limiter == nil {
-		limiter = NewSessionLimiter(0)
+		limiter = NewSessionLimiter(0, nloops)
 	}
 	r := &rig{tb: tb, pool: pool, limiter: limiter}
 	for i := range nloops {

@@ -11,16 +11,16 @@
 // buffers) and sent as one.
 //
 // Sessions end after Config.SessionTimeout with no datagram either way, or
-// when the process-wide cap of a SessionLimiter is reached and a new client
-// needs room: of the services on the client's loop, the one holding the
-// most sessions there gives up its least recently active one (see victim),
-// so a flood of new clients on one service recycles that service's
-// sessions rather than taking every slot from the others. A
-// session whose backend has left the backend set is moved to the key's new
-// Maglev choice on its next client datagram; a session whose backend is
-// still in the set keeps it, as a TCP connection does. Checking costs one
-// pointer comparison per read and one integer comparison per datagram
-// while the set is unchanged.
+// when the client's loop has reached its share of the process-wide cap of
+// a SessionLimiter and a new client needs room: of the services on the
+// loop, the one holding the most sessions there gives up its least
+// recently active one (see victim), so a flood of new clients on one
+// service recycles that service's sessions rather than taking every slot
+// from the others. A session whose backend has left the backend set is
+// moved to the key's new Maglev choice on its next client datagram; a
+// session whose backend is still in the set keeps it, as a TCP connection
+// does. Checking costs one pointer comparison per read and one integer
+// comparison per datagram while the set is unchanged.
 //
 // Listening addresses must be specific: a socket bound to 0.0.0.0 or ::
 // would need IP_PKTINFO on every datagram to reply from the right address,
@@ -82,7 +82,6 @@ package udpproxy
 
 import (
 	"net/netip"
-	"sync/atomic"
 	"unsafe"
 
 	"go.uber.org/zap"
@@ -105,14 +104,13 @@ const (
 // Proxy proxies the datagrams of one service on one loop. All methods except
 // Stats run on the loop goroutine.
 type Proxy struct {
-	loop    *loop.Loop
-	id      int // the loop's number, indexing the backends' per-loop counters
-	cfg     Config
-	lb      *balancer.Pool
-	limiter *SessionLimiter
-	peers   *atomic.Pointer[[]*Proxy] // the proxies of every service on this loop, p among them
-	log     *zap.Logger
-	debug   bool
+	loop  *loop.Loop
+	id    int // the loop's number, indexing the backends' per-loop counters
+	cfg   Config
+	lb    *balancer.Pool
+	slots *share // this loop's share of the session cap, and its proxies (p among them)
+	log   *zap.Logger
+	debug bool
 
 	// lns are the listening sockets, each read for client datagrams: one,
 	// or more in the successor of an upgrade from a process with more
@@ -166,8 +164,8 @@ type Proxy struct {
 
 // New returns a proxy for one loop. It receives nothing until Listen.
 // id is the loop's number (0 to loops-1) for the per-loop counters of the
-// backends in lb (balancer.Backend.Loops). limiter is shared by the
-// proxies of all loops of the process.
+// backends in lb (balancer.Backend.Loops) and for its share of limiter's
+// cap; limiter is shared by the proxies of all loops of the process.
 func New(l *loop.Loop, id int, cfg Config, lb *balancer.Pool, limiter *SessionLimiter, log *zap.Logger) *Proxy {
 	cfg.Batch = max(1, min(cfg.Batch, MaxBatch))
 	p := &Proxy{
@@ -175,7 +173,6 @@ func New(l *loop.Loop, id int, cfg Config, lb *balancer.Pool, limiter *SessionLi
 		id:       id,
 		cfg:      cfg,
 		lb:       lb,
-		limiter:  limiter,
 		log:      log,
 		debug:    log.Core().Enabled(zap.DebugLevel),
 		lnfd:     -1,
@@ -186,7 +183,7 @@ func New(l *loop.Loop, id int, cfg Config, lb *balancer.Pool, limiter *SessionLi
 		targets:  make(map[netip.AddrPort]*target),
 		stats:    new(Stats),
 	}
-	p.peers = limiter.join(p)
+	p.slots = limiter.join(p)
 	p.lru.next, p.lru.prev = &p.lru, &p.lru
 	p.expiry.F = p.expire
 	p.flush = p.flushDeferred

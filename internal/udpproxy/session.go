@@ -102,7 +102,8 @@ func (p *Proxy) detach(s *session) {
 }
 
 // open creates the session of a new client: picks its backend in p.snap,
-// connects a socket, and makes room at the session cap. It returns nil, with the datagram counted as dropped, when it
+// connects a socket, and makes room at the loop's share of the session
+// cap. It returns nil, with the datagram counted as dropped, when it
 // cannot. Nothing is evicted for a session that cannot be made, except
 // when the process is out of fds: then a session gives its socket up
 // before the new one can try.
@@ -114,12 +115,11 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 		p.stats.drop(DropNoBackend, 1)
 		return nil
 	}
-	// full: at the cap, so v, a session on this loop, is to make room;
-	// its slot passes to the new session (never released, so that no
-	// other loop takes it in between). v is ended only once the new
+	// full: at the loop's share of the cap, so v, a session on this
+	// loop, is to make room; its slot passes to the new session. v is ended only once the new
 	// session's socket is connected.
 	var v *session
-	full := !p.limiter.Acquire()
+	full := !p.slots.acquire()
 	if full {
 		if v = p.victim(); v == nil {
 			p.stats.drop(DropSessionLimit, 1)
@@ -139,7 +139,7 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 		if v != nil {
 			v.p.evict(v)
 			if !full {
-				p.limiter.Release()
+				p.slots.release()
 			}
 			full, v = false, nil
 			err = p.connect(s, be)
@@ -147,7 +147,7 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 	}
 	if err != nil {
 		if !full {
-			p.limiter.Release()
+			p.slots.release()
 		}
 		p.stats.drop(DropSocketFailed, 1)
 		return nil
@@ -272,7 +272,7 @@ func (p *Proxy) touch(s *session) {
 // another's sessions is safe here.
 func (p *Proxy) victim() *session {
 	v := p
-	for _, q := range *p.peers.Load() {
+	for _, q := range *p.slots.peers.Load() {
 		if len(q.sessions) > len(v.sessions) {
 			v = q
 		}
@@ -328,7 +328,7 @@ func (p *Proxy) expire() {
 // session cap.
 func (p *Proxy) end(s *session) {
 	p.endKeepSlot(s)
-	p.limiter.Release()
+	p.slots.release()
 	// After the release: whoever the drain wakes sees the slot free.
 	p.checkDrained()
 }

@@ -15,9 +15,10 @@ type DropReason uint8
 const (
 	// DropNoBackend: no backend has weight (client datagram).
 	DropNoBackend DropReason = iota
-	// DropSessionLimit: a new client found the session cap reached and no
-	// session on its loop to evict, of any service (the cap is held by
-	// sessions on other loops).
+	// DropSessionLimit: a new client found its loop's share of the
+	// session cap reached and no session on the loop to evict. Each loop
+	// owns at least one slot and its sessions hold every slot it has
+	// taken, so this is not expected; the series is kept for exporters.
 	DropSessionLimit
 	// DropSocketFailed: the session socket toward the backend could not be
 	// opened (EMFILE, ENOBUFS, ...).
@@ -113,57 +114,99 @@ func (s *Stats) Active() int64 {
 func (s *Stats) drop(r DropReason, n int) { s.drops[r].Add(uint64(n)) }
 
 // SessionLimiter caps the sessions open at once across all loops of a
-// process (--udp-max-sessions). It also knows the proxies of every service
-// on each loop: at the cap, a new session takes the slot of a session on
-// its own loop, of whichever service holds the most there (see
-// Proxy.victim). Safe for concurrent use.
+// process (--udp-max-sessions). The cap is split between the loops, each
+// owning a fixed share of it: max/loops slots, one more for the first
+// max%loops loops, and at least one, so a cap below the loop count is
+// raised to one slot per loop. A loop at its share makes room itself: a
+// new session takes the slot of a session on its own loop, of whichever
+// service holds the most there (see Proxy.victim). A new client is thus
+// never refused because other loops hold the cap while its own holds
+// nothing to evict, as it was when the loops shared one count; what the
+// split costs is that the kernel's hash of clients to loops is not quite
+// even, so a loop may recycle sessions while another has slots free.
+// Safe for concurrent use.
 type SessionLimiter struct {
-	max int64
+	max   int64 // <= 0: unlimited
+	loops int
+
+	mu sync.Mutex // guards the map shares, not the shares it points to
+	// shares holds each loop's share of the cap and its proxies.
+	shares map[*loop.Loop]*share
+}
+
+// share is one loop's part of a SessionLimiter. The loop's goroutine is
+// the only one that takes and frees its slots; any goroutine may read how
+// many are taken.
+type share struct {
+	max int64 // <= 0: unlimited
 	cur atomic.Int64
-
-	mu sync.Mutex // guards the map loops, not the lists it points to
-	// loops holds, per loop, the list of its proxies: copy-on-write, so
-	// that the loop reads it without the lock.
-	loops map[*loop.Loop]*atomic.Pointer[[]*Proxy]
+	// peers is the list of the loop's proxies, one per service:
+	// copy-on-write, so that the loop reads it without the limiter's lock.
+	peers atomic.Pointer[[]*Proxy]
+	_     [64]byte // the loops' shares on lines of their own
 }
 
-// NewSessionLimiter returns a limiter admitting max sessions; max <= 0
-// means unlimited.
-func NewSessionLimiter(max int) *SessionLimiter {
-	return &SessionLimiter{max: int64(max), loops: make(map[*loop.Loop]*atomic.Pointer[[]*Proxy])}
+// NewSessionLimiter returns a limiter admitting limit sessions, split
+// between loops event loops (numbered 0 to loops-1: the id given to New);
+// limit <= 0 means unlimited.
+func NewSessionLimiter(limit, loops int) *SessionLimiter {
+	return &SessionLimiter{max: int64(limit), loops: max(loops, 1), shares: make(map[*loop.Loop]*share)}
 }
 
-// join adds p to the proxies of its loop and returns that loop's list,
+// join adds p to the proxies of its loop and returns that loop's share,
 // which p keeps. A proxy stays in the list for the limiter's life; one that
 // has been drained holds no session, so it is never picked to evict from.
-func (l *SessionLimiter) join(p *Proxy) *atomic.Pointer[[]*Proxy] {
+func (l *SessionLimiter) join(p *Proxy) *share {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	peers := l.loops[p.loop]
-	if peers == nil {
-		peers = new(atomic.Pointer[[]*Proxy])
-		l.loops[p.loop] = peers
+	sh := l.shares[p.loop]
+	if sh == nil {
+		sh = &share{max: l.shareOf(p.id)}
+		l.shares[p.loop] = sh
 	}
 	var list []*Proxy
-	if old := peers.Load(); old != nil {
+	if old := sh.peers.Load(); old != nil {
 		list = append(list, *old...)
 	}
 	list = append(list, p)
-	peers.Store(&list)
-	return peers
+	sh.peers.Store(&list)
+	return sh
 }
 
-// Acquire takes a slot and reports whether one was free.
-func (l *SessionLimiter) Acquire() bool {
-	if l.cur.Add(1) > l.max && l.max > 0 {
-		l.cur.Add(-1)
+// shareOf returns the slots of loop id: max/loops, one more for the first
+// max%loops loops, at least one; 0 (unlimited) without a cap.
+func (l *SessionLimiter) shareOf(id int) int64 {
+	if l.max <= 0 {
+		return 0
+	}
+	n := l.max / int64(l.loops)
+	if int64(id) < l.max%int64(l.loops) {
+		n++
+	}
+	return max(n, 1)
+}
+
+// Open returns the slots taken now, over all loops.
+func (l *SessionLimiter) Open() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var n int64
+	for _, sh := range l.shares {
+		n += sh.cur.Load()
+	}
+	return n
+}
+
+// acquire takes a slot of the loop's share and reports whether one was
+// free. The loop's goroutine only.
+func (sh *share) acquire() bool {
+	if sh.max > 0 && sh.cur.Load() >= sh.max {
 		return false
 	}
+	sh.cur.Add(1)
 	return true
 }
 
-// Release frees a slot taken with Acquire.
-func (l *SessionLimiter) Release() { l.cur.Add(-1) }
-
-// Open returns the slots taken now.
-func (l *SessionLimiter) Open() int64 { return l.cur.Load() }
+// release frees a slot taken with acquire, or one that passed from an
+// evicted session to its successor. The loop's goroutine only.
+func (sh *share) release() { sh.cur.Add(-1) }
