@@ -231,6 +231,7 @@ func (s *Server) addService(sc config.Service) error {
 		Members: func(addrs []netip.AddrPort, down map[netip.AddrPort]bool) {
 			sv.monitor.Sync(addrs, down)
 			series.prune(addrs)
+			s.refreshUDP(sv)
 		},
 		Ejected: sv.monitor.ForceDown,
 	}
@@ -547,7 +548,9 @@ func (s *Server) Run(ctx context.Context) error {
 	// (a `pkill -HUP sluice` meant for the successor) must not kill it
 	// and reset the connections it is finishing.
 	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2)
-	reset, ended := s.drain()
+	// After an upgrade, and in a successor stopped before it took over,
+	// another process reads the UDP sockets too.
+	reset, ended := s.drain(upgraded || stoppedFirst)
 	stopBG()
 	for _, sv := range s.services {
 		sv.monitor.Close()
@@ -737,21 +740,28 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 }
 
 // drain stops every listener and waits for open connections to finish and
-// UDP sessions to go idle (a UDP service's sockets are no longer read but
-// stay open, for its sessions' replies), up to the drain timeout; then it
-// resets the connections left, ends the sessions left, and returns how
-// many of each.
-func (s *Server) drain() (reset, ended int) {
+// UDP sessions to go idle, up to the drain timeout; then it resets the
+// connections left, ends the sessions left, and returns how many of each.
+// A UDP service's sockets stay open, for its sessions' replies; shared
+// (another process reads them too: an upgrade's successor, or the
+// predecessor of a successor stopped before it took over), they are no
+// longer read, and otherwise they are, for the open sessions' clients.
+func (s *Server) drain(shared bool) (reset, ended int) {
 	var chans []<-chan struct{}
 	for _, sv := range s.services {
-		closeNow := sv.cfg.Proto == "udp" && s.closeUDPAtDrain
+		udp := sv.cfg.Proto == "udp"
+		closeNow := udp && s.closeUDPAtDrain
 		for i, p := range sv.each {
+			drain := p.Drain
+			if udp && !shared {
+				drain = sv.udp[i].DrainAlone
+			}
 			ch := make(chan (<-chan struct{}), 1)
 			if !s.loops[i].Submit(func() {
 				if closeNow {
 					p.CloseAll()
 				}
-				ch <- p.Drain()
+				ch <- drain()
 			}) {
 				continue
 			}

@@ -43,6 +43,15 @@ func (s *Server) addUDP(sv *service) error {
 	return nil
 }
 
+// refreshUDP tells sv's UDP proxies that its members changed, so that the
+// sessions to a backend that left and came back count there at once, not
+// from their clients' next datagrams (udpproxy.Proxy.Refresh).
+func (s *Server) refreshUDP(sv *service) {
+	for i, p := range sv.udp {
+		s.loops[i].Submit(p.Refresh)
+	}
+}
+
 var (
 	descUDPActive   = prometheus.NewDesc("sluice_udp_sessions_active", "UDP sessions open.", []string{"service"}, nil)
 	descUDPSessions = prometheus.NewDesc("sluice_udp_sessions_total", "UDP session events: created, expired (idle timeout), evicted (at --udp-max-sessions), remapped (backend left).", []string{"service", "event"}, nil)
