@@ -162,6 +162,12 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc.Encode(v)
 }
 
+// idleTimeout closes a keep-alive connection that has sent no request for
+// this long. Without it an idle one stays open for good, and each holds a
+// file descriptor out of the open-file limit that --max-conns is derived
+// from. A Prometheus scrape every 15–60 s keeps its connection.
+const idleTimeout = 2 * time.Minute
+
 // Server is the admin HTTP server.
 type Server struct {
 	srv  *http.Server
@@ -184,8 +190,13 @@ func Listen(addr netip.AddrPort, inherited *os.File, h http.Handler, log *zap.Lo
 		return nil, err
 	}
 	return &Server{
-		srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ErrorLog: zap.NewStdLog(log)},
-		ln:  ln,
+		srv: &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 5 * time.Second,
+			IdleTimeout:       idleTimeout,
+			ErrorLog:          zap.NewStdLog(log),
+		},
+		ln: ln,
 	}, nil
 }
 

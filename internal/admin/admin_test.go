@@ -1,8 +1,10 @@
 package admin
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -254,5 +256,43 @@ func TestDrainNotFoundSaysWhat(t *testing.T) {
 	}
 	if st := svc.Info()[0].State; st != balancer.StateUp {
 		t.Fatalf("backend %s after requests that found nothing", st)
+	}
+}
+
+// TestIdleConnectionsClosed: a keep-alive connection that sends no further
+// request is closed by the server after its idle timeout, so idle clients
+// cannot hold the balancer's file descriptors for good.
+func TestIdleConnectionsClosed(t *testing.T) {
+	s, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), nil, http.NotFoundHandler(), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.srv.IdleTimeout <= 0 {
+		t.Fatalf("IdleTimeout %v: idle keep-alive connections are never closed", s.srv.IdleTimeout)
+	}
+	s.srv.IdleTimeout = 200 * time.Millisecond // the behaviour, without the wait
+	s.Start()
+	t.Cleanup(func() { s.Close() })
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.Close {
+		t.Fatal("the server closed after the first response: not a keep-alive test")
+	}
+	// The server must end the idle connection well before the deadline.
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("idle keep-alive connection not closed by the server: %v", err)
 	}
 }
