@@ -41,7 +41,9 @@
 // the addresses it had when it last resolved, if any, neither ending nor
 // restarting its hold, and the other targets are used as they resolve now;
 // but when no target of the priority resolved, none is held and one failed,
-// the whole SRV target fails and keeps its last good answer. When the holds
+// the whole SRV target fails and keeps its last good answer (unless a hold
+// ended then: the failing targets' last addresses go on without the held
+// ones', or, with none, the SRV target is gone). When the holds
 // of the last held targets end and no record is usable, the SRV target's
 // backends go at once: they have been held already. A record target that
 // starts or stops resolving, and the start and end of its hold, are logged
@@ -630,6 +632,8 @@ func (w *Watcher) resolveSRV(ctx context.Context, name string, prev map[srvKey]s
 		now := time.Now()
 		resolved := 0    // record targets that resolved now
 		held := 0        // record targets gone but in their hold
+		ended := 0       // record targets whose hold ends now
+		kept := 0        // record targets that failed, keeping addresses
 		var failed error // the first that failed other than by being gone
 		for _, s := range group {
 			k := srvKey{s.Target, s.Port}
@@ -664,6 +668,7 @@ func (w *Watcher) resolveSRV(ctx context.Context, name string, prev map[srvKey]s
 						})
 					}
 				case len(was.addrs) > 0:
+					ended++
 					lines = append(lines, func() {
 						w.log.Warn("SRV target still does not exist after the hold, removing its addresses",
 							append(fields, zap.Int("removed", len(was.addrs)), zap.Duration("gone_for", goneFor), zap.Error(r.err))...)
@@ -677,6 +682,9 @@ func (w *Watcher) resolveSRV(ctx context.Context, name string, prev map[srvKey]s
 					failed = fmt.Errorf("SRV target %s: %w", k.target, r.err)
 				}
 				next[k] = srvState{addrs: was.addrs, failing: true, goneSince: was.goneSince}
+				if len(was.addrs) > 0 {
+					kept++
+				}
 				if !was.failing {
 					lines = append(lines, func() {
 						w.log.Warn("SRV target failed to resolve, keeping its last addresses",
@@ -685,11 +693,14 @@ func (w *Watcher) resolveSRV(ctx context.Context, name string, prev map[srvKey]s
 				}
 			}
 		}
-		if resolved == 0 {
-			if failed != nil {
+		if resolved == 0 && held == 0 {
+			// A hold that ends now is news the last good answer does
+			// not have: the failing targets' addresses go on without
+			// the held ones'.
+			if failed != nil && ended == 0 {
 				return nil, nil, failed
 			}
-			if held == 0 {
+			if kept == 0 {
 				continue // every target is gone: the next priority
 			}
 		}
