@@ -124,8 +124,12 @@ type Hooks struct {
 	// that are down for a health reason, so that the checks of a backend
 	// that returns down start from that verdict. Calls do not overlap.
 	Members func(addrs []netip.AddrPort, down map[netip.AddrPort]bool)
-	// Ejected is called when the data path ejects a backend, so the health
-	// monitor can reset it to down (it must pass rise checks to return).
+	// Ejected is called when the data path ejects a backend, before the
+	// backend is marked down, so the health monitor can reset it to down
+	// (it must pass rise checks to return). It may wait for a health
+	// report under way (SetHealth), and must: once it returns, no check
+	// that started before the call may report the backend up. Calls do
+	// not overlap those of Members.
 	Ejected func(addr netip.AddrPort)
 	// Down is called for each backend that left the usable set for a
 	// health reason (for --close-on-down).
@@ -207,7 +211,9 @@ type Service struct {
 
 	// hookMu orders the Members calls of concurrent SetSource calls (DNS
 	// discovery, a reload): the last list the hook sees is the last one
-	// made. Taken before mu.
+	// made. An ejection holds it too, so the members do not change
+	// between its Ejected call and the member's marking down. Taken
+	// before mu.
 	hookMu sync.Mutex
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -559,12 +565,30 @@ func (s *Service) ReportConnect(b *Backend, ok bool) {
 	}
 }
 
+// ejectBackend takes b down after a streak of failed connects, until
+// Rise active checks started after the ejection pass.
 func (s *Service) ejectBackend(b *Backend) {
+	s.hookMu.Lock()
+	defer s.hookMu.Unlock()
 	s.mu.Lock()
 	m := s.members[b.Addr]
+	healthy := m != nil && m.healthy
+	s.mu.Unlock()
+	if !healthy {
+		return
+	}
+	// First, and without mu: the hook waits for a report under way, which
+	// takes mu in SetHealth. A check that started before the ejection and
+	// says up lands now, not after the member is marked down, which it
+	// would undo until the next check.
+	if s.hooks.Ejected != nil {
+		s.hooks.Ejected(b.Addr)
+	}
+	s.mu.Lock()
+	m = s.members[b.Addr]
 	if m == nil || !m.healthy {
 		s.mu.Unlock()
-		return
+		return // a report took it down meanwhile
 	}
 	m.healthy = false
 	s.log.Warn("backend ejected after consecutive connect failures", zap.String("service", s.cfg.Name), zap.Stringer("backend", b.Addr), zap.Int("failures", s.cfg.PassiveFall))
@@ -574,9 +598,6 @@ func (s *Service) ejectBackend(b *Backend) {
 		s.log.Error("rebuild backend table", zap.Error(err))
 	}
 	s.notifyDown(down)
-	if s.hooks.Ejected != nil {
-		s.hooks.Ejected(b.Addr)
-	}
 }
 
 // SetDrained drains (no new connections; open ones finish) or re-enables a

@@ -59,7 +59,7 @@ type Result struct {
 
 // Report receives every check result of addr with the verdict after it.
 // It is called from the backend's check goroutine, and must not call the
-// Monitor's Sync or Close (they wait for reports under way).
+// Monitor's Sync, ForceDown or Close (they wait for reports under way).
 type Report func(addr netip.AddrPort, up bool, r Result)
 
 // Monitor runs one check loop per backend. Create it with NewMonitor, keep
@@ -79,16 +79,17 @@ type Monitor struct {
 
 type worker struct {
 	addr      netip.AddrPort
+	stopped   <-chan struct{} // closed by cancel
 	cancel    context.CancelFunc
 	forceDown atomic.Bool
-	// reporting holds one token, which the loop takes for each report
-	// and retire takes for good: once retire has it, the loop has no
-	// report under way and makes no more.
+	// reporting holds one token, which the loop takes for each report,
+	// ForceDown for a moment, and retire for good: once retire has it,
+	// the loop has no report under way and makes no more.
 	reporting chan struct{}
 }
 
-func newWorker(addr netip.AddrPort, cancel context.CancelFunc) *worker {
-	w := &worker{addr: addr, cancel: cancel, reporting: make(chan struct{}, 1)}
+func newWorker(ctx context.Context, cancel context.CancelFunc, addr netip.AddrPort) *worker {
+	w := &worker{addr: addr, stopped: ctx.Done(), cancel: cancel, reporting: make(chan struct{}, 1)}
 	w.reporting <- struct{}{}
 	return w
 }
@@ -127,7 +128,7 @@ func (m *Monitor) Sync(addrs []netip.AddrPort, down map[netip.AddrPort]bool) {
 		want[a] = true
 		if m.workers[a] == nil {
 			ctx, cancel := context.WithCancel(context.Background())
-			w := newWorker(a, cancel)
+			w := newWorker(ctx, cancel, a)
 			m.workers[a] = w
 			m.wg.Add(1)
 			go m.runWorker(ctx, w, !down[a])
@@ -150,14 +151,32 @@ func (m *Monitor) Sync(addrs []netip.AddrPort, down map[netip.AddrPort]bool) {
 
 // ForceDown marks addr down in its check loop, so that it must pass Rise
 // checks started after the call before it is reported up again (after a
-// passive ejection). The next report of addr says down. Unknown addresses
-// are ignored.
+// passive ejection). It first waits for the report of addr under way, if
+// any, to return; every later report says down until those Rise checks
+// pass. So once ForceDown returns, no check that started before the call
+// reports addr up, and a caller that then marks the backend down keeps it
+// down. Unknown addresses are ignored.
+//
+// ForceDown must not be called from a Report, nor while holding a lock
+// that a Report takes.
 func (m *Monitor) ForceDown(addr netip.AddrPort) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if w := m.workers[addr]; w != nil {
-		w.forceDown.Store(true)
+	w := m.workers[addr]
+	m.mu.Unlock()
+	if w == nil {
+		return
 	}
+	// Not under mu: the report under way may take its time (it waits
+	// for the balancer's lock), and Sync must not wait for it.
+	select {
+	case <-w.reporting:
+	case <-w.stopped:
+		// Sync or Close stopped the loop: it is no longer addr's, and
+		// Sync waits for its last report.
+		return
+	}
+	w.forceDown.Store(true)
+	w.reporting <- struct{}{}
 }
 
 // Close stops every check loop and waits for them.
@@ -202,7 +221,7 @@ func (m *Monitor) runWorker(ctx context.Context, w *worker, up bool) {
 		select {
 		case <-w.reporting:
 		case <-ctx.Done():
-			return // stopped: retire holds the token
+			return // stopped: the token is retire's
 		}
 		if ctx.Err() != nil {
 			w.reporting <- struct{}{}

@@ -347,68 +347,76 @@ func TestMonitorReports(t *testing.T) {
 // TestMonitorForceDown ejects a backend between checks and during one:
 // the next report says down, and Rise checks started after the ejection
 // must pass before it is up again. A check under way at the ejection does
-// not count toward Rise.
+// not count toward Rise. In a bubble, so that an ejection after a report
+// comes before the next check starts.
 func TestMonitorForceDown(t *testing.T) {
 	t.Parallel()
 	for _, rise := range []int{1, 2, 3} {
 		t.Run(fmt.Sprintf("rise%d", rise), func(t *testing.T) {
 			t.Parallel()
-			f := newFakeChecker()
-			r := newReporter(true)
-			m := startMonitor(t, monitorConfig(rise, 3, time.Millisecond), f, r)
-			a := addrN(1)
-			m.Sync([]netip.AddrPort{a}, nil)
-			m.ForceDown(addrN(2)) // not checked: ignored
-
-			// step answers the next check (passed when ok) and wants
-			// the report to say wantUp. ejectDuring ejects while that
-			// check is under way, ejectAfter after its report and
-			// before the next check starts.
-			step := func(what string, ok, ejectDuring, ejectAfter, wantUp bool) {
-				t.Helper()
-				c := f.next(t)
-				if ejectDuring {
-					m.ForceDown(a)
-				}
-				var err error
-				if !ok {
-					err = errors.New("refused")
-				}
-				c.answer(err)
-				rep := r.next(t)
-				if rep.up != wantUp || rep.res.Err != err {
-					t.Fatalf("%s: report up=%v err=%v, want up=%v err=%v", what, rep.up, rep.res.Err, wantUp, err)
-				}
-				if ejectAfter {
-					m.ForceDown(a) // before the next check starts
-				}
-				r.ack <- struct{}{}
-			}
-			// riseAgain passes rise checks: down until the last.
-			riseAgain := func(what string) {
-				t.Helper()
-				for i := 1; i <= rise; i++ {
-					step(fmt.Sprintf("%s, success %d", what, i), true, false, false, i == rise)
-				}
-			}
-
-			step("first check", true, false, true, true)
-			riseAgain("ejected between checks")
-
-			step("ejected during a passing check", true, true, false, false)
-			riseAgain("after ejection during a check")
-
-			step("ejected during a failing check", false, true, false, false)
-			riseAgain("after ejection during a failing check")
-
+			synctest.Test(t, func(t *testing.T) { testMonitorForceDown(t, rise) })
 		})
 	}
+}
+
+func testMonitorForceDown(t *testing.T, rise int) {
+	f := newFakeChecker()
+	r := newReporter(true)
+	m := startMonitor(t, monitorConfig(rise, 3, time.Millisecond), f, r)
+	a := addrN(1)
+	m.Sync([]netip.AddrPort{a}, nil)
+	m.ForceDown(addrN(2)) // not checked: ignored
+
+	// step answers the next check (passed when ok) and wants
+	// the report to say wantUp. ejectDuring ejects while that
+	// check is under way, ejectAfter after its report and
+	// before the next check starts.
+	step := func(what string, ok, ejectDuring, ejectAfter, wantUp bool) {
+		t.Helper()
+		c := f.next(t)
+		if ejectDuring {
+			m.ForceDown(a)
+		}
+		var err error
+		if !ok {
+			err = errors.New("refused")
+		}
+		c.answer(err)
+		rep := r.next(t)
+		if rep.up != wantUp || rep.res.Err != err {
+			t.Fatalf("%s: report up=%v err=%v, want up=%v err=%v", what, rep.up, rep.res.Err, wantUp, err)
+		}
+		r.ack <- struct{}{}
+		if ejectAfter {
+			m.ForceDown(a) // before the next check starts
+		}
+	}
+	// riseAgain passes rise checks: down until the last.
+	riseAgain := func(what string) {
+		t.Helper()
+		for i := 1; i <= rise; i++ {
+			step(fmt.Sprintf("%s, success %d", what, i), true, false, false, i == rise)
+		}
+	}
+
+	step("first check", true, false, true, true)
+	riseAgain("ejected between checks")
+
+	step("ejected during a passing check", true, true, false, false)
+	riseAgain("after ejection during a check")
+
+	step("ejected during a failing check", false, true, false, false)
+	riseAgain("after ejection during a failing check")
 }
 
 // TestMonitorForceDownRiseStreak ejects a backend that is down and part
 // way up: the successes so far are forgotten.
 func TestMonitorForceDownRiseStreak(t *testing.T) {
 	t.Parallel()
+	synctest.Test(t, testMonitorForceDownRiseStreak)
+}
+
+func testMonitorForceDownRiseStreak(t *testing.T) {
 	f := newFakeChecker()
 	r := newReporter(true)
 	m := startMonitor(t, monitorConfig(3, 1, time.Millisecond), f, r)
@@ -433,11 +441,53 @@ func TestMonitorForceDownRiseStreak(t *testing.T) {
 		if rep := r.next(t); rep.up != s.up {
 			t.Fatalf("step %d: up=%v, want %v", i, rep.up, s.up)
 		}
+		r.ack <- struct{}{}
 		if s.eject {
+			m.ForceDown(a) // before the next check starts
+		}
+	}
+}
+
+// TestMonitorForceDownWaitsForReport ejects a backend while the report of
+// a passing check, which says up, is under way: ForceDown returns only
+// once that report has returned, so a caller that marks the backend down
+// after ForceDown cannot be overtaken by it. The next check, started after
+// the ejection, is the first of Rise.
+func TestMonitorForceDownWaitsForReport(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeChecker()
+		r := newReporter(true)
+		m := startMonitor(t, monitorConfig(2, 1, time.Second), f, r)
+		a := addrN(1)
+		m.Sync([]netip.AddrPort{a}, nil)
+		f.next(t).answer(nil)
+		if rep := r.next(t); !rep.up {
+			t.Fatal("first passing check reported down")
+		}
+		// That report is under way.
+		forced := make(chan struct{})
+		go func() {
 			m.ForceDown(a)
+			close(forced)
+		}()
+		synctest.Wait()
+		select {
+		case <-forced:
+			t.Fatal("ForceDown returned while a report that says up was under way")
+		default:
 		}
 		r.ack <- struct{}{}
-	}
+		<-forced
+		for i, want := range []bool{false, true} {
+			f.next(t).answer(nil)
+			rep := r.next(t)
+			if rep.up != want {
+				t.Fatalf("passing check %d of Rise 2 after the ejection: up=%v, want %v", i+1, rep.up, want)
+			}
+			r.ack <- struct{}{}
+		}
+	})
 }
 
 // TestMonitorClose shows that Close cancels every check and returns only
