@@ -728,6 +728,8 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 					s.log.Warn("upgrade abandoned: this process is stopping", zap.Error(err))
 				} else if errors.Is(err, errSuccessorStopped) {
 					s.log.Warn("upgrade abandoned: the new process was stopped; this process keeps serving", zap.Error(err))
+				} else if errors.Is(err, errHandingOver) {
+					s.log.Warn("upgrade refused", zap.Error(err))
 				} else if err != nil {
 					s.log.Error("upgrade failed, this process keeps serving", zap.Error(err))
 				}

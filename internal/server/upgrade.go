@@ -208,6 +208,9 @@ var (
 	// errSuccessorStopped is Upgrade's error when the successor was
 	// stopped (SIGTERM) before it took over.
 	errSuccessorStopped = errors.New("the new process was stopped before it took over")
+	// errHandingOver is Upgrade's error when the backends' states are
+	// being handed over already.
+	errHandingOver = errors.New("an upgrade is under way, or this process has not taken over from the one it replaces yet")
 )
 
 // Upgrade starts the binary at Options.Executable with the same arguments,
@@ -216,7 +219,8 @@ var (
 // or to become ready, it is killed and this one keeps serving. One that
 // was stopped (SIGTERM) before it served says so: it is left to drain the
 // connections it accepted on the sockets the two share, and this one
-// keeps serving.
+// keeps serving. A process that is itself an upgrade's successor does not
+// upgrade until it has taken over, nor does one whose upgrade is under way.
 //
 // A stop of this process (SIGTERM) before the successor has taken over
 // ends the upgrade: a stop is meant for the service, and a successor left
@@ -237,8 +241,14 @@ func (s *Server) Upgrade() error {
 	// From here until the upgrade is done or has failed, the backends'
 	// states are the successor's to take: the admin API refuses to
 	// change them (see refuseDuringHandover). After an upgrade the
-	// refusal stays until this process's admin endpoint closes.
-	s.setHandingOver(true)
+	// refusal stays until this process's admin endpoint closes. A
+	// process that refuses already does not upgrade: an upgrade is under
+	// way, or this is a successor that has not taken over, whose states
+	// are not its own yet (a SIGUSR2 meant for its predecessor), and whose
+	// refusal must hold until it reports ready.
+	if !s.beginHandover() {
+		return errHandingOver
+	}
 	upgraded := false
 	defer func() {
 		if !upgraded {
@@ -369,6 +379,18 @@ func (s *Server) setHandingOver(on bool) {
 	s.stateMu.Lock()
 	s.handingOver = on
 	s.stateMu.Unlock()
+}
+
+// beginHandover is setHandingOver(true) for an upgrade: it reports false,
+// changing nothing, when the states are being handed over already.
+func (s *Server) beginHandover() bool {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	if s.handingOver {
+		return false
+	}
+	s.handingOver = true
+	return true
 }
 
 // handingOverMsg is the admin API's answer to a drain or enable while an
