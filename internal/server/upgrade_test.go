@@ -275,11 +275,28 @@ func heldDNSConfig(t *testing.T, args ...string) (cfg config.Config, backend *te
 // failed. It is refused with 503 until the successor reports ready, and
 // applies after. The successor waits for its DNS discovery's answer,
 // which the test holds.
+//
+// Told to upgrade meanwhile (a `pkill -USR2 sluice` meant for its
+// predecessor), it starts no new release: it would hand over states that
+// are not its own yet, and the end of that upgrade would lift the refusal.
 func TestSuccessorRefusesStateChangesUntilReady(t *testing.T) {
 	cfg, backend, z, answer := heldDNSConfig(t)
+	dir := t.TempDir()
+	started := filepath.Join(dir, "started")
+	exe := filepath.Join(dir, "sluice")
+	writeFile(t, exe, "#!/bin/sh", "echo up > "+started)
+	if err := os.Chmod(exe, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	ready := make(chan struct{})
-	s := startOpts(t, cfg, zap.NewNop(), Options{OnReady: func() { close(ready) }})
+	s := startOpts(t, cfg, zap.NewNop(), Options{Executable: exe, OnReady: func() { close(ready) }})
 	<-z.asked("db.test")
+	if err := s.Upgrade(); err == nil {
+		t.Error("a successor that had not taken over upgraded")
+	}
+	if _, err := os.Stat(started); err == nil {
+		t.Error("a successor that had not taken over started a new release")
+	}
 	drain := "/backends/" + backend.Addr().String() + "/drain"
 	if code, retry := adminPost(t, s.Server, drain); code != http.StatusServiceUnavailable || retry == "" {
 		t.Errorf("drain before the successor took over: %d, Retry-After %q; want 503 with Retry-After", code, retry)
