@@ -246,6 +246,7 @@ func addServiceFlags(fs *pflag.FlagSet, s *serviceVals) {
 	fs.StringVar(&s.health.GRPCService, "health-grpc-service", "", "grpc check: service name asked of grpc.health.v1 (empty: the whole server)")
 	fs.StringVar(&s.health.PostgresUser, "health-postgres-user", dh.PostgresUser, "postgres check: the user a session is asked for (never authenticated; one pg_hba.conf asks a password of keeps the server's log quiet)")
 	fs.StringVar(&s.health.PostgresDatabase, "health-postgres-database", dh.PostgresDatabase, "postgres check: the database a session is asked for (behind pgbouncer: one it serves)")
+	fs.StringVar(&s.health.MySQLUser, "health-mysql-user", dh.MySQLUser, "mysql check: log in as this user with no password after the greeting (OK or access denied passes); empty: hang up after it, which MySQL counts toward max_connect_errors, past which it blocks this host")
 	fs.IntVar(&s.passiveFall, "passive-fall", 3, "consecutive failed connects on the data path that mark a backend down until its active check passes; 0 is off")
 	fs.BoolVar(&s.closeOnDown, "close-on-down", false, "reset a backend's open connections when it goes down (default: leave them alone)")
 	fs.StringVar(&s.sendProxy, "proxy-protocol", "", "send the client's address to backends in a PROXY protocol header: v1 (text) or v2 (binary); off when empty")

@@ -76,6 +76,30 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
+// TestHealthMySQLUser: --health-mysql-user reaches the mysql check's
+// config, from the command line and from a config file; it is empty (the
+// check hangs up after the greeting) unless given.
+func TestHealthMySQLUser(t *testing.T) {
+	base := []string{"--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001", "--health-check", "mysql"}
+	cfg, err := Parse(base, io.Discard)
+	if err != nil || cfg.Services[0].Health.MySQLUser != "" {
+		t.Fatalf("without the flag: user %q, %v; want none", cfg.Services[0].Health.MySQLUser, err)
+	}
+	cfg, err = Parse(append(base, "--health-mysql-user", "sluice_health"), io.Discard)
+	if err != nil || cfg.Services[0].Health.MySQLUser != "sluice_health" {
+		t.Fatalf("from the command line: user %q, %v", cfg.Services[0].Health.MySQLUser, err)
+	}
+	path := writeConf(t, "[service db]\nlisten 127.0.0.1:2\nbackend 127.0.0.1:3\nhealth-check mysql\nhealth-mysql-user sluice_health\n")
+	cfg, err = Parse([]string{"--config", path}, io.Discard)
+	if err != nil || cfg.Services[0].Health.MySQLUser != "sluice_health" {
+		t.Fatalf("from a config file: user %q, %v", cfg.Services[0].Health.MySQLUser, err)
+	}
+	_, err = Parse(append(base, "--health-mysql-user", strings.Repeat("u", 81)), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--health-mysql-user") {
+		t.Fatalf("a user of 81 characters: %v, want a problem naming --health-mysql-user", err)
+	}
+}
+
 // TestParseBad: each bad command line yields a UsageError whose lines name
 // the flag and the offending value.
 func TestParseBad(t *testing.T) {

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -59,6 +60,10 @@ type Config struct {
 	// database that pgbouncer knows) keeps the server's log free of a
 	// failed-connection line per check.
 	PostgresUser, PostgresDatabase string
+	// MySQLUser, when set, makes the mysql check log in as this user with
+	// no password after the server's greeting, instead of hanging up,
+	// which the server counts toward max_connect_errors (see mysqlCheck).
+	MySQLUser string
 	// Network is "tcp" (default) or "udp": the send-expect check of a UDP
 	// service sends Send as one datagram and expects a reply containing
 	// Expect.
@@ -114,6 +119,9 @@ func (c Config) Validate() []string {
 			probs = append(probs, fmt.Sprintf("%s %q: want at most %d bytes and no NUL", fv[0], fv[1], maxPostgresName))
 		}
 	}
+	if strings.IndexByte(c.MySQLUser, 0) >= 0 || utf8.RuneCountInString(c.MySQLUser) > maxMySQLUser {
+		probs = append(probs, fmt.Sprintf("--health-mysql-user %q: want at most %d characters and no NUL", c.MySQLUser, maxMySQLUser))
+	}
 	if c.Network == "udp" && c.Kind != "send-expect" && c.Kind != "none" {
 		probs = append(probs, fmt.Sprintf("--health-check %q: a UDP service can use send-expect or none", c.Kind))
 	}
@@ -144,7 +152,7 @@ func NewChecker(c Config) (Checker, error) {
 		}
 		return p, nil
 	case "mysql":
-		return mysqlCheck{}, nil
+		return mysqlCheck{user: c.MySQLUser}, nil
 	case "grpc":
 		return grpcCheck{service: c.GRPCService}, nil
 	}
@@ -519,41 +527,246 @@ func pgFields(body []byte) map[byte]string {
 	return f
 }
 
-// mysqlCheck reads the server's initial handshake packet (protocol 10).
-type mysqlCheck struct{}
+// mysqlCheck reads the server's initial handshake packet (protocol 10): a
+// server that sends it is accepting connections, one that sends an ERR
+// packet instead (1040 too many connections, 1129 host blocked) is not.
+//
+// Without a user the check then hangs up. The server counts each such
+// connection as an aborted handshake of the balancer's host, and after
+// max_connect_errors of them (100 by default) with no login from the host
+// in between it blocks the host (1129) until FLUSH HOSTS, and with it the
+// connections the balancer forwards. A host on loopback is never blocked.
+//
+// With a user, as HAProxy's mysql-check does, it answers the greeting with
+// a HandshakeResponse41 for that user with an empty auth response (no
+// password) and reads the verdict: OK means a session has started, and the
+// check ends it with COM_QUIT; ERR 1045 (access denied: the user has a
+// password, or is unknown) means the server accepts sessions of other
+// users. Neither counts toward max_connect_errors, and an OK resets the
+// count. Any other ERR (1040, 1053 shutdown in progress) fails the check
+// with its code and message. An authentication switch request is answered
+// once, with an empty auth response again.
+type mysqlCheck struct{ user string }
 
-func (mysqlCheck) Check(ctx context.Context, addr netip.AddrPort) error {
+// MySQL protocol constants.
+const (
+	mysqlMaxPacket = 1024 // the longest packet read
+	maxMySQLUser   = 80   // the longest user name: MariaDB's (MySQL's is 32)
+
+	mysqlClientLongPassword     = 1 << 0 // CLIENT_MYSQL to MariaDB
+	mysqlClientProtocol41       = 1 << 9
+	mysqlClientSecureConnection = 1 << 15
+	mysqlClientPluginAuth       = 1 << 19
+
+	mysqlCharsetUTF8    = 33   // utf8_general_ci, known to every server
+	mysqlAccessDenied   = 1045 // ER_ACCESS_DENIED_ERROR
+	mysqlFastAuthOK     = 3    // caching_sha2_password: the cached hash matched
+	mysqlMaxAuthPackets = 4    // the packets read after the handshake response
+)
+
+// mysqlGreeting is what the check needs of the initial handshake.
+type mysqlGreeting struct {
+	caps   uint32
+	plugin string // the auth plugin it names; "" when it names none
+}
+
+// mysqlError is an ERR packet: its error code, its SQL state (empty when
+// the server sent none, as before the handshake) and its message.
+type mysqlError struct {
+	code  uint16
+	state string
+	msg   string
+}
+
+func (e *mysqlError) Error() string {
+	if e.state != "" {
+		return fmt.Sprintf("ERROR %d (%s): %q", e.code, e.state, e.msg)
+	}
+	return fmt.Sprintf("ERROR %d: %q", e.code, e.msg)
+}
+
+func (m mysqlCheck) Check(ctx context.Context, addr netip.AddrPort) error {
 	c, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	var hdr [4]byte
-	if _, err := io.ReadFull(c, hdr[:]); err != nil {
-		return fmt.Errorf("read handshake header: %w", err)
-	}
-	n := int(hdr[0]) | int(hdr[1])<<8 | int(hdr[2])<<16
-	if n < 1 || n > 1024 || hdr[3] != 0 {
-		return fmt.Errorf("bad handshake packet header (length %d, sequence %d)", n, hdr[3])
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c, body); err != nil {
-		return fmt.Errorf("read handshake: %w", err)
+	return m.converse(c)
+}
+
+// converse is the check's conversation over an open connection.
+func (m mysqlCheck) converse(rw io.ReadWriter) error {
+	body, err := readMySQLPacket(rw, "handshake", 0)
+	if err != nil {
+		return err
 	}
 	switch body[0] {
 	case 10:
-		if bytes.IndexByte(body[1:], 0) < 0 {
-			return errors.New("handshake without a server version")
-		}
-		return nil
 	case 0xff:
-		msg := body[1:]
-		if len(msg) > 2 {
-			msg = msg[2:] // error code
-		}
-		return fmt.Errorf("server refused: %q", clip(msg))
+		return fmt.Errorf("server refused: %w", parseMySQLError(body))
+	default:
+		return fmt.Errorf("unknown handshake protocol %d", body[0])
 	}
-	return fmt.Errorf("unknown handshake protocol %d", body[0])
+	_, rest, ok := bytes.Cut(body[1:], []byte{0})
+	if !ok {
+		return errors.New("handshake without a server version")
+	}
+	if m.user == "" {
+		return nil
+	}
+	g, err := parseMySQLGreeting(rest)
+	if err != nil {
+		return err
+	}
+	if g.caps&mysqlClientProtocol41 == 0 {
+		return errors.New("server does not speak protocol 4.1")
+	}
+	if _, err := rw.Write(m.handshakeResponse(g)); err != nil {
+		return fmt.Errorf("send handshake response: %w", err)
+	}
+	seq := byte(2)
+	switched := false
+	for range mysqlMaxAuthPackets {
+		body, err := readMySQLPacket(rw, "answer to the handshake response", seq)
+		if err != nil {
+			return err
+		}
+		switch {
+		case body[0] == 0x00: // OK
+			if _, err := rw.Write([]byte{1, 0, 0, 0, 0x01}); err != nil {
+				return fmt.Errorf("send COM_QUIT: %w", err)
+			}
+			return nil
+		case body[0] == 0xff:
+			err := parseMySQLError(body)
+			if e, ok := err.(*mysqlError); ok && e.code == mysqlAccessDenied {
+				return nil
+			}
+			return fmt.Errorf("server refused the session: %w", err)
+		case body[0] == 0xfe && len(body) > 1 && !switched: // AuthSwitchRequest
+			switched = true
+			// An empty auth response: no password, for any plugin.
+			if _, err := rw.Write([]byte{0, 0, 0, seq + 1}); err != nil {
+				return fmt.Errorf("send auth switch response: %w", err)
+			}
+			seq += 2
+		case body[0] == 0x01 && len(body) == 2 && body[1] == mysqlFastAuthOK: // an OK follows
+			seq++
+		case body[0] == 0xfe || body[0] == 0x01:
+			return fmt.Errorf("server asks for more authentication (packet %q), which the check cannot give", clip(body))
+		default:
+			return fmt.Errorf("handshake response answered with packet type 0x%02x, not a MySQL server", body[0])
+		}
+	}
+	return fmt.Errorf("no OK or ERR within %d packets of the handshake response", mysqlMaxAuthPackets)
+}
+
+// handshakeResponse returns the HandshakeResponse41 packet for m's user,
+// with an empty auth response, for the server that sent g. It names the
+// server's auth plugin when the server names one, so that a server whose
+// users have that plugin needs no switch.
+func (m mysqlCheck) handshakeResponse(g mysqlGreeting) []byte {
+	caps := uint32(mysqlClientLongPassword|mysqlClientProtocol41) | g.caps&mysqlClientSecureConnection
+	if g.caps&mysqlClientPluginAuth != 0 {
+		caps |= mysqlClientPluginAuth
+	}
+	p := make([]byte, 4, 64+len(m.user)+len(g.plugin))
+	p = binary.LittleEndian.AppendUint32(p, caps)
+	p = binary.LittleEndian.AppendUint32(p, 1<<24) // max packet size
+	p = append(p, mysqlCharsetUTF8)
+	p = append(p, make([]byte, 23)...)
+	p = append(append(p, m.user...), 0)
+	// The auth response: its length 0 with CLIENT_SECURE_CONNECTION, an
+	// empty NUL-terminated string without: the same byte.
+	p = append(p, 0)
+	if caps&mysqlClientPluginAuth != 0 {
+		p = append(append(p, cmp.Or(g.plugin, "mysql_native_password")...), 0)
+	}
+	n := len(p) - 4
+	p[0], p[1], p[2], p[3] = byte(n), byte(n>>8), byte(n>>16), 1
+	return p
+}
+
+// readMySQLPacket reads one packet, which must have sequence number seq:
+// a 3-byte little-endian payload length, the sequence number, the
+// payload. The payload it returns is not empty. what names the packet in
+// errors.
+func readMySQLPacket(r io.Reader, what string, seq byte) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, fmt.Errorf("read %s header: %w", what, err)
+	}
+	n := int(hdr[0]) | int(hdr[1])<<8 | int(hdr[2])<<16
+	if n < 1 || n > mysqlMaxPacket || hdr[3] != seq {
+		return nil, fmt.Errorf("bad %s packet header (length %d, sequence %d)", what, n, hdr[3])
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	return body, nil
+}
+
+// parseMySQLGreeting parses what follows the protocol version (10) and
+// the NUL-terminated server version in a HandshakeV10 packet: the
+// connection id, 8 bytes of auth data, a filler, the lower capability
+// flags, and optionally the character set, the status flags, the upper
+// capability flags, the auth data length, 10 reserved bytes, the rest of
+// the auth data and the auth plugin name. A greeting that ends before the
+// capability flags has none (no protocol 4.1).
+func parseMySQLGreeting(rest []byte) (mysqlGreeting, error) {
+	var g mysqlGreeting
+	if len(rest) < 15 {
+		return g, nil
+	}
+	g.caps = uint32(binary.LittleEndian.Uint16(rest[13:15]))
+	rest = rest[15:]
+	if len(rest) < 16 {
+		return g, nil
+	}
+	g.caps |= uint32(binary.LittleEndian.Uint16(rest[3:5])) << 16
+	authLen := int(rest[5])
+	rest = rest[16:]
+	if g.caps&mysqlClientSecureConnection != 0 {
+		skip := max(13, authLen-8)
+		if len(rest) < skip {
+			return g, fmt.Errorf("handshake with %d bytes of auth data where %d were announced", len(rest), skip)
+		}
+		rest = rest[skip:]
+	}
+	if g.caps&mysqlClientPluginAuth != 0 {
+		name, _, _ := bytes.Cut(rest, []byte{0}) // some servers leave out the NUL
+		g.plugin = string(name)
+	}
+	return g, nil
+}
+
+// parseMySQLError parses the payload of an ERR packet: 0xff, the error
+// code, with protocol 4.1 after the handshake '#' and a 5-character SQL
+// state, then the message, which is clipped to 256 bytes. It returns a
+// *mysqlError, or an error that says the packet is malformed.
+func parseMySQLError(body []byte) error {
+	if len(body) < 3 {
+		return fmt.Errorf("ERR packet %q without an error code", body)
+	}
+	e := &mysqlError{code: binary.LittleEndian.Uint16(body[1:3])}
+	msg := body[3:]
+	if len(msg) >= 6 && msg[0] == '#' && isSQLState(msg[1:6]) {
+		e.state, msg = string(msg[1:6]), msg[6:]
+	}
+	e.msg = string(msg[:min(len(msg), 256)])
+	return e
+}
+
+// isSQLState reports whether b is made of the characters of an SQL state:
+// digits and capital letters.
+func isSQLState(b []byte) bool {
+	for _, c := range b {
+		if (c < '0' || c > '9') && (c < 'A' || c > 'Z') {
+			return false
+		}
+	}
+	return true
 }
 
 // grpcCheck asks grpc.health.v1.Health/Check over a fresh plaintext

@@ -743,9 +743,10 @@ func TestMySQLCheck(t *testing.T) {
 				"abcdefgh\x00\xfe\xf7\x2d\x02\x00\xff\x81\x15\x00\x00\x00\x00\x00\x00\x1d\x00\x00\x00"+
 				"ijklmnopqrst\x00mysql_native_password\x00"))},
 		},
-		{name: "ERR host not allowed", send: []string{mysqlErr(1130, hostRefused)}, wantErr: `server refused: "` + hostRefused + `"`},
-		{name: "ERR too many connections", send: []string{mysqlErr(1040, "Too many connections")}, wantErr: `"Too many connections"`},
-		{name: "ERR without message", send: []string{mysqlPacket(0, []byte{0xff})}, wantErr: "server refused"},
+		{name: "ERR host not allowed", send: []string{mysqlErr(1130, hostRefused)}, wantErr: `server refused: ERROR 1130: "` + hostRefused + `"`},
+		{name: "ERR too many connections", send: []string{mysqlErr(1040, "Too many connections")}, wantErr: `server refused: ERROR 1040: "Too many connections"`},
+		{name: "ERR without message", send: []string{mysqlErr(1040, "")}, wantErr: `server refused: ERROR 1040: ""`},
+		{name: "ERR without code", send: []string{mysqlPacket(0, []byte{0xff, 0x10})}, wantErr: `server refused: ERR packet "\xff\x10" without an error code`},
 		{name: "HTTP garbage", send: []string{"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"}, wantErr: "bad handshake packet header"},
 		{name: "sequence 1", send: []string{"\x4a\x00\x00\x01" + mysqlHandshake[4:]}, wantErr: "sequence 1"},
 		{name: "empty packet", send: []string{"\x00\x00\x00\x00"}, wantErr: "length 0"},

@@ -46,6 +46,8 @@ func TestConfigValidate(t *testing.T) {
 		{"send-expect without expect", func(c *Config) { c.Kind, c.Send = "send-expect", "PING" }, "--health-expect", ""},
 		{"NUL in postgres user", func(c *Config) { c.PostgresUser = "a\x00b" }, "--health-postgres-user", `"a\x00b"`},
 		{"postgres database over 63 bytes", func(c *Config) { c.PostgresDatabase = strings.Repeat("d", 64) }, "--health-postgres-database", "at most 63 bytes"},
+		{"NUL in mysql user", func(c *Config) { c.MySQLUser = "a\x00b" }, "--health-mysql-user", `"a\x00b"`},
+		{"mysql user over 80 characters", func(c *Config) { c.MySQLUser = strings.Repeat("ü", 81) }, "--health-mysql-user", "at most 80 characters"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()
@@ -71,6 +73,10 @@ func TestConfigValidateEdges(t *testing.T) {
 	c.Rise, c.Fall = 100, 1
 	if probs := c.Validate(); len(probs) != 0 {
 		t.Fatalf("limits accepted: Validate() = %q", probs)
+	}
+	c.MySQLUser = strings.Repeat("ü", 80) // 160 bytes
+	if probs := c.Validate(); len(probs) != 0 {
+		t.Fatalf("mysql user of 80 characters: Validate() = %q", probs)
 	}
 	// Send-expect with an expectation but nothing to send is a banner
 	// check, and valid.
