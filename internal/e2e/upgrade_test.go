@@ -79,6 +79,11 @@ func TestSuccessorStoppedBeforeReady(t *testing.T) {
 	if err := old.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
+	// Its loops run, and its DNS round has no answer: unready. Only then
+	// is it the old process's one child: the first process the Go runtime
+	// starts is preceded by a short-lived one of its own (a probe of
+	// clone's CLONE_PIDFD, reaped before the start).
+	waitLogCount(t, old, "sluice started", 2)
 	var child int
 	waitFor(t, "the new process", 10*time.Second, func() bool {
 		kids := childrenOf(old.cmd.Process.Pid)
@@ -88,8 +93,6 @@ func TestSuccessorStoppedBeforeReady(t *testing.T) {
 		return child != 0
 	})
 	t.Cleanup(func() { stopPID(t, child) })
-	// Its loops run, and its DNS round has no answer: unready.
-	waitLogCount(t, old, "sluice started", 2)
 	var held net.Conn
 	for deadline := time.Now().Add(3 * time.Second); held == nil; {
 		if time.Now().After(deadline) {
