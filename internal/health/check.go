@@ -18,6 +18,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -281,7 +282,7 @@ func (r redisCheck) Check(ctx context.Context, addr netip.AddrPort) error {
 			return fmt.Errorf("read AUTH reply: %w", err)
 		}
 		if line != "+OK" {
-			return fmt.Errorf("AUTH refused: %q", line)
+			return r.authRefused(br, line)
 		}
 	}
 	line, err := br.line()
@@ -292,6 +293,21 @@ func (r redisCheck) Check(ctx context.Context, addr netip.AddrPort) error {
 		return fmt.Errorf("PING answered %q", line)
 	}
 	return nil
+}
+
+// authRefused returns the error for line, an answer other than +OK where
+// the AUTH reply belongs. A server that refuses the connection as it
+// accepts it (maxclients, protected mode) sends its error there too, and
+// hangs up; after an AUTH reply the PING reply follows. So an error line
+// followed by the end of the connection is the server's refusal, not the
+// password's.
+func (r redisCheck) authRefused(br *lineReader, line string) error {
+	if strings.HasPrefix(line, "-") {
+		if _, err := br.line(); errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+			return fmt.Errorf("server refused the connection: %q", line)
+		}
+	}
+	return fmt.Errorf("AUTH refused: %q", line)
 }
 
 // lineReader reads CRLF-terminated lines of at most 512 bytes.

@@ -228,6 +228,7 @@ func TestRedisCheck(t *testing.T) {
 		name     string
 		password string
 		script   func(tb testing.TB) func(net.Conn)
+		timeout  time.Duration // of the check; 0: checkTimeout
 		wantErr  string
 	}{
 		{
@@ -331,6 +332,30 @@ func TestRedisCheck(t *testing.T) {
 			wantErr: "LOADING",
 		},
 		{
+			// Redis at maxclients sends an error as it accepts, where
+			// the AUTH reply would be, and hangs up. The script reads
+			// the request first, so the check's write cannot fail.
+			name: "error on connect, with a password", password: redisPassword,
+			script: func(tb testing.TB) func(net.Conn) {
+				return func(c net.Conn) {
+					readExactly(tb, c, []byte(redisAuth+redisPing))
+					io.WriteString(c, "-ERR max number of clients reached\r\n")
+				}
+			},
+			wantErr: `server refused the connection: "-ERR max number of clients reached"`,
+		},
+		{
+			name: "AUTH refused, no PING reply in time", password: redisPassword, timeout: 200 * time.Millisecond,
+			script: func(tb testing.TB) func(net.Conn) {
+				return func(c net.Conn) {
+					readExactly(tb, c, []byte(redisAuth+redisPing))
+					io.WriteString(c, "-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+					silent(c)
+				}
+			},
+			wantErr: `AUTH refused: "-WRONGPASS`,
+		},
+		{
 			name: "hang up after AUTH", password: redisPassword,
 			script: func(tb testing.TB) func(net.Conn) {
 				return hangUp(tb, []byte(redisAuth+redisPing))
@@ -342,7 +367,8 @@ func TestRedisCheck(t *testing.T) {
 			t.Parallel()
 			p := startPeer(t, "127.0.0.1", tc.script(t))
 			ch := newChecker(t, Config{Kind: "redis", RedisPassword: tc.password})
-			wantErr(t, runCheck(ch, p.addr), tc.wantErr)
+			_, err := timedCheck(ch, p.addr, cmp.Or(tc.timeout, checkTimeout))
+			wantErr(t, err, tc.wantErr)
 		})
 	}
 }

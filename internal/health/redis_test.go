@@ -3,6 +3,8 @@ package health
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
 	"net/netip"
 	"os/exec"
 	"strconv"
@@ -33,11 +35,11 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
-// startRedis runs redis-server on 127.0.0.1, with no persistence and the
-// given password ("" for none), and returns its address once our own
-// check passes against it. The server is killed at cleanup. It skips the
-// test when redis-server is not installed.
-func startRedis(tb testing.TB, password string) netip.AddrPort {
+// startRedis runs redis-server on 127.0.0.1, with no persistence, the
+// given password ("" for none) and further options, and returns its
+// address once our own check passes against it. The server is killed at
+// cleanup. It skips the test when redis-server is not installed.
+func startRedis(tb testing.TB, password string, opts ...string) netip.AddrPort {
 	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -54,7 +56,7 @@ func startRedis(tb testing.TB, password string) netip.AddrPort {
 		if password != "" {
 			args = append(args, "--requirepass", password)
 		}
-		cmd := exec.Command(bin, args...)
+		cmd := exec.Command(bin, append(args, opts...)...)
 		var out lockedBuffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Start(); err != nil {
@@ -126,4 +128,44 @@ func TestRedisCheckRealServer(t *testing.T) {
 			`AUTH refused: "-WRONGPASS`)
 		wantErr(t, runCheck(newChecker(t, Config{Kind: "redis"}), addr), `PING answered "-NOAUTH`)
 	})
+	t.Run("maxclients", func(t *testing.T) {
+		t.Parallel()
+		addr := startRedis(t, redisPassword, "--maxclients", "1")
+		holdRedisClient(t, addr)
+		// Redis refuses the check's connection as it accepts it, and
+		// hangs up: that is no refusal of the password.
+		ch := newChecker(t, Config{Kind: "redis", RedisPassword: redisPassword})
+		for range 20 { // the server may hang up before or after the check's write
+			wantErr(t, runCheck(ch, addr), `server refused the connection: "-ERR max number of clients reached"`)
+		}
+	})
+}
+
+// holdRedisClient takes the one client slot of a redis-server started
+// with --maxclients 1 and the password redisPassword, and keeps it until
+// cleanup. The slot of the check that found the server up may still be
+// taken for a moment: it tries for up to slotWait.
+func holdRedisClient(tb testing.TB, addr netip.AddrPort) {
+	tb.Helper()
+	for deadline := time.Now().Add(slotWait); ; {
+		c, err := net.DialTimeout("tcp", addr.String(), checkTimeout)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(checkTimeout))
+		if _, err := io.WriteString(c, redisAuth); err != nil {
+			tb.Fatal(err)
+		}
+		line, err := newLineReader(c).line()
+		if err == nil && line == "+OK" {
+			c.SetDeadline(time.Time{})
+			tb.Cleanup(func() { c.Close() })
+			return
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			tb.Fatalf("no client slot within %v: %q, %v", slotWait, line, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling: the server signals nothing
+	}
 }
