@@ -419,7 +419,10 @@ func (p postgresCheck) attempt(ctx context.Context, addr netip.AddrPort, askTLS 
 	if err != nil {
 		return fmt.Errorf("read answer to StartupMessage: %w", err)
 	}
-	if typ == 'R' && len(body) >= 4 && binary.BigEndian.Uint32(body) == 0 { // AuthenticationOk
+	if typ == 'R' && len(body) < 4 {
+		return fmt.Errorf("authentication request ('R') of %d bytes, too short for its code: not a PostgreSQL server", len(body))
+	}
+	if typ == 'R' && binary.BigEndian.Uint32(body) == 0 { // AuthenticationOk
 		if typ, body, err = readPGSessionStart(c); err != nil {
 			return err
 		}

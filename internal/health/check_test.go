@@ -549,6 +549,16 @@ func TestPostgresCheck(t *testing.T) {
 			wantErr: "FATAL 08P01: no such database: postgres",
 		},
 		{
+			name:    "authentication request without its code",
+			answer:  pgMessage('R', ""),
+			wantErr: "authentication request ('R') of 0 bytes, too short for its code: not a PostgreSQL server",
+		},
+		{
+			name:    "authentication request with half its code",
+			answer:  pgMessage('R', "\x00\x00"),
+			wantErr: "authentication request ('R') of 2 bytes",
+		},
+		{
 			name:    "other message type",
 			answer:  pgMessage('Z', "I"),
 			wantErr: "StartupMessage answered with message type 'Z'",
