@@ -539,7 +539,10 @@ func build(g globalVals, svcs []namedService, fdLimit int, readBackends bool) (C
 	probs = append(probs, checkFirewallSize(cfg)...)
 	for _, sv := range cfg.Services {
 		if sv.Proto == "udp" {
-			cfg.UDPMaxSessions = g.udpMaxSessions
+			// Each loop owns a share of the cap, at least one
+			// session, so fewer than one per loop is one per loop:
+			// that many sockets are what the file budget must hold.
+			cfg.UDPMaxSessions = max(g.udpMaxSessions, g.workers)
 		}
 	}
 	sizable := g.workers >= 1 && g.workers <= 256
@@ -769,7 +772,7 @@ func sizeFDs(cfg *Config, limit int) string {
 	}
 	switch {
 	case cfg.UDPMaxSessions > 0 && avail < oneConn && limit-fixed-oneConn >= 1:
-		return fmt.Sprintf("--udp-max-sessions %q: needs %d file descriptors (one per session, %d for listeners, loops and a connection) but the open-file limit is %d; lower it to at most %d or raise the limit (e.g. LimitNOFILE=)",
+		return fmt.Sprintf("--udp-max-sessions %q: needs %d file descriptors (one per session, at least one per loop, %d for listeners, loops and a connection) but the open-file limit is %d; lower it to at most %d or raise the limit (e.g. LimitNOFILE=)",
 			strconv.Itoa(cfg.UDPMaxSessions), cfg.UDPMaxSessions+fixed+oneConn, fixed+oneConn, limit, limit-fixed-oneConn)
 	case cfg.MaxConns == 0:
 		cfg.MaxConns = avail / 3

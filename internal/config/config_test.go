@@ -185,6 +185,10 @@ func TestFDSizing(t *testing.T) {
 		{"near the cap with the largest limit", append(base, "--max-conns", "8388000"), 1 << 24, true, 8388000, 478, ""},
 		{"UDP sessions to the last fd", append(udp, "--udp-max-sessions", "19737"), 20000, true, 1, 0, ""},
 		{"one UDP session too many", append(udp, "--udp-max-sessions", "19738"), 20000, false, 0, 0, "--udp-max-sessions \"19738\""},
+		// Four loops own at least a session each: a cap of 1 is 4
+		// sockets, and 272 descriptors are kept back.
+		{"a UDP cap below the loop count, to the last fd", append(udp, "--workers", "4", "--udp-max-sessions", "1", "--max-conns", "1"), 278, true, 1, 0, ""},
+		{"a UDP cap below the loop count, one fd short", append(udp, "--workers", "4", "--udp-max-sessions", "1", "--max-conns", "1"), 277, false, 0, 0, "at least one per loop"},
 		{"limit too low for anything", base, 200, false, 0, 0, "too low to proxy anything"},
 	}
 	for _, tc := range cases {
