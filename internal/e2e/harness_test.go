@@ -19,18 +19,15 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
 // requireRoot skips tb unless it can create namespaces and load XDP
 // programs.
 func requireRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root: creates network namespaces and attaches XDP programs")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		tb.Skip("needs iproute2's ip command")
-	}
+	testsrv.RequireNetns(tb, "creates network namespaces and attaches XDP programs")
 }
 
 // binaries are the paths of the built commands.
@@ -83,32 +80,19 @@ func newTopology(tb testing.TB, clientAddrs ...string) topology {
 		cliDev: fmt.Sprintf("sl-c-%d", pid),
 	}
 	for _, ns := range []string{t.srv, t.cli} {
-		ipCmd(tb, "netns", "add", ns)
-		tb.Cleanup(func() {
-			// Deleting a namespace destroys the veth end inside it, and
-			// with it the pair.
-			if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
-				tb.Errorf("ip netns delete %s: %v: %s", ns, err, out)
-			}
-		})
+		// Deleting a namespace destroys the veth end inside it, and with
+		// it the pair.
+		testsrv.Netns(tb, ns, nil)
 	}
-	ipCmd(tb, "link", "add", t.srvDev, "netns", t.srv, "type", "veth", "peer", "name", t.cliDev, "netns", t.cli)
-	ipCmd(tb, "-n", t.srv, "addr", "add", serverIP+"/24", "dev", t.srvDev)
+	testsrv.IP(tb, "link", "add", t.srvDev, "netns", t.srv, "type", "veth", "peer", "name", t.cliDev, "netns", t.cli)
+	testsrv.IP(tb, "-n", t.srv, "addr", "add", serverIP+"/24", "dev", t.srvDev)
 	for _, a := range clientAddrs {
-		ipCmd(tb, "-n", t.cli, "addr", "add", a, "dev", t.cliDev)
+		testsrv.IP(tb, "-n", t.cli, "addr", "add", a, "dev", t.cliDev)
 	}
 	for ns, dev := range map[string]string{t.srv: t.srvDev, t.cli: t.cliDev} {
-		ipCmd(tb, "-n", ns, "link", "set", "lo", "up")
-		ipCmd(tb, "-n", ns, "link", "set", dev, "up")
+		testsrv.IP(tb, "-n", ns, "link", "set", dev, "up")
 	}
 	return t
-}
-
-func ipCmd(tb testing.TB, args ...string) {
-	tb.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		tb.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
 }
 
 // xdpAttached reports whether dev in ns has an XDP program.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -151,21 +150,7 @@ func TestSuccessorStoppedBeforeReady(t *testing.T) {
 func newLoopbackNetns(tb testing.TB, resolvConf string) string {
 	tb.Helper()
 	ns := fmt.Sprintf("sl-up-%d", os.Getpid())
-	etc := filepath.Join("/etc/netns", ns)
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { os.RemoveAll(etc) })
-	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte(resolvConf), 0o644); err != nil {
-		tb.Fatal(err)
-	}
-	ipCmd(tb, "netns", "add", ns)
-	tb.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
-			tb.Errorf("ip netns delete %s: %v: %s", ns, err, out)
-		}
-	})
-	ipCmd(tb, "-n", ns, "link", "set", "lo", "up")
+	testsrv.Netns(tb, ns, map[string]string{"resolv.conf": resolvConf})
 	return ns
 }
 

@@ -20,6 +20,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
 // The network-namespace test: two namespaces joined by a veth pair, the
@@ -182,31 +184,17 @@ func newTopology(tb testing.TB) (server, client string) {
 	server = fmt.Sprintf("sluice-fw-%d-%d-s", os.Getpid(), n)
 	client = fmt.Sprintf("sluice-fw-%d-%d-c", os.Getpid(), n)
 	for _, ns := range []string{server, client} {
-		ipCmd(tb, "netns", "add", ns)
-		tb.Cleanup(func() {
-			// Deleting a namespace destroys the veth end inside it.
-			if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
-				tb.Errorf("ip netns delete %s: %v: %s", ns, err, out)
-			}
-		})
+		testsrv.Netns(tb, ns, nil) // deleting it destroys the veth end inside it
 	}
-	ipCmd(tb, "link", "add", "fw-s", "netns", server, "type", "veth", "peer", "name", "fw-c", "netns", client)
-	ipCmd(tb, "-n", server, "addr", "add", serverIP+"/24", "dev", "fw-s")
+	testsrv.IP(tb, "link", "add", "fw-s", "netns", server, "type", "veth", "peer", "name", "fw-c", "netns", client)
+	testsrv.IP(tb, "-n", server, "addr", "add", serverIP+"/24", "dev", "fw-s")
 	for _, a := range []string{"198.18.0.2/24", "198.18.0.3/24", "198.18.0.4/24"} {
-		ipCmd(tb, "-n", client, "addr", "add", a, "dev", "fw-c")
+		testsrv.IP(tb, "-n", client, "addr", "add", a, "dev", "fw-c")
 	}
 	for ns, dev := range map[string]string{server: "fw-s", client: "fw-c"} {
-		ipCmd(tb, "-n", ns, "link", "set", "lo", "up")
-		ipCmd(tb, "-n", ns, "link", "set", dev, "up")
+		testsrv.IP(tb, "-n", ns, "link", "set", dev, "up")
 	}
 	return server, client
-}
-
-func ipCmd(tb testing.TB, args ...string) {
-	tb.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		tb.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
 }
 
 // helper is a helper process in a namespace.
@@ -549,7 +537,7 @@ func TestAttachEthernetOnly(t *testing.T) {
 		t.Skip("needs iproute2's ip command")
 	}
 	srvNS, _ := newTopology(t)
-	ipCmd(t, "-n", srvNS, "tuntap", "add", "dev", "fw-tun", "mode", "tun")
+	testsrv.IP(t, "-n", srvNS, "tuntap", "add", "dev", "fw-tun", "mode", "tun")
 	srv := startHelper(t, srvNS)
 	for _, tc := range []struct {
 		iface string

@@ -3,9 +3,7 @@ package health
 import (
 	"bytes"
 	"cmp"
-	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,9 +13,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
 // The handshake responses the check sends as user "sluice_health" to
@@ -249,33 +250,50 @@ const mariaDBStartTimeout = 20 * time.Second
 
 // mariaDB is a throwaway MariaDB server for one test.
 type mariaDB struct {
-	port   uint16
+	addr   netip.AddrPort // where it listens
 	log    lockedBuffer
 	exited chan struct{} // closed when the server has exited
 }
 
-// at returns the server's address on ip, one it listens on.
-func (db *mariaDB) at(ip netip.Addr) netip.AddrPort { return netip.AddrPortFrom(ip, db.port) }
+// mariaDBConfig says where startMariaDB runs a server, and how.
+type mariaDBConfig struct {
+	// netns is the network namespace to run the server in, one the test
+	// has made; there it listens on port 3306 of bind. "" runs it in the
+	// test's own namespace, on a free port of 127.0.0.1, with
+	// --skip-name-resolve.
+	netns string
+	bind  netip.Addr
+	init  string   // SQL statements the server runs at its start
+	opts  []string // further server options
+}
 
-// startMariaDB installs a data directory in a temporary directory and runs
-// MariaDB on it, listening on 127.0.0.1 and on also (when valid), with the
-// statements of init run at its start and the given server options. It
-// returns once the check finds the server accepting connections, and
-// stops the server at cleanup. It skips the test when MariaDB is not
-// installed.
-func startMariaDB(tb testing.TB, also netip.Addr, init string, opts ...string) *mariaDB {
+// mariaDBCommands returns the paths of mariadbd and mariadb-install-db,
+// and skips the test when they are not installed.
+func mariaDBCommands(tb testing.TB) (server, installDB string) {
 	tb.Helper()
 	server, err := exec.LookPath("mariadbd")
 	if err != nil {
 		server = "/usr/sbin/mariadbd" // Debian's, off a user's PATH
 	}
-	installDB, err := exec.LookPath("mariadb-install-db")
+	installDB, err = exec.LookPath("mariadb-install-db")
 	if _, serr := os.Stat(server); serr != nil || err != nil {
 		tb.Skip("no mariadbd and mariadb-install-db (Debian: mariadb-server): the check against a real MariaDB is not run")
 	}
+	return server, installDB
+}
+
+// startMariaDB installs a data directory in a temporary directory and runs
+// MariaDB on it as cfg says. It returns once the server answers a check
+// (one with an unknown user, whose access denied counts toward no
+// max_connect_errors), and stops the server at cleanup, before the
+// temporary directory goes. It skips the test when MariaDB is not
+// installed.
+func startMariaDB(tb testing.TB, cfg mariaDBConfig) *mariaDB {
+	tb.Helper()
+	server, installDB := mariaDBCommands(tb)
 	dir := tb.TempDir()
 	data := filepath.Join(dir, "data")
-	common := []string{"--no-defaults", "--datadir=" + data,
+	common := []string{"--no-defaults", "--datadir=" + data, "--tmpdir=" + dir,
 		"--innodb-log-file-size=4M", "--innodb-data-file-path=ibdata1:4M:autoextend"}
 	if os.Geteuid() == 0 {
 		common = append(common, "--user=root") // mariadbd refuses root unless told
@@ -285,18 +303,24 @@ func startMariaDB(tb testing.TB, also netip.Addr, init string, opts ...string) *
 		tb.Fatalf("mariadb-install-db: %v\n%s", err, out)
 	}
 	initFile := filepath.Join(dir, "init.sql")
-	if err := os.WriteFile(initFile, []byte(init), 0o600); err != nil {
+	if err := os.WriteFile(initFile, []byte(cfg.init), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	db := &mariaDB{port: uint16(freePort(tb)), exited: make(chan struct{})}
-	bind := "127.0.0.1"
-	if also.IsValid() {
-		bind += "," + also.String()
+	db := &mariaDB{exited: make(chan struct{})}
+	argv := append([]string{server}, common...)
+	if cfg.netns == "" {
+		db.addr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freePort(tb)))
+		argv = append(argv, "--skip-name-resolve")
+	} else {
+		db.addr = netip.AddrPortFrom(cfg.bind, 3306)
+		// ip netns exec execs mariadbd in its own process: the process
+		// started is mariadbd.
+		argv = append([]string{"ip", "netns", "exec", cfg.netns}, argv...)
 	}
-	args := append(common, "--port="+strconv.Itoa(int(db.port)), "--bind-address="+bind,
-		"--socket="+filepath.Join(dir, "sock"), "--pid-file="+filepath.Join(dir, "pid"), "--tmpdir="+dir,
+	argv = append(argv, "--port="+strconv.Itoa(int(db.addr.Port())), "--bind-address="+db.addr.Addr().String(),
+		"--socket="+filepath.Join(dir, "sock"), "--pid-file="+filepath.Join(dir, "pid"),
 		"--init-file="+initFile, "--skip-log-bin", "--innodb-buffer-pool-size=8M")
-	srv := exec.Command(server, append(args, opts...)...)
+	srv := exec.Command(argv[0], append(argv[1:], cfg.opts...)...)
 	srv.Stdout, srv.Stderr = &db.log, &db.log
 	if err := srv.Start(); err != nil {
 		tb.Fatalf("start mariadbd: %v", err)
@@ -312,9 +336,10 @@ func startMariaDB(tb testing.TB, also netip.Addr, init string, opts ...string) *
 			tb.Errorf("mariadbd did not stop on SIGTERM within %v", mariaDBStartTimeout)
 		}
 	})
+	ready := mysqlCheck{user: "sluice_ready"}
 	deadline := time.Now().Add(mariaDBStartTimeout)
 	for {
-		err := runCheck(mysqlCheck{}, db.at(netip.MustParseAddr("127.0.0.1")))
+		err := runCheck(ready, db.addr)
 		if err == nil {
 			return db
 		}
@@ -339,6 +364,49 @@ func (db *mariaDB) awaitLog(tb testing.TB, line string, n int) {
 		}
 		time.Sleep(5 * time.Millisecond) // polling: the log is the only signal
 	}
+}
+
+// expect runs ch against the server, again while the server has no
+// connection to spare for its greeting (whileFull), and fails the test
+// unless the check passes (want "") or fails with an error containing
+// want.
+func (db *mariaDB) expect(tb testing.TB, what string, ch Checker, want string) {
+	tb.Helper()
+	err := whileFull(func() error { return runCheck(ch, db.addr) })
+	if want == "" && err != nil {
+		tb.Fatalf("%s: %v\n%s", what, err, db.log.String())
+	}
+	wantErr(tb, err, want)
+}
+
+// quietQuits fails the test when the server's log names user: a session
+// the check ends with COM_QUIT leaves no line there.
+func (db *mariaDB) quietQuits(tb testing.TB, user string) {
+	tb.Helper()
+	if log := db.log.String(); strings.Contains(log, user) {
+		tb.Errorf("the server logged %s:\n%s", user, log)
+	}
+}
+
+// mysqlCheckers are the checks the tests run against a real server:
+// without a user, and as a user without a password, one with a password
+// and one the server does not know.
+type mysqlCheckers struct{ noUser, noPassword, password, unknown Checker }
+
+func newMySQLCheckers(tb testing.TB) mysqlCheckers {
+	tb.Helper()
+	return mysqlCheckers{
+		noUser:     newChecker(tb, Config{Kind: "mysql"}),
+		noPassword: newChecker(tb, Config{Kind: "mysql", MySQLUser: "sluice_nopw"}),
+		password:   newChecker(tb, Config{Kind: "mysql", MySQLUser: "sluice_pw"}),
+		unknown:    newChecker(tb, Config{Kind: "mysql", MySQLUser: "sluice_nobody"}),
+	}
+}
+
+// mysqlUsers returns the statements that create the users of
+// mysqlCheckers the server knows, for clients from ip.
+func mysqlUsers(ip netip.Addr) string {
+	return fmt.Sprintf("CREATE USER 'sluice_nopw'@'%s';\nCREATE USER 'sluice_pw'@'%[1]s' IDENTIFIED BY 'secret';\n", ip)
 }
 
 // mysqlSession logs in to addr as user, who has no password, and returns
@@ -393,109 +461,146 @@ func whileFull(f func() error) error {
 	}
 }
 
-// hostAddr returns an IPv4 address of this host that is not on loopback,
-// and whose reverse lookup, which MariaDB makes for a client that comes
-// from it, answers at once; or the zero Addr.
-func hostAddr() netip.Addr {
-	addrs, _ := net.InterfaceAddrs()
-	for _, a := range addrs {
-		p, err := netip.ParsePrefix(a.String())
-		if err != nil || !p.Addr().Is4() || p.Addr().IsLoopback() || p.Addr().IsLinkLocalUnicast() {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		_, err = net.DefaultResolver.LookupAddr(ctx, p.Addr().String())
-		cancel()
-		var dnsErr *net.DNSError
-		if err == nil || (errors.As(err, &dnsErr) && dnsErr.IsNotFound) {
-			return p.Addr()
-		}
-	}
-	return netip.Addr{}
-}
-
-// TestMySQLCheckRealServer runs the mysql check against MariaDB when it
-// is installed. With --health-mysql-user it passes for a user without a
-// password (a session, ended with COM_QUIT), one with a password and an
-// unknown one (access denied), and fails with 1040 while the server is
-// full. From an address not on loopback, where MariaDB counts aborted
-// handshakes (max_connect_errors 3 here), the checks with a user do not
-// count, a session resets the count, and the checks without one get the
-// host blocked: the risk the option is for.
+// TestMySQLCheckRealServer runs the mysql check against MariaDB, on
+// loopback, when it is installed. With --health-mysql-user it passes for a
+// user without a password (a session, ended with COM_QUIT), one with a
+// password and an unknown one (access denied), and fails with 1040 while
+// the server is full. TestMySQLCheckRealServerOffLoopback shows what
+// max_connect_errors does to a check from elsewhere.
 func TestMySQLCheckRealServer(t *testing.T) {
 	t.Parallel()
-	lo := netip.MustParseAddr("127.0.0.1")
-	ext := hostAddr()
-	var init strings.Builder
-	for _, ip := range []netip.Addr{lo, ext} {
-		if ip.IsValid() {
-			fmt.Fprintf(&init, "CREATE USER 'sluice_nopw'@'%s';\nCREATE USER 'sluice_pw'@'%[1]s' IDENTIFIED BY 'secret';\n", ip)
-		}
-	}
 	const maxConns = 10 // MariaDB's least
-	db := startMariaDB(t, ext, init.String(), fmt.Sprintf("--max-connections=%d", maxConns), "--max-connect-errors=3")
-	noUser := newChecker(t, Config{Kind: "mysql"})
-	noPassword := newChecker(t, Config{Kind: "mysql", MySQLUser: "sluice_nopw"})
-	password := newChecker(t, Config{Kind: "mysql", MySQLUser: "sluice_pw"})
-	unknown := newChecker(t, Config{Kind: "mysql", MySQLUser: "sluice_nobody"})
-	check := func(what string, ch Checker, ip netip.Addr, want string) {
-		t.Helper()
-		err := whileFull(func() error { return runCheck(ch, db.at(ip)) })
-		if want == "" && err != nil {
-			t.Fatalf("%s: %v\n%s", what, err, db.log.String())
-		} else {
-			wantErr(t, err, want)
-		}
-	}
-	check("no user", noUser, lo, "")
-	check("user without a password", noPassword, lo, "")
-	check("user with a password", password, lo, "")
-	check("unknown user", unknown, lo, "")
+	db := startMariaDB(t, mariaDBConfig{
+		init: mysqlUsers(netip.MustParseAddr("127.0.0.1")),
+		opts: []string{fmt.Sprintf("--max-connections=%d", maxConns)},
+	})
+	ch := newMySQLCheckers(t)
+	db.expect(t, "no user", ch.noUser, "")
+	db.expect(t, "user without a password", ch.noPassword, "")
+	db.expect(t, "user with a password", ch.password, "")
+	db.expect(t, "unknown user", ch.unknown, "")
 
 	// Every connection taken (by sessions of a user without SUPER): the
 	// server greets the check, and refuses its session once it has logged
 	// in. Only a user it lets in sees that.
 	var held []net.Conn
 	for range maxConns {
-		held = append(held, mysqlSession(t, db.at(lo), "sluice_nopw"))
+		held = append(held, mysqlSession(t, db.addr, "sluice_nopw"))
 	}
-	check("server full", noPassword, lo, `server refused the session: ERROR 1040 (08004): "Too many connections"`)
-	check("server full, no user", noUser, lo, "")
-	check("server full, user with a password", password, lo, "")
+	db.expect(t, "server full", ch.noPassword, `server refused the session: ERROR 1040 (08004): "Too many connections"`)
+	db.expect(t, "server full, no user", ch.noUser, "")
+	db.expect(t, "server full, user with a password", ch.password, "")
 	for _, c := range held {
 		io.WriteString(c, mysqlQuit)
 		c.Close()
 	}
+	db.quietQuits(t, "sluice_nopw")
+}
 
-	if !ext.IsValid() {
-		t.Skip("no address off loopback whose reverse lookup answers at once: max_connect_errors not tested")
+// The addresses of TestMySQLCheckRealServerOffLoopback, 198.18.33.0/30 of
+// the benchmarking range, which no other test uses: the check's end of
+// the veth pair, in the test's own namespace, and the server's, in the
+// namespace the test makes.
+var (
+	mysqlClientIP = netip.MustParseAddr("198.18.33.1")
+	mysqlServerIP = netip.MustParseAddr("198.18.33.2")
+)
+
+var mysqlNetnsCount atomic.Int32
+
+// mysqlNetns creates a network namespace for a MariaDB server and a veth
+// pair to it, mysqlClientIP/30 on this side and mysqlServerIP/30 on the
+// other, all removed in tb.Cleanup; it returns the namespace's name. It
+// skips the test unless it runs as root, with iproute2's ip.
+//
+// MariaDB looks up the name of a client that is not on loopback, unless
+// --skip-name-resolve, which also turns max_connect_errors off (MariaDB
+// 10.11.19 with it: seven aborted handshakes from mysqlClientIP with
+// max_connect_errors 3, and the host still got in). So the server makes
+// its lookups, but the namespace's nsswitch.conf sends them to its own
+// hosts file alone, which names no client: a lookup fails at once, from a
+// file, and no DNS server is asked (its resolv.conf names only the
+// namespace's loopback, should anything try DNS).
+func mysqlNetns(tb testing.TB) string {
+	tb.Helper()
+	testsrv.RequireNetns(tb, "runs MariaDB in a network namespace, so that the check's address is not on loopback")
+	if _, err := os.Stat("/var/run/nscd/socket"); err == nil {
+		tb.Skip("nscd runs here: it would answer the server's lookups with this host's resolver, not the namespace's files")
 	}
+	subnet := netip.PrefixFrom(mysqlClientIP, 30).Masked()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && subnet.Contains(p.Addr()) {
+			tb.Fatalf("%s is on an interface here already (another run of this test?): %s", subnet, a)
+		}
+	}
+	pid, n := os.Getpid(), mysqlNetnsCount.Add(1)
+	ns := fmt.Sprintf("sl-mysql-%d-%d", pid, n)
+	testsrv.Netns(tb, ns, map[string]string{
+		"nsswitch.conf": "hosts: files\n",
+		"hosts":         "127.0.0.1 localhost\n::1 localhost\n",
+		"resolv.conf":   "nameserver 127.0.0.1\n",
+	})
+	// At most 15 bytes, IFNAMSIZ's limit.
+	here, there := fmt.Sprintf("slm%dh%d", pid, n), fmt.Sprintf("slm%dn%d", pid, n)
+	testsrv.IP(tb, "link", "add", here, "type", "veth", "peer", "name", there, "netns", ns)
+	tb.Cleanup(func() {
+		// Deleting the namespace would take the pair with it, but only
+		// once no process is left there.
+		if out, err := exec.Command("ip", "link", "delete", here).CombinedOutput(); err != nil {
+			tb.Errorf("ip link delete %s: %v: %s", here, err, out)
+		}
+	})
+	testsrv.IP(tb, "addr", "add", netip.PrefixFrom(mysqlClientIP, 30).String(), "dev", here)
+	testsrv.IP(tb, "link", "set", here, "up")
+	testsrv.IP(tb, "-n", ns, "addr", "add", netip.PrefixFrom(mysqlServerIP, 30).String(), "dev", there)
+	testsrv.IP(tb, "-n", ns, "link", "set", there, "up")
+	return ns
+}
+
+// TestMySQLCheckRealServerOffLoopback runs the mysql check against
+// MariaDB in a network namespace of its own, over a veth pair, so that the
+// server sees the check come from mysqlClientIP, not loopback, and counts
+// its aborted handshakes (max_connect_errors 3 here). The checks with a
+// user do not count, a session resets the count, and the checks without
+// one get the host blocked: the risk the option is for. It needs root, for
+// the namespace.
+func TestMySQLCheckRealServerOffLoopback(t *testing.T) {
+	t.Parallel()
+	mariaDBCommands(t) // skip before making the namespace
+	db := startMariaDB(t, mariaDBConfig{
+		netns: mysqlNetns(t),
+		bind:  mysqlServerIP,
+		init:  mysqlUsers(mysqlClientIP),
+		opts:  []string{"--max-connect-errors=3"},
+	})
+	ch := newMySQLCheckers(t)
 	// The server counts an aborted handshake once the check has gone,
 	// and then logs it: the next check waits for the line, so that it
 	// finds the count as the steps say.
 	aborted := 0
-	noUserFromExt := func(what string) {
+	noUser := func(what string) {
 		t.Helper()
-		check(what, noUser, ext, "")
+		db.expect(t, what, ch.noUser, "")
 		aborted++
-		db.awaitLog(t, fmt.Sprintf("host: '%s' (This connection closed normally without authentication)", ext), aborted)
+		db.awaitLog(t, fmt.Sprintf("host: '%s' (This connection closed normally without authentication)", mysqlClientIP), aborted)
 	}
-	noUserFromExt("no user, 1 of 3")
-	noUserFromExt("no user, 2 of 3")
-	check("session", noPassword, ext, "") // resets the count
-	noUserFromExt("no user after a session, 1 of 3")
-	noUserFromExt("no user after a session, 2 of 3")
+	noUser("no user, 1 of 3")
+	noUser("no user, 2 of 3")
+	db.expect(t, "session", ch.noPassword, "") // resets the count
+	noUser("no user after a session, 1 of 3")
+	noUser("no user after a session, 2 of 3")
 	// Access denied does not count.
 	for i := range 3 {
-		check(fmt.Sprintf("user with a password from %s, %d", ext, i+1), password, ext, "")
-		check(fmt.Sprintf("unknown user from %s, %d", ext, i+1), unknown, ext, "")
+		db.expect(t, fmt.Sprintf("user with a password, %d", i+1), ch.password, "")
+		db.expect(t, fmt.Sprintf("unknown user, %d", i+1), ch.unknown, "")
 	}
-	noUserFromExt("no user, 3 of 3")
-	check("no user from a blocked host", noUser, ext,
-		fmt.Sprintf(`server refused: ERROR 1129: "Host '%s' is blocked because of many connection errors`, ext))
-	check("user without a password from a blocked host", noPassword, ext, "ERROR 1129")
-	// A session the check ends with COM_QUIT leaves no line in the log.
-	if log := db.log.String(); strings.Contains(log, "sluice_nopw") {
-		t.Errorf("the server logged the user without a password:\n%s", log)
-	}
+	noUser("no user, 3 of 3")
+	db.expect(t, "no user from a blocked host", ch.noUser,
+		fmt.Sprintf(`server refused: ERROR 1129: "Host '%s' is blocked because of many connection errors`, mysqlClientIP))
+	db.expect(t, "user without a password from a blocked host", ch.noPassword, "ERROR 1129")
+	db.quietQuits(t, "sluice_nopw")
 }

@@ -14,6 +14,9 @@
 // peer shuts down its write side the echo finishes writing what it read and
 // then shuts down its own write side (TCP half-close), so a client can send
 // everything, CloseWrite, and read the whole echo up to io.EOF.
+//
+// For tests, StartTB ties a server to a test's life, and Netns makes a
+// network namespace that goes with the test.
 package testsrv
 
 import (
