@@ -83,7 +83,7 @@ func TestSizingProblemsExit2(t *testing.T) {
 		{append(tcp, "--max-conns", "9223372036854775807"), `sluice: --max-conns "9223372036854775807": want 1 to 8388608, or 0 (the default) to derive it from the open-file limit`},
 		{append(tcp, "--workers", "1", "--max-conns", "10000"), `sluice: --max-conns "10000": needs 20260 file descriptors (two per connection) but the open-file limit is 20000; lower it to at most 9870 or raise the limit (e.g. LimitNOFILE=)`},
 		{[]string{"--proto", "udp", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:1", "--workers", "1", "--udp-max-sessions", "100000"},
-			`sluice: --udp-max-sessions "100000": needs 100263 file descriptors (one per session, 263 for listeners, loops and a connection) but the open-file limit is 20000; lower it to at most 19737 or raise the limit (e.g. LimitNOFILE=)`},
+			`sluice: --udp-max-sessions "100000": needs 100263 file descriptors (one per session, at least one per loop, 263 for listeners, loops and a connection) but the open-file limit is 20000; lower it to at most 19737 or raise the limit (e.g. LimitNOFILE=)`},
 		{[]string{"--config", conf}, "sluice: " + conf + `:4: "workers" is a global setting: put it before the first [service NAME] section`},
 	}
 	for _, tc := range cases {
