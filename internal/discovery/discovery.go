@@ -49,6 +49,14 @@
 // starts or stops resolving, and the start and end of its hold, are logged
 // once. Records with target "." (service not available) are skipped.
 //
+// Go's resolver drops the SRV records whose target is not a valid domain
+// name and reports an error beside the others; those others are used as
+// any answer's are. An answer that has such records is logged when the
+// last good answer had none, and the next good answer without them is
+// logged too, not every round. When the others give no usable record, the
+// answer is a failure (the last good answer stays), not a name that is
+// gone: the records dropped may have named the backends.
+//
 // An SRV weight (0 to 65535) becomes a backend weight (1 to MaxWeight) as
 // follows: weights up to MaxWeight are kept, and when the largest weight at
 // the chosen priority is above MaxWeight all of them are scaled so that it
@@ -311,6 +319,19 @@ func (w *Watcher) FirstRound() <-chan struct{} { return w.first }
 // target is "." or does not exist. Like NXDOMAIN, it starts a hold.
 var errNoUsableSRV = errors.New("no SRV record with a resolvable target")
 
+// invalidNamesDetail is the Err of the *net.DNSError that net.Resolver's
+// LookupSRV returns beside the valid records when it dropped records whose
+// target is not a valid domain name (net's errMalformedDNSRecordsDetail,
+// unexported).
+const invalidNamesDetail = "DNS response contained records which contain invalid names"
+
+// invalidNames reports whether err says only that a lookup dropped records
+// with invalid names, so the records it returned are good.
+func invalidNames(err error) bool {
+	var dnsErr *net.DNSError
+	return errors.As(err, &dnsErr) && dnsErr.Err == invalidNamesDetail
+}
+
 // target is the state of one target across rounds; Run's goroutine owns
 // it.
 type target struct {
@@ -324,6 +345,9 @@ type target struct {
 	// srv is what the last good answer's record targets resolved to, for
 	// an SRV target.
 	srv map[srvKey]srvState
+	// invalid: the last good answer had SRV records with invalid target
+	// names, ignored, and that was logged. False after a hold ends.
+	invalid bool
 }
 
 // gone reports whether err is an answer saying the name is gone, rather
@@ -386,6 +410,7 @@ func (w *Watcher) round(ctx context.Context, targets []target) {
 	type result struct {
 		backends []Backend
 		srv      map[srvKey]srvState
+		invalid  error // records were ignored for their invalid names
 		err      error
 	}
 	results := make([]result, len(targets))
@@ -395,7 +420,7 @@ func (w *Watcher) round(ctx context.Context, targets []target) {
 			tctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
 			defer cancel()
 			r := &results[i]
-			r.backends, r.srv, r.err = w.resolve(tctx, targets[i].Target, targets[i].srv)
+			r.backends, r.srv, r.invalid, r.err = w.resolve(tctx, targets[i].Target, targets[i].srv)
 		})
 	}
 	wg.Wait()
@@ -411,8 +436,16 @@ func (w *Watcher) round(ctx context.Context, targets []target) {
 				w.log.Info("resolve recovered",
 					zap.Stringer("target", t.Target), zap.Int("backends", len(r.backends)))
 			}
+			switch {
+			case r.invalid != nil && !t.invalid:
+				w.log.Warn("SRV answer has records with invalid target names, ignoring them",
+					zap.Stringer("target", t.Target), zap.Int("backends", len(r.backends)), zap.Error(r.invalid))
+			case r.invalid == nil && t.invalid:
+				w.log.Info("SRV answer has no records with invalid target names again",
+					zap.Stringer("target", t.Target), zap.Int("backends", len(r.backends)))
+			}
 			t.failing, t.goneSince = false, time.Time{}
-			t.last, t.srv = r.backends, r.srv
+			t.last, t.srv, t.invalid = r.backends, r.srv, r.invalid != nil
 		case gone(r.err):
 			w.hold(t, now, t.goneFrom(now, r.err), r.err)
 		case !t.failing:
@@ -460,7 +493,7 @@ func (w *Watcher) hold(t *target, now, since time.Time, err error) {
 		w.log.Warn("name is still gone after the hold, removing its backends",
 			zap.Stringer("target", t.Target), zap.Int("removed", len(t.last)),
 			zap.Duration("gone_for", now.Sub(t.goneSince)), zap.Error(err))
-		t.last, t.srv = nil, nil
+		t.last, t.srv, t.invalid = nil, nil, false
 	}
 }
 
@@ -492,26 +525,27 @@ func (t *target) goneFrom(now time.Time, err error) time.Time {
 }
 
 // resolve returns the backends of t, sorted and deduplicated, and for an
-// SRV target the state of its record targets, given their last state.
-func (w *Watcher) resolve(ctx context.Context, t Target, srv map[srvKey]srvState) ([]Backend, map[srvKey]srvState, error) {
+// SRV target the state of its record targets, given their last state, and
+// the error saying records with invalid names were ignored, if they were.
+func (w *Watcher) resolve(ctx context.Context, t Target, srv map[srvKey]srvState) ([]Backend, map[srvKey]srvState, error, error) {
 	var bs []Backend
-	var err error
+	var invalid, err error
 	if t.Kind == SRV {
-		bs, srv, err = w.resolveSRV(ctx, t.Name, srv)
+		bs, srv, invalid, err = w.resolveSRV(ctx, t.Name, srv)
 	} else {
 		bs, err = w.resolveHost(ctx, t.Name, t.Port, 1)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	bs = dedup(bs)
 	if len(bs) == 0 {
-		return nil, nil, errors.New("no usable addresses")
+		return nil, nil, nil, errors.New("no usable addresses")
 	}
 	if len(bs) > w.cfg.MaxAddrs {
-		return nil, nil, fmt.Errorf("%d addresses, more than the limit of %d", len(bs), w.cfg.MaxAddrs)
+		return nil, nil, nil, fmt.Errorf("%d addresses, more than the limit of %d", len(bs), w.cfg.MaxAddrs)
 	}
-	return bs, srv, nil
+	return bs, srv, invalid, nil
 }
 
 // resolveHost returns name's A and AAAA addresses at port. It drops
@@ -606,19 +640,23 @@ type srvState struct {
 // resolveSRV returns the backends of the lowest usable priority of name's
 // SRV records, and the state of the record targets it looked at, given
 // their state after the last good answer (prev, which it does not modify);
-// see the package documentation. The record targets' lines are logged only
-// when the answer is good: when it is not, the SRV target's failure is the
-// line.
-func (w *Watcher) resolveSRV(ctx context.Context, name string, prev map[srvKey]srvState) ([]Backend, map[srvKey]srvState, error) {
+// see the package documentation. When the answer had records with invalid
+// target names, which the resolver dropped, invalid is the resolver's error
+// saying so. The record targets' lines are logged only when the answer is
+// good: when it is not, the SRV target's failure is the line.
+func (w *Watcher) resolveSRV(ctx context.Context, name string, prev map[srvKey]srvState) (bs []Backend, next map[srvKey]srvState, invalid, err error) {
 	_, srvs, err := w.cfg.Resolver.LookupSRV(ctx, "", "", name)
 	if err != nil {
-		return nil, nil, err
+		if !invalidNames(err) || len(srvs) == 0 {
+			return nil, nil, nil, err
+		}
+		invalid = err // the records returned are the valid ones
 	}
 	if len(srvs) > w.cfg.MaxAddrs {
-		return nil, nil, fmt.Errorf("%d SRV records, more than the limit of %d", len(srvs), w.cfg.MaxAddrs)
+		return nil, nil, nil, fmt.Errorf("%d SRV records, more than the limit of %d", len(srvs), w.cfg.MaxAddrs)
 	}
 	slices.SortStableFunc(srvs, func(a, b *net.SRV) int { return int(a.Priority) - int(b.Priority) })
-	next := make(map[srvKey]srvState)
+	next = make(map[srvKey]srvState)
 	var lines []func() // the record targets' lines
 	for len(srvs) > 0 {
 		prio := srvs[0].Priority
@@ -698,7 +736,7 @@ func (w *Watcher) resolveSRV(ctx context.Context, name string, prev map[srvKey]s
 			// not have: the failing targets' addresses go on without
 			// the held ones'.
 			if failed != nil && ended == 0 {
-				return nil, nil, failed
+				return nil, nil, nil, failed
 			}
 			if kept == 0 {
 				continue // every target is gone: the next priority
@@ -731,19 +769,24 @@ func (w *Watcher) resolveSRV(ctx context.Context, name string, prev map[srvKey]s
 				}
 			}
 			if len(srvWeights) > w.cfg.MaxAddrs {
-				return nil, nil, fmt.Errorf("more than the limit of %d addresses", w.cfg.MaxAddrs)
+				return nil, nil, nil, fmt.Errorf("more than the limit of %d addresses", w.cfg.MaxAddrs)
 			}
 		}
-		bs := make([]Backend, 0, len(srvWeights))
+		bs = make([]Backend, 0, len(srvWeights))
 		for a, sw := range srvWeights {
 			bs = append(bs, Backend{Addr: a, Weight: srvWeight(sw, maxW)})
 		}
 		for _, l := range lines {
 			l()
 		}
-		return bs, next, nil
+		return bs, next, invalid, nil
 	}
-	return nil, nil, errNoUsableSRV
+	if invalid != nil {
+		// The records dropped may have named the backends: not a name
+		// that is gone.
+		return nil, nil, nil, invalid
+	}
+	return nil, nil, nil, errNoUsableSRV
 }
 
 // srvWeight maps an SRV weight to a backend weight, given the largest SRV

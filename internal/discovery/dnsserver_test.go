@@ -120,6 +120,18 @@ func (s *dnsServer) set(tb testing.TB, name string, rrs ...string) {
 	s.records[strings.ToLower(name)] = parsed
 }
 
+// setRR replaces the records of name with rrs, built by the caller: for
+// records that zone file syntax cannot give, such as an SRV target name
+// with a space in it. Their owner names are set to name.
+func (s *dnsServer) setRR(name string, rrs ...dns.RR) {
+	for _, rr := range rrs {
+		rr.Header().Name = name
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.records[strings.ToLower(name)] = rrs
+}
+
 // setMode sets how s answers queries for name, or for one type of query
 // when name is followed by a space and the type ("web.test. AAAA").
 func (s *dnsServer) setMode(name string, mode int) {
