@@ -84,6 +84,12 @@ type Server struct {
 	// it, and a failed successor takes its own with it), so it is refused.
 	// Guarded by stateMu.
 	handingOver bool
+	// reapMu guards reapers and reaped.
+	reapMu sync.Mutex
+	// reapers are the successors told to stop that Upgrade left to exit
+	// in their own time; Run waits for them before it returns (see reap).
+	reapers []*reaper
+	reaped  bool // Run has waited for reapers: a later reap waits itself
 	// closeUDPAtDrain is set, before upgraded is closed, when the
 	// successor is of a release that may not read every UDP socket handed
 	// over: the drain then closes the UDP sockets and sessions at once.
@@ -560,6 +566,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.stopFirewall()
 	s.stopLoops()
+	s.endReapers()
 	t := s.Stats()
 	s.log.Info("sluice stopped",
 		zap.Uint64("connections", t.Accepted),

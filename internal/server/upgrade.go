@@ -227,6 +227,10 @@ var (
 // serving would outlive it (under systemd, until the stop timeout's
 // SIGKILL). The successor is sent SIGTERM, so that any connection it has
 // already accepted is drained, not reset.
+//
+// A successor told to stop, by either, is reaped in the background: Run
+// returns once it has exited, or has been killed for outliving the drain
+// timeout by reapGrace (see reap).
 func (s *Server) Upgrade() error {
 	select {
 	case <-s.upgraded:
@@ -298,11 +302,10 @@ func (s *Server) Upgrade() error {
 	}
 	pid := cmd.Process.Pid
 	// stopChild tells the successor to stop and drain, for a stop of this
-	// process. It is reaped in the background; this process exits after
-	// its own drain either way.
+	// process. It is reaped in the background (see reap).
 	stopChild := func(why string) error {
 		cmd.Process.Signal(syscall.SIGTERM)
-		go cmd.Wait()
+		s.reap(cmd)
 		return fmt.Errorf("%w: the new process (pid %d) %s and was sent SIGTERM", errStopping, pid, why)
 	}
 	fail := func(err error) error {
@@ -338,8 +341,9 @@ func (s *Server) Upgrade() error {
 	if errors.Is(err, handoff.ErrStopping) {
 		// Told to stop (SIGTERM) before it served, it drains what it
 		// accepted on the sockets this process still serves: killing it
-		// would cut those connections. It is reaped in the background.
-		go cmd.Wait()
+		// would cut those connections. It is reaped in the background
+		// (see reap).
+		s.reap(cmd)
 		s.reclaimFirewall()
 		return fmt.Errorf("%w (pid %d): it drains the connections it accepted, and exits", errSuccessorStopped, pid)
 	}
@@ -470,4 +474,79 @@ func (s *Server) sockets() []handoff.Socket {
 		}
 	}
 	return out
+}
+
+// reapGrace is how long past the drain timeout a successor told to stop is
+// given to exit, before Run, returning, kills it.
+const reapGrace = 2 * time.Second
+
+// reaper waits for a successor that was told to stop (SIGTERM), which
+// drains the connections it accepted and exits.
+type reaper struct {
+	cmd *exec.Cmd
+	// deadline is when it should have exited: when it was told to stop,
+	// plus the drain timeout and reapGrace.
+	deadline time.Time
+	done     chan struct{} // closed when cmd.Wait has returned
+}
+
+// reap has cmd, a successor that was told to stop just now, waited for in
+// the background: nothing here needs its end, but its process must be
+// reaped. Run, returning, waits for it until its deadline, then kills it
+// (see endReapers): it has had the drain timeout for its connections, as
+// this process had, and under systemd it would be killed then anyway. Once
+// Run has done so, reap waits itself, in the same way.
+func (s *Server) reap(cmd *exec.Cmd) {
+	r := &reaper{cmd: cmd, deadline: time.Now().Add(s.cfg.DrainTimeout + reapGrace), done: make(chan struct{})}
+	go r.run()
+	s.reapMu.Lock()
+	late := s.reaped
+	if !late {
+		s.reapers = append(s.reapers, r)
+	}
+	s.reapMu.Unlock()
+	if late {
+		r.await(s.log)
+	}
+}
+
+// run waits for the process.
+func (r *reaper) run() {
+	defer close(r.done)
+	r.cmd.Wait()
+}
+
+// await returns when r.run has: at once if the process has exited, else
+// when it does or, at the deadline, once it has been killed.
+func (r *reaper) await(log *zap.Logger) {
+	select {
+	case <-r.done:
+		return
+	default:
+	}
+	t := time.NewTimer(time.Until(r.deadline))
+	defer t.Stop()
+	select {
+	case <-r.done:
+		return
+	case <-t.C:
+	}
+	log.Warn("the new process told to stop has not exited after the drain timeout: killing it",
+		zap.Int("pid", r.cmd.Process.Pid))
+	r.cmd.Process.Kill()
+	<-r.done
+}
+
+// endReapers waits for the successors reaped in the background (see reap),
+// killing those that outlive their deadline. Run calls it once no Upgrade
+// it started can be running (its signal goroutine has returned); a later
+// reap waits itself.
+func (s *Server) endReapers() {
+	s.reapMu.Lock()
+	rs := s.reapers
+	s.reapers, s.reaped = nil, true
+	s.reapMu.Unlock()
+	for _, r := range rs {
+		r.await(s.log)
+	}
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -205,18 +208,7 @@ func adminPost(t *testing.T, s *Server, path string) (int, string) {
 // reporting ready.
 func TestUpgradeRefusesStateChanges(t *testing.T) {
 	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	dir := t.TempDir()
-	started, release := filepath.Join(dir, "started"), filepath.Join(dir, "release")
-	for _, f := range []string{started, release} {
-		if err := unix.Mkfifo(f, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	exe := filepath.Join(dir, "sluice")
-	writeFile(t, exe, "#!/bin/sh", "echo up > "+started, "read x < "+release)
-	if err := os.Chmod(exe, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	exe, started, release := fakeRelease(t, `echo up > "$STARTED"`, `read x < "$RELEASE"`)
 	cfg := parse(t, "--listen", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--backend", backend.Addr().String(),
 		"--health-interval", "1h", "--drain-timeout", "10s")
 	s := startOpts(t, cfg, zap.NewNop(), Options{Executable: exe})
@@ -250,6 +242,26 @@ func TestUpgradeRefusesStateChanges(t *testing.T) {
 	if st := infoOf(s.Server, backend.Addr().String()).State; st != balancer.StateDraining {
 		t.Fatalf("backend %s after the drain, want draining", st)
 	}
+}
+
+// fakeRelease writes a shell script, with lines as its commands, to stand
+// in for a new release, and two fifos for it, whose paths it has in
+// $STARTED and $RELEASE: one for it to say it runs, one to wait on.
+func fakeRelease(tb testing.TB, lines ...string) (exe, started, release string) {
+	tb.Helper()
+	dir := tb.TempDir()
+	started, release = filepath.Join(dir, "started"), filepath.Join(dir, "release")
+	for _, f := range []string{started, release} {
+		if err := unix.Mkfifo(f, 0o600); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	exe = filepath.Join(dir, "sluice")
+	writeFile(tb, exe, append([]string{"#!/bin/sh", "STARTED='" + started + "'", "RELEASE='" + release + "'"}, lines...)...)
+	if err := os.Chmod(exe, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	return exe, started, release
 }
 
 // heldDNSConfig returns the configuration, with args added, of a service
@@ -371,5 +383,61 @@ func TestStoppedBeforeReadyDrains(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("the drain did not end when its last connection closed")
+	}
+}
+
+// TestStoppedSuccessorIsReaped: a stop of this process during an upgrade
+// sends the successor SIGTERM and leaves it to drain; Run does not return
+// before the successor has been reaped, and one that outlives the drain
+// timeout (plus reapGrace) is killed, so that the goroutine reaping it
+// ends with Run. The new release is a script that ignores SIGTERM and
+// never reports ready.
+func TestStoppedSuccessorIsReaped(t *testing.T) {
+	exe, started, _ := fakeRelease(t, "trap '' TERM", `echo $$ > "$STARTED"`, `read x < "$RELEASE"`)
+	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	cfg := parse(t, "--listen", "127.0.0.1:0", "--backend", backend.Addr().String(), "--health-check", "none", "--drain-timeout", "100ms")
+	s, err := New(cfg, zap.NewNop(), Options{Executable: exe})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	<-s.Ready()
+	upgrade := make(chan error, 1)
+	go func() { upgrade <- s.Upgrade() }()
+	// Opening a fifo waits for the other end: the script runs.
+	b, err := os.ReadFile(started)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("the new release's pid %q: %v", b, err)
+	}
+	// Until it is found reaped, pid is this process's child, which cannot
+	// be another process's pid: a failure leaves no process behind.
+	reaped := false
+	t.Cleanup(func() {
+		if !reaped {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+	})
+
+	cancel()
+	upErr := <-upgrade
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	if err := unix.Kill(pid, 0); err == unix.ESRCH {
+		reaped = true
+	} else {
+		t.Errorf("the new process (pid %d), which ignores SIGTERM, is still there after Run returned (kill 0: %v)", pid, err)
+	}
+	if !errors.Is(upErr, errStopping) {
+		t.Errorf("upgrade: %v, want %v", upErr, errStopping)
 	}
 }
