@@ -1,6 +1,7 @@
 // Package health runs active health checks against backends: a Checker
 // speaks one protocol (TCP connect, send/expect, Redis, PostgreSQL, MySQL,
-// gRPC), a RiseFall turns a run of results into an up/down verdict, and a
+// gRPC; the tcp, send-expect, redis and grpc checks optionally over TLS,
+// with certificate files reread when they rotate), a RiseFall turns a run of results into an up/down verdict, and a
 // Monitor runs one jittered check loop per backend, off the data-path loops.
 package health
 
@@ -22,7 +23,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -69,6 +72,22 @@ type Config struct {
 	// service sends Send as one datagram and expects a reply containing
 	// Expect.
 	Network string
+	// TLS runs the tcp (which then passes when the TLS handshake
+	// completes), send-expect, redis and grpc (ALPN h2) checks over TLS.
+	// Not for postgres and mysql, which negotiate TLS inside their own
+	// protocol, nor for UDP.
+	TLS bool
+	// TLSCA is a PEM bundle the backend's certificate is verified
+	// against; "" means it is not verified (a check asks whether the
+	// backend serves, not who it is).
+	TLSCA string
+	// TLSServerName is sent as SNI and is the name verified against
+	// TLSCA; "" sends none and verifies the backend's IP address against
+	// the certificate's IP SANs.
+	TLSServerName string
+	// TLSCert and TLSKey are the PEM files of a client certificate and
+	// its key for backends that require one (mTLS); both or neither.
+	TLSCert, TLSKey string
 }
 
 // Kinds lists the check kinds. "none" runs no check: backends stay up
@@ -82,10 +101,14 @@ func DefaultConfig() Config {
 }
 
 // MinInterval and MinTimeout are the shortest check period and check time
-// accepted.
+// accepted, MaxTimeout the longest check time. A timeout above the
+// interval is fine (the checks then run back to back), but a check that
+// may take more than MaxTimeout, Fall times over before a dead backend is
+// taken down, is a typo (1h for 1s) rather than a setting.
 const (
 	MinInterval = 10 * time.Millisecond
 	MinTimeout  = time.Millisecond
+	MaxTimeout  = 10 * time.Minute
 )
 
 // Validate reports every problem with c, one per element, naming the flag.
@@ -103,8 +126,8 @@ func (c Config) Validate() []string {
 	if c.Interval < MinInterval {
 		probs = append(probs, fmt.Sprintf("--health-interval %q: want %s or more", c.Interval, MinInterval))
 	}
-	if c.Timeout < MinTimeout {
-		probs = append(probs, fmt.Sprintf("--health-timeout %q: want %s or more", c.Timeout, MinTimeout))
+	if c.Timeout < MinTimeout || c.Timeout > MaxTimeout {
+		probs = append(probs, fmt.Sprintf("--health-timeout %q: want %s to %s", c.Timeout, MinTimeout, MaxTimeout))
 	}
 	if c.Rise < 1 || c.Rise > 100 {
 		probs = append(probs, fmt.Sprintf("--health-rise %q: want 1 to 100", strconv.Itoa(c.Rise)))
@@ -126,23 +149,86 @@ func (c Config) Validate() []string {
 	if c.Network == "udp" && c.Kind != "send-expect" && c.Kind != "none" {
 		probs = append(probs, fmt.Sprintf("--health-check %q: a UDP service can use send-expect or none", c.Kind))
 	}
+	return append(probs, c.validateTLS()...)
+}
+
+// validateTLS reports the problems of the --health-tls flags that need no
+// file read.
+func (c Config) validateTLS() []string {
+	var probs []string
+	if c.TLS {
+		switch {
+		case c.Network == "udp":
+			probs = append(probs, "--health-tls with --proto udp: a UDP service's check cannot run over TLS")
+		case c.Kind == "postgres" || c.Kind == "mysql":
+			probs = append(probs, fmt.Sprintf("--health-tls with --health-check %s: the %s check negotiates TLS inside its own protocol; use tcp, send-expect, redis or grpc", c.Kind, c.Kind))
+		case c.Kind == "none":
+			probs = append(probs, "--health-tls with --health-check none: there is no check to run over TLS")
+		}
+	} else {
+		for _, fv := range [][2]string{{"--health-tls-ca", c.TLSCA}, {"--health-tls-server-name", c.TLSServerName},
+			{"--health-tls-cert", c.TLSCert}, {"--health-tls-key", c.TLSKey}} {
+			if fv[1] != "" {
+				probs = append(probs, fmt.Sprintf("%s %q: has no effect without --health-tls", fv[0], fv[1]))
+			}
+		}
+	}
+	if c.TLSCert != "" && c.TLSKey == "" {
+		probs = append(probs, fmt.Sprintf("--health-tls-cert %q: needs --health-tls-key, the certificate's key", c.TLSCert))
+	}
+	if c.TLSKey != "" && c.TLSCert == "" {
+		probs = append(probs, fmt.Sprintf("--health-tls-key %q: needs --health-tls-cert, the key's certificate", c.TLSKey))
+	}
+	if n := c.TLSServerName; n != "" && (len(n) > 253 || strings.ContainsFunc(n, func(r rune) bool { return r <= ' ' || r >= 0x7f })) {
+		probs = append(probs, fmt.Sprintf("--health-tls-server-name %q: want a host name of at most 253 ASCII characters, no spaces", n))
+	}
 	return probs
 }
 
-// NewChecker returns the checker c.Kind names; nil for "none".
-func NewChecker(c Config) (Checker, error) {
+// CheckFiles reads the --health-tls CA bundle, client certificate and key
+// that c names, when its check runs over TLS, and reports every problem
+// (missing, unreadable, not PEM, a key that does not match its
+// certificate), each naming the flag and the file. Validate does not read
+// files; call both at start.
+func (c Config) CheckFiles() []string {
+	if !c.TLS || len(c.validateTLS()) > 0 {
+		return nil
+	}
+	_, probs := loadTLSMaterial(c.TLSCA, c.TLSCert, c.TLSKey)
+	return probs
+}
+
+// NewChecker returns the checker c.Kind names; nil for "none". A check
+// over TLS with certificate files logs nothing when a rotated file is bad;
+// see NewCheckerLog.
+func NewChecker(c Config) (Checker, error) { return NewCheckerLog(c, zap.NewNop()) }
+
+// NewCheckerLog is NewChecker with a logger, which a check over TLS uses
+// to say, once per new version, that rotated certificate files are bad
+// (the last good ones stay in use), and when it rereads them.
+func NewCheckerLog(c Config, log *zap.Logger) (Checker, error) {
+	var src *tlsSource
+	if c.TLS && c.Kind != "none" {
+		if probs := c.validateTLS(); len(probs) > 0 {
+			return nil, errors.New(strings.Join(probs, "; "))
+		}
+		var err error
+		if src, err = newTLSSource(c, log); err != nil {
+			return nil, err
+		}
+	}
 	switch c.Kind {
 	case "none":
 		return nil, nil
 	case "tcp":
-		return tcpCheck{}, nil
+		return tcpCheck{tls: src}, nil
 	case "send-expect":
 		if c.Network == "udp" {
 			return udpSendExpect{send: []byte(unescape(c.Send)), expect: []byte(unescape(c.Expect))}, nil
 		}
-		return sendExpect{send: []byte(unescape(c.Send)), expect: []byte(unescape(c.Expect))}, nil
+		return sendExpect{send: []byte(unescape(c.Send)), expect: []byte(unescape(c.Expect)), tls: src}, nil
 	case "redis":
-		return redisCheck{password: c.RedisPassword}, nil
+		return redisCheck{password: c.RedisPassword, tls: src}, nil
 	case "postgres":
 		p := postgresCheck{user: c.PostgresUser, database: c.PostgresDatabase}
 		if p.user == "" {
@@ -155,7 +241,7 @@ func NewChecker(c Config) (Checker, error) {
 	case "mysql":
 		return mysqlCheck{user: c.MySQLUser}, nil
 	case "grpc":
-		return grpcCheck{service: c.GRPCService}, nil
+		return grpcCheck{service: c.GRPCService, tls: src}, nil
 	}
 	return nil, fmt.Errorf("unknown health check %q", c.Kind)
 }
@@ -183,20 +269,46 @@ func dial(ctx context.Context, network string, addr netip.AddrPort) (net.Conn, e
 	return c, nil
 }
 
-type tcpCheck struct{}
-
-func (tcpCheck) Check(ctx context.Context, addr netip.AddrPort) error {
+// dialStream connects over TCP and, when src is set, completes a TLS
+// handshake, with dial's deadline.
+func dialStream(ctx context.Context, addr netip.AddrPort, src *tlsSource) (net.Conn, error) {
 	c, err := dial(ctx, "tcp", addr)
+	if err != nil || src == nil {
+		return c, err
+	}
+	tc := tls.Client(c, src.config(addr))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		var rh tls.RecordHeaderError
+		if errors.As(err, &rh) {
+			return nil, fmt.Errorf("TLS handshake: the backend does not speak TLS (it answered %q)", rh.RecordHeader[:])
+		}
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	return tc, nil
+}
+
+// tcpCheck passes when a connection opens or, over TLS, when the TLS
+// handshake completes. In TLS 1.3 a server sends its verdict on the
+// client certificate after the handshake, so a refused (or missing) one
+// fails only the checks that go on talking: send-expect, redis, grpc.
+type tcpCheck struct{ tls *tlsSource }
+
+func (t tcpCheck) Check(ctx context.Context, addr netip.AddrPort) error {
+	c, err := dialStream(ctx, addr, t.tls)
 	if err != nil {
 		return err
 	}
 	return c.Close()
 }
 
-type sendExpect struct{ send, expect []byte }
+type sendExpect struct {
+	send, expect []byte
+	tls          *tlsSource // nil: plain text
+}
 
 func (s sendExpect) Check(ctx context.Context, addr netip.AddrPort) error {
-	c, err := dial(ctx, "tcp", addr)
+	c, err := dialStream(ctx, addr, s.tls)
 	if err != nil {
 		return err
 	}
@@ -259,10 +371,13 @@ func (u udpSendExpect) Check(ctx context.Context, addr netip.AddrPort) error {
 	}
 }
 
-type redisCheck struct{ password string }
+type redisCheck struct {
+	password string
+	tls      *tlsSource // nil: plain text
+}
 
 func (r redisCheck) Check(ctx context.Context, addr netip.AddrPort) error {
-	c, err := dial(ctx, "tcp", addr)
+	c, err := dialStream(ctx, addr, r.tls)
 	if err != nil {
 		return err
 	}
@@ -788,15 +903,21 @@ func isSQLState(b []byte) bool {
 	return true
 }
 
-// grpcCheck asks grpc.health.v1.Health/Check over a fresh plaintext
-// connection.
-type grpcCheck struct{ service string }
+// grpcCheck asks grpc.health.v1.Health/Check over a fresh connection, in
+// plain text or over TLS (ALPN h2).
+type grpcCheck struct {
+	service string
+	tls     *tlsSource // nil: plain text
+}
 
 func (g grpcCheck) Check(ctx context.Context, addr netip.AddrPort) error {
+	creds := insecure.NewCredentials()
+	if g.tls != nil {
+		creds = credentials.NewTLS(g.tls.config(addr))
+	}
 	// WithNoProxy: like every other check, probe the backend itself, never
 	// through an HTTPS_PROXY that happens to be in the environment.
-	cc, err := grpc.NewClient(addr.String(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithNoProxy())
+	cc, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(creds), grpc.WithNoProxy())
 	if err != nil {
 		return err
 	}

@@ -38,6 +38,17 @@ func TestConfigValidate(t *testing.T) {
 		{"negative timeout", func(c *Config) { c.Timeout = -time.Millisecond }, "--health-timeout", `"-1ms"`},
 		{"interval below the floor", func(c *Config) { c.Interval = time.Nanosecond }, "--health-interval", `"1ns"`},
 		{"timeout below the floor", func(c *Config) { c.Timeout = time.Microsecond }, "--health-timeout", `"1µs"`},
+		{"timeout above the ceiling", func(c *Config) { c.Timeout = MaxTimeout + time.Second }, "--health-timeout", `"10m1s"`},
+		{"timeout of an hour", func(c *Config) { c.Timeout = time.Hour }, "--health-timeout", "want 1ms to 10m0s"},
+		{"TLS with postgres", func(c *Config) { c.Kind, c.TLS = "postgres", true }, "--health-tls", "with --health-check postgres"},
+		{"TLS with mysql", func(c *Config) { c.Kind, c.TLS = "mysql", true }, "--health-tls", "with --health-check mysql"},
+		{"TLS on UDP", func(c *Config) { c.Kind, c.Expect, c.Network, c.TLS = "send-expect", "x", "udp", true }, "--health-tls", "with --proto udp"},
+		{"TLS with none", func(c *Config) { c.Kind, c.TLS = "none", true }, "--health-tls", "with --health-check none"},
+		{"CA without TLS", func(c *Config) { c.TLSCA = "ca.pem" }, "--health-tls-ca", `"ca.pem": has no effect without --health-tls`},
+		{"server name without TLS", func(c *Config) { c.TLSServerName = "db" }, "--health-tls-server-name", "without --health-tls"},
+		{"cert without key", func(c *Config) { c.TLS, c.TLSCert = true, "c.pem" }, "--health-tls-cert", "needs --health-tls-key"},
+		{"key without cert", func(c *Config) { c.TLS, c.TLSKey = true, "k.pem" }, "--health-tls-key", "needs --health-tls-cert"},
+		{"server name with a space", func(c *Config) { c.TLS, c.TLSServerName = true, "db .test" }, "--health-tls-server-name", `"db .test"`},
 		{"zero rise", func(c *Config) { c.Rise = 0 }, "--health-rise", `"0"`},
 		{"negative rise", func(c *Config) { c.Rise = -1 }, "--health-rise", `"-1"`},
 		{"rise 101", func(c *Config) { c.Rise = 101 }, "--health-rise", `"101"`},
@@ -77,6 +88,19 @@ func TestConfigValidateEdges(t *testing.T) {
 	c.MySQLUser = strings.Repeat("ü", 80) // 160 bytes
 	if probs := c.Validate(); len(probs) != 0 {
 		t.Fatalf("mysql user of 80 characters: Validate() = %q", probs)
+	}
+	// A timeout above the interval: the checks run back to back.
+	c.Interval, c.Timeout = time.Second, MaxTimeout
+	if probs := c.Validate(); len(probs) != 0 {
+		t.Fatalf("timeout %v above the interval: Validate() = %q", c.Timeout, probs)
+	}
+	for _, k := range []string{"tcp", "send-expect", "redis", "grpc"} {
+		c := DefaultConfig()
+		c.Kind, c.Expect, c.TLS = k, "x", true
+		c.TLSCA, c.TLSServerName, c.TLSCert, c.TLSKey = "ca.pem", "db.test", "c.pem", "k.pem"
+		if probs := c.Validate(); len(probs) != 0 {
+			t.Fatalf("%s over TLS: Validate() = %q", k, probs)
+		}
 	}
 	// Send-expect with an expectation but nothing to send is a banner
 	// check, and valid.

@@ -32,13 +32,13 @@ func startGRPC(tb testing.TB, host string) *grpcPeer {
 	return g
 }
 
-func startGRPCServer(tb testing.TB, host string, withHealth bool) *grpcPeer {
+func startGRPCServer(tb testing.TB, host string, withHealth bool, opts ...grpc.ServerOption) *grpcPeer {
 	tb.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		tb.Fatalf("listen: %v", err)
 	}
-	s := grpc.NewServer()
+	s := grpc.NewServer(opts...)
 	g := &grpcPeer{addr: ln.Addr().(*net.TCPAddr).AddrPort()}
 	if withHealth {
 		g.hs = grpchealth.NewServer()

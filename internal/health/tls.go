@@ -1,0 +1,257 @@
+package health
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// maxTLSFile bounds the CA bundle, certificate and key files read.
+const maxTLSFile = 1 << 20
+
+// tlsMaterial is what the TLS files hold: the roots the backend's
+// certificate is verified against (nil: not verified) and the client
+// certificate (nil: none).
+type tlsMaterial struct {
+	roots *x509.CertPool
+	cert  *tls.Certificate
+}
+
+// loadTLSMaterial reads the CA bundle and the client certificate and key
+// ("" for none). Each problem names its flag and file.
+func loadTLSMaterial(ca, certFile, keyFile string) (tlsMaterial, []string) {
+	var m tlsMaterial
+	var probs []string
+	if ca != "" {
+		pool, err := readCAFile(ca)
+		if err != nil {
+			probs = append(probs, fmt.Sprintf("--health-tls-ca %q: %v", ca, err))
+		}
+		m.roots = pool
+	}
+	if certFile == "" || keyFile == "" {
+		return m, probs // Validate reports one without the other
+	}
+	certPEM, err := readTLSFile(certFile)
+	if err == nil && !hasPEM(certPEM, func(t string) bool { return t == "CERTIFICATE" }) {
+		err = errors.New("no PEM CERTIFICATE block in it")
+	}
+	if err != nil {
+		probs = append(probs, fmt.Sprintf("--health-tls-cert %q: %v", certFile, err))
+	}
+	keyPEM, kerr := readTLSFile(keyFile)
+	if kerr == nil && !hasPEM(keyPEM, func(t string) bool { return strings.HasSuffix(t, "PRIVATE KEY") }) {
+		kerr = errors.New("no PEM PRIVATE KEY block in it")
+	}
+	if kerr != nil {
+		probs = append(probs, fmt.Sprintf("--health-tls-key %q: %v", keyFile, kerr))
+	}
+	if err != nil || kerr != nil {
+		return m, probs
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		probs = append(probs, fmt.Sprintf("--health-tls-key %q: not the key of --health-tls-cert %q: %v", keyFile, certFile, err))
+		return m, probs
+	}
+	m.cert = &pair
+	return m, probs
+}
+
+// readCAFile reads a PEM bundle of one or more certificates. Every
+// CERTIFICATE block must parse: one that does not is more likely a
+// damaged file than something to skip.
+func readCAFile(path string) (*x509.CertPool, error) {
+	data, err := readTLSFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	n := 0
+	for rest := data; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		n++
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", n, err)
+		}
+		pool.AddCert(c)
+	}
+	if n == 0 {
+		return nil, errors.New("no PEM CERTIFICATE block in it")
+	}
+	return pool, nil
+}
+
+// hasPEM reports whether data holds a PEM block whose type satisfies ok.
+func hasPEM(data []byte, ok func(typ string) bool) bool {
+	for {
+		var b *pem.Block
+		if b, data = pem.Decode(data); b == nil {
+			return false
+		}
+		if ok(b.Type) {
+			return true
+		}
+	}
+}
+
+func readTLSFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxTLSFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxTLSFile {
+		return nil, fmt.Errorf("larger than %d bytes", maxTLSFile)
+	}
+	return data, nil
+}
+
+// fileStamp tells one version of a file from another without reading it:
+// a rename over it changes the inode, a rewrite in place the time or size.
+// The zero stamp is a file that could not be looked at.
+type fileStamp struct {
+	mod       time.Time
+	size      int64
+	dev, ino  uint64
+	statError bool
+}
+
+func stampOf(path string) fileStamp {
+	if path == "" {
+		return fileStamp{}
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{statError: true}
+	}
+	s := fileStamp{mod: st.ModTime(), size: st.Size()}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		s.dev, s.ino = uint64(sys.Dev), sys.Ino
+	}
+	return s
+}
+
+// tlsSource makes the TLS client configs of a service's checks from the
+// files named by --health-tls-*, and rereads the files when they change,
+// so that rotated certificates are used without a restart. Safe for
+// concurrent use by the checks of every backend.
+type tlsSource struct {
+	ca, certFile, keyFile string
+	serverName            string
+	// every is the least time between two looks at the files' stamps:
+	// the check interval, so one check round looks at most once.
+	every time.Duration
+	now   func() time.Time
+	log   *zap.Logger
+
+	// mu guards the fields below.
+	mu       sync.Mutex
+	nextLook time.Time    // no look at the files before
+	stamps   [3]fileStamp // of ca, certFile, keyFile, as last read
+	cur      tlsMaterial  // the last good files
+}
+
+// newTLSSource reads the files of c, which must be good (checked at
+// start by CheckFiles).
+func newTLSSource(c Config, log *zap.Logger) (*tlsSource, error) {
+	s := &tlsSource{ca: c.TLSCA, certFile: c.TLSCert, keyFile: c.TLSKey, serverName: c.TLSServerName,
+		every: c.Interval, now: time.Now, log: log}
+	s.stamps = s.look()
+	m, probs := loadTLSMaterial(s.ca, s.certFile, s.keyFile)
+	if len(probs) > 0 {
+		return nil, errors.New(strings.Join(probs, "; "))
+	}
+	s.cur = m
+	s.nextLook = s.now().Add(s.every)
+	return s, nil
+}
+
+func (s *tlsSource) look() [3]fileStamp {
+	return [3]fileStamp{stampOf(s.ca), stampOf(s.certFile), stampOf(s.keyFile)}
+}
+
+// refresh rereads the files if it is time to look and a stamp changed.
+// A bad new version (half written, a key not matching its certificate)
+// is logged once, and the last good files stay in use; a later version
+// is read again. The stamps are taken before the files are read, so a
+// change during the read is seen at the next look.
+func (s *tlsSource) refresh() tlsMaterial {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	if now.Before(s.nextLook) || (s.ca == "" && s.certFile == "") {
+		return s.cur
+	}
+	s.nextLook = now.Add(s.every)
+	st := s.look()
+	if st == s.stamps {
+		return s.cur
+	}
+	s.stamps = st
+	m, probs := loadTLSMaterial(s.ca, s.certFile, s.keyFile)
+	if len(probs) > 0 {
+		s.log.Warn("new health check TLS files are bad; the last good ones stay in use",
+			zap.Strings("problems", probs))
+		return s.cur
+	}
+	s.log.Info("health check TLS files reread", zap.String("ca", s.ca), zap.String("cert", s.certFile))
+	s.cur = m
+	return s.cur
+}
+
+// config returns the TLS client config for a check of addr, from the
+// files as they are now. Without a CA the backend's certificate is not
+// verified. With one, it is verified against the CA for the server name,
+// or, without a server name, for addr's IP address (IP SANs); no SNI is
+// sent for an IP address.
+func (s *tlsSource) config(addr netip.AddrPort) *tls.Config {
+	m := s.refresh()
+	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: s.serverName}
+	if m.roots == nil {
+		// Not verified, as HAProxy's "verify none": a health check asks
+		// whether the backend serves, not who it is, and sends nothing
+		// secret beyond the client certificate's proof.
+		c.InsecureSkipVerify = true
+	} else {
+		c.RootCAs = m.roots
+		if c.ServerName == "" {
+			c.ServerName = addr.Addr().String()
+		}
+	}
+	if cert := m.cert; cert != nil {
+		// Sent whenever the server asks, as OpenSSL does: Certificates
+		// would leave it out when it does not chain to the CAs the
+		// server names, and the check would fail for a want of a
+		// certificate rather than for the certificate.
+		c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	}
+	return c
+}

@@ -1,0 +1,632 @@
+package health
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// testCA is a certificate authority made for one test.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pem  []byte // the CA certificate
+}
+
+func newTestKey(tb testing.TB) *ecdsa.PrivateKey {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return key
+}
+
+func newSerial(tb testing.TB) *big.Int {
+	tb.Helper()
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return n
+}
+
+func newTestCA(tb testing.TB, name string) *testCA {
+	tb.Helper()
+	key := newTestKey(tb)
+	tmpl := &x509.Certificate{
+		SerialNumber:          newSerial(tb),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// leaf is a certificate issued by a testCA, with its key, as a
+// tls.Certificate and as PEM.
+type leaf struct {
+	tls             tls.Certificate
+	certPEM, keyPEM []byte
+}
+
+// issue makes a server certificate for the IP addresses and names given,
+// or a client certificate (client set).
+func (ca *testCA) issue(tb testing.TB, cn string, ips []net.IP, dns []string, client bool) leaf {
+	tb.Helper()
+	key := newTestKey(tb)
+	usage := x509.ExtKeyUsageServerAuth
+	if client {
+		usage = x509.ExtKeyUsageClientAuth
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: newSerial(tb),
+		Subject:      pkix.Name{CommonName: cn},
+		IPAddresses:  ips,
+		DNSNames:     dns,
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return leaf{
+		tls:     tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+		certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		keyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+	}
+}
+
+var loopbackIPs = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+
+// writeFile writes data to dir/name through a temporary file renamed
+// over it, as certificate rotation tools do, and returns the path.
+func writeFile(tb testing.TB, dir, name string, data []byte) string {
+	tb.Helper()
+	p := filepath.Join(dir, name)
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// tlsScript runs script on the server side of a TLS connection over c,
+// after the handshake; a failed handshake ends the connection.
+func tlsScript(conf *tls.Config, script func(c net.Conn)) func(c net.Conn) {
+	return func(c net.Conn) {
+		tc := tls.Server(c, conf)
+		if err := tc.Handshake(); err != nil {
+			return
+		}
+		script(tc)
+	}
+}
+
+// serverConf serves cert, and records the SNI of each handshake on sni
+// when it is not nil.
+func serverConf(cert tls.Certificate, sni chan<- string) *tls.Config {
+	return &tls.Config{GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		if sni != nil {
+			sni <- h.ServerName
+		}
+		return &cert, nil
+	}}
+}
+
+// tlsCheckConfig is a Config for a check of kind over TLS.
+func tlsCheckConfig(kind string) Config {
+	c := DefaultConfig()
+	c.Kind, c.TLS = kind, true
+	return c
+}
+
+// sourceOf returns the TLS source of a checker made by NewChecker.
+func sourceOf(tb testing.TB, ch Checker) *tlsSource {
+	tb.Helper()
+	var s *tlsSource
+	switch c := ch.(type) {
+	case tcpCheck:
+		s = c.tls
+	case sendExpect:
+		s = c.tls
+	case redisCheck:
+		s = c.tls
+	case grpcCheck:
+		s = c.tls
+	}
+	if s == nil {
+		tb.Fatalf("checker %T has no TLS source", ch)
+	}
+	return s
+}
+
+// fakeClock is the clock of a tlsSource in tests: it moves only when told.
+type fakeClock struct {
+	mu sync.Mutex // guards t
+	t  time.Time
+}
+
+func (f *fakeClock) now() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.t
+}
+
+func (f *fakeClock) advance(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.t = f.t.Add(d)
+}
+
+// useFakeClock gives src a fake clock, at which the files were last
+// looked at.
+func useFakeClock(src *tlsSource) *fakeClock {
+	f := &fakeClock{t: time.Unix(1_000_000_000, 0)}
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	src.now = f.now
+	src.nextLook = f.t.Add(src.every)
+	return f
+}
+
+func TestTLSTCPCheck(t *testing.T) {
+	t.Parallel()
+	ca := newTestCA(t, "sluice test CA")
+	srv := ca.issue(t, "backend", loopbackIPs, nil, false)
+	ch := newChecker(t, tlsCheckConfig("tcp"))
+	t.Run("TLS server", func(t *testing.T) {
+		p := startPeer(t, "127.0.0.1", tlsScript(serverConf(srv.tls, nil), silent))
+		wantErr(t, runCheck(ch, p.addr), "")
+	})
+	t.Run("TLS server on IPv6", func(t *testing.T) {
+		p := startPeer(t, "::1", tlsScript(serverConf(srv.tls, nil), silent))
+		wantErr(t, runCheck(ch, p.addr), "")
+	})
+	t.Run("plain server that answers", func(t *testing.T) {
+		// A Redis without TLS answers the ClientHello with an error line.
+		p := startPeer(t, "127.0.0.1", answer(t, nil, "-ERR unknown command\r\n"))
+		wantErr(t, runCheck(ch, p.addr), `TLS handshake: the backend does not speak TLS (it answered "-ERR `)
+	})
+	t.Run("plain server that hangs up", func(t *testing.T) {
+		p := startPeer(t, "127.0.0.1", hangUp(t, nil))
+		wantErr(t, runCheck(ch, p.addr), "TLS handshake: ")
+	})
+	t.Run("plain server that stays silent", func(t *testing.T) {
+		// The wedged server a bare connect passes.
+		p := startPeer(t, "127.0.0.1", silent)
+		_, err := timedCheck(ch, p.addr, 50*time.Millisecond)
+		wantErr(t, err, "TLS handshake: ")
+		if !isTimeout(err) {
+			t.Fatalf("check of a silent server: %v, want a timeout", err)
+		}
+	})
+}
+
+func TestTLSSendExpectCheck(t *testing.T) {
+	t.Parallel()
+	ca := newTestCA(t, "sluice test CA")
+	srv := ca.issue(t, "backend", loopbackIPs, nil, false)
+	c := tlsCheckConfig("send-expect")
+	c.Send, c.Expect = `PING\r\n`, "PONG"
+	ch := newChecker(t, c)
+	conf := serverConf(srv.tls, nil)
+	for _, tc := range []struct {
+		name, reply, wantErr string
+	}{
+		{"expected answer", "+PONG\r\n", ""},
+		{"other answer", "-ERR busy\r\n", `expected "PONG", got "-ERR busy\r\n"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The peer hangs up after its answer.
+			p := startPeer(t, "127.0.0.1", tlsScript(conf, func(c net.Conn) {
+				if readExactly(t, c, []byte("PING\r\n")) {
+					io.WriteString(c, tc.reply)
+				}
+			}))
+			wantErr(t, runCheck(ch, p.addr), tc.wantErr)
+		})
+	}
+	t.Run("plain server", func(t *testing.T) {
+		p := startPeer(t, "127.0.0.1", answer(t, nil, "+PONG\r\n"))
+		wantErr(t, runCheck(ch, p.addr), "does not speak TLS")
+	})
+}
+
+func TestTLSRedisCheck(t *testing.T) {
+	t.Parallel()
+	ca := newTestCA(t, "sluice test CA")
+	srv := ca.issue(t, "redis", loopbackIPs, nil, false)
+	conf := serverConf(srv.tls, nil)
+	c := tlsCheckConfig("redis")
+	c.RedisPassword = redisPassword
+	ch := newChecker(t, c)
+	t.Run("PONG", func(t *testing.T) {
+		p := startPeer(t, "127.0.0.1", tlsScript(conf, redisScript(t, []string{redisAuth + redisPing}, "+OK\r\n+PONG\r\n")))
+		wantErr(t, runCheck(ch, p.addr), "")
+	})
+	t.Run("loading", func(t *testing.T) {
+		p := startPeer(t, "127.0.0.1", tlsScript(conf, redisScript(t, []string{redisAuth + redisPing},
+			"+OK\r\n-LOADING Redis is loading the dataset in memory\r\n")))
+		wantErr(t, runCheck(ch, p.addr), "PING answered \"-LOADING")
+	})
+}
+
+// startGRPCTLS serves grpc.health.v1 over TLS with conf, the server as a
+// whole SERVING.
+func startGRPCTLS(tb testing.TB, conf *tls.Config) *grpcPeer {
+	tb.Helper()
+	g := startGRPCServer(tb, "127.0.0.1", true, grpc.Creds(credentials.NewTLS(conf)))
+	g.hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	return g
+}
+
+func TestTLSGRPCCheck(t *testing.T) {
+	t.Parallel()
+	ca := newTestCA(t, "sluice test CA")
+	srv := ca.issue(t, "grpc", loopbackIPs, []string{"grpc.test"}, false)
+	g := startGRPCTLS(t, serverConf(srv.tls, nil))
+	g.hs.SetServingStatus("sluice.test.Draining", healthpb.HealthCheckResponse_NOT_SERVING)
+
+	wantErr(t, runCheck(newChecker(t, tlsCheckConfig("grpc")), g.addr), "")
+	c := tlsCheckConfig("grpc")
+	c.GRPCService = "sluice.test.Draining"
+	wantErr(t, runCheck(newChecker(t, c), g.addr), "grpc health status NOT_SERVING")
+
+	// Verified against the CA, by IP address and by name.
+	caFile := writeFile(t, t.TempDir(), "ca.pem", ca.pem)
+	c = tlsCheckConfig("grpc")
+	c.TLSCA = caFile
+	wantErr(t, runCheck(newChecker(t, c), g.addr), "")
+	c.TLSServerName = "grpc.test"
+	wantErr(t, runCheck(newChecker(t, c), g.addr), "")
+	c.TLSServerName = "other.test"
+	wantErr(t, runCheck(newChecker(t, c), g.addr), "certificate is valid for grpc.test")
+
+	// In plain text the TLS server is not reached, and a TLS check of a
+	// plain server fails.
+	if err := runCheck(newChecker(t, Config{Kind: "grpc"}), g.addr); err == nil {
+		t.Fatal("plain-text grpc check of a TLS server passed")
+	}
+	plain := startGRPC(t, "127.0.0.1")
+	wantErr(t, runCheck(newChecker(t, tlsCheckConfig("grpc")), plain.addr), "first record does not look like a TLS handshake")
+}
+
+// TestTLSVerify: without --health-tls-ca any certificate passes; with it,
+// the certificate must chain to it and be valid for the server name or,
+// without one, for the backend's IP address. The server name is sent as
+// SNI, and no SNI is sent without one.
+func TestTLSVerify(t *testing.T) {
+	t.Parallel()
+	ca := newTestCA(t, "sluice test CA")
+	other := newTestCA(t, "another CA")
+	dir := t.TempDir()
+	caFile := writeFile(t, dir, "ca.pem", ca.pem)
+	otherFile := writeFile(t, dir, "other.pem", other.pem)
+	byIP := ca.issue(t, "db", loopbackIPs, []string{"db.test"}, false)
+	byName := ca.issue(t, "db", nil, []string{"db.test"}, false)
+	for _, tc := range []struct {
+		name       string
+		cert       leaf
+		ca         string
+		serverName string
+		wantErr    string
+	}{
+		{"unverified", byIP, "", "", ""},
+		{"unverified, cert of another CA", other.issue(t, "x", nil, []string{"x.test"}, false), "", "", ""},
+		{"unverified, with SNI", byIP, "", "db.test", ""},
+		{"CA, IP SAN", byIP, caFile, "", ""},
+		{"CA, name", byIP, caFile, "db.test", ""},
+		{"CA, name only in the certificate", byName, caFile, "db.test", ""},
+		{"CA, no IP SAN", byName, caFile, "", "cannot validate certificate for 127.0.0.1 because it doesn't contain any IP SANs"},
+		{"CA, wrong name", byIP, caFile, "cache.test", "certificate is valid for db.test, not cache.test"},
+		{"other CA", byIP, otherFile, "", "certificate signed by unknown authority"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sni := make(chan string, 1)
+			p := startPeer(t, "127.0.0.1", tlsScript(serverConf(tc.cert.tls, sni), silent))
+			c := tlsCheckConfig("tcp")
+			c.TLSCA, c.TLSServerName = tc.ca, tc.serverName
+			wantErr(t, runCheck(newChecker(t, c), p.addr), tc.wantErr)
+			p.close() // the handshake is over, and its SNI recorded
+			select {
+			case got := <-sni:
+				if got != tc.serverName {
+					t.Fatalf("server saw SNI %q, want %q", got, tc.serverName)
+				}
+			default:
+				t.Fatal("the server saw no TLS handshake")
+			}
+		})
+	}
+}
+
+// TestTLSClientCert: a backend that requires a client certificate passes
+// the checks that hold one it trusts, and fails the others.
+func TestTLSClientCert(t *testing.T) {
+	t.Parallel()
+	ca := newTestCA(t, "sluice test CA")
+	clientCA := newTestCA(t, "client CA")
+	stranger := newTestCA(t, "stranger CA")
+	srv := ca.issue(t, "backend", loopbackIPs, nil, false)
+	dir := t.TempDir()
+	good := clientCA.issue(t, "sluice", nil, nil, true)
+	bad := stranger.issue(t, "sluice", nil, nil, true)
+	goodCert, goodKey := writeFile(t, dir, "good.crt", good.certPEM), writeFile(t, dir, "good.key", good.keyPEM)
+	badCert, badKey := writeFile(t, dir, "bad.crt", bad.certPEM), writeFile(t, dir, "bad.key", bad.keyPEM)
+
+	conf := serverConf(srv.tls, nil)
+	conf.ClientAuth = tls.RequireAndVerifyClientCert
+	conf.ClientCAs = x509.NewCertPool()
+	conf.ClientCAs.AddCert(clientCA.cert)
+	p := startPeer(t, "127.0.0.1", tlsScript(conf, answer(t, []byte("PING\r\n"), "+PONG\r\n")))
+	g := startGRPCTLS(t, conf)
+	// The gRPC check fails on the server's alert or on the connection it
+	// closes, whichever the client sees first.
+	for _, tc := range []struct {
+		name, cert, key, wantErr string
+	}{
+		{"trusted certificate", goodCert, goodKey, ""},
+		{"no certificate", "", "", "certificate required"},
+		{"untrusted certificate", badCert, badKey, "unknown certificate authority"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tlsCheckConfig("send-expect")
+			c.Send, c.Expect = `PING\r\n`, "PONG"
+			c.TLSCert, c.TLSKey = tc.cert, tc.key
+			wantErr(t, runCheck(newChecker(t, c), p.addr), tc.wantErr)
+			c = tlsCheckConfig("grpc")
+			c.TLSCert, c.TLSKey = tc.cert, tc.key
+			if err := runCheck(newChecker(t, c), g.addr); (err == nil) != (tc.wantErr == "") {
+				t.Fatalf("grpc check: %v, want an error: %v", err, tc.wantErr != "")
+			}
+		})
+	}
+}
+
+// newRotatingChecker is NewCheckerLog with a fake clock for the looks at
+// the files and a log that records lines of level and above.
+func newRotatingChecker(tb testing.TB, c Config, level zapcore.Level) (Checker, *fakeClock, *observer.ObservedLogs) {
+	tb.Helper()
+	core, logs := observer.New(level)
+	ch, err := NewCheckerLog(c, zap.New(core))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ch, useFakeClock(sourceOf(tb, ch)), logs
+}
+
+// TestTLSRotation: the files are looked at again once per check interval,
+// and a new version is used by the next check; a bad new version is
+// logged once and the last good one stays in use.
+func TestTLSRotation(t *testing.T) {
+	t.Parallel()
+	caA, caB := newTestCA(t, "CA A"), newTestCA(t, "CA B")
+	srvA := caA.issue(t, "backend", loopbackIPs, nil, false)
+	srvB := caB.issue(t, "backend", loopbackIPs, nil, false)
+	// The server presents A's certificate until told otherwise.
+	var mu sync.Mutex // guards presented
+	presented := srvA.tls
+	conf := &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		c := presented
+		return &c, nil
+	}}
+	present := func(l leaf) {
+		mu.Lock()
+		defer mu.Unlock()
+		presented = l.tls
+	}
+	p := startPeer(t, "127.0.0.1", tlsScript(conf, silent))
+
+	dir := t.TempDir()
+	c := tlsCheckConfig("tcp")
+	c.TLSCA = writeFile(t, dir, "ca.pem", caA.pem)
+	ch, clock, logs := newRotatingChecker(t, c, zapcore.InfoLevel)
+	wantErr(t, runCheck(ch, p.addr), "")
+
+	// The backend moves to CA B, and so does the CA file.
+	present(srvB)
+	wantErr(t, runCheck(ch, p.addr), "certificate signed by unknown authority")
+	writeFile(t, dir, "ca.pem", caB.pem)
+	clock.advance(c.Interval - time.Nanosecond)
+	wantErr(t, runCheck(ch, p.addr), "certificate signed by unknown authority") // not looked at yet
+	clock.advance(time.Nanosecond)
+	wantErr(t, runCheck(ch, p.addr), "")
+	if n := logs.FilterMessage("health check TLS files reread").Len(); n != 1 {
+		t.Fatalf("%d reread log lines, want 1", n)
+	}
+
+	// A bad new version: B stays in use, and the problem is logged once.
+	writeFile(t, dir, "ca.pem", []byte("-----BEGIN CERTIFICATE-----\ntruncated"))
+	for range 3 {
+		clock.advance(c.Interval)
+		wantErr(t, runCheck(ch, p.addr), "")
+	}
+	bad := logs.FilterMessage("new health check TLS files are bad; the last good ones stay in use").All()
+	if len(bad) != 1 {
+		t.Fatalf("%d log lines for the bad file, want 1: %v", len(bad), logs.All())
+	}
+	if probs := bad[0].ContextMap()["problems"]; !strings.Contains(strings.Join(toStrings(probs), ""), "--health-tls-ca") {
+		t.Fatalf("bad file logged with problems %v, want it named", probs)
+	}
+	// The next good version is taken.
+	present(srvA)
+	writeFile(t, dir, "ca.pem", caA.pem)
+	clock.advance(c.Interval)
+	wantErr(t, runCheck(ch, p.addr), "")
+}
+
+// TestTLSClientCertRotation: a certificate and key replaced one after the
+// other (the certificate first) are taken once both are there; in
+// between, the old pair stays in use.
+func TestTLSClientCertRotation(t *testing.T) {
+	t.Parallel()
+	ca := newTestCA(t, "sluice test CA")
+	clientA, clientB := newTestCA(t, "client CA A"), newTestCA(t, "client CA B")
+	srv := ca.issue(t, "backend", loopbackIPs, nil, false)
+	var mu sync.Mutex // guards trusted
+	trusted := clientA.cert
+	conf := &tls.Config{
+		Certificates: []tls.Certificate{srv.tls},
+		ClientAuth:   tls.RequireAnyClientCert,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			mu.Lock()
+			defer mu.Unlock()
+			pool := x509.NewCertPool()
+			pool.AddCert(trusted)
+			leaf, err := x509.ParseCertificate(raw[0])
+			if err != nil {
+				return err
+			}
+			_, err = leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+			return err
+		},
+	}
+	p := startPeer(t, "127.0.0.1", tlsScript(conf, answer(t, []byte("PING\r\n"), "+PONG\r\n")))
+	dir := t.TempDir()
+	a, b := clientA.issue(t, "sluice", nil, nil, true), clientB.issue(t, "sluice", nil, nil, true)
+	c := tlsCheckConfig("send-expect")
+	c.Send, c.Expect = `PING\r\n`, "PONG"
+	c.TLSCert, c.TLSKey = writeFile(t, dir, "client.crt", a.certPEM), writeFile(t, dir, "client.key", a.keyPEM)
+	ch, clock, logs := newRotatingChecker(t, c, zapcore.WarnLevel)
+	wantErr(t, runCheck(ch, p.addr), "")
+
+	mu.Lock()
+	trusted = clientB.cert
+	mu.Unlock()
+	wantErr(t, runCheck(ch, p.addr), "bad certificate")
+	writeFile(t, dir, "client.crt", b.certPEM) // the key is still A's
+	clock.advance(c.Interval)
+	wantErr(t, runCheck(ch, p.addr), "bad certificate") // A's pair still in use
+	if n := logs.Len(); n != 1 {
+		t.Fatalf("%d warnings for a certificate without its key, want 1: %v", n, logs.All())
+	}
+	writeFile(t, dir, "client.key", b.keyPEM)
+	clock.advance(c.Interval)
+	wantErr(t, runCheck(ch, p.addr), "")
+}
+
+func toStrings(v any) []string {
+	switch v := v.(type) {
+	case []string:
+		return v
+	case []any:
+		var out []string
+		for _, e := range v {
+			s, _ := e.(string)
+			out = append(out, s)
+		}
+		return out
+	}
+	return nil
+}
+
+// TestCheckFiles: each bad file is one problem naming its flag and path,
+// and NewChecker refuses it too.
+func TestCheckFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := newTestCA(t, "sluice test CA")
+	a, b := ca.issue(t, "a", nil, nil, true), ca.issue(t, "b", nil, nil, true)
+	caFile := writeFile(t, dir, "ca.pem", ca.pem)
+	certA, keyA := writeFile(t, dir, "a.crt", a.certPEM), writeFile(t, dir, "a.key", a.keyPEM)
+	keyB := writeFile(t, dir, "b.key", b.keyPEM)
+	notPEM := writeFile(t, dir, "not.pem", []byte("hello\n"))
+	badDER := writeFile(t, dir, "bad-der.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("junk")}))
+	missing := filepath.Join(dir, "missing.pem")
+	big := writeFile(t, dir, "big.pem", make([]byte, maxTLSFile+1))
+	for _, tc := range []struct {
+		name          string
+		ca, cert, key string
+		flag, path    string // the problem names both
+		want          string // and says this
+	}{
+		{"missing CA", missing, "", "", "--health-tls-ca", missing, "no such file"},
+		{"CA not PEM", notPEM, "", "", "--health-tls-ca", notPEM, "no PEM CERTIFICATE block"},
+		{"CA a key", keyA, "", "", "--health-tls-ca", keyA, "no PEM CERTIFICATE block"},
+		{"CA unparsable", badDER, "", "", "--health-tls-ca", badDER, "certificate 1: "},
+		{"CA a folder", dir, "", "", "--health-tls-ca", dir, "not a regular file"},
+		{"CA too big", big, "", "", "--health-tls-ca", big, "larger than"},
+		{"missing cert", caFile, missing, keyA, "--health-tls-cert", missing, "no such file"},
+		{"cert not PEM", "", notPEM, keyA, "--health-tls-cert", notPEM, "no PEM CERTIFICATE block"},
+		{"missing key", "", certA, missing, "--health-tls-key", missing, "no such file"},
+		{"key a certificate", "", certA, certA, "--health-tls-key", certA, "no PEM PRIVATE KEY block"},
+		{"key of another certificate", "", certA, keyB, "--health-tls-key", keyB, "private key does not match public key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tlsCheckConfig("tcp")
+			c.TLSCA, c.TLSCert, c.TLSKey = tc.ca, tc.cert, tc.key
+			if probs := c.Validate(); len(probs) != 0 {
+				t.Fatalf("Validate() = %q", probs)
+			}
+			probs := c.CheckFiles()
+			if len(probs) != 1 {
+				t.Fatalf("CheckFiles() = %q, want one problem", probs)
+			}
+			if p := probs[0]; !strings.HasPrefix(p, fmt.Sprintf("%s %q: ", tc.flag, tc.path)) || !strings.Contains(p, tc.want) {
+				t.Fatalf("problem %q does not start with %s %q and say %q", p, tc.flag, tc.path, tc.want)
+			}
+			if tc.flag == "--health-tls-key" && tc.want == "private key does not match public key" && !strings.Contains(probs[0], "--health-tls-cert "+strconv.Quote(certA)) {
+				t.Fatalf("problem %q does not name the certificate too", probs[0])
+			}
+			if _, err := NewChecker(c); err == nil || !strings.Contains(err.Error(), tc.path) {
+				t.Fatalf("NewChecker: %v, want the problem", err)
+			}
+		})
+	}
+	c := tlsCheckConfig("tcp")
+	c.TLSCA, c.TLSCert, c.TLSKey = caFile, certA, keyA
+	if probs := c.CheckFiles(); len(probs) != 0 {
+		t.Fatalf("good files: CheckFiles() = %q", probs)
+	}
+	c.TLS = false // not read without --health-tls (Validate says so)
+	c.TLSCA = missing
+	if probs := c.CheckFiles(); len(probs) != 0 {
+		t.Fatalf("without --health-tls: CheckFiles() = %q", probs)
+	}
+}
