@@ -1,8 +1,9 @@
 // Package health runs active health checks against backends: a Checker
 // speaks one protocol (TCP connect, send/expect, Redis, PostgreSQL, MySQL,
 // gRPC; the tcp, send-expect, redis and grpc checks optionally over TLS,
-// with certificate files reread when they rotate), a RiseFall turns a run of results into an up/down verdict, and a
-// Monitor runs one jittered check loop per backend, off the data-path loops.
+// with certificate files reread when they rotate), a RiseFall turns a run
+// of results into an up/down verdict, and a Monitor runs one jittered
+// check loop per backend, off the data-path loops.
 package health
 
 import (
