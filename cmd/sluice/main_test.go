@@ -63,6 +63,38 @@ func TestBadInvocationExits2WithOneLine(t *testing.T) {
 	}
 }
 
+// TestHealthTLSProblemsExit2: a check that cannot run over TLS, or a TLS
+// file that cannot be used, is one line naming the flags (and the file),
+// and exit status 2, before anything starts.
+func TestHealthTLSProblemsExit2(t *testing.T) {
+	base := []string{"--listen", "127.0.0.1:0", "--backend", "127.0.0.1:1"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--health-check", "postgres", "--health-tls"}, "--health-tls with --health-check postgres"},
+		{[]string{"--health-check", "mysql", "--health-tls"}, "--health-tls with --health-check mysql"},
+		{[]string{"--proto", "udp", "--health-tls"}, "--health-tls with --proto udp"},
+		{[]string{"--health-tls", "--health-tls-ca", "/nonexistent/ca.pem"}, `--health-tls-ca "/nonexistent/ca.pem": open /nonexistent/ca.pem: no such file`},
+		{[]string{"--health-tls", "--health-tls-cert", "/nonexistent/c.pem"}, `--health-tls-cert "/nonexistent/c.pem": needs --health-tls-key`},
+		{[]string{"--health-timeout", "2h"}, `--health-timeout "2h0m0s": want 1ms to 10m0s`},
+	} {
+		var stderr bytes.Buffer
+		cmd := sluice(append(append([]string{}, base...), tc.args...)...)
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+			t.Errorf("%v: exit %v, want status 2", tc.args, err)
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		if len(lines) != 2 || !strings.HasPrefix(lines[0], "sluice: "+tc.want) {
+			t.Errorf("%v: stderr %q, want one line starting %q", tc.args, stderr.String(), "sluice: "+tc.want)
+		}
+	}
+}
+
 // TestSizingProblemsExit2: with an open-file limit of 20000, a connection
 // or session count that cannot fit, or whose doubling would wrap, is one
 // line naming the flag and the value, and exit status 2; before, the

@@ -237,7 +237,7 @@ func addServiceFlags(fs *pflag.FlagSet, s *serviceVals) {
 	fs.StringVar(&s.splice, "splice", dp.Splice.String(), "byte moving: auto (read/write for small messages, splice(2) for bulk), always, or never (read/write only)")
 	fs.StringVar(&s.health.Kind, "health-check", "", "active check: tcp, send-expect, redis, postgres, mysql, grpc or none (default: tcp for TCP services, none for UDP; UDP services may use send-expect)")
 	durationVar(fs, &s.health.Interval, "health-interval", dh.Interval, "time between checks of a backend (jittered; at least 10ms)")
-	durationVar(fs, &s.health.Timeout, "health-timeout", dh.Timeout, "time allowed for one check; at least 1ms")
+	durationVar(fs, &s.health.Timeout, "health-timeout", dh.Timeout, "time allowed for one check; 1ms to 10m (above the interval, checks run back to back)")
 	fs.IntVar(&s.health.Rise, "health-rise", dh.Rise, "consecutive passed checks that bring a down backend up")
 	fs.IntVar(&s.health.Fall, "health-fall", dh.Fall, "consecutive failed checks that take an up backend down")
 	fs.StringVar(&s.health.Send, "health-send", "", "send-expect: bytes to send (\\r \\n \\t escapes)")
@@ -247,6 +247,11 @@ func addServiceFlags(fs *pflag.FlagSet, s *serviceVals) {
 	fs.StringVar(&s.health.PostgresUser, "health-postgres-user", dh.PostgresUser, "postgres check: the user a session is asked for (never authenticated; one pg_hba.conf asks a password of keeps the server's log quiet)")
 	fs.StringVar(&s.health.PostgresDatabase, "health-postgres-database", dh.PostgresDatabase, "postgres check: the database a session is asked for (behind pgbouncer: one it serves)")
 	fs.StringVar(&s.health.MySQLUser, "health-mysql-user", dh.MySQLUser, "mysql check: log in as this user with no password after the greeting (OK or access denied passes); empty: hang up after it, which MySQL counts toward max_connect_errors, past which it blocks this host")
+	fs.BoolVar(&s.health.TLS, "health-tls", false, "run the tcp (passes when the TLS handshake completes), send-expect, redis or grpc (ALPN h2) check over TLS; not for postgres and mysql, which negotiate TLS themselves, nor UDP")
+	fs.StringVar(&s.health.TLSCA, "health-tls-ca", "", "--health-tls: verify the backend's certificate against this PEM bundle. Without it the certificate is NOT verified (a check asks whether the backend serves, not who it is; HAProxy's verify none)")
+	fs.StringVar(&s.health.TLSServerName, "health-tls-server-name", "", "--health-tls: SNI sent, and the name verified with --health-tls-ca (default: no SNI; the backend's IP is verified against the certificate's IP SANs)")
+	fs.StringVar(&s.health.TLSCert, "health-tls-cert", "", "--health-tls: client certificate (PEM) for backends that require mTLS; with --health-tls-key. The files are reread when they change")
+	fs.StringVar(&s.health.TLSKey, "health-tls-key", "", "--health-tls: the client certificate's key (PEM)")
 	fs.IntVar(&s.passiveFall, "passive-fall", 3, "consecutive failed connects on the data path that mark a backend down until its active check passes; 0 is off")
 	fs.BoolVar(&s.closeOnDown, "close-on-down", false, "reset a backend's open connections when it goes down (default: leave them alone)")
 	fs.StringVar(&s.sendProxy, "proxy-protocol", "", "send the client's address to backends in a PROXY protocol header: v1 (text) or v2 (binary); off when empty")
@@ -730,6 +735,11 @@ func checkService(name string, v serviceVals, readBackends bool) (Service, []str
 		s.Proxy.Splice = m
 	}
 	probs = append(probs, s.Health.Validate()...)
+	if readBackends {
+		// Read at start only: a reload does not apply health settings,
+		// and a running check rereads rotated files itself.
+		probs = append(probs, s.Health.CheckFiles()...)
+	}
 	if v.passiveFall < 0 || v.passiveFall > 1000 {
 		bad("passive-fall", strconv.Itoa(v.passiveFall), "want 0 (off) to 1000")
 	}

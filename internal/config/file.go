@@ -108,8 +108,15 @@ func readFile(path string) (globals []string, globalLines map[string]int, svcs [
 		if err := curFS.Parse(args); err != nil {
 			probs = append(probs, where+err.Error())
 		}
-		if key == "backends-file" {
+		switch key {
+		case "backends-file":
 			cur.vals.backendsFile = besideFile(path, cur.vals.backendsFile)
+		case "health-tls-ca":
+			cur.vals.health.TLSCA = besideFile(path, cur.vals.health.TLSCA)
+		case "health-tls-cert":
+			cur.vals.health.TLSCert = besideFile(path, cur.vals.health.TLSCert)
+		case "health-tls-key":
+			cur.vals.health.TLSKey = besideFile(path, cur.vals.health.TLSKey)
 		}
 		cur.lines[key] = n
 		cur.lines[key+" "+value] = n
