@@ -41,6 +41,13 @@ func (b *lockedBuffer) String() string {
 // cleanup. It skips the test when redis-server is not installed.
 func startRedis(tb testing.TB, password string, opts ...string) netip.AddrPort {
 	tb.Helper()
+	return startRedisServer(tb, redisCheck{password: password}, "--port", password, opts...)
+}
+
+// startRedisServer is startRedis with the port given by portFlag
+// (--port, or --tls-port with --port 0 among opts), up once ready passes.
+func startRedisServer(tb testing.TB, ready Checker, portFlag, password string, opts ...string) netip.AddrPort {
+	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		tb.Skip("redis-server not on PATH: the check against a real Redis is not run")
@@ -50,7 +57,7 @@ func startRedis(tb testing.TB, password string, opts ...string) netip.AddrPort {
 	var lastErr error
 	for range 3 {
 		port := freePort(tb)
-		args := []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		args := []string{portFlag, strconv.Itoa(port), "--bind", "127.0.0.1",
 			"--save", "", "--appendonly", "no", "--dir", tb.TempDir(),
 			"--protected-mode", "yes", "--loglevel", "warning"}
 		if password != "" {
@@ -69,7 +76,7 @@ func startRedis(tb testing.TB, password string, opts ...string) netip.AddrPort {
 			<-exited
 		}
 		addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
-		if lastErr = waitRedis(addr, password, exited); lastErr == nil {
+		if lastErr = waitRedis(addr, ready, exited); lastErr == nil {
 			tb.Cleanup(stop)
 			return addr
 		}
@@ -80,11 +87,10 @@ func startRedis(tb testing.TB, password string, opts ...string) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// waitRedis polls addr with the redis check until it passes, the server
+// waitRedis polls addr with the check ch until it passes, the server
 // exits, or redisStartTimeout passes: at most redisStartTimeout/10ms
 // attempts.
-func waitRedis(addr netip.AddrPort, password string, exited <-chan struct{}) error {
-	ch := redisCheck{password: password}
+func waitRedis(addr netip.AddrPort, ch Checker, exited <-chan struct{}) error {
 	deadline := time.Now().Add(redisStartTimeout)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -167,5 +173,35 @@ func holdRedisClient(tb testing.TB, addr netip.AddrPort) {
 			tb.Fatalf("no client slot within %v: %q, %v", slotWait, line, err)
 		}
 		time.Sleep(20 * time.Millisecond) // polling: the server signals nothing
+	}
+}
+
+// TestRedisCheckRealServerTLS: the redis check over TLS against a
+// redis-server that serves only TLS and requires a client certificate.
+func TestRedisCheckRealServerTLS(t *testing.T) {
+	t.Parallel()
+	ca := newTestCA(t, "sluice test CA")
+	srv := ca.issue(t, "redis", loopbackIPs, nil, false)
+	client := ca.issue(t, "sluice", nil, nil, true)
+	dir := t.TempDir()
+	caFile := writeFile(t, dir, "ca.pem", ca.pem)
+	c := tlsCheckConfig("redis")
+	c.TLSCA = caFile
+	c.TLSCert, c.TLSKey = writeFile(t, dir, "client.crt", client.certPEM), writeFile(t, dir, "client.key", client.keyPEM)
+	ch := newChecker(t, c)
+	addr := startRedisServer(t, ch, "--tls-port", "", "--port", "0",
+		"--tls-cert-file", writeFile(t, dir, "redis.crt", srv.certPEM),
+		"--tls-key-file", writeFile(t, dir, "redis.key", srv.keyPEM),
+		"--tls-ca-cert-file", caFile, "--tls-auth-clients", "yes")
+	wantErr(t, runCheck(ch, addr), "")
+	// Without a client certificate the server refuses the session.
+	c.TLSCert, c.TLSKey = "", ""
+	// The server's alert, or its reset if it comes first.
+	if err := runCheck(newChecker(t, c), addr); err == nil {
+		t.Fatal("check without a client certificate passed")
+	}
+	// In plain text the TLS-only server does not answer PING.
+	if err := runCheck(newChecker(t, Config{Kind: "redis"}), addr); err == nil {
+		t.Fatal("plain-text check of a TLS-only redis-server passed")
 	}
 }
