@@ -217,7 +217,7 @@ func (s *Server) addService(sc config.Service) error {
 		fileSpecs = specs
 		sv.file = backendsFile{path: sc.BackendsFile, stamp: stampOf(sc.BackendsFile)}
 	}
-	checker, err := health.NewChecker(sc.Health)
+	checker, err := health.NewCheckerLog(sc.Health, s.log.Named("health").With(zap.String("service", sc.Name)))
 	if err != nil {
 		return fmt.Errorf("service %s: %w", sc.Name, err)
 	}
