@@ -113,8 +113,13 @@ func hasPEM(data []byte, ok func(typ string) bool) bool {
 	}
 }
 
+// readTLSFile reads a regular file of at most maxTLSFile bytes. It opens
+// path with O_NONBLOCK, which a regular file ignores: a plain open of a
+// FIFO waits for a writer, for ever if none comes, and a check rereading
+// its files would hang with the lock of its tlsSource held, and with it
+// every check of the service.
 func readTLSFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
