@@ -62,11 +62,48 @@ func loadTLSMaterial(ca, certFile, keyFile string) (tlsMaterial, []string) {
 	}
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		probs = append(probs, fmt.Sprintf("--health-tls-key %q: not the key of --health-tls-cert %q: %v", keyFile, certFile, err))
+		probs = append(probs, keyPairProblem(certFile, keyFile, certPEM, keyPEM, err))
 		return m, probs
 	}
 	m.cert = &pair
 	return m, probs
+}
+
+// keyPairProblem names the file at fault in err, tls.X509KeyPair's error
+// for certPEM and keyPEM: the certificate, when its first CERTIFICATE
+// block (the one used) does not parse; else the key, which does not parse
+// (an encrypted one says so) or is not the certificate's.
+func keyPairProblem(certFile, keyFile string, certPEM, keyPEM []byte, err error) string {
+	for rest := certPEM; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		if _, perr := x509.ParseCertificate(b.Bytes); perr != nil {
+			return fmt.Sprintf("--health-tls-cert %q: certificate 1: %v", certFile, perr)
+		}
+		break
+	}
+	for rest := keyPEM; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type != "PRIVATE KEY" && !strings.HasSuffix(b.Type, " PRIVATE KEY") {
+			continue
+		}
+		if b.Type == "ENCRYPTED PRIVATE KEY" || strings.Contains(b.Headers["Proc-Type"], "ENCRYPTED") {
+			return fmt.Sprintf("--health-tls-key %q: the key is encrypted, and there is no passphrase to decrypt it: want an unencrypted key", keyFile)
+		}
+		break
+	}
+	if strings.Contains(err.Error(), "does not match") {
+		return fmt.Sprintf("--health-tls-key %q: not the key of --health-tls-cert %q: %v", keyFile, certFile, err)
+	}
+	return fmt.Sprintf("--health-tls-key %q: %v", keyFile, err)
 }
 
 // readCAFile reads a PEM bundle of one or more certificates. Every
