@@ -74,31 +74,14 @@ func loadTLSMaterial(ca, certFile, keyFile string) (tlsMaterial, []string) {
 // block (the one used) does not parse; else the key, which does not parse
 // (an encrypted one says so) or is not the certificate's.
 func keyPairProblem(certFile, keyFile string, certPEM, keyPEM []byte, err error) string {
-	for rest := certPEM; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
+	if b := firstPEM(certPEM, func(t string) bool { return t == "CERTIFICATE" }); b != nil {
 		if _, perr := x509.ParseCertificate(b.Bytes); perr != nil {
 			return fmt.Sprintf("--health-tls-cert %q: certificate 1: %v", certFile, perr)
 		}
-		break
 	}
-	for rest := keyPEM; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		if b.Type != "PRIVATE KEY" && !strings.HasSuffix(b.Type, " PRIVATE KEY") {
-			continue
-		}
-		if b.Type == "ENCRYPTED PRIVATE KEY" || strings.Contains(b.Headers["Proc-Type"], "ENCRYPTED") {
-			return fmt.Sprintf("--health-tls-key %q: the key is encrypted, and there is no passphrase to decrypt it: want an unencrypted key", keyFile)
-		}
-		break
+	if b := firstPEM(keyPEM, func(t string) bool { return t == "PRIVATE KEY" || strings.HasSuffix(t, " PRIVATE KEY") }); b != nil &&
+		(b.Type == "ENCRYPTED PRIVATE KEY" || strings.Contains(b.Headers["Proc-Type"], "ENCRYPTED")) {
+		return fmt.Sprintf("--health-tls-key %q: the key is encrypted, and there is no passphrase to decrypt it: want an unencrypted key", keyFile)
 	}
 	if strings.Contains(err.Error(), "does not match") {
 		return fmt.Sprintf("--health-tls-key %q: not the key of --health-tls-cert %q: %v", keyFile, certFile, err)
@@ -138,14 +121,15 @@ func readCAFile(path string) (*x509.CertPool, error) {
 }
 
 // hasPEM reports whether data holds a PEM block whose type satisfies ok.
-func hasPEM(data []byte, ok func(typ string) bool) bool {
+func hasPEM(data []byte, ok func(typ string) bool) bool { return firstPEM(data, ok) != nil }
+
+// firstPEM returns the first PEM block in data whose type satisfies ok, or
+// nil.
+func firstPEM(data []byte, ok func(typ string) bool) *pem.Block {
 	for {
 		var b *pem.Block
-		if b, data = pem.Decode(data); b == nil {
-			return false
-		}
-		if ok(b.Type) {
-			return true
+		if b, data = pem.Decode(data); b == nil || ok(b.Type) {
+			return b
 		}
 	}
 }
