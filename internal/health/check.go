@@ -280,8 +280,12 @@ func dialStream(ctx context.Context, addr netip.AddrPort, src *tlsSource) (net.C
 	tc := tls.Client(c, src.config(addr))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
+		// Conn is set only for a first record that is no TLS record;
+		// the other RecordHeaderErrors (an oversized record, a record
+		// of another version) come from a backend that speaks TLS, and
+		// their messages say what is wrong.
 		var rh tls.RecordHeaderError
-		if errors.As(err, &rh) {
+		if errors.As(err, &rh) && rh.Conn != nil {
 			return nil, fmt.Errorf("TLS handshake: the backend does not speak TLS (it answered %q)", rh.RecordHeader[:])
 		}
 		return nil, fmt.Errorf("TLS handshake: %w", err)
