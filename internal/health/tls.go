@@ -263,8 +263,10 @@ func (s *tlsSource) config(addr netip.AddrPort) *tls.Config {
 	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: s.serverName}
 	if m.roots == nil {
 		// Not verified, as HAProxy's "verify none": a health check asks
-		// whether the backend serves, not who it is, and sends nothing
-		// secret beyond the client certificate's proof.
+		// whether the backend serves, not who it is. What the check sends
+		// goes to whoever answers: a redis check's AUTH password, a
+		// send-expect payload (the client certificate's proof is bound
+		// to the handshake, and gives away no key).
 		c.InsecureSkipVerify = true
 	} else {
 		c.RootCAs = m.roots
