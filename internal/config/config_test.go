@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -393,6 +394,31 @@ func TestBackendsFile(t *testing.T) {
 		if _, err := ReadBackendsFile(writeConf(t, body)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: err = %v, want %q", body, err, want)
 		}
+	}
+}
+
+// TestBackendsFileFIFO: a backends file that is a FIFO is refused at once,
+// not waited on for a writer: start-up or a reload would hang there.
+func TestBackendsFileFIFO(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "backends")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := ReadBackendsFile(fifo)
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("err = %v, want not a regular file", err)
+		}
+	case <-time.After(5 * time.Second):
+		if w, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			w.Close() // lets the blocked open return
+		}
+		t.Fatal("ReadBackendsFile of a FIFO still blocked after 5 s")
 	}
 }
 

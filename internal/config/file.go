@@ -4,14 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"io"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/smallfile"
 )
 
 // maxFileSize bounds the config and backends files read.
@@ -31,7 +30,7 @@ var freeText = map[string]bool{"health-send": true, "health-expect": true, "heal
 // services' parsed flag values, and every problem found, each prefixed with
 // "file:line: ".
 func readFile(path string) (globals []string, globalLines map[string]int, svcs []namedService, probs []string, ok bool) {
-	data, err := readSmall(path)
+	data, err := smallfile.Read(path, maxFileSize)
 	if err != nil {
 		return nil, nil, nil, []string{fmt.Sprintf("--config %q: %v", path, err)}, false
 	}
@@ -159,7 +158,7 @@ func stripComment(line string) string {
 // "ip:port [weight=N]" (or "ip:port,weight=N"), # comments and blank lines
 // ignored. A bad line rejects the whole file: the error names its line.
 func ReadBackendsFile(path string) ([]balancer.Spec, error) {
-	data, err := readSmall(path)
+	data, err := smallfile.Read(path, maxFileSize)
 	if err != nil {
 		return nil, err
 	}
@@ -189,25 +188,4 @@ func ReadBackendsFile(path string) ([]balancer.Spec, error) {
 		return nil, err
 	}
 	return out, nil
-}
-
-func readSmall(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err != nil {
-		return nil, err
-	} else if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("not a regular file")
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxFileSize {
-		return nil, fmt.Errorf("larger than %d bytes", maxFileSize)
-	}
-	return data, nil
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"strings"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/sluice-lb/sluice/internal/smallfile"
 )
 
 // maxTLSFile bounds the CA bundle, certificate and key files read.
@@ -43,14 +44,14 @@ func loadTLSMaterial(ca, certFile, keyFile string) (tlsMaterial, []string) {
 	if certFile == "" || keyFile == "" {
 		return m, probs // Validate reports one without the other
 	}
-	certPEM, err := readTLSFile(certFile)
+	certPEM, err := smallfile.Read(certFile, maxTLSFile)
 	if err == nil && !hasPEM(certPEM, func(t string) bool { return t == "CERTIFICATE" }) {
 		err = errors.New("no PEM CERTIFICATE block in it")
 	}
 	if err != nil {
 		probs = append(probs, fmt.Sprintf("--health-tls-cert %q: %v", certFile, err))
 	}
-	keyPEM, kerr := readTLSFile(keyFile)
+	keyPEM, kerr := smallfile.Read(keyFile, maxTLSFile)
 	if kerr == nil && !hasPEM(keyPEM, func(t string) bool { return strings.HasSuffix(t, "PRIVATE KEY") }) {
 		kerr = errors.New("no PEM PRIVATE KEY block in it")
 	}
@@ -93,7 +94,7 @@ func keyPairProblem(certFile, keyFile string, certPEM, keyPEM []byte, err error)
 // CERTIFICATE block must parse: one that does not is more likely a
 // damaged file than something to skip.
 func readCAFile(path string) (*x509.CertPool, error) {
-	data, err := readTLSFile(path)
+	data, err := smallfile.Read(path, maxTLSFile)
 	if err != nil {
 		return nil, err
 	}
@@ -132,32 +133,6 @@ func firstPEM(data []byte, ok func(typ string) bool) *pem.Block {
 			return b
 		}
 	}
-}
-
-// readTLSFile reads a regular file of at most maxTLSFile bytes. It opens
-// path with O_NONBLOCK, which a regular file ignores: a plain open of a
-// FIFO waits for a writer, for ever if none comes, and a check rereading
-// its files would hang with the lock of its tlsSource held, and with it
-// every check of the service.
-func readTLSFile(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err != nil {
-		return nil, err
-	} else if !st.Mode().IsRegular() {
-		return nil, errors.New("not a regular file")
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxTLSFile+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxTLSFile {
-		return nil, fmt.Errorf("larger than %d bytes", maxTLSFile)
-	}
-	return data, nil
 }
 
 // fileStamp tells one version of a file from another without reading it:
