@@ -94,9 +94,13 @@ func startAt(tb testing.TB, exe string, args ...string) *proc {
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
 			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil {
-				pr.lines <- m
+			if json.Unmarshal(sc.Bytes(), &m) != nil {
+				// A line that is not the logger's (a usage error,
+				// a panic): kept as its own message, so that a test
+				// waiting for a line it never gets can say what came.
+				m = map[string]any{"msg": sc.Text()}
 			}
+			pr.lines <- m
 		}
 	}()
 	tb.Cleanup(func() {
@@ -112,17 +116,19 @@ func startAt(tb testing.TB, exe string, args ...string) *proc {
 func (p *proc) waitLog(tb testing.TB, msgs ...string) map[string]any {
 	tb.Helper()
 	deadline := time.After(30 * time.Second)
+	var last []any // the messages before, newest last, for the failure
 	for {
 		select {
 		case m, ok := <-p.lines:
 			if !ok {
-				tb.Fatalf("log ended before %q", msgs)
+				tb.Fatalf("log ended before %q; its last lines: %q", msgs, last)
 			}
 			if msg, _ := m["msg"].(string); slices.Contains(msgs, msg) {
 				return m
 			}
+			last = append(last[max(0, len(last)-4):], m["msg"])
 		case <-deadline:
-			tb.Fatalf("no %q log line within 30s", msgs)
+			tb.Fatalf("no %q log line within 30s; the last lines: %q", msgs, last)
 		}
 	}
 }
