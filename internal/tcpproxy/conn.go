@@ -86,7 +86,10 @@ type endpoint struct {
 	writable bool
 	hup      bool // the peer's FIN or an error was reported: read until EOF
 	isClient bool
-	outq     int // the send queue when the idle timer last looked, -1 before (see draining)
+	// muted: registered without EPOLLIN, because the half that reads this
+	// socket holds bytes its peer does not take (see pump).
+	muted bool
+	outq  int // the send queue when the idle timer last looked, -1 before (see draining)
 }
 
 // half is one direction of a conn. Bytes read but not yet written are held
@@ -167,7 +170,7 @@ func (c *conn) dial(bidx int) {
 		}
 		return
 	}
-	if err := p.loop.Add(fd, loop.In|loop.Out|loop.RdHup|loop.Edge, &c.backend); err != nil {
+	if err := p.loop.Add(fd, connEvents, &c.backend); err != nil {
 		c.localFailure(err)
 		return
 	}
@@ -324,6 +327,13 @@ type pumpError struct {
 func (e *pumpError) Error() string { return e.err.Error() }
 
 func (c *conn) fail(err error) {
+	if le, ok := err.(*localError); ok {
+		if c.p.debug {
+			c.p.log.Debug("connection ended: its epoll registration could not be changed", zap.Stringer("client", c.peer), zap.Error(le.err))
+		}
+		c.finish(reasonInternal)
+		return
+	}
 	c.p.stats.Resets.Add(1)
 	pe := err.(*pumpError)
 	reason := reasonBackendReset
@@ -342,17 +352,25 @@ func (c *conn) pump(h *half, src, dst *endpoint) error {
 	p := c.p
 	for {
 		if h.holding() {
-			if !dst.writable {
-				break
-			}
-			if err := c.flush(h, dst); err != nil {
-				return err
+			if dst.writable {
+				if err := c.flush(h, dst); err != nil {
+					return err
+				}
 			}
 			if h.holding() {
-				break // dst's send buffer is full; wait for its next edge
+				// dst's send buffer is full; wait for its next edge.
+				// Until then nothing can be read from src, so src
+				// stops waking the loop for the bytes that arrive.
+				c.mute(src)
+				break
 			}
 		}
 		// Nothing is held from here on: any pipe is empty.
+		if src.muted {
+			if err := c.unmute(src); err != nil {
+				return err
+			}
+		}
 		if h.eof {
 			if !h.shut {
 				h.shut = true
@@ -439,6 +457,44 @@ func (c *conn) pump(h *half, src, dst *endpoint) error {
 	}
 	return nil
 }
+
+// connEvents are the events a connection's sockets are registered for,
+// edge-triggered. EPOLLERR and EPOLLHUP are always reported, muted or not.
+const connEvents = loop.In | loop.Out | loop.RdHup | loop.Edge
+
+// mute takes EPOLLIN out of e's registration while the half that reads e
+// holds bytes its peer does not take. Edge-triggered, every segment that
+// arrives on e would otherwise wake the loop for nothing: under a bulk
+// transfer to a slower reader that is most wake-ups (HAProxy likewise stops
+// polling a side it cannot read). A peer's FIN (EPOLLRDHUP) and errors
+// still wake it. Should the change fail, e stays registered as it was,
+// which costs only the wake-ups.
+func (c *conn) mute(e *endpoint) {
+	if e.muted {
+		return
+	}
+	if c.p.loop.Modify(e.fd, connEvents&^loop.In) == nil {
+		e.muted = true
+	}
+}
+
+// unmute registers e for EPOLLIN again, once its half holds nothing. Bytes
+// that arrived while e was muted make the change report e readable, so none
+// wait unseen. A failure is the host's, and ends the connection: e would
+// never be read again.
+func (c *conn) unmute(e *endpoint) error {
+	if err := c.p.loop.Modify(e.fd, connEvents); err != nil {
+		return &localError{err: err}
+	}
+	e.muted = false
+	return nil
+}
+
+// localError is a failure of this host's (the loop could not change a
+// registration), not of either peer.
+type localError struct{ err error }
+
+func (e *localError) Error() string { return e.err.Error() }
 
 // from returns the half of c that reads from e.
 func (c *conn) from(e *endpoint) *half {

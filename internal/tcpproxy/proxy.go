@@ -297,7 +297,7 @@ func (p *Proxy) accept(fd int, peer netip.AddrPort) {
 	c.backend = endpoint{c: c, fd: -1}
 	c.timer.F = c.onTimer
 	p.conns = append(p.conns, c)
-	if err := p.loop.Add(fd, loop.In|loop.Out|loop.RdHup|loop.Edge, &c.client); err != nil {
+	if err := p.loop.Add(fd, connEvents, &c.client); err != nil {
 		c.finish(reasonInternal)
 		return
 	}

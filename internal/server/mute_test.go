@@ -1,0 +1,199 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// socketFD returns the number of this process's file descriptor for the
+// TCP socket from local to remote (IPv4), found through /proc/self/net/tcp
+// and /proc/self/fd. The in-process balancer's sockets are this process's.
+func socketFD(tb testing.TB, local, remote *net.TCPAddr) int {
+	tb.Helper()
+	hexAddr := func(a *net.TCPAddr) string {
+		ip := a.IP.To4()
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], a.Port)
+	}
+	data, err := os.ReadFile("/proc/self/net/tcp")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	inode := ""
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 9 && f[1] == hexAddr(local) && f[2] == hexAddr(remote) {
+			inode = f[9]
+		}
+	}
+	if inode == "" {
+		tb.Fatalf("no socket %v -> %v in /proc/self/net/tcp", local, remote)
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, e := range ents {
+		if l, _ := os.Readlink("/proc/self/fd/" + e.Name()); l == "socket:["+inode+"]" {
+			fd, _ := strconv.Atoi(e.Name())
+			return fd
+		}
+	}
+	tb.Fatalf("socket inode %s has no fd", inode)
+	return -1
+}
+
+// epollInterest returns the events fd is registered for in the epoll
+// instance of this process that watches it, from /proc/self/fdinfo. Go's
+// own poller does not watch the balancer's sockets, and with --workers 1
+// one loop does.
+func epollInterest(tb testing.TB, fd int) uint32 {
+	tb.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, e := range ents {
+		if l, _ := os.Readlink("/proc/self/fd/" + e.Name()); l != "anon_inode:[eventpoll]" {
+			continue
+		}
+		data, err := os.ReadFile("/proc/self/fdinfo/" + e.Name())
+		if err != nil {
+			continue // closed since ReadDir
+		}
+		sc := bufio.NewScanner(bytes.NewReader(data))
+		for sc.Scan() {
+			// tfd:       12 events: 8000201d data: ...
+			f := strings.Fields(sc.Text())
+			if len(f) >= 4 && f[0] == "tfd:" && f[1] == strconv.Itoa(fd) && f[2] == "events:" {
+				ev, err := strconv.ParseUint(f[3], 16, 32)
+				if err != nil {
+					tb.Fatalf("fdinfo line %q: %v", sc.Text(), err)
+				}
+				return uint32(ev)
+			}
+		}
+	}
+	tb.Fatalf("fd %d is in no epoll instance", fd)
+	return 0
+}
+
+// TestStalledPeerMutesReads: while the bytes a client sent wait for a
+// backend that does not read, the client's socket is not watched for input
+// (each segment that arrives would wake the loop for nothing); once the
+// backend has taken everything, it is watched again.
+func TestStalledPeerMutesReads(t *testing.T) {
+	for _, mode := range []string{"never", "always"} {
+		t.Run(mode, func(t *testing.T) {
+			look := make(chan int64, 1)
+			stop := make(chan struct{})
+			got := make(chan error, 1)
+			addr, _ := oneConnBackend(t, func(c *net.TCPConn) {
+				select { // does not read until told how much
+				case n := <-look:
+					_, err := io.CopyN(io.Discard, c, n)
+					got <- err
+				case <-stop:
+				}
+			})
+			t.Cleanup(func() { close(stop) }) // runs before the backend's cleanup waits for it
+			r := start(t, "--backend", addr, "--splice", mode, "--workers", "1", "--health-interval", "1h")
+			c := r.dial(t)
+			fd := socketFD(t, c.RemoteAddr().(*net.TCPAddr), c.LocalAddr().(*net.TCPAddr))
+
+			// Fill every buffer between the client and the backend.
+			var sent int64
+			buf := make([]byte, 64<<10)
+			for {
+				c.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+				n, err := c.Write(buf)
+				sent += int64(n)
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					break
+				}
+				if err != nil {
+					t.Fatalf("client fill: %v", err)
+				}
+			}
+			waitFor(t, "the client's socket unwatched for input", func() bool {
+				return epollInterest(t, fd)&unix.EPOLLIN == 0
+			})
+			if ev := epollInterest(t, fd); ev&(unix.EPOLLOUT|unix.EPOLLRDHUP) != unix.EPOLLOUT|unix.EPOLLRDHUP {
+				t.Errorf("muted registration %#x lost EPOLLOUT or EPOLLRDHUP", ev)
+			}
+
+			look <- sent
+			if err := <-got; err != nil {
+				t.Fatalf("backend read: %v", err)
+			}
+			waitFor(t, "the client's socket watched for input again", func() bool {
+				return epollInterest(t, fd)&unix.EPOLLIN != 0
+			})
+			// And it is read: a last message gets through.
+			c.SetWriteDeadline(time.Time{})
+			if _, err := c.Write([]byte("end")); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the last message forwarded", func() bool { return r.Stats().BytesUp == uint64(sent)+3 })
+		})
+	}
+}
+
+// TestSlowReaderByteExact sends 64 MiB through the balancer to a backend
+// that reads in bursts with pauses, so that the client's side is muted and
+// unmuted hundreds of times; every byte must arrive, in order.
+func TestSlowReaderByteExact(t *testing.T) {
+	const size = 64 << 20
+	for _, mode := range []string{"never", "always"} {
+		t.Run(mode, func(t *testing.T) {
+			type result struct {
+				n   int64
+				sum [sha256.Size]byte
+				err error
+			}
+			got := make(chan result, 1)
+			addr, _ := oneConnBackend(t, func(c *net.TCPConn) {
+				h := sha256.New()
+				var res result
+				for res.err == nil {
+					var n int64
+					n, res.err = io.CopyN(h, c, 256<<10)
+					res.n += n
+					time.Sleep(200 * time.Microsecond) // a slow reader: the proxy's side fills
+				}
+				if res.err == io.EOF {
+					res.err = nil
+				}
+				copy(res.sum[:], h.Sum(nil))
+				got <- res
+			})
+			r := start(t, "--backend", addr, "--splice", mode, "--workers", "1", "--health-interval", "1h")
+			c := r.dial(t)
+			h := sha256.New()
+			if _, err := io.Copy(struct{ io.Writer }{c}, io.TeeReader(io.LimitReader(newRandReader(7), size), h)); err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			if err := c.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			res := <-got
+			if res.err != nil {
+				t.Fatalf("backend read: %v", res.err)
+			}
+			if res.n != size || !bytes.Equal(res.sum[:], h.Sum(nil)) {
+				t.Fatalf("backend got %d of %d bytes, sha256 match %v", res.n, size, bytes.Equal(res.sum[:], h.Sum(nil)))
+			}
+		})
+	}
+}
