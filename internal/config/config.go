@@ -200,12 +200,12 @@ type serviceVals struct {
 }
 
 func addGlobalFlags(fs *pflag.FlagSet, g *globalVals) {
-	g.pipeSize = 256 << 10
+	g.pipeSize = 1 << 20
 	fs.StringVar(&g.config, "config", "", "config file listing several services (see the README); flags given too override its global settings")
 	fs.IntVar(&g.workers, "workers", runtime.NumCPU(), "event loops, each with its own thread and SO_REUSEPORT listener; defaults to the CPU count")
 	fs.IntVar(&g.maxConns, "max-conns", 0, "client connections open at once; beyond it new ones wait in the accept queue (0, the default: derived from the open-file limit)")
 	durationVar(fs, &g.drain, "drain-timeout", 30*time.Second, "on SIGTERM/SIGINT, time open connections get to finish before they are reset")
-	fs.Var(&g.pipeSize, "pipe-size", "capacity of each splice pipe, bytes (suffixes k, m); pipes are lent only while bytes are in flight")
+	fs.Var(&g.pipeSize, "pipe-size", "capacity of each splice pipe, bytes (suffixes k, m); pipes are lent only while bytes are in flight. Above 1m needs fs.pipe-max-size raised; an unprivileged user's pipes share fs.pipe-user-pages-soft (64 MiB by default, see docs/production.md)")
 	fs.StringVar(&g.admin, "admin-addr", "", "admin HTTP endpoint (health, backends, metrics), ip:port; off when empty. It has no authentication: keep it on loopback")
 	fs.StringVar(&g.logLevel, "log-level", "info", "minimum log level: debug, info, warn or error")
 	fs.StringVar(&g.logFormat, "log-format", "console", "log encoding: json or console")

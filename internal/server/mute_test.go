@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -195,5 +196,66 @@ func TestSlowReaderByteExact(t *testing.T) {
 				t.Fatalf("backend got %d of %d bytes, sha256 match %v", res.n, size, bytes.Equal(res.sum[:], h.Sum(nil)))
 			}
 		})
+	}
+}
+
+// TestPipeFallbackMetric: with the loop's one pipe held by a connection
+// whose backend does not read, another connection's bulk bytes are copied,
+// and sluice_pipe_fallbacks_total says so.
+func TestPipeFallbackMetric(t *testing.T) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan *net.TCPConn, 2)
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			accepted <- c // held open, never read
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		for {
+			select {
+			case c := <-accepted:
+				c.Close()
+			default:
+				return
+			}
+		}
+	})
+	cfg := parse(t, "--listen", "127.0.0.1:0", "--backend", ln.Addr().String(), "--splice", "always",
+		"--workers", "1", "--admin-addr", "127.0.0.1:0", "--health-interval", "1h", "--drain-timeout", "1s")
+	cfg.MaxPipes = 1
+	r := startCfg(t, cfg, zap.NewNop())
+
+	metric := func() string {
+		_, body := httpGet(t, "http://"+r.AdminAddr()+"/metrics")
+		for _, line := range strings.Split(body, "\n") {
+			if strings.HasPrefix(line, `sluice_pipe_fallbacks_total{service="default"} `) {
+				return strings.TrimPrefix(line, `sluice_pipe_fallbacks_total{service="default"} `)
+			}
+		}
+		t.Fatalf("no sluice_pipe_fallbacks_total in:\n%s", body)
+		return ""
+	}
+	if got := metric(); got != "0" {
+		t.Fatalf("fallbacks before any traffic: %s", got)
+	}
+	first := r.dial(t)
+	if err := fillUntilBlocked(first); err != nil { // its bytes now wait in the one pipe
+		t.Fatal(err)
+	}
+	second := r.dial(t)
+	if _, err := second.Write(make([]byte, 256<<10)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the second connection's bytes copied", func() bool { return metric() != "0" })
+	if st := r.Stats(); st.SplicedBytes == 0 {
+		t.Errorf("nothing spliced: the first connection should have had the pipe")
 	}
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/sluice-lb/sluice/internal/handoff"
 	"github.com/sluice-lb/sluice/internal/health"
 	"github.com/sluice-lb/sluice/internal/loop"
+	"github.com/sluice-lb/sluice/internal/splice"
 	"github.com/sluice-lb/sluice/internal/tcpproxy"
 	"github.com/sluice-lb/sluice/internal/udpproxy"
 )
@@ -285,7 +286,7 @@ func (s *Server) addService(sc config.Service) error {
 	}
 	pc.Pool.PipeSize = s.cfg.PipeSize
 	pc.Pool.MaxPipes = s.cfg.MaxPipes / len(s.cfg.Services)
-	pc.Pool.MaxIdle = min(pc.Pool.MaxIdle, pc.Pool.MaxPipes)
+	pc.Pool.MaxIdle = min(splice.IdleFor(pc.Pool.PipeSize), pc.Pool.MaxPipes)
 	for i, l := range s.loops {
 		p := tcpproxy.New(l, i, pc, sv.bal, s.limiter, s.log.Named("tcp").With(zap.String("service", sc.Name)))
 		sv.proxies = append(sv.proxies, p)

@@ -15,8 +15,28 @@ type PoolConfig struct {
 
 // DefaultPoolConfig returns the pool sizing used when none is given.
 func DefaultPoolConfig() PoolConfig {
-	return PoolConfig{PipeSize: 256 << 10, MaxPipes: 1024, MaxIdle: 64}
+	return PoolConfig{PipeSize: 1 << 20, MaxPipes: 1024, MaxIdle: IdleFor(1 << 20)}
 }
+
+// IdleFor returns how many empty pipes of pipeSize bytes a pool keeps: as
+// many as make 16 MiB, between 1 and 64. An empty pipe holds no memory, but
+// Linux counts its capacity against an unprivileged user's pipe allowance
+// (fs.pipe-user-pages-soft, 64 MiB by default), so idle pipes kept for
+// reuse would leave less of it for the pipes in use.
+func IdleFor(pipeSize int) int {
+	return min(max(16<<20/max(pipeSize, 1), 1), 64)
+}
+
+// MinPipe is the smallest pipe worth splicing through. A pipe the kernel
+// keeps smaller than this (and smaller than asked) is not lent: an
+// unprivileged user over fs.pipe-user-pages-soft gets pipes of two pages,
+// and copying through the loop's buffer moves more per system call.
+const MinPipe = 64 << 10
+
+// retryAfter is how many Get calls fall back to copying, after the kernel
+// kept a new pipe small, before a pipe is created again: the allowance is
+// per user and frees up as pipes close, here or in another process.
+const retryAfter = 64
 
 // Stats are a pool's counters. Owned by the loop; copy them out with
 // Pool.Stats on the loop goroutine.
@@ -25,6 +45,7 @@ type Stats struct {
 	Closed    uint64 // pipes closed (excess idle, dirty on Put, or Close)
 	Exhausted uint64 // Get calls refused because MaxPipes were alive
 	Failed    uint64 // pipe creations the kernel refused (fd or memory limits)
+	Small     uint64 // Get calls that fell back because the kernel kept new pipes small (see MinPipe)
 	Alive     int    // pipes alive now, lent or idle
 	Idle      int    // pipes in the pool now
 }
@@ -34,15 +55,21 @@ type Pool struct {
 	cfg   PoolConfig
 	free  []*Pipe
 	stats Stats
+	// skip counts down the Get calls that fall back without trying,
+	// after the kernel kept a new pipe small.
+	skip int
+	// newPipe creates a pipe; a variable for tests.
+	newPipe func(size int) (*Pipe, error)
 }
 
 // NewPool returns an empty pool; pipes are created on demand.
 func NewPool(cfg PoolConfig) *Pool {
-	return &Pool{cfg: cfg}
+	return &Pool{cfg: cfg, newPipe: newPipe}
 }
 
-// Get lends an empty pipe, or returns nil when MaxPipes are alive or the
-// kernel refuses a new one; the caller then copies through a buffer instead.
+// Get lends an empty pipe, or returns nil when MaxPipes are alive, or the
+// kernel refuses a new one or keeps it below MinPipe; the caller then
+// copies through a buffer instead.
 func (p *Pool) Get() *Pipe {
 	if n := len(p.free); n > 0 {
 		pp := p.free[n-1]
@@ -54,9 +81,20 @@ func (p *Pool) Get() *Pipe {
 		p.stats.Exhausted++
 		return nil
 	}
-	pp, err := newPipe(p.cfg.PipeSize)
+	if p.skip > 0 {
+		p.skip--
+		p.stats.Small++
+		return nil
+	}
+	pp, err := p.newPipe(p.cfg.PipeSize)
 	if err != nil {
 		p.stats.Failed++
+		return nil
+	}
+	if pp.Cap < min(MinPipe, p.cfg.PipeSize) {
+		pp.close()
+		p.skip = retryAfter
+		p.stats.Small++
 		return nil
 	}
 	p.stats.Created++
