@@ -79,7 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}
 		opts.Stopped = func() {
-			if err := handoff.SendStopping(predecessor); err != nil {
+			if err := handoff.SendStopping(predecessor, cfg.DrainTimeout); err != nil {
 				log.Error("tell the old process this one stops", zap.Error(err))
 			}
 		}

@@ -97,7 +97,11 @@ type Frame struct {
 	// Stopping: the new process was told to stop before it served; it
 	// drains the connections it accepted and exits (since version 3).
 	Stopping bool `json:"stopping,omitempty"`
-	PID      int  `json:"pid,omitempty"`
+	// DrainTimeout comes with Stopping: the new process's own
+	// --drain-timeout, which bounds its drain (0 from a new process
+	// that predates the field).
+	DrainTimeout time.Duration `json:"drain_timeout_ns,omitempty"`
+	PID          int           `json:"pid,omitempty"`
 }
 
 // Send writes sockets (each with its FD set) to c, in frames of at most
@@ -207,15 +211,29 @@ func SendReady(c *net.UnixConn) error {
 
 // SendStopping tells the old process that the new one was told to stop
 // before it served: it will not take over, and it drains the connections
-// it accepted meanwhile, so it must be left to finish rather than killed.
-func SendStopping(c *net.UnixConn) error {
-	return writeFrame(c, Frame{Version: Version, Stopping: true, PID: os.Getpid()}, nil)
+// it accepted meanwhile, for up to drain, so it must be left to finish
+// rather than killed.
+func SendStopping(c *net.UnixConn, drain time.Duration) error {
+	return writeFrame(c, Frame{Version: Version, Stopping: true, DrainTimeout: drain, PID: os.Getpid()}, nil)
 }
 
+// StoppingError is WaitReady's error for a Stopping frame. It matches
+// ErrStopping with errors.Is.
+type StoppingError struct {
+	// Drain is the new process's drain timeout, 0 when it did not say.
+	Drain time.Duration
+}
+
+func (e *StoppingError) Error() string { return ErrStopping.Error() }
+
+// Is reports whether target is ErrStopping.
+func (e *StoppingError) Is(target error) bool { return target == ErrStopping }
+
 // WaitReady reads until a Ready frame arrives and returns the version the
-// new process speaks. It fails with ErrStopping when a Stopping frame
-// arrives instead, and with another error when the new process closes the
-// socket (it exited) or c's deadline passes.
+// new process speaks. It fails with a *StoppingError (errors.Is
+// ErrStopping) when a Stopping frame arrives instead, and with another
+// error when the new process closes the socket (it exited) or c's deadline
+// passes.
 func WaitReady(c *net.UnixConn) (version int, err error) {
 	for {
 		f, fds, err := readFrame(c)
@@ -229,7 +247,7 @@ func WaitReady(c *net.UnixConn) (version int, err error) {
 			return f.Version, nil
 		}
 		if f.Stopping {
-			return f.Version, ErrStopping
+			return f.Version, &StoppingError{Drain: max(f.DrainTimeout, 0)}
 		}
 	}
 }

@@ -89,11 +89,32 @@ func TestSendReceive(t *testing.T) {
 // timeout and then kill a process that is draining connections.
 func TestWaitReadyStopping(t *testing.T) {
 	a, b := pair(t)
-	if err := SendStopping(b); err != nil {
+	if err := SendStopping(b, 90*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if v, err := WaitReady(a); !errors.Is(err, ErrStopping) || v != Version {
+	v, err := WaitReady(a)
+	if !errors.Is(err, ErrStopping) || v != Version {
 		t.Fatalf("WaitReady after a Stopping frame: version %d, %v; want %d, ErrStopping", v, err, Version)
+	}
+	// The new process's drain timeout comes with it: the old one reaps
+	// it by that, not by its own.
+	var stop *StoppingError
+	if !errors.As(err, &stop) || stop.Drain != 90*time.Second {
+		t.Fatalf("WaitReady's error %#v does not carry the drain timeout sent (90s)", err)
+	}
+}
+
+// TestStoppingWithoutDrain: a Stopping frame of a release that does not
+// send its drain timeout reads as 0, for the caller to fill in.
+func TestStoppingWithoutDrain(t *testing.T) {
+	a, b := pair(t)
+	if err := writeFrame(b, Frame{Version: 3, Stopping: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := WaitReady(a)
+	var stop *StoppingError
+	if !errors.As(err, &stop) || stop.Drain != 0 {
+		t.Fatalf("WaitReady: %#v, want a StoppingError with no drain", err)
 	}
 }
 

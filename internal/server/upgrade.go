@@ -302,10 +302,12 @@ func (s *Server) Upgrade() error {
 	}
 	pid := cmd.Process.Pid
 	// stopChild tells the successor to stop and drain, for a stop of this
-	// process. It is reaped in the background (see reap).
+	// process. It is reaped in the background (see reap), given this
+	// process's drain timeout: it says its own only in a Stopping frame,
+	// which is not waited for here.
 	stopChild := func(why string) error {
 		cmd.Process.Signal(syscall.SIGTERM)
-		s.reap(cmd)
+		s.reap(cmd, s.cfg.DrainTimeout)
 		return fmt.Errorf("%w: the new process (pid %d) %s and was sent SIGTERM", errStopping, pid, why)
 	}
 	fail := func(err error) error {
@@ -338,12 +340,17 @@ func (s *Server) Upgrade() error {
 		return fail(fmt.Errorf("new process (pid %d) did not take the %d sockets: %w", pid, len(socks), err))
 	}
 	version, err := handoff.WaitReady(conn)
-	if errors.Is(err, handoff.ErrStopping) {
+	if stop := (*handoff.StoppingError)(nil); errors.As(err, &stop) {
 		// Told to stop (SIGTERM) before it served, it drains what it
 		// accepted on the sockets this process still serves: killing it
 		// would cut those connections. It is reaped in the background
-		// (see reap).
-		s.reap(cmd)
+		// (see reap), given the drain timeout it has, which may not be
+		// this process's.
+		drain := stop.Drain
+		if drain == 0 {
+			drain = s.cfg.DrainTimeout // a release that does not say
+		}
+		s.reap(cmd, drain)
 		s.reclaimFirewall()
 		return fmt.Errorf("%w (pid %d): it drains the connections it accepted, and exits", errSuccessorStopped, pid)
 	}
@@ -490,14 +497,14 @@ type reaper struct {
 	done     chan struct{} // closed when cmd.Wait has returned
 }
 
-// reap has cmd, a successor that was told to stop just now, waited for in
-// the background: nothing here needs its end, but its process must be
-// reaped. Run, returning, waits for it until its deadline, then kills it
-// (see endReapers): it has had the drain timeout for its connections, as
-// this process had, and under systemd it would be killed then anyway. Once
-// Run has done so, reap waits itself, in the same way.
-func (s *Server) reap(cmd *exec.Cmd) {
-	r := &reaper{cmd: cmd, deadline: time.Now().Add(s.cfg.DrainTimeout + reapGrace), done: make(chan struct{})}
+// reap has cmd, a successor that was told to stop just now and drains for
+// up to drain, waited for in the background: nothing here needs its end,
+// but its process must be reaped. Run, returning, waits for it until its
+// deadline, then kills it (see endReapers): it has had its drain timeout
+// for its connections, and under systemd it would be killed then anyway.
+// Once Run has done so, reap waits itself, in the same way.
+func (s *Server) reap(cmd *exec.Cmd, drain time.Duration) {
+	r := &reaper{cmd: cmd, deadline: time.Now().Add(drain + reapGrace), done: make(chan struct{})}
 	go r.run()
 	s.reapMu.Lock()
 	late := s.reaped

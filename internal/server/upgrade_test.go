@@ -393,29 +393,8 @@ func TestStoppedBeforeReadyDrains(t *testing.T) {
 // ends with Run. The new release is a script that ignores SIGTERM and
 // never reports ready.
 func TestStoppedSuccessorIsReaped(t *testing.T) {
-	exe, started, _ := fakeRelease(t, "trap '' TERM", `echo $$ > "$STARTED"`, `read x < "$RELEASE"`)
-	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	cfg := parse(t, "--listen", "127.0.0.1:0", "--backend", backend.Addr().String(), "--health-check", "none", "--drain-timeout", "100ms")
-	s, err := New(cfg, zap.NewNop(), Options{Executable: exe})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	<-s.Ready()
-	upgrade := make(chan error, 1)
-	go func() { upgrade <- s.Upgrade() }()
-	// Opening a fifo waits for the other end: the script runs.
-	b, err := os.ReadFile(started)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatalf("the new release's pid %q: %v", b, err)
-	}
+	u := upgradeToScript(t, "trap '' TERM", `echo $$ > "$STARTED"`, `read x < "$RELEASE"`)
+	pid, cancel, done, upgrade := u.pid, u.cancel, u.done, u.upgrade
 	// Until it is found reaped, pid is this process's child, which cannot
 	// be another process's pid: a failure leaves no process behind.
 	reaped := false
@@ -440,4 +419,72 @@ func TestStoppedSuccessorIsReaped(t *testing.T) {
 	if !errors.Is(upErr, errStopping) {
 		t.Errorf("upgrade: %v, want %v", upErr, errStopping)
 	}
+}
+
+// TestStoppedSuccessorReapedByItsDrain: a successor stopped before it took
+// over drains for its own --drain-timeout, which it sends with its
+// Stopping frame; the old process must not kill it at the end of its
+// own, shorter one. The new release is a script that sends that frame
+// (5 minutes) on the hand-over socket, fd 3, and waits.
+func TestStoppedSuccessorReapedByItsDrain(t *testing.T) {
+	body := `{"version":3,"stopping":true,"drain_timeout_ns":300000000000}`
+	frame := fmt.Sprintf(`\%03o\%03o\%03o\%03o%s`, len(body)>>24, len(body)>>16&0xff, len(body)>>8&0xff, len(body)&0xff, body)
+	u := upgradeToScript(t, "trap '' TERM", `echo $$ > "$STARTED"`, "printf '"+frame+"' >&3", `read x < "$RELEASE"`)
+	// Killed before Run is stopped, which then reaps it at once; until
+	// then pid is this process's child, which cannot be another's.
+	t.Cleanup(func() {
+		unix.Kill(u.pid, unix.SIGKILL)
+		u.cancel()
+		<-u.done
+	})
+	if err := <-u.upgrade; !errors.Is(err, errSuccessorStopped) {
+		t.Fatalf("Upgrade: %v, want the successor stopped", err)
+	}
+	u.s.reapMu.Lock()
+	var deadline time.Time
+	if len(u.s.reapers) == 1 {
+		deadline = u.s.reapers[0].deadline
+	}
+	u.s.reapMu.Unlock()
+	if earliest := time.Now().Add(4 * time.Minute); deadline.Before(earliest) {
+		t.Fatalf("the stopped successor is reaped by %v, before its 5-minute drain could end (this process's drain timeout is 100ms)", deadline)
+	}
+}
+
+// scriptUpgrade is a server (drain timeout 100ms) upgrading to a script.
+type scriptUpgrade struct {
+	s       *Server
+	pid     int // the script's
+	cancel  context.CancelFunc
+	done    chan error // Run's result
+	upgrade chan error // Upgrade's result
+}
+
+// upgradeToScript starts a server whose new release is a fakeRelease of
+// lines, which must write its pid to $STARTED first, and starts its
+// upgrade; it returns once the script runs.
+func upgradeToScript(t *testing.T, lines ...string) *scriptUpgrade {
+	t.Helper()
+	exe, started, _ := fakeRelease(t, lines...)
+	backend := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	cfg := parse(t, "--listen", "127.0.0.1:0", "--backend", backend.Addr().String(), "--health-check", "none", "--drain-timeout", "100ms")
+	s, err := New(cfg, zap.NewNop(), Options{Executable: exe})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	u := &scriptUpgrade{s: s, cancel: cancel, done: make(chan error, 1), upgrade: make(chan error, 1)}
+	go func() { u.done <- s.Run(ctx) }()
+	<-s.Ready()
+	go func() { u.upgrade <- s.Upgrade() }()
+	// Opening a fifo waits for the other end: the script runs.
+	b, err := os.ReadFile(started)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.pid, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
+		t.Fatalf("the new release's pid %q: %v", b, err)
+	}
+	return u
 }
