@@ -74,12 +74,14 @@ func Handler(d Deps, log *zap.Logger) http.Handler {
 	})
 	setDrained := func(drained bool) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
-			addr, err := netip.ParseAddrPort(r.PathValue("addr"))
+			// The rules a backend's address was given by: one they
+			// refuse (port 0, an IPv6 zone) is a bad request, not a
+			// backend that is missing.
+			addr, err := balancer.ParseAddr(r.PathValue("addr"))
 			if err != nil {
 				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "backend address: " + err.Error()})
 				return
 			}
-			addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
 			only := r.URL.Query().Get("service")
 			var changed []string
 			named := false // a service is named only

@@ -296,3 +296,55 @@ func TestIdleConnectionsClosed(t *testing.T) {
 		t.Fatalf("idle keep-alive connection not closed by the server: %v", err)
 	}
 }
+
+// TestDrainBadAddress: an address that no backend can have (port 0, an
+// IPv6 zone, a port out of range, a backend line's weight, no address at
+// all) is a bad request, 400 saying what is wrong with it, for drain and
+// enable alike, and changes nothing; 404 is kept for a well-formed address
+// that is not a backend. An IPv4 address written IPv4-mapped names the
+// backend as it does plainly.
+func TestDrainBadAddress(t *testing.T) {
+	h, svc, be := testHandler(t)
+	post := func(path string) (int, string) {
+		t.Helper()
+		req := httptest.NewRequest("POST", path, nil)
+		req.Host = "127.0.0.1:9090"
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		var body struct{ Error string }
+		if rec.Code != http.StatusOK {
+			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+				t.Fatalf("POST %s: %d with a body that is not a JSON error: %q", path, rec.Code, rec.Body)
+			}
+		}
+		return rec.Code, body.Error
+	}
+	for _, c := range []struct{ addr, want string }{
+		{"127.0.0.1:0", "port 0 is not a valid backend port"},
+		{"[::1]:0", "port 0 is not a valid backend port"},
+		{"[fe80::1%25eth0]:5432", "zoned IPv6 addresses are not supported"},
+		{"127.0.0.1:65536", "want ip:port or [ipv6]:port"},
+		{"127.0.0.1:7001,weight=2", "want ip:port or [ipv6]:port"},
+		{"127.0.0.1", "want ip:port or [ipv6]:port"},
+		{"nonsense", "want ip:port or [ipv6]:port"},
+	} {
+		for _, op := range []string{"drain", "enable"} {
+			path := "/backends/" + c.addr + "/" + op
+			if code, msg := post(path); code != http.StatusBadRequest || !strings.HasPrefix(msg, "backend address: ") || !strings.Contains(msg, c.want) {
+				t.Errorf("POST %s: %d %q, want 400 saying %q", path, code, msg, c.want)
+			}
+		}
+	}
+	if st := svc.Info()[0].State; st != balancer.StateUp {
+		t.Fatalf("backend %s after bad requests", st)
+	}
+	if code, msg := post("/backends/127.0.0.1:7002/drain"); code != http.StatusNotFound {
+		t.Errorf("drain of a well-formed address that is no backend: %d %q, want 404", code, msg)
+	}
+	if code, msg := post("/backends/[::ffff:127.0.0.1]:7001/drain"); code != http.StatusOK {
+		t.Fatalf("drain of %s written IPv4-mapped: %d %q, want 200", be, code, msg)
+	}
+	if st := svc.Info()[0].State; st != balancer.StateDraining {
+		t.Fatalf("backend %s after its drain, want %s", st, balancer.StateDraining)
+	}
+}

@@ -43,17 +43,11 @@ func ParseSpec(s string) (Spec, error) {
 	s = strings.TrimSpace(s)
 	addrPart, opts, _ := strings.Cut(strings.Join(strings.Fields(s), ","), ",")
 	b := Spec{Weight: 1}
-	ap, err := netip.ParseAddrPort(addrPart)
+	ap, err := ParseAddr(addrPart)
 	if err != nil {
-		return b, fmt.Errorf("want ip:port or [ipv6]:port: %w", err)
+		return b, err
 	}
-	if ap.Port() == 0 {
-		return b, errors.New("port 0 is not a valid backend port")
-	}
-	if ap.Addr().Zone() != "" {
-		return b, errors.New("zoned IPv6 addresses are not supported")
-	}
-	b.Addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	b.Addr = ap
 	if opts == "" {
 		return b, nil
 	}
@@ -72,6 +66,24 @@ func ParseSpec(s string) (Spec, error) {
 		b.Weight = w
 	}
 	return b, nil
+}
+
+// ParseAddr parses a backend address, "ip:port" ("[ip6]:port" for IPv6),
+// as ParseSpec does: port 0 and zoned IPv6 addresses are refused, and an
+// IPv4-mapped IPv6 address is returned as IPv4. Every backend's address
+// passes it, so an address it refuses names no backend.
+func ParseAddr(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return ap, fmt.Errorf("want ip:port or [ipv6]:port: %w", err)
+	}
+	if ap.Port() == 0 {
+		return ap, errors.New("port 0 is not a valid backend port")
+	}
+	if ap.Addr().Zone() != "" {
+		return ap, errors.New("zoned IPv6 addresses are not supported")
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
 // HashKey says which part of the client address is hashed.

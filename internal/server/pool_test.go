@@ -378,8 +378,12 @@ func TestAdminAndMetrics(t *testing.T) {
 	if code, _ := httpPost(t, base+"/backends/127.0.0.1:1/drain"); code != 404 {
 		t.Fatalf("drain of an unknown backend: %d, want 404", code)
 	}
-	if code, _ := httpPost(t, base+"/backends/nonsense/drain"); code != 400 {
-		t.Fatalf("drain of a bad address: %d, want 400", code)
+	// Through a real request line too: an address no backend can have
+	// is a bad request, not an unknown backend.
+	for _, bad := range []string{"nonsense", "127.0.0.1:0", "[fe80::1%25lo]:5432"} {
+		if code, body := httpPost(t, base+"/backends/"+bad+"/drain"); code != 400 || !strings.Contains(body, "backend address: ") {
+			t.Fatalf("drain of the bad address %s: %d %s, want 400", bad, code, body)
+		}
 	}
 	// With every backend drained, readyz says so.
 	httpPost(t, base+"/backends/"+a.Addr().String()+"/drain")
