@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
 )
@@ -170,11 +171,23 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // from. A Prometheus scrape every 15–60 s keeps its connection.
 const idleTimeout = 2 * time.Minute
 
+// MaxConns bounds the admin connections open at once, each a file
+// descriptor out of the open-file limit that --max-conns is derived from
+// (config counts them apart from the connections proxied). A connection
+// beyond it is not refused: it waits in the listening socket's accept
+// queue until one of these closes. Scrapes, probes and an operator's curl
+// need a few; an idle keep-alive connection holds its place until
+// idleTimeout.
+const MaxConns = 64
+
 // Server is the admin HTTP server.
 type Server struct {
-	srv  *http.Server
-	ln   net.Listener
-	done chan error
+	srv *http.Server
+	ln  net.Listener // the listening socket, for FD and Addr
+	// limited is ln accepting at most MaxConns connections at once: it
+	// waits to accept another until one of them is closed.
+	limited net.Listener
+	done    chan error
 }
 
 // Listen binds addr, or adopts inherited (a listening socket handed over by
@@ -198,7 +211,8 @@ func Listen(addr netip.AddrPort, inherited *os.File, h http.Handler, log *zap.Lo
 			IdleTimeout:       idleTimeout,
 			ErrorLog:          zap.NewStdLog(log),
 		},
-		ln: ln,
+		ln:      ln,
+		limited: netutil.LimitListener(ln, MaxConns),
 	}, nil
 }
 
@@ -220,7 +234,7 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // Start serves on its own goroutine until Close.
 func (s *Server) Start() {
 	s.done = make(chan error, 1)
-	go func() { s.done <- s.srv.Serve(s.ln) }()
+	go func() { s.done <- s.srv.Serve(s.limited) }()
 }
 
 // closeGrace bounds how long Close lets requests in flight finish.

@@ -3,17 +3,20 @@ package admin
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
@@ -347,4 +350,159 @@ func TestDrainBadAddress(t *testing.T) {
 	if st := svc.Info()[0].State; st != balancer.StateDraining {
 		t.Fatalf("backend %s after its drain, want %s", st, balancer.StateDraining)
 	}
+}
+
+// TestConnLimit: at most MaxConns admin connections are served at once.
+// One more is not refused: it waits, unanswered and open, until one of
+// them closes, and is then served. Every place is given back, whether
+// its connection was answered, hung up by the client during its request,
+// before one or in the middle of one, or closed by the server after a
+// malformed request: then MaxConns requests are served at once again. Close leaves no goroutine
+// and no socket behind.
+func TestConnLimit(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	socketsBefore := openSockets(t)
+	entered := make(chan struct{}, 4*MaxConns)
+	release, stop := make(chan struct{}), make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done(): // the client hung up
+			return
+		case <-stop:
+		}
+		w.Write([]byte("done\n"))
+	})
+	s, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), nil, h, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	closed := false
+	t.Cleanup(func() {
+		close(stop)
+		if !closed {
+			s.Close()
+		}
+	})
+	// request opens a connection and sends a request that holds its
+	// place until released.
+	request := func() net.Conn {
+		t.Helper()
+		c, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write([]byte("GET /hold HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	waitEntered := func(n int, what string) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for i := 0; i < n; i++ {
+			select {
+			case <-entered:
+			case <-deadline:
+				t.Fatalf("%s: %d of %d requests served", what, i, n)
+			}
+		}
+	}
+	answered := func(c net.Conn) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("no answer: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(body) != "done\n" {
+			t.Fatalf("answer %d %q, want 200 done", resp.StatusCode, body)
+		}
+		c.Close()
+	}
+
+	held := make([]net.Conn, 0, MaxConns)
+	for range MaxConns {
+		held = append(held, request())
+	}
+	waitEntered(MaxConns, "up to the limit")
+	extra := request() // connected: the kernel's accept queue holds it
+	select {
+	case <-entered:
+		t.Fatalf("a request beyond the %d connections at once was served", MaxConns)
+	case <-time.After(200 * time.Millisecond):
+	}
+	extra.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if n, err := extra.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the connection beyond the limit read %d bytes, %v; want it open and waiting", n, err)
+	}
+	// A client hangs up, freeing a place: the waiting connection takes it.
+	held[0].Close()
+	waitEntered(1, "the connection that waited, once a place was free")
+	for range MaxConns {
+		release <- struct{}{}
+	}
+	for _, c := range append(held[1:], extra) {
+		answered(c)
+	}
+
+	// Connections that end without an answer give their places back too.
+	for i := range MaxConns {
+		c, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch i % 3 {
+		case 1:
+			c.Write([]byte("GET /hold HTTP/1.1\r\nHo"))
+		case 2:
+			c.Write([]byte("NOT HTTP\r\n\r\n"))
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("malformed request: %v, %v; want 400", resp, err)
+			}
+		}
+		c.Close()
+	}
+	held = held[:0]
+	for range MaxConns {
+		held = append(held, request())
+	}
+	waitEntered(MaxConns, "after connections that ended unanswered")
+	for range MaxConns {
+		release <- struct{}{}
+	}
+	for _, c := range held {
+		answered(c)
+	}
+
+	closed = true
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	goleak.VerifyNone(t, ignore)
+	if after := openSockets(t); after != socketsBefore {
+		t.Fatalf("%d sockets open before, %d after Close", socketsBefore, after)
+	}
+}
+
+// openSockets counts the process's open socket descriptors.
+func openSockets(t *testing.T) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if l, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
 }

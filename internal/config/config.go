@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
 
+	"github.com/sluice-lb/sluice/internal/admin"
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/discovery"
 	"github.com/sluice-lb/sluice/internal/firewall"
@@ -146,9 +147,13 @@ type Service struct {
 }
 
 // fdReserve is the file descriptors kept back from connections and pipes
-// for listeners, epoll and eventfds, logs, health checks and the admin
-// endpoint.
+// for listeners, epoll and eventfds, logs and health checks. The admin
+// endpoint, when on, is kept apart: see adminFDs.
 const fdReserve = 256
+
+// adminFDs is what the admin endpoint can hold at once: its listening
+// socket and admin.MaxConns connections (more wait to be accepted).
+const adminFDs = 1 + admin.MaxConns
 
 // ErrHelp is returned by Parse when --help was asked for; the usage has been
 // written to the help writer.
@@ -771,8 +776,13 @@ const maxConnsCap = 1 << 23
 // and connections are within their bounds, so no sum here overflows.
 func sizeFDs(cfg *Config, limit int) string {
 	// The reserve, and per loop and service its listener, epoll and
-	// eventfd with a spare.
+	// eventfd with a spare; and the admin endpoint's.
 	fixed := fdReserve + 4*cfg.Workers*max(1, len(cfg.Services))
+	what := "listeners, loops"
+	if cfg.AdminAddr.IsValid() {
+		fixed += adminFDs
+		what += ", the admin endpoint"
+	}
 	avail := limit - fixed - cfg.UDPMaxSessions
 	// What one connection needs: two sockets, or with a derived
 	// --max-conns a share of pipes too.
@@ -782,12 +792,12 @@ func sizeFDs(cfg *Config, limit int) string {
 	}
 	switch {
 	case cfg.UDPMaxSessions > 0 && avail < oneConn && limit-fixed-oneConn >= 1:
-		return fmt.Sprintf("--udp-max-sessions %q: needs %d file descriptors (one per session, at least one per loop, %d for listeners, loops and a connection) but the open-file limit is %d; lower it to at most %d or raise the limit (e.g. LimitNOFILE=)",
-			strconv.Itoa(cfg.UDPMaxSessions), cfg.UDPMaxSessions+fixed+oneConn, fixed+oneConn, limit, limit-fixed-oneConn)
+		return fmt.Sprintf("--udp-max-sessions %q: needs %d file descriptors (one per session, at least one per loop, %d for %s and a connection) but the open-file limit is %d; lower it to at most %d or raise the limit (e.g. LimitNOFILE=)",
+			strconv.Itoa(cfg.UDPMaxSessions), cfg.UDPMaxSessions+fixed+oneConn, fixed+oneConn, what, limit, limit-fixed-oneConn)
 	case cfg.MaxConns == 0:
 		cfg.MaxConns = avail / 3
 		if cfg.MaxConns < 1 {
-			return fmt.Sprintf("the open-file limit %d is too low to proxy anything: listeners, loops and one connection need %d; raise it (e.g. LimitNOFILE=)", limit, fixed+oneConn)
+			return fmt.Sprintf("the open-file limit %d is too low to proxy anything: %s and one connection need %d; raise it (e.g. LimitNOFILE=)", limit, what, fixed+oneConn)
 		}
 	case cfg.MaxConns > avail/2:
 		var udp, most string

@@ -170,7 +170,9 @@ func TestParseBad(t *testing.T) {
 func TestFDSizing(t *testing.T) {
 	base := []string{"--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001", "--workers", "1"}
 	udp := []string{"--proto", "udp", "--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001", "--workers", "1"}
-	// With one loop and one service, 260 descriptors are kept back.
+	// With one loop and one service, 260 descriptors are kept back; with
+	// the admin endpoint on, 65 more (its listener and 64 connections).
+	admin := []string{"--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001", "--workers", "1", "--admin-addr", "127.0.0.1:9090"}
 	cases := []struct {
 		name       string
 		args       []string
@@ -183,6 +185,10 @@ func TestFDSizing(t *testing.T) {
 		{"derived", base, 20000, true, 6580, 3290, ""},
 		{"every fd to connections", append(base, "--max-conns", "9870"), 20000, true, 9870, 0, ""},
 		{"one connection too many", append(base, "--max-conns", "9871"), 20000, false, 0, 0, "at most 9870"},
+		{"derived, with the admin endpoint", admin, 20000, true, 6558, 3279, ""},
+		{"every fd to connections but the admin endpoint's", append(admin, "--max-conns", "9837"), 20000, true, 9837, 0, ""},
+		{"one connection too many for the admin endpoint's", append(admin, "--max-conns", "9838"), 20000, false, 0, 0, "at most 9837"},
+		{"limit too low for the admin endpoint and a connection", admin, 327, false, 0, 0, "the admin endpoint and one connection need 328"},
 		{"near the cap with the largest limit", append(base, "--max-conns", "8388000"), 1 << 24, true, 8388000, 478, ""},
 		{"UDP sessions to the last fd", append(udp, "--udp-max-sessions", "19737"), 20000, true, 1, 0, ""},
 		{"one UDP session too many", append(udp, "--udp-max-sessions", "19738"), 20000, false, 0, 0, "--udp-max-sessions \"19738\""},
