@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -153,13 +154,9 @@ func TestHelpExits0(t *testing.T) {
 // that SIGTERM makes it drain and exit 0.
 func TestServeAndSIGTERM(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	cmd := sluice("--listen", addr, "--backend", echo.Addr().String(), "--log-format", "json")
+	// Port 0, and the address sluice logs it bound: a port found free
+	// and passed on could be taken before sluice binds it.
+	cmd := sluice("--listen", "127.0.0.1:0", "--backend", echo.Addr().String(), "--log-format", "json")
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -167,11 +164,16 @@ func TestServeAndSIGTERM(t *testing.T) {
 	defer cmd.Process.Kill()
 	logs := bufio.NewScanner(stderr)
 	var lines []string
-	for logs.Scan() {
+	var addr string
+	for addr == "" && logs.Scan() {
 		lines = append(lines, logs.Text())
-		if strings.Contains(logs.Text(), "sluice started") {
-			break
+		var line struct{ Msg, Listen string }
+		if json.Unmarshal(logs.Bytes(), &line) == nil && line.Msg == "service" {
+			addr = line.Listen
 		}
+	}
+	if addr == "" {
+		t.Fatalf("no service line with its listening address in %q", lines)
 	}
 	c, err := net.Dial("tcp", addr)
 	if err != nil {

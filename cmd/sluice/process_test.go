@@ -33,14 +33,26 @@ type proc struct {
 	lines chan map[string]any
 }
 
-func freeAddr(tb testing.TB) string {
+// refusedAddr returns a loopback TCP address that refuses connections for
+// as long as the test runs: a socket bound there without listening. It
+// holds the port (without SO_REUSEADDR, no other socket can bind it, and
+// connect's choice of a local port skips it), so that nothing can start
+// listening there, as could on a port merely found free.
+func refusedAddr(tb testing.TB) string {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	tb.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		tb.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
 }
 
 // startCopy copies the test binary to a temp path (so the test can replace
@@ -133,6 +145,47 @@ func (p *proc) waitLog(tb testing.TB, msgs ...string) map[string]any {
 	}
 }
 
+// waitLogs waits until each of msgs has been logged, in any order, and
+// returns the first line of each, by msg.
+func (p *proc) waitLogs(tb testing.TB, msgs ...string) map[string]map[string]any {
+	tb.Helper()
+	got := map[string]map[string]any{}
+	for len(got) < len(msgs) {
+		var left []string
+		for _, msg := range msgs {
+			if got[msg] == nil {
+				left = append(left, msg)
+			}
+		}
+		m := p.waitLog(tb, left...)
+		got[m["msg"].(string)] = m
+	}
+	return got
+}
+
+// started waits until p serves, and returns the address its (only)
+// service listens on and its admin address ("" when off): those it bound,
+// as it logs them, port 0 resolved. It waits for msgs too, lines that may
+// come before those (a health check's).
+//
+// The tests start sluice on port 0 and learn its addresses here, rather
+// than pick a free port and pass it on: a port found free, then closed, is
+// in the kernel's ephemeral range, where any socket of a test running in
+// parallel (a client's connect, another bind to port 0) can take it
+// before sluice binds it, and sluice then exits at start. Port 0 holds
+// across an upgrade: the successor takes the listening and admin sockets
+// over by service, not by address.
+func (p *proc) started(tb testing.TB, msgs ...string) (addr, admin string) {
+	tb.Helper()
+	lines := p.waitLogs(tb, append([]string{"sluice started", "service"}, msgs...)...)
+	addr, _ = lines["service"]["listen"].(string)
+	admin, _ = lines["sluice started"]["admin"].(string)
+	if addr == "" {
+		tb.Fatalf("no listening address in the service line %v", lines["service"])
+	}
+	return addr, admin
+}
+
 // waitExit waits for a process that is not our child, through a pidfd.
 func waitExit(tb testing.TB, pid int) {
 	tb.Helper()
@@ -186,9 +239,8 @@ func waitOK(tb testing.TB, l *testsrv.ConnectLoad, n int64) {
 // old process drains and exits 0, the new one serves.
 func TestUpgradeUnderLoad(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	addr, admin := freeAddr(t), freeAddr(t)
-	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String(), "--admin-addr", admin, "--drain-timeout", "10s")
-	p.waitLog(t, "sluice started")
+	p := startCopy(t, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String(), "--admin-addr", "127.0.0.1:0", "--drain-timeout", "10s")
+	addr, admin := p.started(t)
 	load := startConnectLoad(addr, 4)
 	defer load.Stop()
 	waitOK(t, load, 200)
@@ -242,9 +294,8 @@ func TestUpgradeUnderLoad(t *testing.T) {
 // and SIGUSR2: they must not kill it and reset what it is finishing.
 func TestDrainSurvivesReloadSignals(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	addr := freeAddr(t)
-	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String(), "--drain-timeout", "20s")
-	p.waitLog(t, "sluice started")
+	p := startCopy(t, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String(), "--drain-timeout", "20s")
+	addr, _ := p.started(t)
 	held, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -313,9 +364,8 @@ func childrenOf(ppid int) []int {
 // upgrade until the successor serves.
 func TestUpgradeSuccessorSurvivesEarlySIGHUP(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	addr := freeAddr(t)
-	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String(), "--drain-timeout", "1s")
-	p.waitLog(t, "sluice started")
+	p := startCopy(t, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String(), "--drain-timeout", "1s")
+	addr, _ := p.started(t)
 	stop := make(chan struct{})
 	hit := make(chan int, 1)
 	var wg sync.WaitGroup
@@ -389,9 +439,8 @@ func TestUpgradeSuccessorSurvivesEarlySIGHUP(t *testing.T) {
 // the service until the stop timeout's SIGKILL).
 func TestStopDuringUpgrade(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	addr := freeAddr(t)
-	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String(), "--drain-timeout", "5s")
-	p.waitLog(t, "sluice started")
+	p := startCopy(t, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String(), "--drain-timeout", "5s")
+	addr, _ := p.started(t)
 	// The new release starts slowly: a wrapper that records its pid, waits
 	// a second, then runs the real binary (exec keeps the pid). The sleep
 	// does not get the handoff socket (fd 3): sockets in flight on it would
@@ -446,7 +495,6 @@ func TestStopDuringUpgrade(t *testing.T) {
 // binary.
 func TestUpgradeRunsSymlinkTarget(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	addr := freeAddr(t)
 	dir := t.TempDir()
 	for _, d := range []string{"v1", "v2"} {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
@@ -464,8 +512,8 @@ func TestUpgradeRunsSymlinkTarget(t *testing.T) {
 	if err := os.Symlink(v1, current); err != nil {
 		t.Fatal(err)
 	}
-	p := startAt(t, current, "--listen", addr, "--backend", echo.Addr().String(), "--drain-timeout", "1s")
-	p.waitLog(t, "sluice started")
+	p := startAt(t, current, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String(), "--drain-timeout", "1s")
+	p.started(t)
 	if err := os.Symlink(v2, current+".new"); err != nil {
 		t.Fatal(err)
 	}
@@ -497,9 +545,8 @@ func TestUpgradeRunsSymlinkTarget(t *testing.T) {
 // the running process logs why and keeps serving.
 func TestUpgradeFailureKeepsServing(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	addr := freeAddr(t)
-	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String())
-	p.waitLog(t, "sluice started")
+	p := startCopy(t, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String())
+	addr, _ := p.started(t)
 	// A broken release: the new binary exits at once.
 	tmp := p.exe + ".new"
 	if err := os.WriteFile(tmp, []byte("#!/bin/sh\nexit 3\n"), 0o755); err != nil {
@@ -533,10 +580,9 @@ func TestUpgradeWithFirewall(t *testing.T) {
 		t.Skip("needs root: loads an XDP program")
 	}
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	addr := freeAddr(t)
-	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String(), "--xdp-iface", "lo", "--xdp-mode", "generic",
+	p := startCopy(t, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String(), "--xdp-iface", "lo", "--xdp-mode", "generic",
 		"--deny-cidr", "127.0.0.77/32", "--drain-timeout", "10s")
-	p.waitLog(t, "sluice started")
+	addr, _ := p.started(t)
 	denied := func() bool {
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 77)}, Timeout: 300 * time.Millisecond}
 		c, err := d.Dial("tcp", addr)
@@ -581,8 +627,8 @@ func TestUpgradeNotifiesSystemd(t *testing.T) {
 	defer nc.Close()
 	t.Setenv("NOTIFY_SOCKET", sock)
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	p := startCopy(t, "--listen", freeAddr(t), "--backend", echo.Addr().String())
-	p.waitLog(t, "sluice started")
+	p := startCopy(t, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String())
+	p.started(t)
 	p.cmd.Signal(syscall.SIGUSR2)
 	nc.SetDeadline(time.Now().Add(30 * time.Second))
 	buf, oob := make([]byte, 256), make([]byte, 256)
@@ -655,12 +701,11 @@ func backendStates(tb testing.TB, admin, svc string) map[string]string {
 func TestUpgradeKeepsBackendStates(t *testing.T) {
 	up := testsrv.StartTB(t, testsrv.Echo, "tcp")
 	drained := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	dead := freeAddr(t) // nothing listens: refused
-	addr, admin := freeAddr(t), freeAddr(t)
+	dead := refusedAddr(t) // nothing listens: refused
 	conf := filepath.Join(t.TempDir(), "sluice.conf")
 	write := func(interval string, fall int) {
-		body := fmt.Sprintf("admin-addr %s\ndrain-timeout 5s\n[service web]\nlisten %s\nbackend %s\nbackend %s\nbackend %s\n"+
-			"health-interval %s\nhealth-fall %d\n", admin, addr, up.Addr(), drained.Addr(), dead, interval, fall)
+		body := fmt.Sprintf("admin-addr 127.0.0.1:0\ndrain-timeout 5s\n[service web]\nlisten 127.0.0.1:0\nbackend %s\nbackend %s\nbackend %s\n"+
+			"health-interval %s\nhealth-fall %d\n", up.Addr(), drained.Addr(), dead, interval, fall)
 		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -669,7 +714,7 @@ func TestUpgradeKeepsBackendStates(t *testing.T) {
 	p := startCopy(t, "--config", conf)
 	// The dead one, at its first check. The checks start as the process
 	// serves: the admin endpoint answers what follows, SIGUSR2 included.
-	p.waitLog(t, "backend down")
+	_, admin := p.started(t, "backend down")
 	resp, err := http.Post("http://"+admin+"/backends/"+drained.Addr().String()+"/drain", "", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -719,9 +764,8 @@ func cpuSeconds(tb testing.TB, pid int) float64 {
 // again once descriptors are free.
 func TestAcceptEMFILEDoesNotSpin(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	addr := freeAddr(t)
-	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String(), "--health-interval", "1h", "--max-conns", "100")
-	p.waitLog(t, "sluice started")
+	p := startCopy(t, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String(), "--health-interval", "1h", "--max-conns", "100")
+	addr, _ := p.started(t)
 	pid := p.cmd.Pid
 	var old unix.Rlimit
 	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
@@ -769,10 +813,9 @@ func TestAcceptEMFILEDoesNotSpin(t *testing.T) {
 // no passive ejection, and the failure is counted as local.
 func TestLocalFDShortageSparesBackend(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	addr, admin := freeAddr(t), freeAddr(t)
-	p := startCopy(t, "--listen", addr, "--backend", echo.Addr().String(), "--health-interval", "1h",
-		"--passive-fall", "2", "--admin-addr", admin)
-	p.waitLog(t, "sluice started")
+	p := startCopy(t, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String(), "--health-interval", "1h",
+		"--passive-fall", "2", "--admin-addr", "127.0.0.1:0")
+	addr, admin := p.started(t)
 	pid := p.cmd.Pid
 	var old unix.Rlimit
 	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
@@ -895,24 +938,26 @@ func TestSignalsIgnoredEarlyInInit(t *testing.T) {
 // bound new ones and the old ones were closed.
 func TestUpgradeRenamedServiceKeepsSockets(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	addr := freeAddr(t)
-	_, portStr, _ := net.SplitHostPort(addr)
-	port, _ := strconv.Atoi(portStr)
 	conf := filepath.Join(t.TempDir(), "sluice.conf")
-	write := func(name string) {
+	write := func(name, addr string) {
 		body := fmt.Sprintf("workers 2\ndrain-timeout 1s\n[service %s]\nlisten %s\nbackend %s\n", name, addr, echo.Addr())
 		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write("pg")
+	write("pg", "127.0.0.1:0")
 	p := startCopy(t, "--config", conf)
-	p.waitLog(t, "sluice started")
+	addr, _ := p.started(t)
+	_, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
 	before := testsrv.ListenInodes(t, port)
 	if len(before) != 2 {
 		t.Fatalf("listening sockets before the upgrade: %v, want 2", before)
 	}
-	write("postgres")
+	// The new release's file names the address the service listens on (a
+	// service on port 0 is taken over by its name, and a renamed one only
+	// by its address).
+	write("postgres", addr)
 	p.cmd.Signal(syscall.SIGUSR2)
 	m := p.waitLog(t, "taking over the listening sockets of a renamed service")
 	if m["service"] != "postgres" || m["was"] != "pg" {

@@ -15,17 +15,6 @@ import (
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
-// freeUDPAddr returns a loopback address whose UDP port is free now.
-func freeUDPAddr(tb testing.TB) string {
-	tb.Helper()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().String()
-}
-
 // heldUDP is a slow UDP backend, answered for by the test, and its
 // clients: each client has sent a request that the backend holds, while it
 // keeps the client's session active with a "pending" datagram every
@@ -141,9 +130,8 @@ func startHeldUDP(tb testing.TB, n int) (*proc, *heldUDP, *net.UDPConn, string) 
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { be.Close() })
-	addr := freeUDPAddr(tb)
-	p := startCopy(tb, "--proto", "udp", "--listen", addr, "--backend", be.LocalAddr().String(), "--workers", "2", "--drain-timeout", "20s")
-	p.waitLog(tb, "sluice started")
+	p := startCopy(tb, "--proto", "udp", "--listen", "127.0.0.1:0", "--backend", be.LocalAddr().String(), "--workers", "2", "--drain-timeout", "20s")
+	addr, _ := p.started(tb)
 	return p, holdUDP(tb, be, addr, n), be, addr
 }
 
@@ -255,17 +243,18 @@ func TestUpgradeToFewerWorkersReadsEveryUDPSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer be.Close()
-	addr := freeUDPAddr(t)
 	conf := filepath.Join(t.TempDir(), "sluice.conf")
 	write := func(workers int) {
-		body := fmt.Sprintf("workers %d\ndrain-timeout 20s\n[service dns]\nproto udp\nlisten %s\nbackend %s\n", workers, addr, be.LocalAddr())
+		// Port 0: the new process takes the service's sockets over by
+		// its name.
+		body := fmt.Sprintf("workers %d\ndrain-timeout 20s\n[service dns]\nproto udp\nlisten 127.0.0.1:0\nbackend %s\n", workers, be.LocalAddr())
 		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	write(2)
 	p := startCopy(t, "--config", conf)
-	p.waitLog(t, "sluice started")
+	addr, _ := p.started(t)
 	h := holdUDP(t, be, addr, 4) // keeps the old process draining
 
 	write(1)
