@@ -81,7 +81,8 @@ type Config struct {
 // not apply. Values that can be written several ways are in one form, so
 // that only a change of effect counts: a list's entries are sorted (every
 // list flag is a set), and an address, a prefix, a log level and the
-// default health check are as parsed.
+// default health check are as parsed. A service's setting that does
+// nothing where it is given is left out by Service.Changed.
 type Settings map[string]string
 
 // Changed returns the names of the settings whose values differ between s
@@ -144,6 +145,20 @@ type Service struct {
 	// Settings holds the value of every service flag of this service,
 	// defaults included.
 	Settings Settings
+}
+
+// Changed names the settings whose values differ between s and t, as
+// Settings.Changed does, less --passive-fall when the value in force is
+// the same in both: written otherwise where it cannot act (see
+// checkService), it changes nothing. Where it acts in one of them its
+// change is named, and a change of --health-check or --proto that puts it
+// in force or takes it out is named by that setting.
+func (s Service) Changed(t Service) []string {
+	changed := s.Settings.Changed(t.Settings)
+	if s.PassiveFall == t.PassiveFall {
+		changed = slices.DeleteFunc(changed, func(name string) bool { return name == "passive-fall" })
+	}
+	return changed
 }
 
 // fdReserve is the file descriptors kept back from connections and pipes
@@ -257,7 +272,7 @@ func addServiceFlags(fs *pflag.FlagSet, s *serviceVals) {
 	fs.StringVar(&s.health.TLSServerName, "health-tls-server-name", "", "--health-tls: SNI sent, and the name verified with --health-tls-ca (default: no SNI; the backend's IP is verified against the certificate's IP SANs)")
 	fs.StringVar(&s.health.TLSCert, "health-tls-cert", "", "--health-tls: client certificate (PEM) for backends that require mTLS; with --health-tls-key. The files are reread when they change")
 	fs.StringVar(&s.health.TLSKey, "health-tls-key", "", "--health-tls: the client certificate's key (PEM)")
-	fs.IntVar(&s.passiveFall, "passive-fall", 3, "consecutive failed connects on the data path that mark a backend down until its active check passes; 0 is off")
+	fs.IntVar(&s.passiveFall, "passive-fall", 3, "consecutive failed connects on the data path that mark a backend down until its active check passes; 0 is off, as it is with --health-check none and for UDP")
 	fs.BoolVar(&s.closeOnDown, "close-on-down", false, "reset a backend's open connections when it goes down (default: leave them alone)")
 	fs.StringVar(&s.sendProxy, "proxy-protocol", "", "send the client's address to backends in a PROXY protocol header: v1 (text) or v2 (binary); off when empty")
 	fs.BoolVar(&s.acceptProxy, "accept-proxy-protocol", false, "take the client address from a PROXY v1/v2 header sent by an upstream balancer (needs --proxy-protocol-trusted)")
@@ -689,8 +704,11 @@ func checkService(name string, v serviceVals, readBackends bool) (Service, []str
 	if v.balanceFactor != 0 && v.proto == "udp" {
 		probs = append(probs, "--hash-balance-factor is for TCP services")
 	}
-	if v.health.Kind == "none" && v.passiveFall > 0 && v.proto == "tcp" {
-		// Nothing would bring an ejected backend back.
+	if s.Health.Kind == "none" || v.proto == "udp" {
+		// Passive ejection is off where it cannot act: with no active
+		// check nothing would bring an ejected backend back, and a UDP
+		// service has no connects on the data path to count (only TCP
+		// proxying reports them).
 		s.PassiveFall = 0
 	}
 	seen := map[netip.AddrPort]bool{}

@@ -627,3 +627,61 @@ func TestSettingsHoldEveryFlag(t *testing.T) {
 		}
 	})
 }
+
+// TestPassiveFallInForce: --passive-fall is off where it cannot act (a TCP
+// service without an active check, a UDP service) and kept where it acts;
+// out of range it is refused wherever it is given. Service.Changed names
+// it when its value and what is in force both change, not when it only
+// says another number where it is off.
+func TestPassiveFallInForce(t *testing.T) {
+	tcp := []string{"--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001"}
+	udp := []string{"--proto", "udp", "--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001"}
+	none := append(tcp, "--health-check", "none")
+	udpChecked := append(udp, "--health-check", "send-expect", "--health-send", "ping", "--health-expect", "pong")
+	parse := func(t *testing.T, args []string, fall string) Service {
+		t.Helper()
+		cfg, err := Parse(append(args[:len(args):len(args)], "--passive-fall", fall), io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg.Services[0]
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"tcp check", tcp, 5},
+		{"no check", none, 0},
+		{"udp", udp, 0},
+		{"udp with a check", udpChecked, 0},
+	} {
+		if got := parse(t, c.args, "5").PassiveFall; got != c.want {
+			t.Errorf("%s, --passive-fall 5: in force %d, want %d", c.name, got, c.want)
+		}
+	}
+	for _, c := range []struct {
+		name             string
+		was, now         []string
+		wasFall, nowFall string
+		want             []string
+	}{
+		{"tcp check", tcp, tcp, "3", "5", []string{"passive-fall"}},
+		{"no check", none, none, "3", "5", nil},
+		{"udp", udp, udp, "3", "5", nil},
+		{"udp with a check", udpChecked, udpChecked, "3", "5", nil},
+		{"off, then written otherwise without a check", tcp, none, "0", "5", []string{"health-check"}},
+		{"a check added", none, tcp, "3", "3", []string{"health-check"}},
+		{"a check added, and the fall changed", none, tcp, "3", "5", []string{"health-check", "passive-fall"}},
+		{"the check taken away, and the fall changed", tcp, none, "3", "5", []string{"health-check", "passive-fall"}},
+	} {
+		if got := parse(t, c.was, c.wasFall).Changed(parse(t, c.now, c.nowFall)); !slices.Equal(got, c.want) {
+			t.Errorf("%s: changed %q, want %q", c.name, got, c.want)
+		}
+	}
+	_, err := Parse(append(none, "--passive-fall", "1001"), io.Discard)
+	var ue *UsageError
+	if !errors.As(err, &ue) || len(ue.Problems) != 1 || !strings.Contains(ue.Problems[0], `--passive-fall "1001"`) {
+		t.Fatalf("--passive-fall 1001 with no check: %v, want it refused", err)
+	}
+}

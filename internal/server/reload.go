@@ -205,7 +205,7 @@ func (s *Server) warnUnapplied(cfg config.Config) {
 			s.log.Warn("service removed from the config file keeps running; a restart or an upgrade (SIGUSR2) stops it", zap.String("service", sv.cfg.Name))
 			continue
 		}
-		warn(sv.cfg.Settings.Changed(cfg.Services[i].Settings), zap.String("service", sv.cfg.Name))
+		warn(sv.cfg.Changed(cfg.Services[i]), zap.String("service", sv.cfg.Name))
 	}
 	for _, c := range cfg.Services {
 		if !slices.ContainsFunc(s.services, func(sv *service) bool { return sv.cfg.Name == c.Name }) {

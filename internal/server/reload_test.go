@@ -211,3 +211,50 @@ func TestReloadWarnsOnlyOfChangedValues(t *testing.T) {
 		t.Errorf("warnings of two reloads of changed settings: %q, want %q; all: %v", got, want, logs.All())
 	}
 }
+
+// TestReloadPassiveFallMoot: --passive-fall does nothing for a TCP service
+// with --health-check none (passive ejection is off there: nothing would
+// bring an ejected backend back) or for a UDP service (no connects on the
+// data path to count), so a reload that changes only it there warns of
+// nothing. Where it acts, its change is named. A check added names the
+// check, and --passive-fall too only if its value was changed with it.
+func TestReloadPassiveFallMoot(t *testing.T) {
+	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	u := testsrv.StartTB(t, testsrv.Echo, "udp")
+	conf := filepath.Join(t.TempDir(), "sluice.conf")
+	file := func(noneFall, checkedFall, udpFall, noneCheck string) []string {
+		return []string{
+			"[service none]", "listen 127.0.0.1:0", "backend " + a.Addr().String(), "health-check " + noneCheck, "health-interval 1h", "passive-fall " + noneFall,
+			"[service checked]", "listen 127.0.0.1:0", "backend " + a.Addr().String(), "health-interval 1h", "passive-fall " + checkedFall,
+			"[service dgram]", "proto udp", "listen 127.0.0.1:0", "backend " + u.Addr().String(), "passive-fall " + udpFall,
+		}
+	}
+	writeFile(t, conf, file("3", "3", "3", "none")...)
+	core, logs := observer.New(zapcore.WarnLevel)
+	s := startCfg(t, parse(t, "--config", conf), zap.New(core))
+
+	writeFile(t, conf, file("5", "3", "5", "none")...)
+	s.Reload()
+	if got := logs.TakeAll(); len(got) != 0 {
+		t.Errorf("a reload that changed --passive-fall only where it does nothing warned: %v", got)
+	}
+	writeFile(t, conf, file("5", "5", "5", "none")...)
+	s.Reload()
+	if got, want := logged(logs, warnRestart), []string{"checked: [passive-fall]"}; !slices.Equal(got, want) {
+		t.Errorf("--passive-fall changed where it acts: warnings %q, want %q", got, want)
+	}
+	for _, c := range []struct {
+		noneFall string
+		want     []string
+	}{
+		{"3", []string{"none: [health-check]"}},
+		{"5", []string{"none: [health-check passive-fall]"}},
+	} {
+		logs.TakeAll()
+		writeFile(t, conf, file(c.noneFall, "3", "3", "tcp")...)
+		s.Reload()
+		if got := logged(logs, warnRestart); !slices.Equal(got, c.want) {
+			t.Errorf("an active check added, --passive-fall %s: warnings %q, want %q", c.noneFall, got, c.want)
+		}
+	}
+}
