@@ -33,28 +33,6 @@ type proc struct {
 	lines chan map[string]any
 }
 
-// refusedAddr returns a loopback TCP address that refuses connections for
-// as long as the test runs: a socket bound there without listening. It
-// holds the port (without SO_REUSEADDR, no other socket can bind it, and
-// connect's choice of a local port skips it), so that nothing can start
-// listening there, as could on a port merely found free.
-func refusedAddr(tb testing.TB) string {
-	tb.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		tb.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
-}
-
 // startCopy copies the test binary to a temp path (so the test can replace
 // it) and starts it as sluice with args.
 func startCopy(tb testing.TB, args ...string) *proc {
@@ -575,9 +553,11 @@ func TestUpgradeFailureKeepsServing(t *testing.T) {
 // TestUpgradeWithFirewall: the XDP link is handed over too; the new
 // process swaps its program in, so the deny rule holds across the upgrade
 // and no allowed connection fails. Needs root (loads BPF, attaches to lo).
+// It runs in a network namespace of its own: lo has room for one XDP
+// program, and other packages' tests attach theirs to their lo.
 func TestUpgradeWithFirewall(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loads an XDP program")
+	if !testsrv.InOwnNetns(t, "loads an XDP program and attaches it to lo") {
+		return
 	}
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
 	p := startCopy(t, "--listen", "127.0.0.1:0", "--backend", echo.Addr().String(), "--xdp-iface", "lo", "--xdp-mode", "generic",
@@ -701,7 +681,7 @@ func backendStates(tb testing.TB, admin, svc string) map[string]string {
 func TestUpgradeKeepsBackendStates(t *testing.T) {
 	up := testsrv.StartTB(t, testsrv.Echo, "tcp")
 	drained := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	dead := refusedAddr(t) // nothing listens: refused
+	dead := testsrv.RefusedAddr(t) // nothing listens: refused
 	conf := filepath.Join(t.TempDir(), "sluice.conf")
 	write := func(interval string, fall int) {
 		body := fmt.Sprintf("admin-addr 127.0.0.1:0\ndrain-timeout 5s\n[service web]\nlisten 127.0.0.1:0\nbackend %s\nbackend %s\nbackend %s\n"+

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -139,8 +141,9 @@ func freePort(tb testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// closedAddr returns a loopback address where nothing listens.
+// closedAddr returns a loopback address that refuses connections for as
+// long as the test runs (testsrv.RefusedAddr).
 func closedAddr(tb testing.TB) netip.AddrPort {
 	tb.Helper()
-	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freePort(tb)))
+	return netip.MustParseAddrPort(testsrv.RefusedAddr(tb))
 }

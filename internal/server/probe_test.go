@@ -81,16 +81,42 @@ func TestCheckFree(t *testing.T) {
 		t.Errorf("port 0: %v", err)
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().(*net.TCPAddr).AddrPort()
-	if err := checkFree("tcp", addr); !errors.Is(err, errInUse) {
-		t.Errorf("a listening port: %v, want errInUse", err)
-	}
-	if err := checkFree("udp", addr); err != nil {
-		t.Errorf("UDP on a TCP listener's port: %v", err)
+	// The kernel picks the listener's port in the ephemeral range, where
+	// another process's UDP socket can hold the same number: then checkFree
+	// rightly finds UDP taken, and the test takes another port. A bind of
+	// the test's own tells that case from a checkFree that mistakes the TCP
+	// listener for a UDP socket.
+	var ln net.Listener
+	var addr netip.AddrPort
+	for attempt := 1; ; attempt++ {
+		var err error
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		addr = ln.Addr().(*net.TCPAddr).AddrPort()
+		if err := checkFree("tcp", addr); !errors.Is(err, errInUse) {
+			t.Errorf("a listening port: %v, want errInUse", err)
+		}
+		err = checkFree("udp", addr)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errInUse) {
+			t.Fatalf("UDP on a TCP listener's port: %v", err)
+		}
+		if udpBindable(t, addr) {
+			// Free for a bind: the socket checkFree met has gone since,
+			// or checkFree is wrong, and then it is wrong again.
+			if err := checkFree("udp", addr); err != nil {
+				t.Fatalf("UDP on a TCP listener's port, where a UDP bind succeeds: %v", err)
+			}
+			break
+		}
+		ln.Close()
+		if attempt == 10 {
+			t.Fatalf("UDP on a TCP listener's port: another socket's on each of %d ports", attempt)
+		}
+		t.Logf("UDP port %d is another socket's; trying another port", addr.Port())
 	}
 	// The server side closes first, so its end of the connection, on the
 	// listening port, stays in TIME_WAIT.
@@ -109,6 +135,21 @@ func TestCheckFree(t *testing.T) {
 	if err := checkFree("tcp", addr); err != nil {
 		t.Errorf("a port with only TIME_WAIT connections left: %v", err)
 	}
+}
+
+// udpBindable reports whether a UDP socket can bind addr now: false when
+// another socket holds it.
+func udpBindable(t *testing.T, addr netip.AddrPort) bool {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+	if errors.Is(err, unix.EADDRINUSE) {
+		return false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	return true
 }
 
 // standIn returns a descriptor of a throwaway socket to stand for the one

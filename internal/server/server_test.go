@@ -295,22 +295,11 @@ func TestManyConnections(t *testing.T) {
 	waitFor(t, "all connections closed", func() bool { return r.Stats().Closed == n })
 }
 
-// freePort returns a loopback address nothing listens on.
-func freePort(tb testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // TestRefusingBackendSkipped: with one backend refusing, every connection
 // still reaches the live one through the preference order.
 func TestRefusingBackendSkipped(t *testing.T) {
 	echo := testsrv.StartTB(t, testsrv.Echo, "tcp")
-	dead := freePort(t)
+	dead := testsrv.RefusedAddr(t)
 	r := start(t, "--backend", dead, "--backend", echo.Addr().String(), "--hash-key", "src-ip-port")
 	for i := 0; i < 200; i++ {
 		c := r.dial(t)
@@ -336,7 +325,7 @@ func TestRefusingBackendSkipped(t *testing.T) {
 // TestAllBackendsRefuse: the client's connection is reset once the retries
 // are spent, and the failures are counted.
 func TestAllBackendsRefuse(t *testing.T) {
-	r := start(t, "--backend", freePort(t), "--backend", freePort(t), "--connect-retries", "1")
+	r := start(t, "--backend", testsrv.RefusedAddr(t), "--backend", testsrv.RefusedAddr(t), "--connect-retries", "1")
 	// The reset may beat the dialer's own check of the handshake.
 	c, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(r.Addr()))
 	if err == nil {
@@ -475,7 +464,7 @@ func TestNoFDLeak(t *testing.T) {
 	// pipes of that in a sync.Pool: they would look like a leak. This echo
 	// copies through a buffer and holds no fd once its connections close.
 	echo := copyEcho(t)
-	dead := freePort(t)
+	dead := testsrv.RefusedAddr(t)
 	before := openFDs(t)
 	r := start(t, "--backend", echo.addr, "--backend", dead, "--hash-key", "src-ip-port")
 	for i := 0; i < 50; i++ {

@@ -1,13 +1,19 @@
 package testsrv
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // RequireNetns skips tb unless it can create network namespaces: it must
@@ -64,4 +70,63 @@ func Netns(tb testing.TB, name string, etc map[string]string) {
 		}
 	})
 	IP(tb, "-n", name, "link", "set", "lo", "up")
+}
+
+// ownNetnsEnv is set, in a test binary that InOwnNetns runs again, to the
+// name of the test it runs it for.
+const ownNetnsEnv = "SLUICE_TEST_OWN_NETNS"
+
+var ownNetnsCount atomic.Int32
+
+// InOwnNetns runs t's test alone in a network namespace of its own, with
+// only its loopback, up: for a test that takes what a namespace has one of,
+// such as the XDP program of lo, which a test of another package, run by go
+// test in another process at the same time, could want too. In the test
+// binary go test started, it creates the namespace, runs the test binary
+// again there (ip netns exec) with just t's test, and returns false: the
+// test returns at once, failed if that run failed (its output is logged,
+// and shown with -v when it passed), skipped if it skipped. In the test
+// binary it started, it returns true: the test's body runs there. It skips
+// t unless it runs as root, with ip; why says what the test does as root,
+// for the skip message.
+func InOwnNetns(t *testing.T, why string) bool {
+	t.Helper()
+	if os.Getenv(ownNetnsEnv) == t.Name() {
+		return true
+	}
+	RequireNetns(t, why)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := fmt.Sprintf("sl-own-%d-%d", os.Getpid(), ownNetnsCount.Add(1))
+	Netns(t, ns, nil)
+	elems := strings.Split(t.Name(), "/")
+	for i, e := range elems {
+		elems[i] = "^" + regexp.QuoteMeta(e) + "$"
+	}
+	args := []string{"netns", "exec", ns, exe, "-test.run=" + strings.Join(elems, "/"), "-test.count=1", "-test.v"}
+	if testing.Short() {
+		args = append(args, "-test.short")
+	}
+	if d, ok := t.Deadline(); ok {
+		// Its own timeout ends it first, with its goroutines' stacks.
+		args = append(args, "-test.timeout="+max(time.Until(d)*9/10, time.Second).String())
+	}
+	cmd := exec.Command("ip", args...)
+	cmd.Env = append(os.Environ(), ownNetnsEnv+"="+t.Name())
+	// ip netns exec execs the test binary in place: it dies with this one.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = 10 * time.Second // should a process it left hold the output
+	out, err := cmd.CombinedOutput()
+	t.Logf("run in network namespace %s:\n%s", ns, out)
+	switch {
+	case err != nil:
+		t.Fatalf("the run in network namespace %s: %v", ns, err)
+	case bytes.Contains(out, []byte("--- SKIP: "+t.Name()+" ")):
+		t.Skipf("skipped in network namespace %s (its output above says why)", ns)
+	case !bytes.Contains(out, []byte("--- PASS: "+t.Name()+" ")):
+		t.Fatalf("the run in network namespace %s did not run %s", ns, t.Name())
+	}
+	return false
 }

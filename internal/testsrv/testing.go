@@ -7,9 +7,12 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // StartTB starts a server of the given kind on a free loopback port of
@@ -23,6 +26,28 @@ func StartTB(tb testing.TB, kind Kind, network string) *Server {
 	}
 	tb.Cleanup(func() { s.Close() })
 	return s
+}
+
+// RefusedAddr returns a loopback TCP address that refuses connections for
+// as long as the test runs: a socket bound there without listening. It
+// holds the port (without SO_REUSEADDR, no other socket can bind it, and
+// connect's choice of a local port skips it), so that nothing can start
+// listening there, as could on a port merely found free.
+func RefusedAddr(tb testing.TB) string {
+	tb.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		tb.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
 }
 
 // ListenInodes returns the sorted inodes of the IPv4 TCP sockets listening
