@@ -19,8 +19,9 @@ import (
 )
 
 // socketFD returns the number of this process's file descriptor for the
-// TCP socket from local to remote (IPv4), found through /proc/self/net/tcp
-// and /proc/self/fd. The in-process balancer's sockets are this process's.
+// established TCP socket from local to remote (IPv4), found through
+// /proc/self/net/tcp and /proc/self/fd. The in-process balancer's sockets
+// are this process's.
 func socketFD(tb testing.TB, local, remote *net.TCPAddr) int {
 	tb.Helper()
 	hexAddr := func(a *net.TCPAddr) string {
@@ -34,7 +35,10 @@ func socketFD(tb testing.TB, local, remote *net.TCPAddr) int {
 	inode := ""
 	for _, line := range strings.Split(string(data), "\n")[1:] {
 		f := strings.Fields(line)
-		if len(f) > 9 && f[1] == hexAddr(local) && f[2] == hexAddr(remote) {
+		// An established socket (state 01): a connection of the same
+		// addresses that ended earlier may linger in TIME_WAIT, with no
+		// socket (inode 0).
+		if len(f) > 9 && f[1] == hexAddr(local) && f[2] == hexAddr(remote) && f[3] == "01" && f[9] != "0" {
 			inode = f[9]
 		}
 	}
