@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -63,7 +64,11 @@ func TestIdleFor(t *testing.T) {
 // TestUnprivilegedAllowance runs the pool as an unprivileged user (nobody)
 // against the real kernel: once the user's pipes reach
 // fs.pipe-user-pages-soft, Get falls back instead of lending the two-page
-// pipes the kernel makes, and every pipe lent has the size asked.
+// pipes the kernel makes. The allowance is the user's, shared with its
+// other processes (PostgreSQL run as nobody by the health tests of a
+// parallel go test ./... holds a few pipes): just under it the kernel keeps
+// a pipe at its default 64 KiB, which the pool lends (MinPipe), so that is
+// allowed too, never anything smaller.
 func TestUnprivilegedAllowance(t *testing.T) {
 	if os.Getenv("SLUICE_POOL_CHILD") == "1" {
 		poolChild()
@@ -118,15 +123,29 @@ func poolChild() {
 		fmt.Printf(format+"\n", a...)
 		os.Exit(1)
 	}
+	soft, err := os.ReadFile("/proc/sys/fs/pipe-user-pages-soft")
+	if err != nil {
+		fail("%v", err)
+	}
+	pages, err := strconv.Atoi(strings.TrimSpace(string(soft)))
+	if err != nil {
+		fail("fs.pipe-user-pages-soft %q: %v", soft, err)
+	}
 	p := NewPool(PoolConfig{PipeSize: 1 << 20, MaxPipes: 10000, MaxIdle: 0})
 	var lent []*Pipe
+	full := 0
 	for len(lent) < 4096 {
 		pp := p.Get()
 		if pp == nil {
 			break
 		}
-		if pp.Cap != 1<<20 {
-			fail("lent a pipe of %d bytes, asked 1 MiB", pp.Cap)
+		if pp.Cap < MinPipe {
+			fail("lent a pipe of %d bytes, below MinPipe", pp.Cap)
+		}
+		if pp.Cap == 1<<20 {
+			full++
+		} else if len(lent) == 0 {
+			fail("the first pipe has %d bytes, asked 1 MiB: is the user's allowance spent elsewhere?", pp.Cap)
 		}
 		lent = append(lent, pp)
 	}
@@ -134,11 +153,11 @@ func poolChild() {
 	if st.Small != 1 || st.Failed != 0 {
 		fail("after %d pipes: stats %+v, want one small pipe refused", len(lent), st)
 	}
-	if len(lent) == 0 || len(lent) > 64 {
-		fail("%d pipes of 1 MiB before the allowance ran out, want 1 to 64 (16384 pages)", len(lent))
+	if full == 0 || full > pages/256 {
+		fail("%d pipes of 1 MiB before the allowance ran out, want 1 to %d (%d pages)", full, pages/256, pages)
 	}
 	for _, pp := range lent {
 		p.Put(pp)
 	}
-	fmt.Printf("pool child ok: %d pipes of 1 MiB lent, then a fallback\n", len(lent))
+	fmt.Printf("pool child ok: %d pipes of 1 MiB and %d smaller lent, then a fallback\n", full, len(lent)-full)
 }
