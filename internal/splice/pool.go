@@ -1,5 +1,10 @@
 package splice
 
+import (
+	"math/bits"
+	"os"
+)
+
 // PoolConfig sizes a Pool.
 type PoolConfig struct {
 	// PipeSize is the capacity asked of each pipe, in bytes. The kernel
@@ -22,9 +27,12 @@ func DefaultPoolConfig() PoolConfig {
 // many as make 16 MiB, between 1 and 64. An empty pipe holds no memory, but
 // Linux counts its capacity against an unprivileged user's pipe allowance
 // (fs.pipe-user-pages-soft, 64 MiB by default), so idle pipes kept for
-// reuse would leave less of it for the pipes in use.
+// reuse would leave less of it for the pipes in use. The capacity is what
+// the kernel makes of pipeSize: rounded up to a power of two, at least a
+// page.
 func IdleFor(pipeSize int) int {
-	return min(max(16<<20/max(pipeSize, 1), 1), 64)
+	capacity := max(1<<bits.Len(uint(max(pipeSize, 1)-1)), os.Getpagesize())
+	return min(max(16<<20/capacity, 1), 64)
 }
 
 // MinPipe is the smallest pipe worth splicing through. A pipe the kernel

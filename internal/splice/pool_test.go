@@ -51,13 +51,25 @@ func TestSmallPipeNotLent(t *testing.T) {
 	}
 }
 
+// TestIdleFor: the empty pipes kept make 16 MiB of the capacity the kernel
+// gives, which is the size asked rounded up to a power of two.
 func TestIdleFor(t *testing.T) {
 	for _, c := range []struct{ size, want int }{
 		{4 << 10, 64}, {256 << 10, 64}, {512 << 10, 32}, {1 << 20, 16}, {16 << 20, 1}, {0, 64},
+		{600 << 10, 16}, {1<<20 + 1, 8}, {3 << 20, 4}, {5000, 64},
 	} {
 		if got := IdleFor(c.size); got != c.want {
 			t.Errorf("IdleFor(%d) = %d, want %d", c.size, got, c.want)
 		}
+	}
+	// The rounding is the kernel's.
+	pp, err := newPipe(600 << 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pp.close()
+	if pp.Cap != 1<<20 {
+		t.Errorf("a pipe asked 600 KiB has %d bytes, want 1 MiB", pp.Cap)
 	}
 }
 
