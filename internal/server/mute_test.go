@@ -9,13 +9,19 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-lb/sluice/internal/splice"
+	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
 // socketFD returns the number of this process's file descriptor for the
@@ -261,5 +267,51 @@ func TestPipeFallbackMetric(t *testing.T) {
 	waitFor(t, "the second connection's bytes copied", func() bool { return metric() != "0" })
 	if st := r.Stats(); st.SplicedBytes == 0 {
 		t.Errorf("nothing spliced: the first connection should have had the pipe")
+	}
+}
+
+// TestPipeSizing: the empty pipes kept for reuse make 16 MiB over all the
+// pools (one per TCP service on each loop), so more loops or services do
+// not take more of an unprivileged user's pipe allowance; and a
+// --pipe-size this process may not have is warned of at start.
+func TestPipeSizing(t *testing.T) {
+	started := func(t *testing.T, args ...string) (idle int64, warned []observer.LoggedEntry) {
+		t.Helper()
+		core, logs := observer.New(zapcore.InfoLevel)
+		startCfg(t, parse(t, args...), zap.New(core))
+		for _, e := range logs.FilterMessage("sluice started").All() {
+			idle = e.ContextMap()["idle_pipes_per_pool"].(int64)
+		}
+		return idle, logs.FilterLevelExact(zapcore.WarnLevel).FilterMessageSnippet("smaller than --pipe-size").All()
+	}
+	a := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	path := filepath.Join(t.TempDir(), "sluice.conf")
+	writeFile(t, path, "[service one]", "listen 127.0.0.1:0", "backend "+a.Addr().String(), "health-check none",
+		"[service two]", "listen 127.0.0.1:0", "backend "+a.Addr().String(), "health-check none",
+		"[service dgram]", "proto udp", "listen 127.0.0.1:0", "backend "+a.Addr().String(), "health-check none")
+	for _, c := range []struct {
+		args []string
+		want int64
+	}{
+		{[]string{"--workers", "1"}, 8},                        // 2 TCP pools of 1 MiB pipes
+		{[]string{"--workers", "4"}, 2},                        // 8 pools
+		{[]string{"--workers", "4", "--pipe-size", "256k"}, 8}, // 8 pools of 256 KiB pipes
+	} {
+		idle, warned := started(t, append([]string{"--config", path}, c.args...)...)
+		if idle != c.want {
+			t.Errorf("%v: %d empty pipes per pool, want %d", c.args, idle, c.want)
+		}
+		if len(warned) != 0 {
+			t.Errorf("%v: warned %q", c.args, warned[0].Message)
+		}
+	}
+
+	// Above fs.pipe-max-size, without CAP_SYS_RESOURCE, pipes stay small.
+	if got, err := splice.Probe(16 << 20); err != nil || got == 16<<20 {
+		t.Skipf("this process may make 16 MiB pipes (%d, %v): nothing to warn of", got, err)
+	}
+	_, warned := started(t, "--listen", "127.0.0.1:0", "--backend", a.Addr().String(), "--health-check", "none", "--pipe-size", "16m")
+	if len(warned) != 1 {
+		t.Fatalf("--pipe-size 16m, which this process may not have: %d warnings, want 1", len(warned))
 	}
 }

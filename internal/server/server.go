@@ -91,6 +91,9 @@ type Server struct {
 	// in their own time; Run waits for them before it returns (see reap).
 	reapers []*reaper
 	reaped  bool // Run has waited for reapers: a later reap waits itself
+	// idlePipes is how many empty pipes each TCP service's pool keeps on
+	// each loop (see splice.IdleFor); 0 without a TCP service.
+	idlePipes int
 	// closeUDPAtDrain is set, before upgraded is closed, when the
 	// successor is of a release that may not read every UDP socket handed
 	// over: the drain then closes the UDP sockets and sessions at once.
@@ -286,7 +289,14 @@ func (s *Server) addService(sc config.Service) error {
 	}
 	pc.Pool.PipeSize = s.cfg.PipeSize
 	pc.Pool.MaxPipes = s.cfg.MaxPipes / len(s.cfg.Services)
-	pc.Pool.MaxIdle = min(splice.IdleFor(pc.Pool.PipeSize), pc.Pool.MaxPipes)
+	pools := 0 // one per TCP service on each loop
+	for _, c := range s.cfg.Services {
+		if c.Proto != "udp" {
+			pools += len(s.loops)
+		}
+	}
+	pc.Pool.MaxIdle = min(splice.IdleFor(pc.Pool.PipeSize, pools), pc.Pool.MaxPipes)
+	s.idlePipes = pc.Pool.MaxIdle
 	for i, l := range s.loops {
 		p := tcpproxy.New(l, i, pc, sv.bal, s.limiter, s.log.Named("tcp").With(zap.String("service", sc.Name)))
 		sv.proxies = append(sv.proxies, p)
@@ -586,8 +596,15 @@ func (s *Server) logStart() {
 		zap.Int("max_conns", s.cfg.MaxConns),
 		zap.Int("pipe_size", s.cfg.PipeSize),
 		zap.Int("pipes_per_loop", s.cfg.MaxPipes),
+		zap.Int("idle_pipes_per_pool", s.idlePipes),
 		zap.Duration("drain_timeout", s.cfg.DrainTimeout),
 		zap.String("admin", s.AdminAddr()))
+	if s.idlePipes > 0 { // a TCP service splices
+		if got, err := splice.Probe(s.cfg.PipeSize); err == nil && got < s.cfg.PipeSize {
+			s.log.Warn("splice pipes are smaller than --pipe-size: this process may not make them that large (above fs.pipe-max-size it needs CAP_SYS_RESOURCE; an unprivileged user over fs.pipe-user-pages-soft gets small pipes); see docs/production.md, Pipes and memory",
+				zap.Int("pipe_size", s.cfg.PipeSize), zap.Int("pipe_size_given", got))
+		}
+	}
 	for _, sv := range s.services {
 		c := sv.cfg
 		s.log.Info("service",

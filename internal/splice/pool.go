@@ -20,19 +20,33 @@ type PoolConfig struct {
 
 // DefaultPoolConfig returns the pool sizing used when none is given.
 func DefaultPoolConfig() PoolConfig {
-	return PoolConfig{PipeSize: 1 << 20, MaxPipes: 1024, MaxIdle: IdleFor(1 << 20)}
+	return PoolConfig{PipeSize: 1 << 20, MaxPipes: 1024, MaxIdle: IdleFor(1<<20, 1)}
 }
 
-// IdleFor returns how many empty pipes of pipeSize bytes a pool keeps: as
-// many as make 16 MiB, between 1 and 64. An empty pipe holds no memory, but
-// Linux counts its capacity against an unprivileged user's pipe allowance
-// (fs.pipe-user-pages-soft, 64 MiB by default), so idle pipes kept for
-// reuse would leave less of it for the pipes in use. The capacity is what
-// the kernel makes of pipeSize: rounded up to a power of two, at least a
-// page.
-func IdleFor(pipeSize int) int {
+// IdleFor returns how many empty pipes of pipeSize bytes each of pools
+// pools keeps: as many as make 16 MiB in all, at least 1 and at most 64
+// each. An empty pipe holds no memory, but Linux counts its capacity
+// against an unprivileged user's pipe allowance (fs.pipe-user-pages-soft,
+// 64 MiB by default), so idle pipes kept for reuse would leave less of it
+// for the pipes in use; a pool per loop and service, each with its own 16
+// MiB, would hold all of it from four loops on. The capacity is what the
+// kernel makes of pipeSize: rounded up to a power of two, at least a page.
+func IdleFor(pipeSize, pools int) int {
 	capacity := max(1<<bits.Len(uint(max(pipeSize, 1)-1)), os.Getpagesize())
-	return min(max(16<<20/capacity, 1), 64)
+	return min(max(16<<20/capacity/max(pools, 1), 1), 64)
+}
+
+// Probe creates and closes a pipe of size bytes and returns the capacity
+// the kernel gave it, which is less than size when this process may not
+// have pipes that large (above fs.pipe-max-size without CAP_SYS_RESOURCE,
+// or over its user's pipe allowance).
+func Probe(size int) (int, error) {
+	pp, err := newPipe(size)
+	if err != nil {
+		return 0, err
+	}
+	pp.close()
+	return pp.Cap, nil
 }
 
 // MinPipe is the smallest pipe worth splicing through. A pipe the kernel

@@ -51,15 +51,17 @@ func TestSmallPipeNotLent(t *testing.T) {
 	}
 }
 
-// TestIdleFor: the empty pipes kept make 16 MiB of the capacity the kernel
-// gives, which is the size asked rounded up to a power of two.
+// TestIdleFor: the empty pipes kept by all pools make 16 MiB of the
+// capacity the kernel gives, which is the size asked rounded up to a power
+// of two; each pool keeps at least one.
 func TestIdleFor(t *testing.T) {
-	for _, c := range []struct{ size, want int }{
-		{4 << 10, 64}, {256 << 10, 64}, {512 << 10, 32}, {1 << 20, 16}, {16 << 20, 1}, {0, 64},
-		{600 << 10, 16}, {1<<20 + 1, 8}, {3 << 20, 4}, {5000, 64},
+	for _, c := range []struct{ size, pools, want int }{
+		{4 << 10, 1, 64}, {256 << 10, 1, 64}, {512 << 10, 1, 32}, {1 << 20, 1, 16}, {16 << 20, 1, 1}, {0, 1, 64},
+		{600 << 10, 1, 16}, {1<<20 + 1, 1, 8}, {3 << 20, 1, 4}, {5000, 1, 64},
+		{1 << 20, 2, 8}, {1 << 20, 8, 2}, {1 << 20, 32, 1}, {1 << 20, 0, 16}, {256 << 10, 4, 16}, {16 << 20, 4, 1},
 	} {
-		if got := IdleFor(c.size); got != c.want {
-			t.Errorf("IdleFor(%d) = %d, want %d", c.size, got, c.want)
+		if got := IdleFor(c.size, c.pools); got != c.want {
+			t.Errorf("IdleFor(%d, %d) = %d, want %d", c.size, c.pools, got, c.want)
 		}
 	}
 	// The rounding is the kernel's.
