@@ -171,6 +171,13 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // from. A Prometheus scrape every 15–60 s keeps its connection.
 const idleTimeout = 2 * time.Minute
 
+// requestTimeout bounds the reading of a request (its body included) and
+// the writing of its answer. The API's requests are small and its answers
+// a few hundred kilobytes at most (/metrics with thousands of backends),
+// so only a client that stalls on purpose needs longer; without a bound,
+// MaxConns such clients would hold every place and a drain would wait.
+const requestTimeout = 30 * time.Second
+
 // MaxConns bounds the admin connections open at once, each a file
 // descriptor out of the open-file limit that --max-conns is derived from
 // (config counts them apart from the connections proxied). A connection
@@ -208,6 +215,8 @@ func Listen(addr netip.AddrPort, inherited *os.File, h http.Handler, log *zap.Lo
 		srv: &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       requestTimeout,
+			WriteTimeout:      requestTimeout,
 			IdleTimeout:       idleTimeout,
 			ErrorLog:          zap.NewStdLog(log),
 		},

@@ -300,6 +300,34 @@ func TestIdleConnectionsClosed(t *testing.T) {
 	}
 }
 
+// TestStalledRequestClosed: a client that sends a request's headers and
+// then stalls in its body is cut off after the read timeout, so stalled
+// clients cannot hold the admin API's places (MaxConns) for good.
+func TestStalledRequestClosed(t *testing.T) {
+	s, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), nil, http.NotFoundHandler(), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.srv.ReadTimeout <= 0 || s.srv.WriteTimeout <= 0 {
+		t.Fatalf("ReadTimeout %v, WriteTimeout %v: a stalled client holds its place for good", s.srv.ReadTimeout, s.srv.WriteTimeout)
+	}
+	s.srv.ReadTimeout = 200 * time.Millisecond // the behaviour, without the wait
+	s.Start()
+	t.Cleanup(func() { s.Close() })
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("POST /backends/127.0.0.1:1/drain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("stalled request not cut off by the server: %v", err)
+	}
+}
+
 // TestDrainBadAddress: an address that no backend can have (port 0, an
 // IPv6 zone, a port out of range, a backend line's weight, no address at
 // all) is a bad request, 400 saying what is wrong with it, for drain and
