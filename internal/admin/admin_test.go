@@ -266,21 +266,12 @@ func TestDrainNotFoundSaysWhat(t *testing.T) {
 // request is closed by the server after its idle timeout, so idle clients
 // cannot hold the balancer's file descriptors for good.
 func TestIdleConnectionsClosed(t *testing.T) {
-	s, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), nil, http.NotFoundHandler(), zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.srv.IdleTimeout <= 0 {
-		t.Fatalf("IdleTimeout %v: idle keep-alive connections are never closed", s.srv.IdleTimeout)
-	}
-	s.srv.IdleTimeout = 200 * time.Millisecond // the behaviour, without the wait
-	s.Start()
-	t.Cleanup(func() { s.Close() })
-	c, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialShortTimeouts(t, func(srv *http.Server) {
+		if srv.IdleTimeout <= 0 {
+			t.Fatalf("IdleTimeout %v: idle keep-alive connections are never closed", srv.IdleTimeout)
+		}
+		srv.IdleTimeout = 200 * time.Millisecond // the behaviour, without the wait
+	})
 	if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -304,21 +295,12 @@ func TestIdleConnectionsClosed(t *testing.T) {
 // then stalls in its body is cut off after the read timeout, so stalled
 // clients cannot hold the admin API's places (MaxConns) for good.
 func TestStalledRequestClosed(t *testing.T) {
-	s, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), nil, http.NotFoundHandler(), zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.srv.ReadTimeout <= 0 || s.srv.WriteTimeout <= 0 {
-		t.Fatalf("ReadTimeout %v, WriteTimeout %v: a stalled client holds its place for good", s.srv.ReadTimeout, s.srv.WriteTimeout)
-	}
-	s.srv.ReadTimeout = 200 * time.Millisecond // the behaviour, without the wait
-	s.Start()
-	t.Cleanup(func() { s.Close() })
-	c, err := net.Dial("tcp", s.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialShortTimeouts(t, func(srv *http.Server) {
+		if srv.ReadTimeout <= 0 || srv.WriteTimeout <= 0 {
+			t.Fatalf("ReadTimeout %v, WriteTimeout %v: a stalled client holds its place for good", srv.ReadTimeout, srv.WriteTimeout)
+		}
+		srv.ReadTimeout = 200 * time.Millisecond // the behaviour, without the wait
+	})
 	if _, err := c.Write([]byte("POST /backends/127.0.0.1:1/drain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc")); err != nil {
 		t.Fatal(err)
 	}
@@ -326,6 +308,25 @@ func TestStalledRequestClosed(t *testing.T) {
 	if _, err := io.Copy(io.Discard, c); err != nil {
 		t.Fatalf("stalled request not cut off by the server: %v", err)
 	}
+}
+
+// dialShortTimeouts starts an admin server (answering 404 to everything)
+// after set has checked and shortened its timeouts, and dials it.
+func dialShortTimeouts(t *testing.T, set func(*http.Server)) net.Conn {
+	t.Helper()
+	s, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), nil, http.NotFoundHandler(), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	set(s.srv)
+	s.Start()
+	t.Cleanup(func() { s.Close() })
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // TestDrainBadAddress: an address that no backend can have (port 0, an
