@@ -38,6 +38,16 @@ func testHandler(t *testing.T) (http.Handler, *balancer.Service, netip.AddrPort)
 	return h, svc, be
 }
 
+// postTo posts to path on h as curl does, naming the endpoint by address
+// (guard refuses a DNS name), and returns the answer.
+func postTo(h http.Handler, path string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest("POST", path, nil)
+	req.Host = "127.0.0.1:9090"
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
 // TestPostGuard: a drain that a browser could have been made to send
 // (another site's page, or a DNS name rebound to the endpoint's address) is
 // refused and changes nothing; the same request named by address, as curl
@@ -173,11 +183,7 @@ func TestAbsentDrainsListed(t *testing.T) {
 	}
 	post := func(path string) {
 		t.Helper()
-		req := httptest.NewRequest("POST", path, nil)
-		req.Host = "127.0.0.1:9090"
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		if rec.Code != http.StatusOK {
+		if rec := postTo(h, path); rec.Code != http.StatusOK {
 			t.Fatalf("POST %s: %d %s", path, rec.Code, rec.Body)
 		}
 	}
@@ -248,10 +254,7 @@ func TestDrainNotFoundSaysWhat(t *testing.T) {
 		{"/backends/10.9.9.9:1/drain?service=db", `service "db" has no backend 10.9.9.9:1`},
 		{"/backends/10.9.9.9:1/drain", "no service has backend 10.9.9.9:1"},
 	} {
-		req := httptest.NewRequest("POST", c.path, nil)
-		req.Host = "127.0.0.1:9090"
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
+		rec := postTo(h, c.path)
 		var body struct{ Error string }
 		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || rec.Code != http.StatusNotFound || !strings.Contains(body.Error, c.want) {
 			t.Errorf("POST %s: %d %s, want 404 saying %q", c.path, rec.Code, strings.TrimSpace(rec.Body.String()), c.want)
@@ -339,10 +342,7 @@ func TestDrainBadAddress(t *testing.T) {
 	h, svc, be := testHandler(t)
 	post := func(path string) (int, string) {
 		t.Helper()
-		req := httptest.NewRequest("POST", path, nil)
-		req.Host = "127.0.0.1:9090"
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
+		rec := postTo(h, path)
 		var body struct{ Error string }
 		if rec.Code != http.StatusOK {
 			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
