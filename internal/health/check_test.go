@@ -4,17 +4,11 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/netip"
 	"slices"
@@ -23,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
 // answer is the script of a peer that reads exactly req and then writes
@@ -458,26 +454,12 @@ func pgStartup(tb testing.TB, c net.Conn, user, database, answer string, termina
 	}
 }
 
-// testTLSConfig returns a server TLS config with a fresh self-signed
-// certificate for 127.0.0.1.
+// testTLSConfig returns a server TLS config with a fresh certificate for
+// 127.0.0.1.
 func testTLSConfig(tb testing.TB) *tls.Config {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "postgres.test"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	leaf := testsrv.NewCA(tb, "sluice test CA").Issue(tb, "postgres.test", []net.IP{net.IPv4(127, 0, 0, 1)}, nil, false)
+	return &tls.Config{Certificates: []tls.Certificate{leaf.TLS}}
 }
 
 // pgSessionStart is what a server sends a user it lets in without a

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
 // redisStartTimeout bounds how long startRedis waits for a server to
@@ -180,18 +182,18 @@ func holdRedisClient(tb testing.TB, addr netip.AddrPort) {
 // redis-server that serves only TLS and requires a client certificate.
 func TestRedisCheckRealServerTLS(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "sluice test CA")
-	srv := ca.issue(t, "redis", loopbackIPs, nil, false)
-	client := ca.issue(t, "sluice", nil, nil, true)
+	ca := testsrv.NewCA(t, "sluice test CA")
+	srv := ca.Issue(t, "redis", loopbackIPs, nil, false)
+	client := ca.Issue(t, "sluice", nil, nil, true)
 	dir := t.TempDir()
-	caFile := writeFile(t, dir, "ca.pem", ca.pem)
+	caFile := writeFile(t, dir, "ca.pem", ca.PEM)
 	c := tlsCheckConfig("redis")
 	c.TLSCA = caFile
-	c.TLSCert, c.TLSKey = writeFile(t, dir, "client.crt", client.certPEM), writeFile(t, dir, "client.key", client.keyPEM)
+	c.TLSCert, c.TLSKey = writeFile(t, dir, "client.crt", client.CertPEM), writeFile(t, dir, "client.key", client.KeyPEM)
 	ch := newChecker(t, c)
 	addr := startRedisServer(t, ch, "--tls-port", "", "--port", "0",
-		"--tls-cert-file", writeFile(t, dir, "redis.crt", srv.certPEM),
-		"--tls-key-file", writeFile(t, dir, "redis.key", srv.keyPEM),
+		"--tls-cert-file", writeFile(t, dir, "redis.crt", srv.CertPEM),
+		"--tls-key-file", writeFile(t, dir, "redis.key", srv.KeyPEM),
 		"--tls-ca-cert-file", caFile, "--tls-auth-clients", "yes")
 	wantErr(t, runCheck(ch, addr), "")
 	// Without a client certificate the server refuses the session.

@@ -1,16 +1,11 @@
 package health
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -26,96 +21,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/sluice-lb/sluice/internal/testsrv"
 )
-
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte // the CA certificate
-}
-
-func newTestKey(tb testing.TB) *ecdsa.PrivateKey {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return key
-}
-
-func newSerial(tb testing.TB) *big.Int {
-	tb.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return n
-}
-
-func newTestCA(tb testing.TB, name string) *testCA {
-	tb.Helper()
-	key := newTestKey(tb)
-	tmpl := &x509.Certificate{
-		SerialNumber:          newSerial(tb),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// leaf is a certificate issued by a testCA, with its key, as a
-// tls.Certificate and as PEM.
-type leaf struct {
-	tls             tls.Certificate
-	certPEM, keyPEM []byte
-}
-
-// issue makes a server certificate for the IP addresses and names given,
-// or a client certificate (client set).
-func (ca *testCA) issue(tb testing.TB, cn string, ips []net.IP, dns []string, client bool) leaf {
-	tb.Helper()
-	key := newTestKey(tb)
-	usage := x509.ExtKeyUsageServerAuth
-	if client {
-		usage = x509.ExtKeyUsageClientAuth
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: newSerial(tb),
-		Subject:      pkix.Name{CommonName: cn},
-		IPAddresses:  ips,
-		DNSNames:     dns,
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return leaf{
-		tls:     tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
-		certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		keyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-	}
-}
 
 var loopbackIPs = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
 
@@ -215,15 +123,15 @@ func useFakeClock(src *tlsSource) *fakeClock {
 
 func TestTLSTCPCheck(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "sluice test CA")
-	srv := ca.issue(t, "backend", loopbackIPs, nil, false)
+	ca := testsrv.NewCA(t, "sluice test CA")
+	srv := ca.Issue(t, "backend", loopbackIPs, nil, false)
 	ch := newChecker(t, tlsCheckConfig("tcp"))
 	t.Run("TLS server", func(t *testing.T) {
-		p := startPeer(t, "127.0.0.1", tlsScript(serverConf(srv.tls, nil), silent))
+		p := startPeer(t, "127.0.0.1", tlsScript(serverConf(srv.TLS, nil), silent))
 		wantErr(t, runCheck(ch, p.addr), "")
 	})
 	t.Run("TLS server on IPv6", func(t *testing.T) {
-		p := startPeer(t, "::1", tlsScript(serverConf(srv.tls, nil), silent))
+		p := startPeer(t, "::1", tlsScript(serverConf(srv.TLS, nil), silent))
 		wantErr(t, runCheck(ch, p.addr), "")
 	})
 	t.Run("plain server that answers", func(t *testing.T) {
@@ -248,12 +156,12 @@ func TestTLSTCPCheck(t *testing.T) {
 
 func TestTLSSendExpectCheck(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "sluice test CA")
-	srv := ca.issue(t, "backend", loopbackIPs, nil, false)
+	ca := testsrv.NewCA(t, "sluice test CA")
+	srv := ca.Issue(t, "backend", loopbackIPs, nil, false)
 	c := tlsCheckConfig("send-expect")
 	c.Send, c.Expect = `PING\r\n`, "PONG"
 	ch := newChecker(t, c)
-	conf := serverConf(srv.tls, nil)
+	conf := serverConf(srv.TLS, nil)
 	for _, tc := range []struct {
 		name, reply, wantErr string
 	}{
@@ -278,9 +186,9 @@ func TestTLSSendExpectCheck(t *testing.T) {
 
 func TestTLSRedisCheck(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "sluice test CA")
-	srv := ca.issue(t, "redis", loopbackIPs, nil, false)
-	conf := serverConf(srv.tls, nil)
+	ca := testsrv.NewCA(t, "sluice test CA")
+	srv := ca.Issue(t, "redis", loopbackIPs, nil, false)
+	conf := serverConf(srv.TLS, nil)
 	c := tlsCheckConfig("redis")
 	c.RedisPassword = redisPassword
 	ch := newChecker(t, c)
@@ -306,9 +214,9 @@ func startGRPCTLS(tb testing.TB, conf *tls.Config) *grpcPeer {
 
 func TestTLSGRPCCheck(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "sluice test CA")
-	srv := ca.issue(t, "grpc", loopbackIPs, []string{"grpc.test"}, false)
-	g := startGRPCTLS(t, serverConf(srv.tls, nil))
+	ca := testsrv.NewCA(t, "sluice test CA")
+	srv := ca.Issue(t, "grpc", loopbackIPs, []string{"grpc.test"}, false)
+	g := startGRPCTLS(t, serverConf(srv.TLS, nil))
 	g.hs.SetServingStatus("sluice.test.Draining", healthpb.HealthCheckResponse_NOT_SERVING)
 
 	wantErr(t, runCheck(newChecker(t, tlsCheckConfig("grpc")), g.addr), "")
@@ -317,7 +225,7 @@ func TestTLSGRPCCheck(t *testing.T) {
 	wantErr(t, runCheck(newChecker(t, c), g.addr), "grpc health status NOT_SERVING")
 
 	// Verified against the CA, by IP address and by name.
-	caFile := writeFile(t, t.TempDir(), "ca.pem", ca.pem)
+	caFile := writeFile(t, t.TempDir(), "ca.pem", ca.PEM)
 	c = tlsCheckConfig("grpc")
 	c.TLSCA = caFile
 	wantErr(t, runCheck(newChecker(t, c), g.addr), "")
@@ -341,22 +249,22 @@ func TestTLSGRPCCheck(t *testing.T) {
 // SNI, and no SNI is sent without one.
 func TestTLSVerify(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "sluice test CA")
-	other := newTestCA(t, "another CA")
+	ca := testsrv.NewCA(t, "sluice test CA")
+	other := testsrv.NewCA(t, "another CA")
 	dir := t.TempDir()
-	caFile := writeFile(t, dir, "ca.pem", ca.pem)
-	otherFile := writeFile(t, dir, "other.pem", other.pem)
-	byIP := ca.issue(t, "db", loopbackIPs, []string{"db.test"}, false)
-	byName := ca.issue(t, "db", nil, []string{"db.test"}, false)
+	caFile := writeFile(t, dir, "ca.pem", ca.PEM)
+	otherFile := writeFile(t, dir, "other.pem", other.PEM)
+	byIP := ca.Issue(t, "db", loopbackIPs, []string{"db.test"}, false)
+	byName := ca.Issue(t, "db", nil, []string{"db.test"}, false)
 	for _, tc := range []struct {
 		name       string
-		cert       leaf
+		cert       testsrv.Leaf
 		ca         string
 		serverName string
 		wantErr    string
 	}{
 		{"unverified", byIP, "", "", ""},
-		{"unverified, cert of another CA", other.issue(t, "x", nil, []string{"x.test"}, false), "", "", ""},
+		{"unverified, cert of another CA", other.Issue(t, "x", nil, []string{"x.test"}, false), "", "", ""},
 		{"unverified, with SNI", byIP, "", "db.test", ""},
 		{"CA, IP SAN", byIP, caFile, "", ""},
 		{"CA, name", byIP, caFile, "db.test", ""},
@@ -367,7 +275,7 @@ func TestTLSVerify(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sni := make(chan string, 1)
-			p := startPeer(t, "127.0.0.1", tlsScript(serverConf(tc.cert.tls, sni), silent))
+			p := startPeer(t, "127.0.0.1", tlsScript(serverConf(tc.cert.TLS, sni), silent))
 			c := tlsCheckConfig("tcp")
 			c.TLSCA, c.TLSServerName = tc.ca, tc.serverName
 			wantErr(t, runCheck(newChecker(t, c), p.addr), tc.wantErr)
@@ -388,20 +296,20 @@ func TestTLSVerify(t *testing.T) {
 // the checks that hold one it trusts, and fails the others.
 func TestTLSClientCert(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "sluice test CA")
-	clientCA := newTestCA(t, "client CA")
-	stranger := newTestCA(t, "stranger CA")
-	srv := ca.issue(t, "backend", loopbackIPs, nil, false)
+	ca := testsrv.NewCA(t, "sluice test CA")
+	clientCA := testsrv.NewCA(t, "client CA")
+	stranger := testsrv.NewCA(t, "stranger CA")
+	srv := ca.Issue(t, "backend", loopbackIPs, nil, false)
 	dir := t.TempDir()
-	good := clientCA.issue(t, "sluice", nil, nil, true)
-	bad := stranger.issue(t, "sluice", nil, nil, true)
-	goodCert, goodKey := writeFile(t, dir, "good.crt", good.certPEM), writeFile(t, dir, "good.key", good.keyPEM)
-	badCert, badKey := writeFile(t, dir, "bad.crt", bad.certPEM), writeFile(t, dir, "bad.key", bad.keyPEM)
+	good := clientCA.Issue(t, "sluice", nil, nil, true)
+	bad := stranger.Issue(t, "sluice", nil, nil, true)
+	goodCert, goodKey := writeFile(t, dir, "good.crt", good.CertPEM), writeFile(t, dir, "good.key", good.KeyPEM)
+	badCert, badKey := writeFile(t, dir, "bad.crt", bad.CertPEM), writeFile(t, dir, "bad.key", bad.KeyPEM)
 
-	conf := serverConf(srv.tls, nil)
+	conf := serverConf(srv.TLS, nil)
 	conf.ClientAuth = tls.RequireAndVerifyClientCert
 	conf.ClientCAs = x509.NewCertPool()
-	conf.ClientCAs.AddCert(clientCA.cert)
+	conf.ClientCAs.AddCert(clientCA.Cert)
 	p := startPeer(t, "127.0.0.1", tlsScript(conf, answer(t, []byte("PING\r\n"), "+PONG\r\n")))
 	g := startGRPCTLS(t, conf)
 	// The gRPC check fails on the server's alert or on the connection it
@@ -444,35 +352,35 @@ func newRotatingChecker(tb testing.TB, c Config, level zapcore.Level) (Checker, 
 // logged once and the last good one stays in use.
 func TestTLSRotation(t *testing.T) {
 	t.Parallel()
-	caA, caB := newTestCA(t, "CA A"), newTestCA(t, "CA B")
-	srvA := caA.issue(t, "backend", loopbackIPs, nil, false)
-	srvB := caB.issue(t, "backend", loopbackIPs, nil, false)
+	caA, caB := testsrv.NewCA(t, "CA A"), testsrv.NewCA(t, "CA B")
+	srvA := caA.Issue(t, "backend", loopbackIPs, nil, false)
+	srvB := caB.Issue(t, "backend", loopbackIPs, nil, false)
 	// The server presents A's certificate until told otherwise.
 	var mu sync.Mutex // guards presented
-	presented := srvA.tls
+	presented := srvA.TLS
 	conf := &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		c := presented
 		return &c, nil
 	}}
-	present := func(l leaf) {
+	present := func(l testsrv.Leaf) {
 		mu.Lock()
 		defer mu.Unlock()
-		presented = l.tls
+		presented = l.TLS
 	}
 	p := startPeer(t, "127.0.0.1", tlsScript(conf, silent))
 
 	dir := t.TempDir()
 	c := tlsCheckConfig("tcp")
-	c.TLSCA = writeFile(t, dir, "ca.pem", caA.pem)
+	c.TLSCA = writeFile(t, dir, "ca.pem", caA.PEM)
 	ch, clock, logs := newRotatingChecker(t, c, zapcore.InfoLevel)
 	wantErr(t, runCheck(ch, p.addr), "")
 
 	// The backend moves to CA B, and so does the CA file.
 	present(srvB)
 	wantErr(t, runCheck(ch, p.addr), "certificate signed by unknown authority")
-	writeFile(t, dir, "ca.pem", caB.pem)
+	writeFile(t, dir, "ca.pem", caB.PEM)
 	clock.advance(c.Interval - time.Nanosecond)
 	wantErr(t, runCheck(ch, p.addr), "certificate signed by unknown authority") // not looked at yet
 	clock.advance(time.Nanosecond)
@@ -496,7 +404,7 @@ func TestTLSRotation(t *testing.T) {
 	}
 	// The next good version is taken.
 	present(srvA)
-	writeFile(t, dir, "ca.pem", caA.pem)
+	writeFile(t, dir, "ca.pem", caA.PEM)
 	clock.advance(c.Interval)
 	wantErr(t, runCheck(ch, p.addr), "")
 }
@@ -506,13 +414,13 @@ func TestTLSRotation(t *testing.T) {
 // between, the old pair stays in use.
 func TestTLSClientCertRotation(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "sluice test CA")
-	clientA, clientB := newTestCA(t, "client CA A"), newTestCA(t, "client CA B")
-	srv := ca.issue(t, "backend", loopbackIPs, nil, false)
+	ca := testsrv.NewCA(t, "sluice test CA")
+	clientA, clientB := testsrv.NewCA(t, "client CA A"), testsrv.NewCA(t, "client CA B")
+	srv := ca.Issue(t, "backend", loopbackIPs, nil, false)
 	var mu sync.Mutex // guards trusted
-	trusted := clientA.cert
+	trusted := clientA.Cert
 	conf := &tls.Config{
-		Certificates: []tls.Certificate{srv.tls},
+		Certificates: []tls.Certificate{srv.TLS},
 		ClientAuth:   tls.RequireAnyClientCert,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			mu.Lock()
@@ -529,24 +437,24 @@ func TestTLSClientCertRotation(t *testing.T) {
 	}
 	p := startPeer(t, "127.0.0.1", tlsScript(conf, answer(t, []byte("PING\r\n"), "+PONG\r\n")))
 	dir := t.TempDir()
-	a, b := clientA.issue(t, "sluice", nil, nil, true), clientB.issue(t, "sluice", nil, nil, true)
+	a, b := clientA.Issue(t, "sluice", nil, nil, true), clientB.Issue(t, "sluice", nil, nil, true)
 	c := tlsCheckConfig("send-expect")
 	c.Send, c.Expect = `PING\r\n`, "PONG"
-	c.TLSCert, c.TLSKey = writeFile(t, dir, "client.crt", a.certPEM), writeFile(t, dir, "client.key", a.keyPEM)
+	c.TLSCert, c.TLSKey = writeFile(t, dir, "client.crt", a.CertPEM), writeFile(t, dir, "client.key", a.KeyPEM)
 	ch, clock, logs := newRotatingChecker(t, c, zapcore.WarnLevel)
 	wantErr(t, runCheck(ch, p.addr), "")
 
 	mu.Lock()
-	trusted = clientB.cert
+	trusted = clientB.Cert
 	mu.Unlock()
 	wantErr(t, runCheck(ch, p.addr), "bad certificate")
-	writeFile(t, dir, "client.crt", b.certPEM) // the key is still A's
+	writeFile(t, dir, "client.crt", b.CertPEM) // the key is still A's
 	clock.advance(c.Interval)
 	wantErr(t, runCheck(ch, p.addr), "bad certificate") // A's pair still in use
 	if n := logs.Len(); n != 1 {
 		t.Fatalf("%d warnings for a certificate without its key, want 1: %v", n, logs.All())
 	}
-	writeFile(t, dir, "client.key", b.keyPEM)
+	writeFile(t, dir, "client.key", b.KeyPEM)
 	clock.advance(c.Interval)
 	wantErr(t, runCheck(ch, p.addr), "")
 }
@@ -571,11 +479,11 @@ func toStrings(v any) []string {
 func TestCheckFiles(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	ca := newTestCA(t, "sluice test CA")
-	a, b := ca.issue(t, "a", nil, nil, true), ca.issue(t, "b", nil, nil, true)
-	caFile := writeFile(t, dir, "ca.pem", ca.pem)
-	certA, keyA := writeFile(t, dir, "a.crt", a.certPEM), writeFile(t, dir, "a.key", a.keyPEM)
-	keyB := writeFile(t, dir, "b.key", b.keyPEM)
+	ca := testsrv.NewCA(t, "sluice test CA")
+	a, b := ca.Issue(t, "a", nil, nil, true), ca.Issue(t, "b", nil, nil, true)
+	caFile := writeFile(t, dir, "ca.pem", ca.PEM)
+	certA, keyA := writeFile(t, dir, "a.crt", a.CertPEM), writeFile(t, dir, "a.key", a.KeyPEM)
+	keyB := writeFile(t, dir, "b.key", b.KeyPEM)
 	notPEM := writeFile(t, dir, "not.pem", []byte("hello\n"))
 	badDER := writeFile(t, dir, "bad-der.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("junk")}))
 	missing := filepath.Join(dir, "missing.pem")

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/zap/zapcore"
+
+	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
 // unblockFIFO opens the writing end of fifo, and closes it, so that a
@@ -50,10 +52,10 @@ func TestTLSFileFIFO(t *testing.T) {
 
 	// A rotation puts a FIFO where the CA was: the check goes on with the
 	// last good CA, in its time.
-	ca := newTestCA(t, "sluice test CA")
-	srv := ca.issue(t, "backend", loopbackIPs, nil, false)
-	p := startPeer(t, "127.0.0.1", tlsScript(serverConf(srv.tls, nil), silent))
-	c.TLSCA = writeFile(t, dir, "ca.pem", ca.pem)
+	ca := testsrv.NewCA(t, "sluice test CA")
+	srv := ca.Issue(t, "backend", loopbackIPs, nil, false)
+	p := startPeer(t, "127.0.0.1", tlsScript(serverConf(srv.TLS, nil), silent))
+	c.TLSCA = writeFile(t, dir, "ca.pem", ca.PEM)
 	ch, clock, logs := newRotatingChecker(t, c, zapcore.WarnLevel)
 	wantErr(t, runCheck(ch, p.addr), "")
 	if err := os.Rename(fifo, c.TLSCA); err != nil {

@@ -4,6 +4,8 @@ import (
 	"encoding/pem"
 	"strings"
 	"testing"
+
+	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
 // TestTLSKeyPairProblems: a certificate and key that tls.X509KeyPair
@@ -13,11 +15,11 @@ import (
 // encrypted key included.
 func TestTLSKeyPairProblems(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t, "sluice test CA")
-	client, other := ca.issue(t, "client", nil, nil, true), ca.issue(t, "other", nil, nil, true)
+	ca := testsrv.NewCA(t, "sluice test CA")
+	client, other := ca.Issue(t, "client", nil, nil, true), ca.Issue(t, "other", nil, nil, true)
 	dir := t.TempDir()
-	cert := writeFile(t, dir, "cert.pem", client.certPEM)
-	key := writeFile(t, dir, "key.pem", client.keyPEM)
+	cert := writeFile(t, dir, "cert.pem", client.CertPEM)
+	key := writeFile(t, dir, "key.pem", client.KeyPEM)
 	garbage := []byte("not DER at all")
 	for _, tc := range []struct {
 		name      string
@@ -25,7 +27,7 @@ func TestTLSKeyPairProblems(t *testing.T) {
 		want      []string // the one problem contains each
 		notWant   string
 	}{
-		{"key of another certificate", cert, writeFile(t, dir, "other-key.pem", other.keyPEM),
+		{"key of another certificate", cert, writeFile(t, dir, "other-key.pem", other.KeyPEM),
 			[]string{`--health-tls-key "` + dir + `/other-key.pem": not the key of --health-tls-cert`, "does not match"}, ""},
 		{"certificate that does not parse",
 			writeFile(t, dir, "bad-cert.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: garbage})), key,
