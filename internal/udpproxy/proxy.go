@@ -19,8 +19,8 @@
 // from the others. A session whose backend has left the backend set is
 // moved to the key's new Maglev choice on its next client datagram; a
 // session whose backend is still in the set keeps it, as a TCP connection
-// does. Checking costs one pointer comparison per read and one integer
-// comparison per datagram while the set is unchanged.
+// does. Checking costs one pointer comparison per read, and a look at the
+// session's target (see target) per datagram.
 //
 // Listening addresses must be specific: a socket bound to 0.0.0.0 or ::
 // would need IP_PKTINFO on every datagram to reply from the right address,
@@ -151,12 +151,10 @@ type Proxy struct {
 	expiry loop.Timer
 
 	// snap is the backend set as of the last client datagrams read (or
-	// Refresh), and epoch counts its changes. A session remembers the
-	// epoch at which it last checked its backend rather than the
-	// snapshot, so that an idle session keeps no old snapshot (and its
-	// Maglev table) alive.
-	snap  *balancer.Snapshot
-	epoch uint32
+	// Refresh). Only the proxy holds it: a session whose backend left it
+	// is marked through its target (target.gone), so that an idle session
+	// keeps no old snapshot (and its Maglev table) alive.
+	snap *balancer.Snapshot
 
 	stats   *Stats
 	drained chan struct{}
@@ -374,7 +372,7 @@ func (p *Proxy) forward(i int) {
 		if s = p.open(client, &b.names[i], b.msgs[i].Hdr.Namelen); s == nil {
 			return
 		}
-	} else if s.epoch != p.epoch && !p.recheck(s) {
+	} else if s.t.gone && !p.recheck(s) {
 		return
 	}
 	p.touch(s)

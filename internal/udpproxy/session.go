@@ -25,7 +25,6 @@ type session struct {
 	name       unix.RawSockaddrInet6 // client address as the kernel gave it, for replies
 	nameLen    uint32
 	drops      uint32 // the kernel's drop count of fd as last counted
-	epoch      uint32 // p.epoch when backend was last checked against the backend set
 }
 
 // HandleEvent reads replies from the backend.
@@ -44,6 +43,9 @@ type target struct {
 	// be.Active counts the n sessions.
 	be *balancer.Backend
 	n  int
+	// gone: the address is no member of p.snap, so each session moves
+	// to another backend at its next client datagram (recheck).
+	gone bool
 }
 
 // Refresh takes up the backend set lb holds now, as the next read of
@@ -59,13 +61,14 @@ func (p *Proxy) Refresh() {
 
 // follow makes snap the backend set the proxy works from, and moves each
 // target whose backend is a member of snap as another Backend to that
-// one. A target whose backend is no member stays: its sessions move to
-// other backends at their next client datagram (recheck).
+// one. A target whose backend is no member stays, marked gone: its
+// sessions move to other backends at their next client datagram
+// (recheck).
 func (p *Proxy) follow(snap *balancer.Snapshot) {
 	p.snap = snap
-	p.epoch++ // wraps after 2^32 changes, far beyond a session's life
 	for _, t := range p.targets {
 		b := snap.Member(t.be.Addr)
+		t.gone = b == nil
 		if b == nil || b == t.be {
 			continue
 		}
@@ -127,7 +130,7 @@ func (p *Proxy) open(client netip.AddrPort, name *unix.RawSockaddrInet6, nameLen
 		}
 	}
 	be := snap.Backends[idx]
-	s := &session{p: p, fd: -1, hash: hash, epoch: p.epoch, client: client, name: *name, nameLen: nameLen}
+	s := &session{p: p, fd: -1, hash: hash, client: client, name: *name, nameLen: nameLen}
 	err := p.connect(s, be)
 	if err == unix.EMFILE || err == unix.ENFILE {
 		// Out of fds: a session on this loop gives its socket up, and
@@ -202,18 +205,14 @@ func (p *Proxy) connect(s *session, be *balancer.Backend) error {
 	return nil
 }
 
-// recheck is called when the backend set has changed since s last looked:
-// a session whose backend is still a member of the service keeps it, even
-// while it is drained or down (as a TCP connection does; --close-on-down
-// ends such sessions); otherwise it moves to the key's choice in the new
-// set. It reports whether s is still usable; when not, s has been ended
-// and the datagram counted as dropped.
+// recheck is called when the backend of s has left the backend set
+// (s.t.gone): s moves to the key's choice in p.snap. A session whose
+// backend is still a member of the service keeps it, even while it is
+// drained or down (as a TCP connection does; --close-on-down ends such
+// sessions), and is not rechecked. It reports whether s is still usable;
+// when not, s has been ended and the datagram counted as dropped.
 func (p *Proxy) recheck(s *session) bool {
 	snap := p.snap
-	s.epoch = p.epoch
-	if snap.Member(s.t.be.Addr) != nil {
-		return true // follow has made it s.t.be
-	}
 	idx := snap.Pick(s.hash)
 	if idx < 0 {
 		p.stats.drop(DropNoBackend, 1)
