@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -475,7 +476,10 @@ func toStrings(v any) []string {
 }
 
 // TestCheckFiles: each bad file is one problem naming its flag and path,
-// and NewChecker refuses it too.
+// and NewChecker refuses it too. A FIFO is refused without waiting for a
+// writer (smallfile.Read, whose test times that): a plain open would hang
+// here, as it would start-up, and a reread after a rotation, with the
+// source's lock held, every check of the service.
 func TestCheckFiles(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -488,6 +492,10 @@ func TestCheckFiles(t *testing.T) {
 	badDER := writeFile(t, dir, "bad-der.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("junk")}))
 	missing := filepath.Join(dir, "missing.pem")
 	big := writeFile(t, dir, "big.pem", make([]byte, maxTLSFile+1))
+	fifo := filepath.Join(dir, "fifo.pem")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name          string
 		ca, cert, key string
@@ -499,6 +507,7 @@ func TestCheckFiles(t *testing.T) {
 		{"CA a key", keyA, "", "", "--health-tls-ca", keyA, "no PEM CERTIFICATE block"},
 		{"CA unparsable", badDER, "", "", "--health-tls-ca", badDER, "certificate 1: "},
 		{"CA a folder", dir, "", "", "--health-tls-ca", dir, "not a regular file"},
+		{"CA a FIFO", fifo, "", "", "--health-tls-ca", fifo, "not a regular file"},
 		{"CA too big", big, "", "", "--health-tls-ca", big, "larger than"},
 		{"missing cert", caFile, missing, keyA, "--health-tls-cert", missing, "no such file"},
 		{"cert not PEM", "", notPEM, keyA, "--health-tls-cert", notPEM, "no PEM CERTIFICATE block"},
