@@ -38,6 +38,11 @@ type Deps struct {
 	Listening func() bool
 	// Gatherer serves /metrics.
 	Gatherer prometheus.Gatherer
+	// Hold, if set, is taken for each backend state change (drain,
+	// enable) and released once it is answered. An error refuses the
+	// change for now (an upgrade hands the states over): it is answered
+	// 503 with Retry-After, for the client to repeat.
+	Hold func() (release func(), err error)
 }
 
 // Handler returns the admin routes.
@@ -75,6 +80,15 @@ func Handler(d Deps, log *zap.Logger) http.Handler {
 	})
 	setDrained := func(drained bool) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
+			if d.Hold != nil {
+				release, err := d.Hold()
+				if err != nil {
+					w.Header().Set("Retry-After", "1")
+					writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+					return
+				}
+				defer release()
+			}
 			// The rules a backend's address was given by: one they
 			// refuse (port 0, an IPv6 zone) is a bad request, not a
 			// backend that is missing.

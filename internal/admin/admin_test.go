@@ -535,3 +535,60 @@ func openSockets(t *testing.T) int {
 	}
 	return n
 }
+
+// TestHoldRefusesChanges: a drain or enable is applied while Deps.Hold is
+// held, released once answered; while Hold refuses, it is 503 with
+// Retry-After, saying why, and changes nothing. Reads do not take it.
+func TestHoldRefusesChanges(t *testing.T) {
+	be := netip.MustParseAddrPort("127.0.0.1:7001")
+	svc, err := balancer.NewService(balancer.ServiceConfig{Name: "db", Loops: 1},
+		[]balancer.Spec{{Addr: be, Weight: 1}}, balancer.Hooks{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refuse error
+	held, taken := false, 0
+	h := Handler(Deps{
+		Services:  []*balancer.Service{svc},
+		Listening: func() bool { return true },
+		Gatherer:  prometheus.NewRegistry(),
+		Hold: func() (func(), error) {
+			taken++
+			if refuse != nil {
+				return nil, refuse
+			}
+			held = true
+			return func() { held = false }, nil
+		},
+	}, zap.NewNop())
+
+	refuse = errors.New("handing over")
+	rec := postTo(h, "/backends/"+be.String()+"/drain")
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" || !strings.Contains(rec.Body.String(), "handing over") {
+		t.Fatalf("drain while refused: %d, Retry-After %q, %s; want 503 with Retry-After and the reason", rec.Code, rec.Header().Get("Retry-After"), rec.Body)
+	}
+	if st := svc.Info()[0].State; st != balancer.StateUp {
+		t.Fatalf("backend %s after a refused drain, want up", st)
+	}
+	for _, path := range []string{"/backends", "/metrics"} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		if rec.Code != http.StatusOK {
+			t.Errorf("GET %s while changes are refused: %d, want 200", path, rec.Code)
+		}
+	}
+	if taken != 1 {
+		t.Fatalf("Hold taken %d times by a drain and two reads, want once", taken)
+	}
+
+	refuse = nil
+	if rec := postTo(h, "/backends/"+be.String()+"/drain"); rec.Code != http.StatusOK {
+		t.Fatalf("drain once allowed: %d %s", rec.Code, rec.Body)
+	}
+	if held {
+		t.Fatal("Hold not released after the drain was answered")
+	}
+	if st := svc.Info()[0].State; st != balancer.StateDraining {
+		t.Fatalf("backend %s after the drain, want draining", st)
+	}
+}

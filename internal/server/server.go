@@ -200,7 +200,7 @@ func New(cfg config.Config, log *zap.Logger, opts Options) (_ *Server, err error
 		for _, sv := range s.services {
 			svcs = append(svcs, sv.bal)
 		}
-		h := s.refuseDuringHandover(admin.Handler(admin.Deps{Services: svcs, Listening: s.isListening, Gatherer: s.registry}, log.Named("admin")))
+		h := admin.Handler(admin.Deps{Services: svcs, Listening: s.isListening, Gatherer: s.registry, Hold: s.holdStates}, log.Named("admin"))
 		s.admin, err = admin.Listen(cfg.AdminAddr, s.claim(handoff.KindAdmin, "", "", cfg.AdminAddr), h, log.Named("admin"))
 		if err != nil {
 			return nil, fmt.Errorf("admin endpoint: %w", err)

@@ -1,11 +1,9 @@
 package server
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -244,7 +242,7 @@ func (s *Server) Upgrade() error {
 	}
 	// From here until the upgrade is done or has failed, the backends'
 	// states are the successor's to take: the admin API refuses to
-	// change them (see refuseDuringHandover). After an upgrade the
+	// change them (see holdStates). After an upgrade the
 	// refusal stays until this process's admin endpoint closes. A
 	// process that refuses already does not upgrade: an upgrade is under
 	// way, or this is a successor that has not taken over, whose states
@@ -404,35 +402,25 @@ func (s *Server) beginHandover() bool {
 	return true
 }
 
-// handingOverMsg is the admin API's answer to a drain or enable while an
-// upgrade hands the backends' states over.
-const handingOverMsg = "an upgrade is handing the backends' states over to a new process: retry in a moment"
+// errStatesHandedOver is the admin API's answer to a drain or enable while
+// an upgrade hands the backends' states over.
+var errStatesHandedOver = errors.New("an upgrade is handing the backends' states over to a new process: retry in a moment")
 
-// refuseDuringHandover wraps the admin handler: while the backends' states
-// are being handed over (see Server.handingOver), a request that could
-// change them, any but GET and HEAD, is answered 503 with Retry-After,
-// rather than applied where the serving process will not see it. The
-// retry reaches whichever process then serves (the two share the admin
-// socket until the old one closes it). The read lock is held while h
-// answers: its answers are a few hundred bytes, which a socket's buffer
-// takes without waiting for the client.
-func (s *Server) refuseDuringHandover(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet || r.Method == http.MethodHead {
-			h.ServeHTTP(w, r)
-			return
-		}
-		s.stateMu.RLock()
-		defer s.stateMu.RUnlock()
-		if s.handingOver {
-			w.Header().Set("Content-Type", "application/json")
-			w.Header().Set("Retry-After", "1")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			json.NewEncoder(w).Encode(map[string]string{"error": handingOverMsg})
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
+// holdStates is the admin API's Hold: a backend state change (drain,
+// enable) is applied under stateMu's read lock, and while the states are
+// being handed over (see Server.handingOver) it is refused, with
+// errStatesHandedOver, rather than applied where the serving process will
+// not see it. The retry reaches whichever process then serves (the two
+// share the admin socket until the old one closes it). The lock is held
+// while the change is answered: its answer is a few hundred bytes, which
+// a socket's buffer takes without waiting for the client.
+func (s *Server) holdStates() (release func(), err error) {
+	s.stateMu.RLock()
+	if s.handingOver {
+		s.stateMu.RUnlock()
+		return nil, errStatesHandedOver
+	}
+	return s.stateMu.RUnlock, nil
 }
 
 // reclaimFirewall puts this process's XDP program back after an upgrade
