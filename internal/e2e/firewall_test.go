@@ -232,11 +232,8 @@ func testUpgradeMode(t *testing.T, bin binaries, top topology, admin *http.Clien
 // tb if there is none.
 func logLine(tb testing.TB, p *proc, msg string) map[string]any {
 	tb.Helper()
-	for _, l := range strings.Split(p.output(), "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == msg {
-			return m
-		}
+	if m := findLog(p, msg); m != nil {
+		return m
 	}
 	tb.Fatalf("%s logged no %q", p.name, msg)
 	return nil
