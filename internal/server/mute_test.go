@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -124,18 +123,9 @@ func TestStalledPeerMutesReads(t *testing.T) {
 			fd := socketFD(t, c.RemoteAddr().(*net.TCPAddr), c.LocalAddr().(*net.TCPAddr))
 
 			// Fill every buffer between the client and the backend.
-			var sent int64
-			buf := make([]byte, 64<<10)
-			for {
-				c.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
-				n, err := c.Write(buf)
-				sent += int64(n)
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					break
-				}
-				if err != nil {
-					t.Fatalf("client fill: %v", err)
-				}
+			sent, err := fillUntilBlocked(c)
+			if err != nil {
+				t.Fatalf("client fill: %v", err)
 			}
 			waitFor(t, "the client's socket unwatched for input", func() bool {
 				return epollInterest(t, fd)&unix.EPOLLIN == 0
@@ -152,7 +142,6 @@ func TestStalledPeerMutesReads(t *testing.T) {
 				return epollInterest(t, fd)&unix.EPOLLIN != 0
 			})
 			// And it is read: a last message gets through.
-			c.SetWriteDeadline(time.Time{})
 			if _, err := c.Write([]byte("end")); err != nil {
 				t.Fatal(err)
 			}
@@ -257,7 +246,7 @@ func TestPipeFallbackMetric(t *testing.T) {
 		t.Fatalf("fallbacks before any traffic: %s", got)
 	}
 	first := r.dial(t)
-	if err := fillUntilBlocked(first); err != nil { // its bytes now wait in the one pipe
+	if _, err := fillUntilBlocked(first); err != nil { // its bytes now wait in the one pipe
 		t.Fatal(err)
 	}
 	second := r.dial(t)

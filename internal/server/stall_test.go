@@ -14,19 +14,20 @@ import (
 // fillUntilBlocked writes to c until a write has been blocked for 500ms:
 // every buffer between c and a peer that does not read is then full (a
 // proxy loop kept off the CPU that long by a loaded machine could end it
-// early, a risk this long wait makes small). It returns any other write
-// error.
-func fillUntilBlocked(c *net.TCPConn) error {
+// early, a risk this long wait makes small). It returns how many bytes
+// were written, and any other write error.
+func fillUntilBlocked(c *net.TCPConn) (sent int64, err error) {
 	buf := make([]byte, 64<<10)
 	for {
 		c.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
-		_, err := c.Write(buf)
+		n, err := c.Write(buf)
+		sent += int64(n)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			c.SetWriteDeadline(time.Time{})
-			return nil
+			return sent, nil
 		}
 		if err != nil {
-			return err
+			return sent, err
 		}
 	}
 }
@@ -59,7 +60,7 @@ func TestResetWhileThePeerStalls(t *testing.T) {
 			t.Cleanup(tell) // before the backend's cleanup waits for it
 			r := start(t, "--backend", addr, "--splice", mode, "--health-interval", "1h")
 			c := r.dial(t)
-			if err := fillUntilBlocked(c); err != nil {
+			if _, err := fillUntilBlocked(c); err != nil {
 				t.Fatalf("client fill: %v", err)
 			}
 			c.SetLinger(0)
@@ -72,7 +73,7 @@ func TestResetWhileThePeerStalls(t *testing.T) {
 		})
 		t.Run("backend resets/"+mode, func(t *testing.T) {
 			addr, _ := oneConnBackend(t, func(c *net.TCPConn) {
-				if err := fillUntilBlocked(c); err != nil {
+				if _, err := fillUntilBlocked(c); err != nil {
 					t.Errorf("backend fill: %v", err)
 				}
 				c.SetLinger(0) // the deferred close resets
@@ -92,7 +93,7 @@ func TestResetWhileThePeerStalls(t *testing.T) {
 func TestIdleTimeoutWithHeldBytes(t *testing.T) {
 	release := make(chan struct{})
 	addr, _ := oneConnBackend(t, func(c *net.TCPConn) {
-		_ = fillUntilBlocked(c) // the reset under test may end it
+		_, _ = fillUntilBlocked(c) // the reset under test may end it
 		<-release
 	})
 	defer close(release)
