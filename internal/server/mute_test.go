@@ -267,7 +267,11 @@ func TestPipeSizing(t *testing.T) {
 	started := func(t *testing.T, args ...string) (idle int64, warned []observer.LoggedEntry) {
 		t.Helper()
 		core, logs := observer.New(zapcore.InfoLevel)
-		startCfg(t, parse(t, args...), zap.New(core))
+		// The start-up lines are logged just after Ready: once Run has
+		// returned, they all are.
+		if err := startCfg(t, parse(t, args...), zap.New(core)).stop(t); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
 		for _, e := range logs.FilterMessage("sluice started").All() {
 			idle = e.ContextMap()["idle_pipes_per_pool"].(int64)
 		}
