@@ -254,6 +254,19 @@ func (r *rig) awaitDrained(tb testing.TB, drained []<-chan struct{}, idle time.D
 	}
 }
 
+// quietBackend returns a UDP backend on loopback that sends nothing of
+// its own accord (the test reads it and answers), and its address. It is
+// closed at the test's cleanup.
+func quietBackend(tb testing.TB) (*net.UDPConn, netip.AddrPort) {
+	tb.Helper()
+	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { be.Close() })
+	return be, be.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
 // snapshot returns a set of backends of weight 1 with counters for loops
 // event loops.
 func snapshot(tb testing.TB, loops int, backends ...netip.AddrPort) *balancer.Snapshot {

@@ -511,13 +511,9 @@ func TestBackendRefused(t *testing.T) {
 // sockets close with CloseAll.
 func TestDrainKeepsReplies(t *testing.T) {
 	checkFDs(t)
-	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
+	be, backend := quietBackend(t)
 	cfg := testConfig()
-	r := startRig(t, lo4, []netip.AddrPort{be.LocalAddr().(*net.UDPAddr).AddrPort()}, cfg, nil, 2)
+	r := startRig(t, lo4, []netip.AddrPort{backend}, cfg, nil, 2)
 
 	const n = 16
 	clients := make([]*client, n)
@@ -813,14 +809,10 @@ func TestListenDropsCountedWithoutFullReads(t *testing.T) {
 // a small net.core.rmem_default), no read is full, yet the kernel's drops
 // are counted as the backend's datagrams go on, while the session lives.
 func TestSessionDropsCountedWithoutFullReads(t *testing.T) {
-	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
+	be, backend := quietBackend(t)
 	cfg := testConfig()
 	cfg.Batch = 32
-	r := startRig(t, lo4, []netip.AddrPort{be.LocalAddr().(*net.UDPAddr).AddrPort()}, cfg, nil, 1)
+	r := startRig(t, lo4, []netip.AddrPort{backend}, cfg, nil, 1)
 	c := newClient(t, "127.0.0.1")
 	c.conn.SetReadBuffer(4 << 20)
 	if _, err := c.conn.WriteToUDPAddrPort([]byte("hi"), r.addr); err != nil {
@@ -892,12 +884,7 @@ func TestSessionSize(t *testing.T) {
 // sendmmsg per Batch replies, not one send each, and each reply to its own
 // client.
 func TestRepliesGathered(t *testing.T) {
-	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
-	backend := be.LocalAddr().(*net.UDPAddr).AddrPort()
+	be, backend := quietBackend(t)
 	cfg := testConfig()
 	r := startRig(t, netip.MustParseAddrPort("127.0.0.1:0"), []netip.AddrPort{backend}, cfg, nil, 1)
 

@@ -1,7 +1,6 @@
 package udpproxy
 
 import (
-	"net"
 	"net/netip"
 	"testing"
 
@@ -19,12 +18,8 @@ import (
 // sends before the client sends again.
 func TestIdleSessionFollowsReturningBackend(t *testing.T) {
 	checkFDs(t)
-	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
-	spec := []balancer.Spec{{Addr: be.LocalAddr().(*net.UDPAddr).AddrPort(), Weight: 1}}
+	be, backend := quietBackend(t)
+	spec := []balancer.Spec{{Addr: backend, Weight: 1}}
 	var r *rig // set before the hook is first called
 	hooks := balancer.Hooks{Members: func([]netip.AddrPort, map[netip.AddrPort]bool) { r.loops[0].Submit(r.proxies[0].Refresh) }}
 	svc, err := balancer.NewService(balancer.ServiceConfig{Name: "u", Loops: 1}, spec, hooks, zap.NewNop())
