@@ -148,17 +148,24 @@ type Service struct {
 }
 
 // Changed names the settings whose values differ between s and t, as
-// Settings.Changed does, less --passive-fall when the value in force is
-// the same in both: written otherwise where it cannot act (see
-// checkService), it changes nothing. Where it acts in one of them its
-// change is named, and a change of --health-check or --proto that puts it
-// in force or takes it out is named by that setting.
+// Settings.Changed does, less those that act in neither: --passive-fall
+// when the value in force is the same in both (written otherwise where it
+// cannot act, see checkService, it changes nothing), and the settings of
+// the active check (--health-interval, --health-send, ...) when both run
+// none. Where such a setting acts in one of them its change is named, and
+// a change of --health-check or --proto that puts it in force or takes it
+// out is named by that setting.
 func (s Service) Changed(t Service) []string {
-	changed := s.Settings.Changed(t.Settings)
-	if s.PassiveFall == t.PassiveFall {
-		changed = slices.DeleteFunc(changed, func(name string) bool { return name == "passive-fall" })
-	}
-	return changed
+	unchecked := s.Health.Kind == "none" && t.Health.Kind == "none"
+	return slices.DeleteFunc(s.Settings.Changed(t.Settings), func(name string) bool {
+		switch {
+		case name == "passive-fall":
+			return s.PassiveFall == t.PassiveFall
+		case name == "health-check":
+			return false
+		}
+		return unchecked && strings.HasPrefix(name, "health-")
+	})
 }
 
 // fdReserve is the file descriptors kept back from connections and pipes

@@ -685,3 +685,32 @@ func TestPassiveFallInForce(t *testing.T) {
 		t.Fatalf("--passive-fall 1001 with no check: %v, want it refused", err)
 	}
 }
+
+// TestUncheckedHealthSettings: under --health-check none the settings of
+// the active check change nothing, so Service.Changed does not name them;
+// where a check runs in either parse they are named.
+func TestUncheckedHealthSettings(t *testing.T) {
+	base := []string{"--listen", "127.0.0.1:7000", "--backend", "127.0.0.1:7001"}
+	parse := func(t *testing.T, args ...string) Service {
+		t.Helper()
+		cfg, err := Parse(append(base[:len(base):len(base)], args...), io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg.Services[0]
+	}
+	for _, c := range []struct {
+		name     string
+		was, now []string
+		want     []string
+	}{
+		{"no check, interval and rise", []string{"--health-check", "none"}, []string{"--health-check", "none", "--health-interval", "5s", "--health-rise", "4"}, nil},
+		{"no check, and a check", []string{"--health-check", "none"}, []string{"--health-interval", "5s"}, []string{"health-check", "health-interval"}},
+		{"a check, interval", nil, []string{"--health-interval", "5s"}, []string{"health-interval"}},
+		{"no check, and a timeout beside a real change", []string{"--health-check", "none"}, []string{"--health-check", "none", "--health-timeout", "3s", "--idle-timeout", "5m"}, []string{"idle-timeout"}},
+	} {
+		if got := parse(t, c.was...).Changed(parse(t, c.now...)); !slices.Equal(got, c.want) {
+			t.Errorf("%s: changed %q, want %q", c.name, got, c.want)
+		}
+	}
+}
