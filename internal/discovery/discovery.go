@@ -37,17 +37,25 @@
 // resolved to for Config.Hold from the first answer saying so, and the
 // first answer at least Hold after it that still says it is gone removes
 // them; a target that had no addresses is skipped at once. A target that
-// fails to resolve for another reason (a timeout, SERVFAIL) contributes
-// the addresses it had when it last resolved, if any, neither ending nor
-// restarting its hold, and the other targets are used as they resolve now;
-// but when no target of the priority resolved, none is held and one failed,
-// the whole SRV target fails and keeps its last good answer (unless a hold
-// ended then: the failing targets' last addresses go on without the held
-// ones', or, with none, the SRV target is gone). When the holds
-// of the last held targets end and no record is usable, the SRV target's
-// backends go at once: they have been held already. A record target that
-// starts or stops resolving, and the start and end of its hold, are logged
-// once. Records with target "." (service not available) are skipped.
+// fails to resolve for another reason (a timeout, SERVFAIL) contributes the
+// addresses it had when it last resolved, if any, neither ending nor
+// restarting its hold, and the other targets are used as they resolve now.
+// So a target held beside one that fails keeps its addresses until its hold
+// ends, the failing one keeps its last, and the SRV target does not fail: a
+// name that is gone is an answer. A failing target fails the whole SRV
+// target, which keeps its last good answer (held addresses included), only
+// when in that round no target of the priority resolved, was held or came
+// to the end of its hold. A target in its hold whose lookup fails counts as
+// failing, not held, and its hold runs on: the first answer at least Hold
+// after the hold began that still says it is gone removes its addresses.
+// When a hold ends in a round in which no target of the priority resolved
+// or was held, the failing targets' last addresses are used without the
+// held ones'; when they have none, the priority has no usable record. When
+// the holds of the last held targets end and no record is usable, the SRV
+// target's backends go at once: they have been held already. A record
+// target that starts or stops resolving, and the start and end of its hold,
+// are logged once. Records with target "." (service not available) are
+// skipped.
 //
 // Go's resolver drops the SRV records whose target is not a valid domain
 // name and reports an error beside the others; those others are used as

@@ -106,6 +106,17 @@ func (h *harness) quiet(t *testing.T) {
 
 func (h *harness) count(msg string) int { return h.logs.FilterMessage(msg).Len() }
 
+// waitLog waits, a round at a time, until msg has been logged n times.
+func (h *harness) waitLog(t *testing.T, msg string, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); h.count(msg) < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d lines %q in 10s, want %d", h.count(msg), msg, n)
+		}
+		h.dns.settle(t)
+	}
+}
+
 // backends parses "ip:port" or "ip:port,weight=N" and adds tickBackend,
 // sorted.
 func backends(t *testing.T, specs ...string) []Backend {
@@ -588,12 +599,7 @@ func TestOnlyGoneAnswersEndAHold(t *testing.T) {
 			s.setMode("down.test.", servfail)
 
 			s.set(t, tc.gone)
-			for deadline := time.Now().Add(10 * time.Second); h.count(tc.holdMsg) == 0; {
-				if time.Now().After(deadline) {
-					t.Fatalf("no line %q in 10s", tc.holdMsg)
-				}
-				h.dns.settle(t)
-			}
+			h.waitLog(t, tc.holdMsg, 1)
 			s.setMode(tc.gone, servfail)
 			for since := time.Now(); time.Since(since) < 3*hold; {
 				h.dns.settle(t)
@@ -619,7 +625,6 @@ func TestOnlyGoneAnswersEndAHold(t *testing.T) {
 func TestSRVTargetFailureKeepsTheOthers(t *testing.T) {
 	const (
 		name       = "_pg._tcp.db.test."
-		msgTarget  = "SRV target failed to resolve, keeping its last addresses"
 		msgAgain   = "SRV target resolves again"
 		msgMissing = "SRV target does not exist, skipping it"
 	)
@@ -637,9 +642,9 @@ func TestSRVTargetFailureKeepsTheOthers(t *testing.T) {
 	s.set(t, "a.test.", "A 127.0.1.3")
 	h.expect(t, "127.0.1.2:5432", "127.0.1.3:5432")
 	h.quiet(t)
-	lines := h.logs.FilterMessage(msgTarget).All()
+	lines := h.logs.FilterMessage(msgTargetFailed).All()
 	if len(lines) != 2 {
-		t.Fatalf("%d lines %q, want 2 (new.test, then b.test)", len(lines), msgTarget)
+		t.Fatalf("%d lines %q, want 2 (new.test, then b.test)", len(lines), msgTargetFailed)
 	}
 	for i, want := range []struct {
 		target string
@@ -668,8 +673,9 @@ func TestSRVTargetFailureKeepsTheOthers(t *testing.T) {
 	}
 }
 
-// Lines of an SRV record target's hold.
+// Lines of an SRV record target's failure and hold.
 const (
+	msgTargetFailed  = "SRV target failed to resolve, keeping its last addresses"
 	msgTargetHold    = "SRV target does not exist, holding its last addresses"
 	msgTargetRemoved = "SRV target still does not exist after the hold, removing its addresses"
 )
