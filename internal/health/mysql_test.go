@@ -290,6 +290,29 @@ func mariaDBCommands(tb testing.TB) (server, installDB string) {
 // installed.
 func startMariaDB(tb testing.TB, cfg mariaDBConfig) *mariaDB {
 	tb.Helper()
+	argv := installMariaDB(tb, cfg)
+	if cfg.netns != "" {
+		// ip netns exec execs mariadbd in its own process: the process
+		// started is mariadbd.
+		db, err := runMariaDB(tb, append([]string{"ip", "netns", "exec", cfg.netns}, argv...), netip.AddrPortFrom(cfg.bind, 3306))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return db
+	}
+	var db *mariaDB
+	startOnFreePort(tb, func(addr netip.AddrPort) (err error) {
+		db, err = runMariaDB(tb, argv, addr)
+		return err
+	})
+	return db
+}
+
+// installMariaDB installs a data directory in a temporary directory, and
+// returns the command line that runs MariaDB on it as cfg says, but for
+// the namespace and the address.
+func installMariaDB(tb testing.TB, cfg mariaDBConfig) []string {
+	tb.Helper()
 	server, installDB := mariaDBCommands(tb)
 	dir := tb.TempDir()
 	data := filepath.Join(dir, "data")
@@ -306,27 +329,29 @@ func startMariaDB(tb testing.TB, cfg mariaDBConfig) *mariaDB {
 	if err := os.WriteFile(initFile, []byte(cfg.init), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	db := &mariaDB{exited: make(chan struct{})}
 	argv := append([]string{server}, common...)
 	if cfg.netns == "" {
-		db.addr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freePort(tb)))
 		argv = append(argv, "--skip-name-resolve")
-	} else {
-		db.addr = netip.AddrPortFrom(cfg.bind, 3306)
-		// ip netns exec execs mariadbd in its own process: the process
-		// started is mariadbd.
-		argv = append([]string{"ip", "netns", "exec", cfg.netns}, argv...)
 	}
-	argv = append(argv, "--port="+strconv.Itoa(int(db.addr.Port())), "--bind-address="+db.addr.Addr().String(),
-		"--socket="+filepath.Join(dir, "sock"), "--pid-file="+filepath.Join(dir, "pid"),
+	argv = append(argv, "--socket="+filepath.Join(dir, "sock"), "--pid-file="+filepath.Join(dir, "pid"),
 		"--init-file="+initFile, "--skip-log-bin", "--innodb-buffer-pool-size=8M")
-	srv := exec.Command(argv[0], append(argv[1:], cfg.opts...)...)
+	return append(argv, cfg.opts...)
+}
+
+// runMariaDB runs argv, a mariadbd command line, on addr, and returns the
+// server once it answers a check, or, once it has exited, an error with
+// its output. A server that is up is stopped at cleanup.
+func runMariaDB(tb testing.TB, argv []string, addr netip.AddrPort) (*mariaDB, error) {
+	tb.Helper()
+	db := &mariaDB{addr: addr, exited: make(chan struct{})}
+	argv = append(argv[:len(argv):len(argv)], "--port="+strconv.Itoa(int(addr.Port())), "--bind-address="+addr.Addr().String())
+	srv := exec.Command(argv[0], argv[1:]...)
 	srv.Stdout, srv.Stderr = &db.log, &db.log
 	if err := srv.Start(); err != nil {
 		tb.Fatalf("start mariadbd: %v", err)
 	}
 	go func() { srv.Wait(); close(db.exited) }()
-	tb.Cleanup(func() {
+	stop := func() {
 		srv.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-db.exited:
@@ -335,23 +360,13 @@ func startMariaDB(tb testing.TB, cfg mariaDBConfig) *mariaDB {
 			<-db.exited
 			tb.Errorf("mariadbd did not stop on SIGTERM within %v", mariaDBStartTimeout)
 		}
-	})
-	ready := mysqlCheck{user: "sluice_ready"}
-	deadline := time.Now().Add(mariaDBStartTimeout)
-	for {
-		err := runCheck(ready, db.addr)
-		if err == nil {
-			return db
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("mariadbd not accepting connections within %v: %v\n%s", mariaDBStartTimeout, err, db.log.String())
-		}
-		select {
-		case <-db.exited:
-			tb.Fatalf("mariadbd exited: %v\n%s", err, db.log.String())
-		case <-time.After(10 * time.Millisecond): // polling: the server signals nothing
-		}
 	}
+	if err := awaitUp(addr, mysqlCheck{user: "sluice_ready"}, isNil, db.exited, mariaDBStartTimeout); err != nil {
+		stop()
+		return nil, fmt.Errorf("mariadbd on %v: %w\n%s", addr, err, db.log.String())
+	}
+	tb.Cleanup(stop)
+	return db, nil
 }
 
 // awaitLog waits until the server's log holds line n times, and fails the

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -130,15 +133,106 @@ func isTimeout(err error) bool {
 		(errors.As(err, &ne) && ne.Timeout())
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(tb testing.TB) int {
+// startOnFreePort runs a server that must be told its port, and returns
+// its address. It calls start with a loopback address whose port was free
+// a moment ago; start runs the server there and returns nil once it is
+// up, or, once the server has exited, an error with its output. Another
+// process (a test package run in parallel) may take the port before the
+// server binds it: while start's error says the address is in use,
+// startOnFreePort tries a new port, 3 times in all. Any other error fails
+// the test at once.
+func startOnFreePort(tb testing.TB, start func(addr netip.AddrPort) error) netip.AddrPort {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("listen: %v", err)
+	for try := 1; ; try++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("listen: %v", err)
+		}
+		addr := ln.Addr().(*net.TCPAddr).AddrPort()
+		ln.Close()
+		err = start(addr)
+		if err == nil {
+			return addr
+		}
+		if try == 3 || !strings.Contains(strings.ToLower(err.Error()), syscall.EADDRINUSE.Error()) {
+			tb.Fatal(err)
+		}
+		tb.Logf("%v taken before the server bound it, trying another port: %v", addr, err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// awaitUp runs ch against addr every 10 ms, each time for at most a
+// second, until up holds for its result, and returns nil then. It returns
+// the last result when the server exits (exited is closed) or limit
+// passes first.
+func awaitUp(addr netip.AddrPort, ch Checker, up func(error) bool, exited <-chan struct{}, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		_, err := timedCheck(ch, addr, time.Second)
+		if up(err) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not up within %v: %w", limit, err)
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("exited: %w", err)
+		case <-tick.C: // polling: the server signals nothing
+		}
+	}
+}
+
+// isNil is the up of awaitUp for a server that is up once the check
+// passes.
+func isNil(err error) bool { return err == nil }
+
+// takenOnce returns start with the port of its first call taken while
+// that call runs, as another process may take it between
+// startOnFreePort's look and the server's bind. *calls counts the calls.
+func takenOnce(tb testing.TB, calls *int, start func(netip.AddrPort) error) func(netip.AddrPort) error {
+	return func(addr netip.AddrPort) error {
+		if *calls++; *calls == 1 {
+			ln, err := net.Listen("tcp", addr.String())
+			if err != nil {
+				tb.Fatal(err)
+			}
+			defer ln.Close()
+		}
+		return start(addr)
+	}
+}
+
+// TestStartOnFreePort: each real server the tests run, started on a port
+// another process has taken, fails there with the address in use, and
+// startOnFreePort starts it again on another port.
+func TestStartOnFreePort(t *testing.T) {
+	t.Parallel()
+	for name, runner := range map[string]func(t *testing.T) func(netip.AddrPort) error{
+		"redis": func(t *testing.T) func(netip.AddrPort) error { return redisRunner(t, redisCheck{}, "--port", "") },
+		"postgres": func(t *testing.T) func(netip.AddrPort) error {
+			c := newPGCluster(t)
+			return func(addr netip.AddrPort) error { return c.run(t, addr) }
+		},
+		"mariadb": func(t *testing.T) func(netip.AddrPort) error {
+			argv := installMariaDB(t, mariaDBConfig{init: mysqlUsers(netip.MustParseAddr("127.0.0.1"))})
+			return func(addr netip.AddrPort) error {
+				_, err := runMariaDB(t, argv, addr)
+				return err
+			}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			calls := 0
+			startOnFreePort(t, takenOnce(t, &calls, runner(t)))
+			if calls != 2 {
+				t.Fatalf("started %d times, want 2 (a taken port, then a free one)", calls)
+			}
+		})
+	}
 }
 
 // closedAddr returns a loopback address that refuses connections for as

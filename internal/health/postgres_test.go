@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -105,15 +106,25 @@ func (c *pgCluster) command(name string, args ...string) *exec.Cmd {
 }
 
 // start runs the server on a free loopback port with the given settings
-// (name=value), and stops it at cleanup if it still runs.
+// (name=value), as run does: it returns once the server answers, and
+// stops it at cleanup if it still runs.
 func (c *pgCluster) start(tb testing.TB, settings ...string) {
 	tb.Helper()
-	port := freePort(tb)
-	args := []string{"-D", c.data, "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-k", filepath.Dir(c.data),
+	c.addr = startOnFreePort(tb, func(addr netip.AddrPort) error { return c.run(tb, addr, settings...) })
+}
+
+// run runs the server on addr and returns once it answers as PostgreSQL
+// (it lets the check in, or refuses it a session), or, once it has
+// exited, an error with what it logged. A server that is up is stopped at
+// cleanup.
+func (c *pgCluster) run(tb testing.TB, addr netip.AddrPort, settings ...string) error {
+	tb.Helper()
+	args := []string{"-D", c.data, "-h", addr.Addr().String(), "-p", strconv.Itoa(int(addr.Port())), "-k", filepath.Dir(c.data),
 		"-c", "fsync=off", "-c", "log_min_messages=warning"}
 	for _, s := range settings {
 		args = append(args, "-c", s)
 	}
+	logged := len(c.log.String())
 	c.cmd = c.command(c.bin, args...)
 	c.cmd.Stdout, c.cmd.Stderr = &c.log, &c.log
 	if err := c.cmd.Start(); err != nil {
@@ -121,8 +132,13 @@ func (c *pgCluster) start(tb testing.TB, settings ...string) {
 	}
 	c.exited = make(chan struct{})
 	go func(cmd *exec.Cmd, exited chan struct{}) { cmd.Wait(); close(exited) }(c.cmd, c.exited)
+	answers := func(err error) bool { return err == nil || strings.Contains(err.Error(), "server refuses sessions") }
+	if err := awaitUp(addr, postgresCheck{user: "postgres", database: "postgres"}, answers, c.exited, pgStartTimeout); err != nil {
+		c.stop(tb)
+		return fmt.Errorf("postgres on %v: %w\n%s", addr, err, c.log.String()[logged:])
+	}
 	tb.Cleanup(func() { c.stop(tb) })
-	c.addr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
+	return nil
 }
 
 // stop asks the server for a fast shutdown and waits for it to exit.
@@ -268,7 +284,6 @@ func TestPostgresCheckRealServer(t *testing.T) {
 	c.startTLS(t, "max_connections=2", "superuser_reserved_connections=0")
 	scram := newChecker(t, Config{Kind: "postgres"})
 	trust := newChecker(t, Config{Kind: "postgres", PostgresUser: "postgres"})
-	isNil := func(err error) bool { return err == nil }
 	c.await(t, scram, "server up", isNil)
 	if ans := c.sslAnswer(t); ans != 'S' {
 		t.Fatalf("SSLRequest answered %q, want 'S': the checks did not use TLS", ans)
@@ -308,7 +323,7 @@ func TestPostgresCheckRealServerTLSFallback(t *testing.T) {
 	t.Parallel()
 	c := newPGCluster(t)
 	c.startTLS(t, "ssl_max_protocol_version=TLSv1.2", "ssl_ciphers=ECDHE-ECDSA-AES256-SHA384")
-	c.await(t, newChecker(t, Config{Kind: "postgres"}), "server up", func(err error) bool { return err == nil })
+	c.await(t, newChecker(t, Config{Kind: "postgres"}), "server up", isNil)
 	conn, ans := c.sslRequest(t)
 	if ans != 'S' {
 		t.Fatalf("SSLRequest answered %q, want 'S'", ans)

@@ -2,7 +2,7 @@ package health
 
 import (
 	"bytes"
-	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -50,16 +50,19 @@ func startRedis(tb testing.TB, password string, opts ...string) netip.AddrPort {
 // (--port, or --tls-port with --port 0 among opts), up once ready passes.
 func startRedisServer(tb testing.TB, ready Checker, portFlag, password string, opts ...string) netip.AddrPort {
 	tb.Helper()
+	return startOnFreePort(tb, redisRunner(tb, ready, portFlag, password, opts...))
+}
+
+// redisRunner returns the start function of startOnFreePort for
+// startRedisServer. The server it starts is killed at cleanup.
+func redisRunner(tb testing.TB, ready Checker, portFlag, password string, opts ...string) func(netip.AddrPort) error {
+	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		tb.Skip("redis-server not on PATH: the check against a real Redis is not run")
 	}
-	// redis-server wants an explicit port. Another process may take the
-	// one freePort found before redis binds it, so try a few.
-	var lastErr error
-	for range 3 {
-		port := freePort(tb)
-		args := []string{portFlag, strconv.Itoa(port), "--bind", "127.0.0.1",
+	return func(addr netip.AddrPort) error {
+		args := []string{portFlag, strconv.Itoa(int(addr.Port())), "--bind", addr.Addr().String(),
 			"--save", "", "--appendonly", "no", "--dir", tb.TempDir(),
 			"--protected-mode", "yes", "--loglevel", "warning"}
 		if password != "" {
@@ -77,40 +80,12 @@ func startRedisServer(tb testing.TB, ready Checker, portFlag, password string, o
 			cmd.Process.Kill()
 			<-exited
 		}
-		addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
-		if lastErr = waitRedis(addr, ready, exited); lastErr == nil {
-			tb.Cleanup(stop)
-			return addr
+		if err := awaitUp(addr, ready, isNil, exited, redisStartTimeout); err != nil {
+			stop()
+			return fmt.Errorf("redis-server on %v: %w\n%s", addr, err, out.String())
 		}
-		stop()
-		tb.Logf("redis-server on port %d did not come up: %v\n%s", port, lastErr, out.String())
-	}
-	tb.Fatalf("redis-server did not come up: %v", lastErr)
-	return netip.AddrPort{}
-}
-
-// waitRedis polls addr with the check ch until it passes, the server
-// exits, or redisStartTimeout passes: at most redisStartTimeout/10ms
-// attempts.
-func waitRedis(addr netip.AddrPort, ch Checker, exited <-chan struct{}) error {
-	deadline := time.Now().Add(redisStartTimeout)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := ch.Check(ctx, addr)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-exited:
-			return err
-		case <-tick.C:
-		}
+		tb.Cleanup(stop)
+		return nil
 	}
 }
 
