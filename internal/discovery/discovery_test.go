@@ -614,6 +614,11 @@ func TestOnlyGoneAnswersEndAHold(t *testing.T) {
 			if n := h.count(tc.remMsg); n != 1 {
 				t.Fatalf("%d removal lines, want 1", n)
 			}
+			// The hold ran on through the failures, from the first
+			// answer saying the name was gone.
+			if f := h.logs.FilterMessage(tc.remMsg).All()[0].ContextMap(); f["gone_for"].(time.Duration) < 3*hold {
+				t.Errorf("removal line: gone for %v, want at least the %v of SERVFAIL answers: they restarted the hold", f["gone_for"], 3*hold)
+			}
 		})
 	}
 }
