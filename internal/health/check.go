@@ -273,11 +273,28 @@ func dial(ctx context.Context, network string, addr netip.AddrPort) (net.Conn, e
 // dialStream connects over TCP and, when src is set, completes a TLS
 // handshake, with dial's deadline.
 func dialStream(ctx context.Context, addr netip.AddrPort, src *tlsSource) (net.Conn, error) {
-	c, err := dial(ctx, "tcp", addr)
-	if err != nil || src == nil {
-		return c, err
+	if src == nil {
+		return dial(ctx, "tcp", addr)
 	}
-	tc := tls.Client(c, src.config(addr))
+	conf, err := src.config(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	tc, err := dialTLS(ctx, addr, conf)
+	if err != nil {
+		return nil, err // not a nil *tls.Conn in a net.Conn
+	}
+	return tc, nil
+}
+
+// dialTLS connects over TCP and completes a TLS handshake with conf, with
+// dial's deadline.
+func dialTLS(ctx context.Context, addr netip.AddrPort, conf *tls.Config) (*tls.Conn, error) {
+	c, err := dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(c, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
 		// Conn is set only for a first record that is no TLS record;
@@ -918,7 +935,11 @@ type grpcCheck struct {
 func (g grpcCheck) Check(ctx context.Context, addr netip.AddrPort) error {
 	creds := insecure.NewCredentials()
 	if g.tls != nil {
-		creds = credentials.NewTLS(g.tls.config(addr))
+		conf, err := g.tls.config(ctx, addr)
+		if err != nil {
+			return err
+		}
+		creds = credentials.NewTLS(conf)
 	}
 	// WithNoProxy: like every other check, probe the backend itself, never
 	// through an HTTPS_PROXY that happens to be in the environment.

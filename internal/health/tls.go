@@ -1,6 +1,7 @@
 package health
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -145,25 +146,36 @@ type fileStamp struct {
 	statError bool
 }
 
-func stampOf(path string) fileStamp {
+// stamp returns the stamp of the file at path, "" for none.
+func (s *tlsSource) stamp(path string) fileStamp {
 	if path == "" {
 		return fileStamp{}
 	}
-	st, err := os.Stat(path)
+	st, err := s.stat(path)
 	if err != nil {
 		return fileStamp{statError: true}
 	}
-	s := fileStamp{mod: st.ModTime(), size: st.Size()}
+	f := fileStamp{mod: st.ModTime(), size: st.Size()}
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		s.dev, s.ino = uint64(sys.Dev), sys.Ino
+		f.dev, f.ino = uint64(sys.Dev), sys.Ino
 	}
-	return s
+	return f
 }
 
 // tlsSource makes the TLS client configs of a service's checks from the
 // files named by --health-tls-*, and rereads the files when they change,
 // so that rotated certificates are used without a restart. Safe for
 // concurrent use by the checks of every backend.
+//
+// The files are looked at (a stat of each, and a read if one changed) on
+// a goroutine of the source's, which the check that starts the look waits
+// for within its context: a stat or read on a stalled filesystem (an NFS
+// server gone, a hung FUSE daemon) cannot be interrupted, and must keep
+// neither that check past its timeout nor Monitor.Close, which waits for
+// the checks. A look that outlasts its check is left to end when the
+// kernel lets it; until then no other look starts, so there is at most
+// one such goroutine per source, and the checks use the files as last
+// read.
 type tlsSource struct {
 	ca, certFile, keyFile string
 	serverName            string
@@ -171,21 +183,26 @@ type tlsSource struct {
 	// the check interval, so one check round looks at most once.
 	every time.Duration
 	now   func() time.Time
+	stat  func(path string) (os.FileInfo, error) // os.Stat; tests stall it
 	log   *zap.Logger
+
+	// stamps are the stamps of ca, certFile and keyFile as last read.
+	// Only the look under way touches them.
+	stamps [3]fileStamp
 
 	// mu guards the fields below.
 	mu       sync.Mutex
-	nextLook time.Time    // no look at the files before
-	stamps   [3]fileStamp // of ca, certFile, keyFile, as last read
-	cur      tlsMaterial  // the last good files
+	nextLook time.Time     // no look at the files before
+	cur      tlsMaterial   // the last good files
+	looking  chan struct{} // closed when the look under way ends; nil: none is
 }
 
 // newTLSSource reads the files of c, which must be good (checked at
 // start by CheckFiles).
 func newTLSSource(c Config, log *zap.Logger) (*tlsSource, error) {
 	s := &tlsSource{ca: c.TLSCA, certFile: c.TLSCert, keyFile: c.TLSKey, serverName: c.TLSServerName,
-		every: c.Interval, now: time.Now, log: log}
-	s.stamps = s.look()
+		every: c.Interval, now: time.Now, stat: os.Stat, log: log}
+	s.stamps = s.stampFiles()
 	m, probs := loadTLSMaterial(s.ca, s.certFile, s.keyFile)
 	if len(probs) > 0 {
 		return nil, errors.New(strings.Join(probs, "; "))
@@ -195,46 +212,74 @@ func newTLSSource(c Config, log *zap.Logger) (*tlsSource, error) {
 	return s, nil
 }
 
-func (s *tlsSource) look() [3]fileStamp {
-	return [3]fileStamp{stampOf(s.ca), stampOf(s.certFile), stampOf(s.keyFile)}
+func (s *tlsSource) stampFiles() [3]fileStamp {
+	return [3]fileStamp{s.stamp(s.ca), s.stamp(s.certFile), s.stamp(s.keyFile)}
 }
 
-// refresh rereads the files if it is time to look and a stamp changed.
-// A bad new version (half written, a key not matching its certificate)
-// is logged once, and the last good files stay in use; a later version
-// is read again. The stamps are taken before the files are read, so a
-// change during the read is seen at the next look.
-func (s *tlsSource) refresh() tlsMaterial {
+// refresh returns the files as last read, once they have been looked at
+// again if it is time to (see tlsSource). It fails when ctx ends before
+// a look it started does. Checks that start while a look is under way do
+// not wait for it: they use the files as last read.
+func (s *tlsSource) refresh(ctx context.Context) (tlsMaterial, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	now := s.now()
-	if now.Before(s.nextLook) || (s.ca == "" && s.certFile == "") {
-		return s.cur
+	if s.looking != nil || now.Before(s.nextLook) || (s.ca == "" && s.certFile == "") {
+		defer s.mu.Unlock()
+		return s.cur, nil
 	}
 	s.nextLook = now.Add(s.every)
-	st := s.look()
-	if st == s.stamps {
-		return s.cur
+	done := make(chan struct{})
+	s.looking = done
+	s.mu.Unlock()
+	go s.look(done)
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return tlsMaterial{}, fmt.Errorf("look at the TLS files: %w", ctx.Err())
 	}
-	s.stamps = st
-	m, probs := loadTLSMaterial(s.ca, s.certFile, s.keyFile)
-	if len(probs) > 0 {
-		s.log.Warn("new health check TLS files are bad; the last good ones stay in use",
-			zap.Strings("problems", probs))
-		return s.cur
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur, nil
+}
+
+// look is the look under way: it rereads the files if a stamp changed,
+// and closes done when it has taken what it read. A bad new version (half
+// written, a key not matching its certificate) is logged once, and the
+// last good files stay in use; a later version is read again. The stamps
+// are taken before the files are read, so a change during the read is
+// seen at the next look.
+func (s *tlsSource) look(done chan<- struct{}) {
+	defer close(done)
+	var m *tlsMaterial
+	if st := s.stampFiles(); st != s.stamps {
+		s.stamps = st
+		read, probs := loadTLSMaterial(s.ca, s.certFile, s.keyFile)
+		if len(probs) > 0 {
+			s.log.Warn("new health check TLS files are bad; the last good ones stay in use",
+				zap.Strings("problems", probs))
+		} else {
+			s.log.Info("health check TLS files reread", zap.String("ca", s.ca), zap.String("cert", s.certFile))
+			m = &read
+		}
 	}
-	s.log.Info("health check TLS files reread", zap.String("ca", s.ca), zap.String("cert", s.certFile))
-	s.cur = m
-	return s.cur
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m != nil {
+		s.cur = *m
+	}
+	s.looking = nil
 }
 
 // config returns the TLS client config for a check of addr, from the
-// files as they are now. Without a CA the backend's certificate is not
-// verified. With one, it is verified against the CA for the server name,
-// or, without a server name, for addr's IP address (IP SANs); no SNI is
-// sent for an IP address.
-func (s *tlsSource) config(addr netip.AddrPort) *tls.Config {
-	m := s.refresh()
+// files as refresh gives them. Without a CA the backend's certificate is
+// not verified. With one, it is verified against the CA for the server
+// name, or, without a server name, for addr's IP address (IP SANs); no
+// SNI is sent for an IP address.
+func (s *tlsSource) config(ctx context.Context, addr netip.AddrPort) (*tls.Config, error) {
+	m, err := s.refresh(ctx)
+	if err != nil {
+		return nil, err
+	}
 	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: s.serverName}
 	if m.roots == nil {
 		// Not verified, as HAProxy's "verify none": a health check asks
@@ -256,5 +301,5 @@ func (s *tlsSource) config(addr netip.AddrPort) *tls.Config {
 		// certificate rather than for the certificate.
 		c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
 	}
-	return c
+	return c, nil
 }

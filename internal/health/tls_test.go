@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -410,6 +412,69 @@ func TestTLSRotation(t *testing.T) {
 	wantErr(t, runCheck(ch, p.addr), "")
 }
 
+// TestTLSStalledFiles: a look at the files that stalls (a stat on a dead
+// NFS mount) keeps no check past its context, so Monitor.Close, which
+// cancels the checks and waits for them, returns at once; checks that
+// start meanwhile use the files as last read and start no other look.
+// When the stat returns, the look ends and its new version is used.
+func TestTLSStalledFiles(t *testing.T) {
+	t.Parallel()
+	caA, caB := testsrv.NewCA(t, "CA A"), testsrv.NewCA(t, "CA B")
+	p := startPeer(t, "127.0.0.1", tlsScript(serverConf(caA.Issue(t, "backend", loopbackIPs, nil, false).TLS, nil), silent))
+	dir := t.TempDir()
+	c := tlsCheckConfig("tcp")
+	c.TLSCA = writeFile(t, dir, "ca.pem", caA.PEM)
+	ch, clock, _ := newRotatingChecker(t, c, zapcore.InfoLevel)
+	src := sourceOf(t, ch)
+	stalled, release := make(chan struct{}), make(chan struct{})
+	var stats atomic.Int32
+	src.stat = func(path string) (os.FileInfo, error) {
+		if stats.Add(1) == 1 {
+			close(stalled)
+			<-release
+		}
+		return os.Stat(path)
+	}
+	var releaseOnce sync.Once
+	unstall := func() { releaseOnce.Do(func() { close(release) }) }
+	defer unstall()
+
+	writeFile(t, dir, "ca.pem", caB.PEM)
+	clock.advance(c.Interval)
+	mc := c
+	mc.Interval = 10 * time.Millisecond
+	m := NewMonitor(mc, ch, func(netip.AddrPort, bool, Result) {})
+	m.Sync([]netip.AddrPort{p.addr}, nil)
+	select {
+	case <-stalled:
+	case <-time.After(waitLimit):
+		t.Fatalf("no look at the files within %v", waitLimit)
+	}
+	closed := make(chan struct{})
+	go func() { m.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(waitLimit):
+		t.Fatalf("Monitor.Close still waiting %v for a check stalled on the TLS files", waitLimit)
+	}
+
+	// Another look is due, but one is under way: the last good files.
+	clock.advance(c.Interval)
+	wantErr(t, runCheck(ch, p.addr), "")
+	if n := stats.Load(); n != 1 {
+		t.Fatalf("%d stats, want 1: a look started while another was under way", n)
+	}
+
+	unstall()
+	src.mu.Lock()
+	looking := src.looking
+	src.mu.Unlock()
+	if looking != nil {
+		<-looking
+	}
+	wantErr(t, runCheck(ch, p.addr), "certificate signed by unknown authority") // CA B, read by the stalled look
+}
+
 // TestTLSClientCertRotation: a certificate and key replaced one after the
 // other (the certificate first) are taken once both are there; in
 // between, the old pair stays in use.
@@ -478,8 +543,8 @@ func toStrings(v any) []string {
 // TestCheckFiles: each bad file is one problem naming its flag and path,
 // and NewChecker refuses it too. A FIFO is refused without waiting for a
 // writer (smallfile.Read, whose test times that): a plain open would hang
-// here, as it would start-up, and a reread after a rotation, with the
-// source's lock held, every check of the service.
+// here, as it would start-up, and every look at the files after a
+// rotation.
 func TestCheckFiles(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
