@@ -121,6 +121,12 @@ type service struct {
 	addr    netip.AddrPort
 	file    backendsFile // guarded by Server.reloadMu
 	dns     discoveryRun // guarded by Server.reloadMu
+	// join opens and registers, on loop i, the listening socket of a loop
+	// that an upgrade's successor opens only when it takes over (see
+	// joinGroups): loops from joinFrom on. Nil when there are none, and
+	// once they are open. Run's goroutine only, after New.
+	join     func(i int) error
+	joinFrom int
 }
 
 // discoveryRun is a service's DNS discovery: its configuration, which a
@@ -302,6 +308,7 @@ func (s *Server) addService(sc config.Service) error {
 		sv.proxies = append(sv.proxies, p)
 		sv.each = append(sv.each, p)
 	}
+	tcpproxy.Group(sv.proxies)
 	extra, err := s.openListeners(sv,
 		func(a netip.AddrPort) (int, netip.AddrPort, error) { return tcpproxy.Listen(a, pc.Backlog) },
 		func(i, fd int) error { return sv.proxies[i].Listen(fd) })
@@ -326,8 +333,17 @@ func (s *Server) addService(sc config.Service) error {
 // first (a new socket would miss the connections waiting in their queues),
 // then new ones made by bind; with port 0 every loop binds the port the
 // first one got. listen registers socket i with loop i's proxy; the loops
-// are not running yet, so that is safe from here. Inherited sockets beyond
+// are not running yet, so that is safe from here (sv.join calls bind and
+// listen on loop i). Inherited sockets beyond
 // the loop count are returned for the caller to place or close.
+//
+// An upgrade's successor with more loops than sockets handed over opens
+// the others' only when it takes over (see joinGroups): bound now, they
+// would join the handed-over sockets' SO_REUSEPORT group, and the kernel
+// would give them a share of the new connections (of the clients'
+// datagrams) while the predecessor still serves. A successor that stops
+// or fails before it takes over would then reset the connections waiting
+// in their queues, and drop those datagrams, when it closed them.
 func (s *Server) openListeners(sv *service, bind func(netip.AddrPort) (int, netip.AddrPort, error), listen func(i, fd int) error) ([]int, error) {
 	sc := sv.cfg
 	name := sc.Name
@@ -352,7 +368,11 @@ func (s *Server) openListeners(sv *service, bind func(netip.AddrPort) (int, neti
 			return nil, fmt.Errorf("service %s: %w", sc.Name, err)
 		}
 	}
-	for i := range s.loops {
+	loops := len(s.loops)
+	if s.opts.OnReady != nil && len(inherited) > 0 && len(inherited) < loops {
+		loops = len(inherited) // the others' when it takes over
+	}
+	for i := range loops {
 		var fd int
 		if i < len(inherited) {
 			fd = inherited[i]
@@ -375,6 +395,20 @@ func (s *Server) openListeners(sv *service, bind func(netip.AddrPort) (int, neti
 		}
 	}
 	sv.addr = addr
+	if loops < len(s.loops) {
+		sv.joinFrom = loops
+		sv.join = func(i int) error {
+			fd, _, err := bind(addr)
+			if err != nil {
+				return err
+			}
+			if err := listen(i, fd); err != nil {
+				unix.Close(fd)
+				return fmt.Errorf("register listener: %w", err)
+			}
+			return nil
+		}
+	}
 	return inherited[min(len(inherited), len(s.loops)):], nil
 }
 
@@ -518,7 +552,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.opts.OnReady != nil {
 		s.awaitDiscovery(ctx)
 		if ctx.Err() == nil {
-			// Committed to taking over: the states are this process's.
+			// Committed to taking over: the states are this process's,
+			// and every loop listens.
+			s.joinGroups()
 			s.setHandingOver(false)
 			s.opts.OnReady()
 		} else {

@@ -143,6 +143,29 @@ func (s *Server) renamedFrom(sc config.Service) string {
 	return was
 }
 
+// joinGroups opens, in an upgrade's successor that is taking over, the
+// listening sockets of the loops its predecessor handed none over for
+// (see openListeners), each on its loop, which accepts or reads from it
+// at once. Until then the kernel has given the new connections and
+// datagrams to the sockets handed over, which the predecessor serves too.
+// A socket that cannot be opened is logged: its loop takes no new
+// connections of that service, which the others serve.
+func (s *Server) joinGroups() {
+	for _, sv := range s.services {
+		for i := sv.joinFrom; sv.join != nil && i < len(s.loops); i++ {
+			errc := make(chan error, 1)
+			if !s.loops[i].Submit(func() { errc <- sv.join(i) }) {
+				continue
+			}
+			if err := <-errc; err != nil {
+				s.log.Error("open a listening socket at the takeover: this loop takes none of the service's new connections",
+					zap.String("service", sv.cfg.Name), zap.Int("loop", i), zap.Error(err))
+			}
+		}
+		sv.join = nil
+	}
+}
+
 // backendStates lists what every service knows of its backends, for the
 // successor.
 func (s *Server) backendStates() []handoff.Backend {

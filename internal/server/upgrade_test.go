@@ -488,3 +488,103 @@ func upgradeToScript(t *testing.T, lines ...string) *scriptUpgrade {
 	}
 	return u
 }
+
+// TestSuccessorJoinsAtTakeover: an upgrade's successor with more loops
+// than sockets handed over (--workers 4 after 1) opens its other loops'
+// sockets only when it takes over. Opened in New, they joined the
+// SO_REUSEPORT group of the socket handed over, and the kernel gave them
+// three quarters of the new connections and datagrams: a successor whose
+// start failed after that (here: release, as New does on a later error),
+// or that was stopped before it took over, closed them with what was
+// waiting in them, and those clients were reset or never answered while
+// the old process went on serving. Each client here must be answered by
+// the old process; then a successor that takes over serves on every
+// loop.
+func TestSuccessorJoinsAtTakeover(t *testing.T) {
+	for _, tc := range []struct {
+		proto string
+		// served is how many clients loop i of sv has taken.
+		served func(sv *service, i int) uint64
+	}{
+		{"tcp", func(sv *service, i int) uint64 { return sv.proxies[i].Stats().Accepted.Load() }},
+		{"udp", func(sv *service, i int) uint64 { return sv.udp[i].Stats().SessionsCreated.Load() }},
+	} {
+		t.Run(tc.proto, func(t *testing.T) {
+			backend := testsrv.StartTB(t, testsrv.Echo, tc.proto)
+			args := []string{"--proto", tc.proto, "--backend", backend.Addr().String(), "--health-check", "none"}
+			old := start(t, append(args, "--workers", "1")...)
+			successor := func(ready func()) *Server {
+				t.Helper()
+				var socks []handoff.Socket
+				for _, so := range old.sockets() {
+					fd, err := unix.Dup(so.FD) // the successor owns what it is given
+					if err != nil {
+						t.Fatal(err)
+					}
+					so.FD = fd
+					socks = append(socks, so)
+				}
+				cfg := parse(t, append(args, "--listen", old.Addr().String(), "--workers", "4", "--drain-timeout", "10s")...)
+				s, err := New(cfg, zap.NewNop(), Options{Inherited: Inheritance{Sockets: socks}, OnReady: ready})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return s
+			}
+
+			failed := successor(func() { t.Error("OnReady of a successor that never ran") })
+			var answers []func() error
+			for range 32 {
+				answers = append(answers, sendEcho(t, tc.proto, old.Addr()))
+			}
+			failed.release()
+			waitAnswers(t, answers, "came while the successor started")
+
+			ready := make(chan struct{})
+			s := run(t, successor(func() { close(ready) }))
+			<-ready
+			answers = answers[:0]
+			for range 64 {
+				answers = append(answers, sendEcho(t, tc.proto, old.Addr()))
+			}
+			waitAnswers(t, answers, "came after the takeover")
+			for i := 1; i < 4; i++ {
+				if n := tc.served(s.services[0], i); n == 0 {
+					t.Errorf("loop %d of the successor took none of 64 clients after the takeover", i)
+				}
+			}
+		})
+	}
+}
+
+// waitAnswers waits for the answers to the exchanges sent, and fails at
+// the first missing: their deadlines were set as they were sent, so past
+// the first missed the others would have passed too.
+func waitAnswers(tb testing.TB, answers []func() error, when string) {
+	tb.Helper()
+	for i, answered := range answers {
+		if err := answered(); err != nil {
+			tb.Fatalf("client %d of %d, which %s: %v", i, len(answers), when, err)
+		}
+	}
+}
+
+// sendEcho sends a byte to addr over network, from a new client socket,
+// which an echo backend returns; answered waits for it.
+func sendEcho(tb testing.TB, network string, addr netip.AddrPort) (answered func() error) {
+	tb.Helper()
+	c, err := net.Dial(network, addr.String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("x")); err != nil {
+		tb.Fatal(err)
+	}
+	return func() error {
+		_, err := c.Read(make([]byte, 64))
+		c.Close()
+		return err
+	}
+}
