@@ -171,6 +171,13 @@ func TestRedisCheckRealServerTLS(t *testing.T) {
 		"--tls-key-file", writeFile(t, dir, "redis.key", srv.KeyPEM),
 		"--tls-ca-cert-file", caFile, "--tls-auth-clients", "yes")
 	wantErr(t, runCheck(ch, addr), "")
+	// The tcp check over TLS 1.3 reads the server's verdict on its
+	// certificate: OpenSSL's session ticket, or its refusal.
+	tc := c
+	tc.Kind = "tcp"
+	wantErr(t, runCheck(newChecker(t, tc), addr), "")
+	tc.TLSCert, tc.TLSKey = "", ""
+	wantErr(t, runCheck(newChecker(t, tc), addr), "TLS session refused after the handshake: remote error: tls: certificate required")
 	// Without a client certificate the server refuses the session.
 	c.TLSCert, c.TLSKey = "", ""
 	// The server's alert, or its reset if it comes first.

@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -335,6 +336,78 @@ func TestTLSClientCert(t *testing.T) {
 				t.Fatalf("grpc check: %v, want an error: %v", err, tc.wantErr != "")
 			}
 		})
+	}
+}
+
+// TestTLSTCPCheckClientCert: under TLS 1.3, the tcp check fails when the
+// server refuses its client certificate, or its want of one, after the
+// handshake, and passes when the server takes it: at once when the server
+// sends a session ticket or speaks first, after minVerdictWait when it
+// does neither (but within half the check's time).
+func TestTLSTCPCheckClientCert(t *testing.T) {
+	t.Parallel()
+	ca := testsrv.NewCA(t, "sluice test CA")
+	clientCA, stranger := testsrv.NewCA(t, "client CA"), testsrv.NewCA(t, "stranger CA")
+	srv := ca.Issue(t, "backend", loopbackIPs, nil, false)
+	dir := t.TempDir()
+	good, bad := clientCA.Issue(t, "sluice", nil, nil, true), stranger.Issue(t, "sluice", nil, nil, true)
+	goodCert, goodKey := writeFile(t, dir, "good.crt", good.CertPEM), writeFile(t, dir, "good.key", good.KeyPEM)
+	badCert, badKey := writeFile(t, dir, "bad.crt", bad.CertPEM), writeFile(t, dir, "bad.key", bad.KeyPEM)
+	server := func(auth tls.ClientAuthType, tickets bool, script func(net.Conn)) netip.AddrPort {
+		conf := serverConf(srv.TLS, nil)
+		conf.MinVersion = tls.VersionTLS13
+		conf.ClientAuth, conf.ClientCAs = auth, x509.NewCertPool()
+		conf.ClientCAs.AddCert(clientCA.Cert)
+		conf.SessionTicketsDisabled = !tickets
+		return startPeer(t, "127.0.0.1", tlsScript(conf, script)).addr
+	}
+	required := server(tls.RequireAndVerifyClientCert, true, silent)
+	noTickets := server(tls.RequireAndVerifyClientCert, false, silent)
+	speaksFirst := server(tls.RequireAndVerifyClientCert, false, answer(t, nil, "+OK ready\r\n"))
+	optional := server(tls.VerifyClientCertIfGiven, false, silent)
+	for _, tc := range []struct {
+		name      string
+		addr      netip.AddrPort
+		cert, key string
+		wantErr   string
+		waits     bool // for minVerdictWait: no ticket, no data
+	}{
+		{"trusted certificate", required, goodCert, goodKey, "", false},
+		{"trusted certificate, no tickets", noTickets, goodCert, goodKey, "", true},
+		{"trusted certificate, server speaks first", speaksFirst, goodCert, goodKey, "", false},
+		{"untrusted certificate", required, badCert, badKey,
+			"TLS session refused after the handshake: remote error: tls: unknown certificate authority", false},
+		{"untrusted certificate, no tickets", noTickets, badCert, badKey, "unknown certificate authority", false},
+		{"no certificate", required, "", "", "TLS session refused after the handshake: remote error: tls: certificate required", false},
+		{"no certificate, optional", optional, "", "", "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tlsCheckConfig("tcp")
+			c.TLSCert, c.TLSKey = tc.cert, tc.key
+			ch := newChecker(t, c)
+			// The quickest of three: a loaded machine may slow one.
+			fastest := time.Duration(math.MaxInt64)
+			for range 3 {
+				elapsed, err := timedCheck(ch, tc.addr, checkTimeout)
+				wantErr(t, err, tc.wantErr)
+				fastest = min(fastest, elapsed)
+			}
+			if tc.waits && fastest < minVerdictWait {
+				t.Fatalf("check passed after %v, before minVerdictWait (%v): it did not wait for a refusal", fastest, minVerdictWait)
+			}
+			if tc.wantErr == "" && !tc.waits && fastest >= minVerdictWait {
+				t.Fatalf("check passed after %v at the quickest, want less than minVerdictWait (%v): a ticket or data did not end the wait", fastest, minVerdictWait)
+			}
+		})
+	}
+	// The wait takes at most half the check's time: a tight timeout
+	// does not turn the pass into a failure.
+	c := tlsCheckConfig("tcp")
+	c.TLSCert, c.TLSKey = goodCert, goodKey
+	const timeout = 40 * time.Millisecond // below minVerdictWait
+	elapsed, err := timedCheck(newChecker(t, c), noTickets, timeout)
+	if err != nil || elapsed >= timeout {
+		t.Fatalf("check with a %v timeout: %v after %v, want a pass within it", timeout, err, elapsed)
 	}
 }
 
