@@ -308,7 +308,6 @@ func (s *Server) addService(sc config.Service) error {
 		sv.proxies = append(sv.proxies, p)
 		sv.each = append(sv.each, p)
 	}
-	tcpproxy.Group(sv.proxies)
 	extra, err := s.openListeners(sv,
 		func(a netip.AddrPort) (int, netip.AddrPort, error) { return tcpproxy.Listen(a, pc.Backlog) },
 		func(i, fd int) error { return sv.proxies[i].Listen(fd) })
