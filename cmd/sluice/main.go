@@ -83,6 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				log.Error("tell the old process this one stops", zap.Error(err))
 			}
 		}
+		opts.Kept = func() bool { return handoff.Kept(predecessor, handoff.KeepWait) }
 	}
 	s, err := server.New(cfg, log, opts)
 	if err != nil {

@@ -260,6 +260,13 @@ type proc struct {
 // failed. The process gets SIGKILL should the test process die first.
 func startIn(tb testing.TB, ns, name string, argv ...string) *proc {
 	tb.Helper()
+	return startInWith(tb, ns, name, nil, argv...)
+}
+
+// startInWith is startIn with setup, if not nil, called on the command
+// before it starts (to add environment variables or descriptors).
+func startInWith(tb testing.TB, ns, name string, setup func(*exec.Cmd), argv ...string) *proc {
+	tb.Helper()
 	p := &proc{name: name, logPath: filepath.Join(tb.TempDir(), name+".log"), done: make(chan struct{})}
 	out, err := os.Create(p.logPath)
 	if err != nil {
@@ -268,6 +275,9 @@ func startIn(tb testing.TB, ns, name string, argv ...string) *proc {
 	defer out.Close()
 	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
 	p.cmd.Stdout, p.cmd.Stderr = out, out
+	if setup != nil {
+		setup(p.cmd)
+	}
 	// The parent-death signal fires when the thread that forked ends, not
 	// the process; inNetns hands its threads back to the runtime, which
 	// never ends them (unless leaving a namespace failed).

@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -14,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-lb/sluice/internal/handoff"
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
@@ -30,9 +35,7 @@ import (
 // the old process's, so the backend a connection reaches tells which
 // process accepted it.
 func TestSuccessorStoppedBeforeReady(t *testing.T) {
-	requireRoot(t)
-	bin := buildBinaries(t)
-	ns := newLoopbackNetns(t, "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n")
+	bin, ns := loopbackNetns(t, "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n")
 	const (
 		listen = "127.0.0.1:7000"
 		oldBE  = "127.0.0.1:7001"
@@ -143,15 +146,113 @@ func TestSuccessorStoppedBeforeReady(t *testing.T) {
 	}
 }
 
-// newLoopbackNetns creates a network namespace with loopback up and a
-// resolv.conf of its own (ip netns exec mounts /etc/netns/NAME/resolv.conf
-// over /etc/resolv.conf for the processes it starts), and removes both in
-// tb.Cleanup.
-func newLoopbackNetns(tb testing.TB, resolvConf string) string {
+// TestSuccessorLeavesKeptSockets: an upgrade's new process that reported
+// ready as its old process was stopped is stopped by it too; the old one
+// drains reading the UDP sockets the two share, and says so first with a
+// Keep frame. The new process must then drain without reading them, as
+// after an upgrade: two readers would each take datagrams of the other's
+// sessions, and drop them (a new client's, too, which the old process
+// would drop anyway). The test plays the old process: it hands over a UDP
+// socket it holds, takes the Ready frame, sends the Keep frame and
+// SIGTERM, and reads from its socket what the new process leaves in it.
+func TestSuccessorLeavesKeptSockets(t *testing.T) {
+	bin, ns := loopbackNetns(t, "")
+	const (
+		listen = "127.0.0.1:7100"
+		echoBE = "127.0.0.1:7101"
+	)
+	var held int
+	var backend *testsrv.Server
+	if err := inNetns(ns, func() error {
+		var err error
+		if backend, err = testsrv.Start(context.Background(), testsrv.Config{Kind: testsrv.Echo, Network: "udp", Addr: echoBE}); err != nil {
+			return err
+		}
+		if held, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(held, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return err
+		}
+		return unix.Bind(held, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: 7100})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		backend.Close()
+		unix.Close(held)
+	})
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs := os.NewFile(uintptr(pair[1]), "handoff-child")
+	ours := os.NewFile(uintptr(pair[0]), "handoff")
+	c, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := c.(*net.UnixConn)
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+
+	sl := startInWith(t, ns, "sluice", func(cmd *exec.Cmd) {
+		cmd.Env = append(os.Environ(), "SLUICE_UPGRADE_FD=3")
+		cmd.ExtraFiles = []*os.File{theirs}
+	}, bin.sluice, "--log-format", "json", "--listen", listen, "--proto", "udp", "--backend", echoBE,
+		"--workers", "1", "--health-check", "none", "--drain-timeout", "20s")
+	theirs.Close()
+	if err := handoff.Send(conn, []handoff.Socket{{Kind: handoff.KindListener, Service: "default", Proto: "udp", Addr: listen, FD: held}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := handoff.WaitReady(conn); err != nil {
+		t.Fatalf("the new process did not report ready: %v", err)
+	}
+	session, err := dialIn(ns, "udp", "", listen, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer session.Close()
+	if err := roundTrip(session, 3*time.Second); err != nil { // the drain waits for this session
+		t.Fatal(err)
+	}
+
+	// The Keep frame, as an old process writes it: a 4-byte length, then
+	// the JSON.
+	keep := []byte(`{"version":4,"keep":true}`)
+	if _, err := conn.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(keep))), keep...)); err != nil {
+		t.Fatal(err)
+	}
+	if err := sl.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, sl, 10*time.Second, "draining connections")
+	newcomer, err := dialIn(ns, "udp", "", listen, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer newcomer.Close()
+	if _, err := newcomer.Write([]byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // a process reading the socket has read it by now
+	if n, _, err := unix.Recvfrom(held, make([]byte, 64), unix.MSG_DONTWAIT); err != nil || n != 3 {
+		t.Fatalf("the new client's datagram was not left in the socket for the old process (recvfrom: %d, %v): the new process read it", n, err)
+	}
+}
+
+// loopbackNetns skips tb without root, builds the binaries, and creates a
+// network namespace with loopback up and a resolv.conf of its own (ip
+// netns exec mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf for
+// the processes it starts), which tb.Cleanup removes.
+func loopbackNetns(tb testing.TB, resolvConf string) (binaries, string) {
 	tb.Helper()
+	requireRoot(tb)
+	bin := buildBinaries(tb)
 	ns := fmt.Sprintf("sl-up-%d", os.Getpid())
 	testsrv.Netns(tb, ns, map[string]string{"resolv.conf": resolvConf})
-	return ns
+	return bin, ns
 }
 
 // childrenOf lists the children of pid, from /proc/PID/task/*/children.

@@ -9,7 +9,11 @@
 // state file), then one Done frame; the new process answers with a Ready
 // frame once it serves, or with a Stopping frame when it was told to stop
 // before that (it drains what it accepted and exits; the old process goes
-// on serving). The JSON is versioned and its fields are all
+// on serving). An old process stopped before it has seen a Ready frame
+// stops the new one too, and sends it a Keep frame first: it drains
+// reading the sockets the two share, and the new one, should it have
+// sent Ready meanwhile, must leave them to it (see Kept). The JSON is
+// versioned and its fields are all
 // optional, so later versions can add kinds of sockets (established
 // connections, BPF links) and new fields without breaking older readers: a
 // reader skips socket kinds it does not know and closes their fds, and
@@ -30,9 +34,9 @@ import (
 )
 
 // Version is the protocol version this package speaks. Version 2 adds
-// Frame.Backends, version 3 Frame.Stopping; a reader accepts every version
-// from 1.
-const Version = 3
+// Frame.Backends, version 3 Frame.Stopping, version 4 Frame.Keep; a reader
+// accepts every version from 1.
+const Version = 4
 
 // ReadsEveryUDPSocket is the first version whose receiver reads every UDP
 // listening socket handed to it, however many loops it has: an older one
@@ -101,7 +105,11 @@ type Frame struct {
 	// --drain-timeout, which bounds its drain (0 from a new process
 	// that predates the field).
 	DrainTimeout time.Duration `json:"drain_timeout_ns,omitempty"`
-	PID          int           `json:"pid,omitempty"`
+	// Keep: the old process was stopped before it saw the new one take
+	// over, and drains reading the sockets the two share; it stops the new
+	// one too (since version 4).
+	Keep bool `json:"keep,omitempty"`
+	PID  int  `json:"pid,omitempty"`
 }
 
 // Send writes sockets (each with its FD set) to c, in frames of at most
@@ -215,6 +223,43 @@ func SendReady(c *net.UnixConn) error {
 // rather than killed.
 func SendStopping(c *net.UnixConn, drain time.Duration) error {
 	return writeFrame(c, Frame{Version: Version, Stopping: true, DrainTimeout: drain, PID: os.Getpid()}, nil)
+}
+
+// SendKeep tells the new process that this one, stopped before it saw the
+// new one take over, drains reading the sockets they share. Send it
+// before telling the new process to stop (SIGTERM), so that it is there
+// to read when the stop comes.
+func SendKeep(c *net.UnixConn) error {
+	return writeFrame(c, Frame{Version: Version, Keep: true, PID: os.Getpid()}, nil)
+}
+
+// KeepWait is how long the new process waits in Kept: the old process
+// sends Keep or closes the socket once it has read the Ready frame, and
+// told systemd of the new main process (which may take it 5 s).
+const KeepWait = 10 * time.Second
+
+// Kept is for a new process that sent Ready and is stopping: it reads on
+// until the old process sends Keep (true) or closes the socket, or wait
+// passes (false). An old process that saw the Ready frame has stopped
+// reading the sockets the two share, and closes its end; one stopped
+// before it saw it drains reading them, and says so before it stops the
+// new process (SendKeep), so a Keep frame sent then has arrived when the
+// stop comes. An old process of version 3 or before sends none.
+func Kept(c *net.UnixConn, wait time.Duration) bool {
+	c.SetReadDeadline(time.Now().Add(wait))
+	defer c.SetReadDeadline(time.Time{})
+	for {
+		f, fds, err := readFrame(c)
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		if err != nil {
+			return false
+		}
+		if f.Keep {
+			return true
+		}
+	}
 }
 
 // StoppingError is WaitReady's error for a Stopping frame. It matches

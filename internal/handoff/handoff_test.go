@@ -118,6 +118,34 @@ func TestStoppingWithoutDrain(t *testing.T) {
 	}
 }
 
+// TestKept: a new process that reported ready and is stopping learns
+// whether the old process drains reading the sockets they share: a Keep
+// frame says so; the old process closing the socket without one (it saw
+// the Ready frame, or is of version 3), or saying nothing within the
+// wait, does not.
+func TestKept(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		old  func(c *net.UnixConn) error
+		want bool
+	}{
+		{"keep", SendKeep, true},
+		{"keep then close", func(c *net.UnixConn) error { SendKeep(c); return c.Close() }, true},
+		{"close", (*net.UnixConn).Close, false},
+		{"silent", func(*net.UnixConn) error { return nil }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := pair(t)
+			if err := tc.old(a); err != nil {
+				t.Fatal(err)
+			}
+			if got := Kept(b, 50*time.Millisecond); got != tc.want {
+				t.Fatalf("Kept: %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestWaitReadyFailsWhenPeerLeaves(t *testing.T) {
 	a, b := pair(t)
 	b.Close()

@@ -44,6 +44,13 @@ type Options struct {
 	// keeps serving and leaves it to drain the connections it accepted
 	// meanwhile (on the listening sockets they share).
 	Stopped func()
+	// Kept is called by Run, stopping after OnReady, before it drains a
+	// UDP service: it reports whether the predecessor was stopped before
+	// it saw this process take over, and drains reading the sockets the
+	// two share (handoff.Kept). This process then leaves them to it, as
+	// after an upgrade: two readers would each take the other's
+	// sessions' datagrams, and drop them. It may wait a few seconds.
+	Kept func() bool
 }
 
 // Inheritance is what a predecessor hands over in an upgrade.
@@ -322,11 +329,22 @@ func (s *Server) Upgrade() error {
 		return fmt.Errorf("start %s: %w", s.opts.Executable, err)
 	}
 	pid := cmd.Process.Pid
+	// cut is closed once the goroutine that cuts the handoff short at a
+	// stop (below) is done with conn.
+	cut := make(chan struct{})
 	// stopChild tells the successor to stop and drain, for a stop of this
 	// process. It is reaped in the background (see reap), given this
 	// process's drain timeout: it says its own only in a Stopping frame,
 	// which is not waited for here.
+	//
+	// This process drains reading the UDP sockets the two share (it has
+	// not upgraded), so the successor, should it have reported ready
+	// meanwhile, must leave them to it (see Options.Kept): it is told so
+	// first, and has that to read when the SIGTERM comes.
 	stopChild := func(why string) error {
+		<-cut // stopping is closed: it has set the deadline that cut the handoff short
+		conn.SetDeadline(time.Now().Add(time.Second))
+		handoff.SendKeep(conn) // a successor that has exited, or that does not read it, stops all the same
 		cmd.Process.Signal(syscall.SIGTERM)
 		s.reap(cmd, s.cfg.DrainTimeout)
 		return fmt.Errorf("%w: the new process (pid %d) %s and was sent SIGTERM", errStopping, pid, why)
@@ -346,6 +364,7 @@ func (s *Server) Upgrade() error {
 	// return at once.
 	handed := make(chan struct{})
 	go func() {
+		defer close(cut)
 		select {
 		case <-s.stopping:
 			conn.SetDeadline(time.Now())

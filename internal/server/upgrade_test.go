@@ -23,6 +23,7 @@ import (
 	"github.com/sluice-lb/sluice/internal/config"
 	"github.com/sluice-lb/sluice/internal/handoff"
 	"github.com/sluice-lb/sluice/internal/testsrv"
+	"github.com/sluice-lb/sluice/internal/udpproxy"
 )
 
 // infoOf returns the default service's view of addr; its Address is empty
@@ -418,6 +419,109 @@ func TestStoppedSuccessorIsReaped(t *testing.T) {
 	}
 	if !errors.Is(upErr, errStopping) {
 		t.Errorf("upgrade: %v, want %v", upErr, errStopping)
+	}
+}
+
+// TestStoppedSuccessorToldKept: a process stopped during its upgrade
+// drains reading the UDP sockets it shares with the successor, which it
+// stops too; a successor that reported ready meanwhile (its Ready frame
+// crossed the stop) would drain reading them as well, and each would
+// drop the datagrams of the other's sessions. So the successor is sent a
+// Keep frame before its SIGTERM, to leave them to this process (see
+// Options.Kept). The new release is a script that, at the SIGTERM, saves
+// what it has been sent on the hand-over socket, fd 3, and is there to
+// read then.
+func TestStoppedSuccessorToldKept(t *testing.T) {
+	got := filepath.Join(t.TempDir(), "after-term")
+	u := upgradeToScript(t, `trap 'dd iflag=nonblock <&3 > "`+got+`" 2>/dev/null; exit 0' TERM`, `echo $$ > "$STARTED"`,
+		"while :; do sleep 0.05; done")
+	t.Cleanup(func() { unix.Kill(u.pid, unix.SIGKILL) }) // until reaped, this process's child
+	u.cancel()
+	if err := <-u.upgrade; !errors.Is(err, errStopping) {
+		t.Errorf("upgrade: %v, want %v", err, errStopping)
+	}
+	select {
+	case <-u.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	b, err := os.ReadFile(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"keep":true`) {
+		t.Fatalf("the new process had no Keep frame to read at its SIGTERM; it had %q", b)
+	}
+}
+
+// TestSuccessorLeavesKeptUDP: a successor that took over and is stopping
+// drains its UDP service without reading the socket handed over when its
+// predecessor says it keeps reading it (Kept: the predecessor was stopped
+// before it saw the successor take over, and stops it): two readers would
+// each take datagrams of the other's sessions, and drop them. When the
+// predecessor does not say so (it has stopped reading), the successor
+// goes on reading, as any stop does. The test holds the predecessor's
+// socket, and reads what the successor leaves in it.
+func TestSuccessorLeavesKeptUDP(t *testing.T) {
+	for _, kept := range []bool{true, false} {
+		t.Run(fmt.Sprintf("kept=%v", kept), func(t *testing.T) {
+			echo := testsrv.StartTB(t, testsrv.Echo, "udp")
+			held, addr, err := udpproxy.Listen(netip.MustParseAddrPort("127.0.0.1:0"), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { unix.Close(held) })
+			given, err := unix.Dup(held) // the successor owns what it is given
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := parse(t, "--listen", addr.String(), "--proto", "udp", "--backend", echo.Addr().String(),
+				"--workers", "1", "--health-check", "none", "--drain-timeout", "10s")
+			log, _, draining := onLog("draining connections")
+			ready := make(chan struct{})
+			s, err := New(cfg, log, Options{
+				Inherited: Inheritance{Sockets: []handoff.Socket{{Kind: handoff.KindListener, Service: "default", Proto: "udp", Addr: addr.String(), FD: given}}},
+				OnReady:   func() { close(ready) },
+				Kept:      func() bool { return kept },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := run(t, s)
+			<-ready
+			session, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer session.Close()
+			udpRoundTrip(t, session, "before") // the drain waits for this session
+			r.cancel()
+			<-draining
+			newcomer, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer newcomer.Close()
+			if _, err := newcomer.Write([]byte("new")); err != nil {
+				t.Fatal(err)
+			}
+			dropped := func() bool { return s.services[0].udp[0].Stats().Drops(udpproxy.DropDraining) == 1 }
+			if kept {
+				// Not read: the predecessor reads it. Were the successor
+				// reading, it would have by now.
+				time.Sleep(300 * time.Millisecond)
+				if dropped() {
+					t.Fatal("the successor read the newcomer's datagram, and dropped it")
+				}
+			} else {
+				// Read, and dropped: the successor takes no new client.
+				waitFor(t, "the newcomer's datagram dropped", dropped)
+			}
+			n, _, err := unix.Recvfrom(held, make([]byte, 64), unix.MSG_DONTWAIT)
+			if left := err == nil && n == 3; left != kept {
+				t.Fatalf("the newcomer's datagram left in the socket: %v (recvfrom: %d, %v), want %v", left, n, err, kept)
+			}
+		})
 	}
 }
 
