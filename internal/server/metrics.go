@@ -29,12 +29,13 @@ var (
 	descAcceptPause = prometheus.NewDesc("sluice_accept_pauses_total", "Times accepting paused (fd exhaustion or --max-conns).", []string{"service"}, nil)
 	descProxyErrs   = prometheus.NewDesc("sluice_proxy_protocol_errors_total", "Connections closed for their PROXY header, by reason.", []string{"service", "reason"}, nil)
 	descSpliced     = prometheus.NewDesc("sluice_spliced_bytes_total", "Bytes moved with splice(2) rather than read/write.", []string{"service"}, nil)
+	descHandedOver  = prometheus.NewDesc("sluice_connections_handed_over_total", "Client connections accepted on one event loop and run on a less busy one, to even out the loops.", []string{"service"}, nil)
 	descPipeFall    = prometheus.NewDesc("sluice_pipe_fallbacks_total", "Reads that wanted a splice pipe, had none (the pool's cap, the open-file limit, or an unprivileged user's fs.pipe-user-pages-soft) and copied through the loop's buffer instead.", []string{"service"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descActive, descConns, descConnErrs, descBytes, descUp, descAccepted, descOpen,
-		descRefused, descResets, descIdle, descAcceptErrs, descAcceptPause, descSpliced, descPipeFall, descFirewall, descProxyErrs} {
+		descRefused, descResets, descIdle, descAcceptErrs, descAcceptPause, descSpliced, descPipeFall, descHandedOver, descFirewall, descProxyErrs} {
 		ch <- d
 	}
 	for _, d := range udpDescs {
@@ -66,7 +67,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesUp), name, addr, "up")
 			ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(t.BytesDown), name, addr, "down")
 		}
-		var accepted, closed, noBackend, resets, idle, acceptErrs, pauses, spliced, pipeFall, ppBad, ppUntrusted, ppTimeout, ppDenied, localErrs uint64
+		var accepted, closed, noBackend, resets, idle, acceptErrs, pauses, spliced, pipeFall, handed, ppBad, ppUntrusted, ppTimeout, ppDenied, localErrs uint64
 		for _, p := range sv.proxies {
 			st := p.Stats()
 			// Closed first: a connection accepted and closed between
@@ -80,6 +81,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			pauses += st.AcceptPauses.Load()
 			spliced += st.SplicedBytes.Load()
 			pipeFall += st.PipeFallbacks.Load()
+			handed += st.HandedOver.Load()
 			ppBad += st.ProxyMalformed.Load()
 			ppUntrusted += st.ProxyUntrusted.Load()
 			ppTimeout += st.ProxyTimeouts.Load()
@@ -100,6 +102,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descAcceptPause, prometheus.CounterValue, float64(pauses), name)
 		ch <- prometheus.MustNewConstMetric(descSpliced, prometheus.CounterValue, float64(spliced), name)
 		ch <- prometheus.MustNewConstMetric(descPipeFall, prometheus.CounterValue, float64(pipeFall), name)
+		ch <- prometheus.MustNewConstMetric(descHandedOver, prometheus.CounterValue, float64(handed), name)
 	}
 }
 

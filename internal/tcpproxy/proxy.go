@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -61,6 +62,13 @@ type Proxy struct {
 	pauseLogged bool
 	access      *zap.Logger // the access log; nil when off
 	rng         *rand.Rand  // samples the access log
+
+	// siblings are the service's proxies on every loop, p among them,
+	// that spread accepted connections (see balance.go); nil alone.
+	siblings []*Proxy
+	inbox    inbox        // connections siblings accepted for p to run
+	pending  atomic.Int64 // connections in inbox: counted in p's load
+	takeFn   func()       // p.take, made once
 }
 
 // New returns a proxy for one loop. It does not accept until Listen.
@@ -81,6 +89,7 @@ func New(l *loop.Loop, id int, cfg Config, svc *balancer.Service, limiter *Limit
 		buf:     make([]byte, copyBufSize),
 		stats:   new(Stats),
 	}
+	p.takeFn = p.take
 	if cfg.AccessLog {
 		p.access = log.Named("access")
 		p.rng = rand.New(rand.NewPCG(uint64(id), uint64(time.Now().UnixNano())))
@@ -145,6 +154,7 @@ func (p *Proxy) ListenerFDs() []int {
 // closed once every connection of this proxy has ended. Open connections go
 // on until they finish or CloseAll is called.
 func (p *Proxy) Drain() <-chan struct{} {
+	p.closeInbox()
 	if p.drained == nil {
 		p.drained = make(chan struct{})
 	}
@@ -176,6 +186,7 @@ func (p *Proxy) Census() (connecting, established, halfClosed int) {
 // CloseAll resets every open connection, for the end of a drain timeout,
 // and returns how many it reset.
 func (p *Proxy) CloseAll() int {
+	p.closeInbox()
 	n := len(p.conns)
 	for len(p.conns) > 0 {
 		p.conns[len(p.conns)-1].finish(reasonShutdown)
@@ -249,6 +260,10 @@ func (ln *listener) HandleEvent(uint32) {
 			}
 		}
 		p.pauseLogged = false
+		if s := p.lighter(); s != nil && s.hand(nfd, peer) {
+			p.stats.HandedOver.Add(1)
+			continue
+		}
 		p.accept(nfd, peer)
 	}
 }

@@ -26,6 +26,7 @@ type Stats struct {
 	ProxyUntrusted  atomic.Uint64 // connections from a peer not trusted to send a PROXY header
 	ProxyTimeouts   atomic.Uint64 // clients that sent no complete PROXY header in time
 	ProxyDenied     atomic.Uint64 // clients whose PROXY-claimed address the deny/allow lists refuse
+	HandedOver      atomic.Uint64 // connections accepted here and handed to a less busy loop (see Group)
 	_               [64]byte      // keep the next allocation off the last line
 }
 

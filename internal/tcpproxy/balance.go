@@ -1,0 +1,121 @@
+package tcpproxy
+
+import (
+	"net/netip"
+	"sync"
+)
+
+// Spreading connections over the loops.
+//
+// Each loop accepts from its own SO_REUSEPORT socket, and the kernel picks
+// the socket by a hash of the connection's addresses, blind to how busy
+// each loop is. Over many short connections that evens out; over a few
+// long ones it does not: 50 keep-alive clients split 32/18 between two
+// loops in one of five tries (measured 2026-11-22 on the 2-core test VM),
+// and a database pool's connections stay where they landed for hours. So
+// a loop that accepts a connection while it runs at least two more than
+// its least busy sibling hands the connection over to that sibling, as
+// HAProxy hands accepted connections between its threads. One hand-over
+// costs the sibling a wake-up; under an even spread there are none.
+
+// inbox holds the connections a sibling accepted for this proxy to run. Its
+// mutex guards everything in it.
+type inbox struct {
+	mu     sync.Mutex
+	conns  []handed
+	spare  []handed // the other buffer, reused
+	queued bool     // take is submitted to the loop and has not run yet
+	closed bool     // the proxy drains or has closed: it takes no more
+}
+
+// handed is one accepted connection on its way to a sibling.
+type handed struct {
+	fd   int
+	peer netip.AddrPort
+}
+
+// Group makes proxies, one per loop for the same service, siblings that
+// spread the connections they accept over their loops (see above). Call
+// it before the loops run. A single proxy needs none.
+func Group(ps []*Proxy) {
+	if len(ps) < 2 {
+		return
+	}
+	for _, p := range ps {
+		p.siblings = ps
+	}
+}
+
+// load is the connections p runs or has been handed and not yet taken.
+// Safe for concurrent use.
+func (p *Proxy) load() int64 { return p.stats.Active() + p.pending.Load() }
+
+// lighter returns the least busy sibling when it runs at least two
+// connections fewer than p, or nil. Ties go to the first.
+func (p *Proxy) lighter() *Proxy {
+	var best *Proxy
+	min := p.load() - 1
+	for _, s := range p.siblings {
+		if l := s.load(); l < min {
+			best, min = s, l
+		}
+	}
+	return best
+}
+
+// hand gives the accepted connection fd to p, from a sibling's loop. It
+// reports false, keeping nothing, when p takes no more (it drains or its
+// loop has stopped); the caller then runs the connection itself.
+func (p *Proxy) hand(fd int, peer netip.AddrPort) bool {
+	in := &p.inbox
+	in.mu.Lock()
+	if in.closed {
+		in.mu.Unlock()
+		return false
+	}
+	in.conns = append(in.conns, handed{fd, peer})
+	p.pending.Add(1)
+	submit := !in.queued
+	in.queued = true
+	in.mu.Unlock()
+	if submit && !p.loop.Submit(p.takeFn) {
+		// p's loop has stopped, which happens only on a fatal error.
+		// No take was queued, so the inbox holds this connection
+		// alone: the caller takes it back.
+		in.mu.Lock()
+		in.closed = true
+		in.queued = false
+		in.conns = in.conns[:0]
+		p.pending.Add(-1)
+		in.mu.Unlock()
+		return false
+	}
+	return true
+}
+
+// take runs the connections siblings handed to p. Loop goroutine only.
+func (p *Proxy) take() {
+	in := &p.inbox
+	in.mu.Lock()
+	batch := in.conns
+	in.conns, in.spare = in.spare[:0], nil
+	in.queued = false
+	in.mu.Unlock()
+	for i, h := range batch {
+		p.pending.Add(-1)
+		p.accept(h.fd, h.peer)
+		batch[i] = handed{}
+	}
+	in.mu.Lock()
+	in.spare = batch[:0]
+	in.mu.Unlock()
+}
+
+// closeInbox takes no more connections from siblings and runs the ones
+// already handed. Loop goroutine only.
+func (p *Proxy) closeInbox() {
+	p.inbox.mu.Lock()
+	p.inbox.closed = true
+	p.inbox.mu.Unlock()
+	p.take()
+}
