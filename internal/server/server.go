@@ -548,7 +548,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// serving; this process drains the connections it accepted on the
 	// listening sockets they share, like any stop, and gives up the admin
 	// socket they share at once (below).
-	stoppedFirst := false
+	stoppedFirst, tookOver := false, false
 	if s.opts.OnReady != nil {
 		s.awaitDiscovery(ctx)
 		if ctx.Err() == nil {
@@ -556,6 +556,7 @@ func (s *Server) Run(ctx context.Context) error {
 			// and every loop listens.
 			s.joinGroups()
 			s.setHandingOver(false)
+			tookOver = true
 			s.opts.OnReady()
 		} else {
 			stoppedFirst = true
@@ -602,8 +603,15 @@ func (s *Server) Run(ctx context.Context) error {
 	// and reset the connections it is finishing.
 	signal.Ignore(syscall.SIGHUP, syscall.SIGUSR2)
 	// After an upgrade, and in a successor stopped before it took over,
-	// another process reads the UDP sockets too.
-	reset, ended := s.drain(upgraded || stoppedFirst)
+	// another process reads the UDP sockets too; so does the predecessor
+	// of a successor that took over as the predecessor was stopped (it
+	// stops this one, see Upgrade).
+	shared := upgraded || stoppedFirst
+	if !shared && tookOver && s.hasUDP() && s.opts.Kept != nil && s.opts.Kept() {
+		s.log.Info("the previous process was stopped before it saw this one take over: it drains reading the UDP sockets the two share, and this one leaves them to it")
+		shared = true
+	}
+	reset, ended := s.drain(shared)
 	stopBG()
 	for _, sv := range s.services {
 		sv.monitor.Close()
