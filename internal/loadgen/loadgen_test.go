@@ -377,19 +377,49 @@ func TestMachineCPU(t *testing.T) {
 	if hi := 2 * (res.ElapsedS + 0.05) * float64(runtime.NumCPU()); m.CPUSeconds > hi {
 		t.Fatalf("machine cpu %.2f s in %.2f s on %d cpus", m.CPUSeconds, res.ElapsedS, runtime.NumCPU())
 	}
+	if m.StealPct == nil || *m.StealPct < 0 || *m.StealPct > 100 {
+		t.Fatalf("steal %v, want a share in percent", m.StealPct)
+	}
 }
 
 func TestParseMachineCPU(t *testing.T) {
 	// user nice system idle iowait irq softirq steal guest guest_nice:
-	// busy is user+nice+system+irq+softirq = 1000+20+300+5+70 ticks.
+	// busy is user+nice+system+irq+softirq = 1000+20+300+5+70 ticks, all
+	// adds idle, iowait and steal (guest is part of user).
 	const stat = "cpu  1000 20 300 90000 400 5 70 800 100 0\ncpu0 500 10 150 45000 200 3 35 400 50 0\nintr 1\n"
 	got, err := parseMachineCPU([]byte(stat))
-	if err != nil || math.Abs(got-13.95) > 1e-9 {
-		t.Fatalf("got %v, %v; want 13.95 s", got, err)
+	if want := (cpuTicks{busy: 1395, steal: 800, all: 92595}); err != nil || got != want {
+		t.Fatalf("got %+v, %v; want %+v", got, err, want)
 	}
-	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7\n", "cpu 1 2 3\n", "cpu 1 x 3 4 5 6 7\n"} {
+	if s := got.busySeconds(); math.Abs(s-13.95) > 1e-9 {
+		t.Fatalf("busy %v s, want 13.95", s)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7 8\n", "cpu 1 2 3\n", "cpu 1 x 3 4 5 6 7 8\n", "cpu 1 2 3 4 5 6 7 x\n",
+		"cpu 1 2 3 4 5 6 7\n"} { // no steal
 		if _, err := parseMachineCPU([]byte(bad)); err == nil {
 			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+func TestStealPct(t *testing.T) {
+	t0 := cpuTicks{busy: 500, steal: 100, all: 1000}
+	for _, tc := range []struct {
+		t1   cpuTicks
+		want float64
+		ok   bool
+	}{
+		{cpuTicks{busy: 700, steal: 500, all: 2000}, 40, true},
+		{cpuTicks{busy: 1500, steal: 100, all: 2000}, 0, true},
+		{cpuTicks{busy: 500, steal: 1100, all: 2000}, 100, true},
+		{t0, 0, false}, // no tick passed
+		{cpuTicks{busy: 600, steal: 100, all: 900}, 0, false},  // idle or iowait went back
+		{cpuTicks{busy: 500, steal: 50, all: 1100}, 0, false},  // steal went back
+		{cpuTicks{busy: 500, steal: 300, all: 1100}, 0, false}, // more steal than time
+	} {
+		got, ok := stealPct(t0, tc.t1)
+		if ok != tc.ok || math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("stealPct(%+v, %+v) = %v, %v; want %v, %v", t0, tc.t1, got, ok, tc.want, tc.ok)
 		}
 	}
 }

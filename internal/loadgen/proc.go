@@ -36,34 +36,66 @@ func procCPU(pid int) (float64, error) {
 	return float64(ut+st) / clockTicks, nil
 }
 
-// machineCPU returns the whole machine's busy CPU seconds since boot, summed
-// over its CPUs: user, nice, system, irq and softirq time from /proc/stat
-// (guest time is part of user). Idle, iowait and steal are not work done here.
-func machineCPU() (float64, error) {
+// cpuTicks is a reading of the aggregate "cpu" line of /proc/stat, in
+// USER_HZ ticks since boot, summed over the machine's CPUs.
+type cpuTicks struct {
+	// busy is user, nice, system, irq and softirq time (guest time is
+	// part of user). Idle, iowait and steal are not work done here.
+	busy uint64
+	// steal is time the hypervisor gave to other guests while this one
+	// had work to run.
+	steal uint64
+	// all is busy plus idle, iowait and steal: all the time of the CPUs.
+	all uint64
+}
+
+// busySeconds returns t's busy time in seconds.
+func (t cpuTicks) busySeconds() float64 { return float64(t.busy) / clockTicks }
+
+// stealPct returns the share of the CPUs' time from t0 to t1 that was
+// stolen, in percent. ok is false when no tick passed between the two or a
+// counter went backwards (iowait can, on some kernels).
+func stealPct(t0, t1 cpuTicks) (pct float64, ok bool) {
+	if t1.all <= t0.all || t1.steal < t0.steal || t1.steal-t0.steal > t1.all-t0.all {
+		return 0, false
+	}
+	return 100 * float64(t1.steal-t0.steal) / float64(t1.all-t0.all), true
+}
+
+// machineCPU returns the whole machine's CPU time since boot.
+func machineCPU() (cpuTicks, error) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0, fmt.Errorf("read machine cpu time: %w", err)
+		return cpuTicks{}, fmt.Errorf("read machine cpu time: %w", err)
 	}
 	return parseMachineCPU(b)
 }
 
 // parseMachineCPU reads the aggregate "cpu" line of a /proc/stat.
-func parseMachineCPU(b []byte) (float64, error) {
+func parseMachineCPU(b []byte) (cpuTicks, error) {
 	line, _, _ := bytes.Cut(b, []byte("\n"))
 	f := bytes.Fields(line)
-	// cpu user nice system idle iowait irq softirq ...
-	if len(f) < 8 || string(f[0]) != "cpu" {
-		return 0, fmt.Errorf("parse /proc/stat: first line %q is not the cpu total", line)
+	// cpu user nice system idle iowait irq softirq steal [guest guest_nice]:
+	// steal is there since Linux 2.6.11, and Go needs 3.2.
+	if len(f) < 9 || string(f[0]) != "cpu" {
+		return cpuTicks{}, fmt.Errorf("parse /proc/stat: first line %q is not the cpu total", line)
 	}
-	var total uint64
-	for _, i := range []int{1, 2, 3, 6, 7} {
+	var t cpuTicks
+	for i := 1; i <= 8; i++ {
 		v, err := strconv.ParseUint(string(f[i]), 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("parse /proc/stat: field %d %q", i, f[i])
+			return cpuTicks{}, fmt.Errorf("parse /proc/stat: field %d %q", i, f[i])
 		}
-		total += v
+		switch i {
+		case 4, 5: // idle, iowait
+		case 8:
+			t.steal = v
+		default:
+			t.busy += v
+		}
+		t.all += v
 	}
-	return float64(total) / clockTicks, nil
+	return t, nil
 }
 
 // procRSS returns VmRSS of pid in KiB.

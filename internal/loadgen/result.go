@@ -131,12 +131,18 @@ type ProxyResult struct {
 // else running. On loopback the kernel does part of a receiver's TCP work in
 // the sender's context (the softirq that a send raises), so how the work of
 // a chain splits between proxy and backends moves with timing; the machine's
-// total does not.
+// total does not. StealPct says how much of the CPUs' time the hypervisor
+// took meanwhile.
 type MachineResult struct {
 	CPUSeconds     float64 `json:"cpu_s"`
 	CPUSecPerGiB   float64 `json:"cpu_s_per_gib,omitempty"`
 	CPUMicrosPerOp float64 `json:"cpu_us_per_op,omitempty"`
-	Error          string  `json:"error,omitempty"`
+	// StealPct is the share of all the CPUs' time (busy, idle, iowait and
+	// steal) that the hypervisor gave to other guests during the measured
+	// time, in percent: time this machine's work could not run, which
+	// slows every figure of the run. Nil when it was not measured.
+	StealPct *float64 `json:"steal_pct,omitempty"`
+	Error    string   `json:"error,omitempty"`
 }
 
 // Env describes the machine and the time of a run, as BENCHMARKING.md asks
@@ -272,6 +278,9 @@ func (r Result) WriteTable(w io.Writer) error {
 	}
 	if m := r.Machine; m != nil {
 		costRows(row, "machine", " (all processes and the kernel)", m.Error, m.CPUSeconds, m.CPUSecPerGiB, m.CPUMicrosPerOp)
+		if m.StealPct != nil {
+			row("machine steal", "%.1f%% of the CPUs' time (taken by the hypervisor)", *m.StealPct)
+		}
 	}
 	row("env", "%s, kernel %s, %s, %d cpus, %s", r.Env.Time, r.Env.Kernel, r.Env.GoVersion, r.Env.NumCPU, r.Env.CPU)
 	return tw.Flush()

@@ -79,8 +79,8 @@ type runner struct {
 	cpu0   float64
 	cpu0ok bool
 	cpuErr error
-	// sys0 is the machine's busy CPU time at the same moment.
-	sys0    float64
+	// sys0 is the machine's CPU time at the same moment.
+	sys0    cpuTicks
 	sys0ok  bool
 	sys0Err error
 }
@@ -330,8 +330,8 @@ func (r *runner) result(stop time.Time) Result {
 	return res
 }
 
-// machineCost measures the machine's busy CPU time since sys0 and relates
-// it to the work done.
+// machineCost measures the machine's busy CPU time since sys0, relates it
+// to the work done, and takes the share of the CPUs' time stolen meanwhile.
 func (r *runner) machineCost(res Result) *MachineResult {
 	m := &MachineResult{}
 	sys1, err := machineCPU()
@@ -343,8 +343,11 @@ func (r *runner) machineCost(res Result) *MachineResult {
 	case !r.sys0ok:
 		m.Error = "the run ended before the measured time started"
 	default:
-		m.CPUSeconds = sys1 - r.sys0
+		m.CPUSeconds = sys1.busySeconds() - r.sys0.busySeconds()
 		m.CPUSecPerGiB, m.CPUMicrosPerOp = perWork(r.cfg.Mode, m.CPUSeconds, res)
+		if pct, ok := stealPct(r.sys0, sys1); ok {
+			m.StealPct = &pct
+		}
 	}
 	return m
 }
