@@ -9,7 +9,9 @@
 //
 // and writes, per scenario, the median and min–max over the rounds of each
 // figure for each target, with the ratio of each median to the best peer's
-// (HAProxy, nginx, io.Copy; direct is the physical reference, not a peer).
+// (HAProxy, nginx, io.Copy; direct is the physical reference, not a peer),
+// and the CPU steal the runs had: a round where either run of a pair had
+// more than maxStealPct is left out of the pairing.
 //
 // Usage:
 //
@@ -272,6 +274,29 @@ func machinePerGiB(m *loadgen.MachineResult) float64 { return m.CPUSecPerGiB }
 func machinePerOp(m *loadgen.MachineResult) float64  { return m.CPUMicrosPerOp }
 func cpuPerOp(p *loadgen.ProxyResult) float64        { return p.CPUMicrosPerOp }
 
+// maxStealPct is the CPU steal, in percent of the CPUs' time, above which a
+// run is left out of the paired rounds. Steal slows whatever runs while the
+// hypervisor takes the CPUs, so a round where one target ran under it and
+// the other did not compares the hypervisor, not the proxies. On the 2-core
+// bench VM (2026-11-22) steal averaged about 1% over 16 hours since boot,
+// yet went to 40–90% for minutes, and a run made then gave figures 3–4×
+// worse; 10% lies well between the two.
+const maxStealPct = 10
+
+// steal is the share of the CPUs' time that the hypervisor stole during a
+// run. A result without it (raw files older than the figure, redis-benchmark
+// and idle runs, a failed read of /proc/stat) has none: unknown, not 0.
+func steal(r *loadgen.Result) (float64, bool) {
+	if r.Machine == nil || r.Machine.Error != "" || r.Machine.StealPct == nil {
+		return 0, false
+	}
+	return *r.Machine.StealPct, true
+}
+
+// stealFigure is the steal column of a scenario's table, shown when any run
+// of the scenario has the figure; it is not compared with a peer.
+var stealFigure = metric{name: "steal %", short: "steal %", value: steal, digits: 1}
+
 // rssPerConn is the idle figure, computed from the before and after VmRSS
 // rather than read from rss_per_conn_kib, which the JSON omits when it is
 // zero or below (memory the process already held).
@@ -411,19 +436,29 @@ type cell struct {
 	// rounds keep.
 	// tied counts the paired rounds with equal figures (latency
 	// percentiles are quantised, so ties happen).
-	won, tied, paired int
+	// stolen counts the rounds that measured both but are not paired
+	// because either run had more than maxStealPct of steal.
+	won, tied, paired, stolen int
 }
 
-// roundsAhead is "won of paired", with the ties when there are any, or
-// "–" when no round measured both.
+// roundsAhead is "won of paired", or "–" when no round measured both, with
+// the ties and the rounds left out for steal when there are any.
 func (c cell) roundsAhead() string {
-	switch {
-	case c.paired == 0:
-		return "–"
-	case c.tied > 0:
-		return fmt.Sprintf("%d of %d (%d tied)", c.won, c.paired, c.tied)
+	s := "–"
+	if c.paired > 0 {
+		s = fmt.Sprintf("%d of %d", c.won, c.paired)
 	}
-	return fmt.Sprintf("%d of %d", c.won, c.paired)
+	var notes []string
+	if c.tied > 0 {
+		notes = append(notes, fmt.Sprintf("%d tied", c.tied))
+	}
+	if c.stolen > 0 {
+		notes = append(notes, fmt.Sprintf("%d left out: steal", c.stolen))
+	}
+	if len(notes) > 0 {
+		s += " (" + strings.Join(notes, ", ") + ")"
+	}
+	return s
 }
 
 // table is one scenario's figures.
@@ -436,13 +471,16 @@ type table struct {
 	first   map[string]string // target -> its first error message
 	failed  map[string][]string
 	best    []string // per metric: the best peer, "" when none
+	// steal is each target's CPU steal over its runs, for the targets
+	// with any run that measured it.
+	steal map[string]stat
 }
 
 func (rd *runData) tables() []table {
 	var out []table
 	for _, sc := range scenarios {
 		t := table{sc: sc, cells: map[string][]cell{}, runs: map[string]int{}, errors: map[string]uint64{},
-			first: map[string]string{}, failed: map[string][]string{}, best: make([]string, len(sc.metrics))}
+			first: map[string]string{}, failed: map[string][]string{}, best: make([]string, len(sc.metrics)), steal: map[string]stat{}}
 		for _, tg := range rd.targetList() {
 			k := key{sc.key, tg}
 			rs, es := rd.results[k], rd.errs[k]
@@ -454,13 +492,10 @@ func (rd *runData) tables() []table {
 			t.failed[tg] = es
 			cells := make([]cell, len(sc.metrics))
 			for i, m := range sc.metrics {
-				var vs []float64
-				for j := range rs {
-					if v, ok := m.value(&rs[j]); ok {
-						vs = append(vs, v)
-					}
-				}
-				cells[i].stat, cells[i].ok = summarize(vs)
+				cells[i].stat, cells[i].ok = figure(rs, m)
+			}
+			if st, ok := figure(rs, stealFigure); ok {
+				t.steal[tg] = st
 			}
 			for j := range rs {
 				t.errors[tg] += rs[j].Errors
@@ -493,15 +528,23 @@ func (rd *runData) tables() []table {
 				continue
 			}
 			peer := rd.byRound(key{sc.key, best}, m)
+			peerSteal := rd.byRound(key{sc.key, best}, stealFigure)
 			for _, tg := range t.targets {
 				c := t.cells[tg]
 				if !c[i].ok {
 					continue
 				}
 				c[i].ratio = c[i].stat.median / bv
+				// A run whose steal is unknown is paired: 0 from
+				// the map is below the limit.
+				st := rd.byRound(key{sc.key, tg}, stealFigure)
 				for r, v := range rd.byRound(key{sc.key, tg}, m) {
 					pv, ok := peer[r]
 					if !ok {
+						continue
+					}
+					if st[r] > maxStealPct || peerSteal[r] > maxStealPct {
+						c[i].stolen++
 						continue
 					}
 					c[i].paired++
@@ -517,6 +560,17 @@ func (rd *runData) tables() []table {
 		out = append(out, t)
 	}
 	return out
+}
+
+// figure summarizes metric m over the results rs that have it.
+func figure(rs []loadgen.Result, m metric) (stat, bool) {
+	var vs []float64
+	for j := range rs {
+		if v, ok := m.value(&rs[j]); ok {
+			vs = append(vs, v)
+		}
+	}
+	return summarize(vs)
 }
 
 // byRound returns metric m of k's results by round.
@@ -641,6 +695,9 @@ func (rd *runData) writeMarkdown(w *strings.Builder, tables []table, svgRel stri
 		}
 	}
 	fmt.Fprintf(w, "\n")
+	if line := rd.stealLine(tables); line != "" {
+		fmt.Fprintf(w, "%s\n\n", line)
+	}
 
 	for _, t := range tables {
 		fmt.Fprintf(w, "## %s\n\n%s\n\n", t.sc.title, t.sc.what(m))
@@ -654,7 +711,13 @@ func (rd *runData) writeMarkdown(w *strings.Builder, tables []table, svgRel stri
 				align += "---:|"
 			}
 		}
-		fmt.Fprintf(w, " errors |\n%s---:|\n", align)
+		fmt.Fprintf(w, " errors |")
+		align += "---:|"
+		if len(t.steal) > 0 {
+			fmt.Fprintf(w, " %s |", stealFigure.name)
+			align += "---:|"
+		}
+		fmt.Fprintf(w, "\n%s\n", align)
 		for _, tg := range t.targets {
 			fmt.Fprintf(w, "| %s | %d |", label(tg), t.runs[tg])
 			for i, mt := range t.sc.metrics {
@@ -665,9 +728,7 @@ func (rd *runData) writeMarkdown(w *strings.Builder, tables []table, svgRel stri
 					if t.best[i] == tg {
 						v = "**" + v + "**"
 					}
-					if c.stat.n > 1 && c.stat.min != c.stat.max {
-						v += fmt.Sprintf(" (%s–%s)", num(c.stat.min, mt.digits), num(c.stat.max, mt.digits))
-					}
+					v += spread(c.stat, mt.digits)
 				}
 				fmt.Fprintf(w, " %s |", v)
 				if mt.ratio {
@@ -678,7 +739,15 @@ func (rd *runData) writeMarkdown(w *strings.Builder, tables []table, svgRel stri
 					fmt.Fprintf(w, " %s |", r)
 				}
 			}
-			fmt.Fprintf(w, " %d |\n", t.errors[tg])
+			fmt.Fprintf(w, " %d |", t.errors[tg])
+			if len(t.steal) > 0 {
+				v := "–"
+				if st, ok := t.steal[tg]; ok {
+					v = num(st.median, stealFigure.digits) + spread(st, stealFigure.digits)
+				}
+				fmt.Fprintf(w, " %s |", v)
+			}
+			fmt.Fprintf(w, "\n")
 		}
 		var problems []string
 		for _, tg := range t.targets {
@@ -710,6 +779,60 @@ func (rd *runData) writeMarkdown(w *strings.Builder, tables []table, svgRel stri
 		}
 		fmt.Fprintf(w, "\n")
 	}
+}
+
+// spread is " (min–max)" of s, or "" when there is a single value.
+func spread(s stat, digits int) string {
+	if s.n > 1 && s.min != s.max {
+		return fmt.Sprintf(" (%s–%s)", num(s.min, digits), num(s.max, digits))
+	}
+	return ""
+}
+
+// stealLine says the median and the largest CPU steal over the runs of the
+// tables that measured it, and which run had the largest; "" when none did.
+func (rd *runData) stealLine(tables []table) string {
+	var (
+		vs       []float64
+		top      float64
+		where    string
+		over     int
+		topRound int
+	)
+	for _, t := range tables {
+		for _, tg := range t.targets {
+			k := key{t.sc.key, tg}
+			for j := range rd.results[k] {
+				v, ok := steal(&rd.results[k][j])
+				if !ok {
+					continue
+				}
+				vs = append(vs, v)
+				if v > maxStealPct {
+					over++
+				}
+				r := rd.roundOf[k][j]
+				if len(vs) == 1 || v > top || v == top && r < topRound {
+					top, topRound, where = v, r, fmt.Sprintf("%s on %s, round %d", t.sc.key, label(tg), r)
+				}
+			}
+		}
+	}
+	st, ok := summarize(vs)
+	if !ok {
+		return ""
+	}
+	runs := fmt.Sprintf("the %d runs that measured it", st.n)
+	if st.n == 1 {
+		runs = "the one run that measured it"
+	}
+	above := "none"
+	if over > 0 {
+		above = fmt.Sprintf("%d", over)
+	}
+	return fmt.Sprintf("**CPU steal** (the share of the CPUs' time that the hypervisor gave to other guests during a run's measured time, from /proc/stat): "+
+		"median %s%%, max %s%% (%s) over %s; %s above %d%%, the limit past which a round is left out of **rounds ahead** when either run of the pair is above it.",
+		num(st.median, stealFigure.digits), num(top, stealFigure.digits), where, runs, above, maxStealPct)
 }
 
 func tunedNote(version, note string) string {

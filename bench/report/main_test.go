@@ -64,6 +64,24 @@ func writeRun(tb testing.TB, results map[string]loadgen.Result, errs map[string]
 	return dir
 }
 
+// renderRun runs the report on dir and returns the RESULTS.md it wrote, the
+// summary it printed and the path of its chart.
+func renderRun(tb testing.TB, dir string) (md, summary, svg string) {
+	tb.Helper()
+	out := tb.TempDir()
+	mdPath := filepath.Join(out, "RESULTS.md")
+	svg = filepath.Join(out, "results.svg")
+	var stdout strings.Builder
+	if err := run(context.Background(), []string{"--dir", dir, "--md", mdPath, "--svg", svg}, &stdout); err != nil {
+		tb.Fatal(err)
+	}
+	b, err := os.ReadFile(mdPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return string(b), stdout.String(), svg
+}
+
 func bulk(gbps, cpu float64) loadgen.Result {
 	return loadgen.Result{Mode: loadgen.Stream, Ops: 1, Gbps: gbps, Proxy: &loadgen.ProxyResult{CPUSecPerGiB: cpu}}
 }
@@ -194,10 +212,71 @@ func TestRoundsAheadArePaired(t *testing.T) {
 	}
 }
 
+// A round where either run of a pair had more than maxStealPct of its
+// CPUs' time stolen is left out of rounds ahead, and said to be; a run
+// whose steal is unknown is paired as before.
+func TestStealLeftOutOfRoundsAhead(t *testing.T) {
+	stolen := func(gbps, cpu, pct float64) loadgen.Result {
+		r := bulk(gbps, cpu)
+		r.Machine = &loadgen.MachineResult{CPUSeconds: 3, CPUSecPerGiB: 2*cpu + 0.1, StealPct: &pct}
+		return r
+	}
+	res := map[string]loadgen.Result{}
+	for i, st := range [][2]float64{{0.5, 0.4}, {0.7, 40}, {0.2, 0.3}} {
+		res[fmt.Sprintf("r%d_bulk_sluice.json", i+1)] = stolen(12, 0.25, st[0])
+		res[fmt.Sprintf("r%d_bulk_haproxy.json", i+1)] = stolen(10, 0.3, st[1])
+		d := bulk(30, 0) // no machine figures: steal unknown
+		d.Proxy = nil
+		res[fmt.Sprintf("r%d_bulk_direct.json", i+1)] = d
+	}
+	dir := writeRun(t, res, nil)
+	rd, err := load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := rd.tables()[0]
+	for i, c := range tb.cells["sluice"] {
+		if got := c.roundsAhead(); got != "2 of 2 (1 left out: steal)" {
+			t.Errorf("%s: rounds ahead %q, want \"2 of 2 (1 left out: steal)\"", tb.sc.metrics[i].name, got)
+		}
+	}
+	// Direct's unknown steal leaves rounds 1 and 3 paired.
+	if got := tb.cells["direct"][0].roundsAhead(); got != "2 of 2 (1 left out: steal)" {
+		t.Errorf("direct, steal unknown: rounds ahead %q, want \"2 of 2 (1 left out: steal)\"", got)
+	}
+	if got := (cell{won: 1, paired: 2, tied: 1, stolen: 1}).roundsAhead(); got != "1 of 2 (1 tied, 1 left out: steal)" {
+		t.Errorf("tied and stolen: %q", got)
+	}
+	if got := (cell{stolen: 3}).roundsAhead(); got != "– (3 left out: steal)" {
+		t.Errorf("every round stolen: %q", got)
+	}
+
+	text, summary, _ := renderRun(t, dir)
+	for _, want := range []string{
+		"| bulk | Gbit/s ↑ | 12.00 | 10.00 (HAProxy) | 1.20 | 2 of 2 (1 left out: steal) |\n",
+		"max 40.0% (bulk on HAProxy, round 2) over the 6 runs that measured it; 1 above 10%,",
+		"median 0.5%,",
+		" | errors | steal % |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+		"| sluice | 3 | 12.00 | 1.20 | 0.250 | 0.83 | 0.600 | 0.86 | 0 | 0.5 (0.2–0.7) |\n",
+		"| HAProxy | 3 | **10.00** | 1.00 | **0.300** | 1.00 | **0.700** | 1.00 | 0 | 0.4 (0.3–40.0) |\n",
+		"| direct | 3 | 30.00 | 3.00 | – | – | – | – | 0 | – |\n",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("RESULTS.md lacks %q:\n%s", want, text)
+		}
+	}
+	if !strings.Contains(summary, "rounds ahead: 2 of 2 (1 left out: steal)") {
+		t.Errorf("summary does not say a round was left out:\n%s", summary)
+	}
+}
+
+// Raw results from before the steal figure (or without it: redis, idle)
+// render as they did: no steal column, line or note.
 func TestRunWritesMarkdownAndValidSVG(t *testing.T) {
 	res := map[string]loadgen.Result{
 		"r1_rr_sluice.json": {Mode: loadgen.RR, Ops: 100, OpsPerSec: 50000,
-			Latency: &loadgen.Latency{Count: 100, P50: 100, P99: 400}, Proxy: &loadgen.ProxyResult{CPUMicrosPerOp: 10}},
+			Latency: &loadgen.Latency{Count: 100, P50: 100, P99: 400}, Proxy: &loadgen.ProxyResult{CPUMicrosPerOp: 10},
+			Machine: &loadgen.MachineResult{CPUSeconds: 2, CPUMicrosPerOp: 40}},
 		"r1_rr_nginx.json": {Mode: loadgen.RR, Ops: 100, OpsPerSec: 40000,
 			Latency: &loadgen.Latency{Count: 100, P50: 120, P99: 500}, Proxy: &loadgen.ProxyResult{CPUMicrosPerOp: 12}},
 		"r1_idle_sluice.json": {Mode: loadgen.Idle, Idle: &loadgen.IdleResult{Opened: 6000},
@@ -205,18 +284,7 @@ func TestRunWritesMarkdownAndValidSVG(t *testing.T) {
 		"r1_idle_iocopy.json": {Mode: loadgen.Idle, Idle: &loadgen.IdleResult{Opened: 3000, Failed: 64}, Errors: 64,
 			FirstError: "connection reset | by peer", Proxy: &loadgen.ProxyResult{RSSBeforeKiB: 5000, RSSAfterKiB: 50000}},
 	}
-	dir := writeRun(t, res, nil)
-	out := t.TempDir()
-	md, svg := filepath.Join(out, "RESULTS.md"), filepath.Join(out, "results.svg")
-	var stdout strings.Builder
-	if err := run(context.Background(), []string{"--dir", dir, "--md", md, "--svg", svg}, &stdout); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(md)
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := string(b)
+	text, summary, svg := renderRun(t, writeRun(t, res, nil))
 	for _, want := range []string{
 		"| rr | req/s ↑ | 50000 | 40000 (nginx) | 1.25 | 1 of 1 |\n",
 		"| sluice | 1 | 50000 | 1.25 |",
@@ -224,16 +292,22 @@ func TestRunWritesMarkdownAndValidSVG(t *testing.T) {
 		"- Go io.Copy: 64 errors, first: `connection reset | by peer`",
 		"](results.svg)",
 		"sluice udp: skipped",
+		"| target | runs | req/s ↑ | ×best | p50 µs ↓ | ×best | p99 µs ↓ | ×best | proxy CPU µs/req ↓ | ×best | machine CPU µs/req ↓ | ×best | errors |\n" +
+			"|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n" +
+			"| sluice | 1 | 50000 | 1.25 | 100 | 0.83 | 400 | 0.80 | 10.00 | 0.83 | 40.00 | – | 0 |\n",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("RESULTS.md lacks %q", want)
 		}
 	}
+	if strings.Contains(text, "steal") || strings.Contains(summary, "steal") {
+		t.Errorf("steal shown for results without it:\n%s\n%s", text, summary)
+	}
 	if strings.Contains(text, "SMOKE") {
 		t.Error("a run with smoke 0 is marked as a smoke run")
 	}
-	if !strings.Contains(stdout.String(), "rr       req/s") {
-		t.Errorf("summary lacks the rr line:\n%s", stdout.String())
+	if !strings.Contains(summary, "rr       req/s") {
+		t.Errorf("summary lacks the rr line:\n%s", summary)
 	}
 
 	f, err := os.Open(svg)
