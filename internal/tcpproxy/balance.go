@@ -66,30 +66,31 @@ func (p *Proxy) lighter() *Proxy {
 // hand gives the accepted connection fd to p, from a sibling's loop. It
 // reports false, keeping nothing, when p takes no more (it drains or its
 // loop has stopped); the caller then runs the connection itself.
+//
+// The take is submitted under the inbox's lock, so that queued is set only
+// once a take is in p's loop queue: every connection appended is then run
+// by that take, even on a loop that stops (its finish runs what was
+// queued), and a Submit that fails has nothing appended to give back.
+// The loop never holds its own lock while it runs a func, so taking it
+// under the inbox's cannot deadlock.
 func (p *Proxy) hand(fd int, peer netip.AddrPort) bool {
 	in := &p.inbox
 	in.mu.Lock()
+	defer in.mu.Unlock()
 	if in.closed {
-		in.mu.Unlock()
 		return false
+	}
+	if !in.queued {
+		if !p.loop.Submit(p.takeFn) {
+			// p's loop has stopped, which happens only on a fatal
+			// error.
+			in.closed = true
+			return false
+		}
+		in.queued = true
 	}
 	in.conns = append(in.conns, handed{fd, peer})
 	p.pending.Add(1)
-	submit := !in.queued
-	in.queued = true
-	in.mu.Unlock()
-	if submit && !p.loop.Submit(p.takeFn) {
-		// p's loop has stopped, which happens only on a fatal error.
-		// No take was queued, so the inbox holds this connection
-		// alone: the caller takes it back.
-		in.mu.Lock()
-		in.closed = true
-		in.queued = false
-		in.conns = in.conns[:0]
-		p.pending.Add(-1)
-		in.mu.Unlock()
-		return false
-	}
 	return true
 }
 

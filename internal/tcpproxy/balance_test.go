@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -149,5 +150,57 @@ func TestDrainingSiblingTakesNone(t *testing.T) {
 	openEchoed(t, addr, 6)
 	if got := conns(t, ps, ls); got[0] != 6 || got[1] != 0 {
 		t.Errorf("connections per loop %v, want [6 0]", got)
+	}
+}
+
+// TestHandToStoppedLoop: connections handed at the same moment, by several
+// siblings, to a proxy whose loop has stopped (a fatal epoll error, with
+// three or more loops) all go back to the loops that accepted them. None
+// may be reported taken: no take would ever run it, and its fd and
+// --max-conns slot would be held until the process exits.
+func TestHandToStoppedLoop(t *testing.T) {
+	svc, err := balancer.NewService(balancer.ServiceConfig{Name: "t", Loops: 1},
+		[]balancer.Spec{{Addr: netip.MustParseAddrPort("127.0.0.1:9"), Weight: 1}}, balancer.Hooks{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const handers = 4
+	for try := range 300 {
+		l, err := loop.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := New(l, 0, DefaultConfig(), svc, NewLimiter(0), zap.NewNop())
+		done := make(chan error, 1)
+		go func() { done <- l.Run() }()
+		l.Stop()
+		<-done
+		start := make(chan struct{})
+		taken := make(chan int, handers)
+		var wg sync.WaitGroup
+		for i := range handers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				// hand does not touch the fd: a number stands for it.
+				if p.hand(1000+i, netip.AddrPort{}) {
+					taken <- 1000 + i
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		close(taken)
+		l.Close()
+		for fd := range taken {
+			t.Errorf("try %d: fd %d reported taken by a proxy whose loop has stopped", try, fd)
+		}
+		if n := p.pending.Load(); n != 0 {
+			t.Fatalf("try %d: %d connections pending in a stopped proxy's inbox", try, n)
+		}
+		if t.Failed() {
+			return
+		}
 	}
 }
