@@ -1,17 +1,22 @@
 package tcpproxy
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluice-lb/sluice/internal/balancer"
 	"github.com/sluice-lb/sluice/internal/loop"
+	"github.com/sluice-lb/sluice/internal/rawsys"
 	"github.com/sluice-lb/sluice/internal/testsrv"
 )
 
@@ -202,5 +207,154 @@ func TestHandToStoppedLoop(t *testing.T) {
 		if t.Failed() {
 			return
 		}
+	}
+}
+
+// TestDrainRacesHandOvers: a sibling drains while its group accepts many
+// connections and hands it some. Every connection is served to the end,
+// on one loop or the other; the drain ends only once the connections the
+// draining proxy took are gone; and no --max-conns slot or inbox entry is
+// left behind.
+func TestDrainRacesHandOvers(t *testing.T) {
+	const n = 200
+	ps, ls, addr := twoLoops(t, true)
+	var wg sync.WaitGroup
+	opened := make(chan net.Conn, n)
+	errs := make(chan error, n)
+	draining := false
+	for i := range n {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opened <- c
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			msg := []byte{byte(i), 1, 2, 3}
+			buf := make([]byte, len(msg))
+			if _, err := c.Write(msg); err != nil {
+				errs <- err
+				return
+			}
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != string(msg) {
+				errs <- fmt.Errorf("echo: %q, %v", buf, err)
+			}
+		}()
+		// The drain starts once hand-overs have begun, while loop 0
+		// accepts the rest.
+		if !draining && ps[0].Stats().HandedOver.Load() >= 10 {
+			draining = true
+			ls[1].Submit(func() { ps[1].Drain() })
+		}
+	}
+	if !draining {
+		t.Fatal("no hand-over before the last connection")
+	}
+	wg.Wait()
+	close(opened)
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	var cs []net.Conn
+	for c := range opened {
+		cs = append(cs, c)
+	}
+	var drained <-chan struct{}
+	onLoop(t, ls[1], func() { drained = ps[1].Drain() }) // the same channel
+	got := conns(t, ps, ls)
+	if got[0]+got[1] != n {
+		t.Errorf("connections per loop %v, want %d in all", got, n)
+	}
+	if got[1] > 0 {
+		select {
+		case <-drained:
+			t.Errorf("drain ended with %d connections open on the draining loop", got[1])
+		default:
+		}
+	}
+	if open := ps[0].limiter.Open(); open != n {
+		t.Errorf("%d --max-conns slots taken, want %d", open, n)
+	}
+	for _, c := range cs {
+		c.Close()
+	}
+	select {
+	case <-drained:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("drain did not end once the clients closed; connections per loop %v", conns(t, ps, ls))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for ps[0].limiter.Open() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if open := ps[0].limiter.Open(); open != 0 {
+		t.Errorf("%d --max-conns slots taken after every client closed", open)
+	}
+	for i, p := range ps {
+		if n := p.pending.Load(); n != 0 {
+			t.Errorf("proxy %d: %d connections left in its inbox", i, n)
+		}
+	}
+	t.Logf("connections per loop %v, %d handed over", got, ps[0].Stats().HandedOver.Load())
+}
+
+// TestCloseAllRunsHanded: a connection handed to a proxy whose CloseAll
+// runs before the take its sibling queued is reset with the others and
+// counted, rather than started after the proxy closed (the server stops
+// the loops next: it would be cut without a count, or left open).
+func TestCloseAllRunsHanded(t *testing.T) {
+	ps, ls, _ := twoLoops(t, true)
+	lfd, laddr, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(lfd) })
+	client, err := net.DialTimeout("tcp", laddr.String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	var fd int
+	var peer netip.AddrPort
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if fd, peer, err = rawsys.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC); err == nil {
+			break
+		}
+		if err != unix.EAGAIN || time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Loop 1 is held so that the take queued by hand runs after CloseAll.
+	release := make(chan struct{})
+	reset := make(chan int, 1)
+	ls[1].Submit(func() {
+		<-release
+		reset <- ps[1].CloseAll()
+	})
+	ps[0].limiter.Acquire() // as the accepting loop does
+	if !ps[1].hand(fd, peer) {
+		t.Fatal("hand refused by a running proxy")
+	}
+	close(release)
+	if n := <-reset; n != 1 {
+		t.Errorf("CloseAll reset %d connections, want the one handed", n)
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("client read after CloseAll: %v, want a reset", err)
+	}
+	got := conns(t, ps, ls)
+	if got[1] != 0 {
+		t.Errorf("proxy 1 runs %d connections after CloseAll", got[1])
+	}
+	if n := ps[1].pending.Load(); n != 0 {
+		t.Errorf("%d connections left in the inbox", n)
+	}
+	if open := ps[0].limiter.Open(); open != 0 {
+		t.Errorf("%d --max-conns slots taken after CloseAll", open)
 	}
 }
