@@ -24,8 +24,9 @@ import (
 // front of an echo backend, and the address of the listening socket that
 // only the first proxy accepts from: every connection lands on loop 0, the
 // most uneven spread the kernel's SO_REUSEPORT hash could make. With
-// group, the two proxies are siblings.
-func twoLoops(t *testing.T, group bool) ([]*Proxy, []*loop.Loop, string) {
+// group, the two proxies are siblings; maxConns is their --max-conns (0:
+// none).
+func twoLoops(t *testing.T, group bool, maxConns int) ([]*Proxy, []*loop.Loop, string) {
 	t.Helper()
 	be := testsrv.StartTB(t, testsrv.Echo, "tcp")
 	svc, err := balancer.NewService(balancer.ServiceConfig{Name: "t", Loops: 2},
@@ -33,7 +34,7 @@ func twoLoops(t *testing.T, group bool) ([]*Proxy, []*loop.Loop, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lim := NewLimiter(0)
+	lim := NewLimiter(maxConns)
 	var ps []*Proxy
 	var ls []*loop.Loop
 	for i := range 2 {
@@ -128,7 +129,7 @@ func TestGroupSpreadsConnections(t *testing.T) {
 		{true, []int{11, 9}},
 		{false, []int{20, 0}},
 	} {
-		ps, ls, addr := twoLoops(t, c.group)
+		ps, ls, addr := twoLoops(t, c.group, 0)
 		openEchoed(t, addr, 20)
 		got := conns(t, ps, ls)
 		if got[0] != c.want[0] || got[1] != c.want[1] {
@@ -144,7 +145,7 @@ func TestGroupSpreadsConnections(t *testing.T) {
 // connections (its drain may already have ended); the loop that accepts
 // them runs them itself.
 func TestDrainingSiblingTakesNone(t *testing.T) {
-	ps, ls, addr := twoLoops(t, true)
+	ps, ls, addr := twoLoops(t, true, 0)
 	var drained <-chan struct{}
 	onLoop(t, ls[1], func() { drained = ps[1].Drain() })
 	select {
@@ -217,7 +218,7 @@ func TestHandToStoppedLoop(t *testing.T) {
 // left behind.
 func TestDrainRacesHandOvers(t *testing.T) {
 	const n = 200
-	ps, ls, addr := twoLoops(t, true)
+	ps, ls, addr := twoLoops(t, true, 0)
 	var wg sync.WaitGroup
 	opened := make(chan net.Conn, n)
 	errs := make(chan error, n)
@@ -306,7 +307,7 @@ func TestDrainRacesHandOvers(t *testing.T) {
 // counted, rather than started after the proxy closed (the server stops
 // the loops next: it would be cut without a count, or left open).
 func TestCloseAllRunsHanded(t *testing.T) {
-	ps, ls, _ := twoLoops(t, true)
+	ps, ls, _ := twoLoops(t, true, 0)
 	lfd, laddr, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), 8)
 	if err != nil {
 		t.Fatal(err)
@@ -356,5 +357,42 @@ func TestCloseAllRunsHanded(t *testing.T) {
 	}
 	if open := ps[0].limiter.Open(); open != 0 {
 		t.Errorf("%d --max-conns slots taken after CloseAll", open)
+	}
+}
+
+// TestSiblingCloseResumesAccepting: at --max-conns, a loop that handed its
+// connections over may have none of its own to close; a sibling's close
+// wakes its paused listener. The pause is made an hour long, so only that
+// can bring the waiting client in.
+func TestSiblingCloseResumesAccepting(t *testing.T) {
+	was := limitPause
+	t.Cleanup(func() { limitPause = was }) // after the loops' cleanups: they read it
+	limitPause = time.Hour
+	ps, ls, addr := twoLoops(t, true, 3)
+	cs := openEchoed(t, addr, 3) // loop 0 takes two and hands the third over
+	if got := conns(t, ps, ls); got[0] != 2 || got[1] != 1 {
+		t.Fatalf("connections per loop %v, want [2 1]", got)
+	}
+	// The fourth waits in the accept queue: loop 0 pauses at the limit.
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for ps[0].Stats().AcceptPauses.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("loop 0 did not pause at the limit")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cs[2].Close() // the connection loop 1 runs
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("the client waiting at the limit was not served once a slot was free: %v", err)
 	}
 }

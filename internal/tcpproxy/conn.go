@@ -657,12 +657,10 @@ func (c *conn) finish(reason closeReason) {
 	c.snap = nil
 	p.stats.Closed.Add(1)
 	p.limiter.Release()
-	for _, ln := range p.lns {
-		if !ln.armed {
-			p.loop.Cancel(&ln.resume)
-			ln.rearm()
-		}
+	if p.paused.Load() {
+		p.resume()
 	}
+	p.resumeSiblings()
 	p.checkDrained()
 }
 

@@ -29,12 +29,14 @@ const (
 	acceptBatch = 64
 	// acceptPause is how long accepting stops after fd exhaustion.
 	acceptPause = 100 * time.Millisecond
-	// limitPause is how long accepting stops when --max-conns is reached,
-	// unless a connection of this loop closes first.
-	limitPause = 10 * time.Millisecond
 	// maxFreeBufs bounds the spare leftover buffers a proxy keeps.
 	maxFreeBufs = 64
 )
+
+// limitPause is how long accepting stops when --max-conns is reached,
+// unless a connection of this proxy or of a sibling closes first. A
+// variable for tests.
+var limitPause = 10 * time.Millisecond
 
 // Proxy proxies the connections accepted on one loop for one service. All
 // methods except Stats run on the loop goroutine.
@@ -69,6 +71,10 @@ type Proxy struct {
 	inbox    inbox        // connections siblings accepted for p to run
 	pending  atomic.Int64 // connections in inbox: counted in p's load
 	takeFn   func()       // p.take, made once
+	// paused is set when a listener of p stops accepting, so that a
+	// sibling whose connection closes wakes it (see resumeSiblings).
+	paused   atomic.Bool
+	resumeFn func() // p.resume, made once
 }
 
 // New returns a proxy for one loop. It does not accept until Listen.
@@ -90,6 +96,7 @@ func New(l *loop.Loop, id int, cfg Config, svc *balancer.Service, limiter *Limit
 		stats:   new(Stats),
 	}
 	p.takeFn = p.take
+	p.resumeFn = p.resume
 	if cfg.AccessLog {
 		p.access = log.Named("access")
 		p.rng = rand.New(rand.NewPCG(uint64(id), uint64(time.Now().UnixNano())))
@@ -278,6 +285,34 @@ func (ln *listener) pause(d time.Duration) {
 		ln.armed = false
 		ln.p.stats.AcceptPauses.Add(1)
 		ln.p.loop.Schedule(&ln.resume, ln.p.loop.Now()+int64(d))
+		ln.p.paused.Store(true)
+	}
+}
+
+// resume accepts again on p's paused listeners, at once: a connection
+// closed, so a --max-conns slot and file descriptors are free. A listener
+// whose registration fails keeps its timer, which tries again.
+func (p *Proxy) resume() {
+	p.paused.Store(false)
+	for _, ln := range p.lns {
+		if !ln.armed {
+			ln.rearm()
+			if ln.armed {
+				p.loop.Cancel(&ln.resume)
+			}
+		}
+	}
+}
+
+// resumeSiblings wakes the siblings whose listeners are paused, once for
+// each pause, when a connection of p's closed: the slot it frees is
+// theirs as much as p's, and a sibling that handed its connections over
+// may have none of its own to close.
+func (p *Proxy) resumeSiblings() {
+	for _, s := range p.siblings {
+		if s != p && s.paused.CompareAndSwap(true, false) {
+			s.loop.Submit(s.resumeFn)
+		}
 	}
 }
 
