@@ -16,7 +16,9 @@ import (
 // a loop that accepts a connection while it runs at least two more than
 // its least busy sibling hands the connection over to that sibling, as
 // HAProxy hands accepted connections between its threads. One hand-over
-// costs the sibling a wake-up; under an even spread there are none.
+// costs the sibling a wake-up; under an even spread there are none. The
+// count is of the service's own connections: a loop busy with another
+// service's, or with a few heavy streams, does not look busy here.
 //
 // The even spread has a cost of its own at a moderate rate: a loop with
 // more connections more often finds several events at one wake-up. At
