@@ -341,6 +341,16 @@ func (t tcpCheck) Check(ctx context.Context, addr netip.AddrPort) error {
 	return v.await(ctx, c, time.Since(start))
 }
 
+// halfLeft returns d, or half the time left before ctx's deadline when
+// that is less: how long a check may wait for something that must not
+// fail it, and still do its work in the time left.
+func halfLeft(ctx context.Context, d time.Duration) time.Duration {
+	if dl, ok := ctx.Deadline(); ok {
+		return min(d, time.Until(dl)/2)
+	}
+	return d
+}
+
 // minVerdictWait is the least time verdict.await waits for a server's
 // verdict on the client certificate.
 const minVerdictWait = 50 * time.Millisecond
@@ -406,10 +416,7 @@ func (v *verdict) await(ctx context.Context, c *tls.Conn, hs time.Duration) erro
 	if !v.asked || c.ConnectionState().Version != tls.VersionTLS13 {
 		return nil // in TLS 1.2 a refusal fails the handshake
 	}
-	wait := max(hs, minVerdictWait)
-	if dl, ok := ctx.Deadline(); ok {
-		wait = min(wait, time.Until(dl)/2)
-	}
+	wait := halfLeft(ctx, max(hs, minVerdictWait))
 	v.conn = c
 	c.SetReadDeadline(time.Now().Add(wait))
 	_, err := c.Read(make([]byte, 1))

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"strings"
@@ -172,7 +173,9 @@ func (s *tlsSource) stamp(path string) fileStamp {
 // for within its context: a stat or read on a stalled filesystem (an NFS
 // server gone, a hung FUSE daemon) cannot be interrupted, and must keep
 // neither that check past its timeout nor Monitor.Close, which waits for
-// the checks. A look that outlasts its check is left to end when the
+// the checks. Nor may it fail the check, which is about the backend: the
+// check waits at most half its time left, then goes on with the files as
+// last read. A look that outlasts its check is left to end when the
 // kernel lets it; until then no other look starts, so there is at most
 // one such goroutine per source, and the checks use the files as last
 // read.
@@ -217,8 +220,9 @@ func (s *tlsSource) stampFiles() [3]fileStamp {
 }
 
 // refresh returns the files as last read, once they have been looked at
-// again if it is time to (see tlsSource). It fails when ctx ends before
-// a look it started does. Checks that start while a look is under way do
+// again if it is time to (see tlsSource), or once half the time left
+// before ctx's deadline has passed in a look it started. It fails when
+// ctx is cancelled first. Checks that start while a look is under way do
 // not wait for it: they use the files as last read.
 func (s *tlsSource) refresh(ctx context.Context) (tlsMaterial, error) {
 	s.mu.Lock()
@@ -232,8 +236,11 @@ func (s *tlsSource) refresh(ctx context.Context) (tlsMaterial, error) {
 	s.looking = done
 	s.mu.Unlock()
 	go s.look(done)
+	wait := time.NewTimer(halfLeft(ctx, math.MaxInt64))
+	defer wait.Stop()
 	select {
 	case <-done:
+	case <-wait.C: // the look stalls: the files as last read
 	case <-ctx.Done():
 		return tlsMaterial{}, fmt.Errorf("look at the TLS files: %w", ctx.Err())
 	}

@@ -685,3 +685,34 @@ func TestCheckFiles(t *testing.T) {
 		t.Fatalf("without --health-tls: CheckFiles() = %q", probs)
 	}
 }
+
+// TestTLSStalledLookFailsNoCheck: the check that starts a look at the
+// files which stalls waits for it only half its time, then checks with
+// the files as last read: a stalled filesystem, which is no fault of the
+// backend's, fails no check. (It failed the check that started the look,
+// once per interval while every look outlasted the timeout: with one
+// backend, every check.)
+func TestTLSStalledLookFailsNoCheck(t *testing.T) {
+	t.Parallel()
+	ca := testsrv.NewCA(t, "sluice test CA")
+	p := startPeer(t, "127.0.0.1", tlsScript(serverConf(ca.Issue(t, "backend", loopbackIPs, nil, false).TLS, nil), silent))
+	c := tlsCheckConfig("tcp")
+	c.TLSCA = writeFile(t, t.TempDir(), "ca.pem", ca.PEM)
+	ch, clock, _ := newRotatingChecker(t, c, zapcore.InfoLevel)
+	src := sourceOf(t, ch)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	src.stat = func(path string) (os.FileInfo, error) {
+		<-release
+		return os.Stat(path)
+	}
+	clock.advance(c.Interval)
+	const timeout = time.Second
+	elapsed, err := timedCheck(ch, p.addr, timeout)
+	if err != nil {
+		t.Fatalf("check that started a stalled look: %v after %v, want a pass with the last good files", err, elapsed)
+	}
+	if elapsed < timeout/4 {
+		t.Fatalf("check passed after %v: it did not wait for the look", elapsed)
+	}
+}
