@@ -125,7 +125,10 @@ type service struct {
 	// that an upgrade's successor opens only when it takes over (see
 	// joinGroups): loops from joinFrom on. Nil when there are none, and
 	// once they are open. Run's goroutine only, after New.
-	join     func(i int) error
+	join func(i int) error
+	// joinFrom stays set once they are open: until this process hands
+	// them over, those loops' sockets are its alone (see drain); 0 when
+	// there are none.
 	joinFrom int
 }
 
@@ -607,11 +610,11 @@ func (s *Server) Run(ctx context.Context) error {
 	// of a successor that took over as the predecessor was stopped (it
 	// stops this one, see Upgrade).
 	shared := upgraded || stoppedFirst
-	if !shared && tookOver && s.hasUDP() && s.opts.Kept != nil && s.opts.Kept() {
-		s.log.Info("the previous process was stopped before it saw this one take over: it drains reading the UDP sockets the two share, and this one leaves them to it")
-		shared = true
+	kept := !shared && tookOver && s.hasUDP() && s.opts.Kept != nil && s.opts.Kept()
+	if kept {
+		s.log.Info("the previous process was stopped before it saw this one take over: it drains reading the UDP sockets the two share, and this one leaves them to it and closes those it opened at the takeover")
 	}
-	reset, ended := s.drain(shared)
+	reset, ended := s.drain(shared || kept, kept)
 	stopBG()
 	for _, sv := range s.services {
 		sv.monitor.Close()
@@ -817,12 +820,18 @@ func (s *Server) onSignals(ctx context.Context, hup <-chan os.Signal) {
 // (another process reads them too: an upgrade's successor, or the
 // predecessor of a successor stopped before it took over), they are no
 // longer read, and otherwise they are, for the open sessions' clients.
-func (s *Server) drain(shared bool) (reset, ended int) {
+// kept (the predecessor of a successor that took over reads them, see
+// Options.Kept): the sockets this process opened at its takeover
+// (joinGroups), which the predecessor has not, are closed at once with
+// their sessions, as for a successor of an older release: open and unread
+// they would keep their share of the clients' datagrams, the
+// predecessor's sessions' among them, for the whole drain.
+func (s *Server) drain(shared, kept bool) (reset, ended int) {
 	var chans []<-chan struct{}
 	for _, sv := range s.services {
 		udp := sv.cfg.Proto == "udp"
-		closeNow := udp && s.closeUDPAtDrain
 		for i, p := range sv.each {
+			closeNow := udp && (s.closeUDPAtDrain || kept && sv.joinFrom > 0 && i >= sv.joinFrom)
 			drain := p.Drain
 			if udp && !shared {
 				drain = sv.udp[i].DrainAlone

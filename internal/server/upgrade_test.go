@@ -465,30 +465,7 @@ func TestStoppedSuccessorToldKept(t *testing.T) {
 func TestSuccessorLeavesKeptUDP(t *testing.T) {
 	for _, kept := range []bool{true, false} {
 		t.Run(fmt.Sprintf("kept=%v", kept), func(t *testing.T) {
-			echo := testsrv.StartTB(t, testsrv.Echo, "udp")
-			held, addr, err := udpproxy.Listen(netip.MustParseAddrPort("127.0.0.1:0"), 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { unix.Close(held) })
-			given, err := unix.Dup(held) // the successor owns what it is given
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg := parse(t, "--listen", addr.String(), "--proto", "udp", "--backend", echo.Addr().String(),
-				"--workers", "1", "--health-check", "none", "--drain-timeout", "10s")
-			log, _, draining := onLog("draining connections")
-			ready := make(chan struct{})
-			s, err := New(cfg, log, Options{
-				Inherited: Inheritance{Sockets: []handoff.Socket{{Kind: handoff.KindListener, Service: "default", Proto: "udp", Addr: addr.String(), FD: given}}},
-				OnReady:   func() { close(ready) },
-				Kept:      func() bool { return kept },
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := run(t, s)
-			<-ready
+			s, r, held, addr, draining := keptSuccessor(t, 1, kept)
 			session, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
 			if err != nil {
 				t.Fatal(err)
@@ -522,6 +499,86 @@ func TestSuccessorLeavesKeptUDP(t *testing.T) {
 				t.Fatalf("the newcomer's datagram left in the socket: %v (recvfrom: %d, %v), want %v", left, n, err, kept)
 			}
 		})
+	}
+}
+
+// keptSuccessor runs a UDP successor with workers loops, handed one
+// socket, that the test holds too (held: the predecessor's), which has
+// taken over; Options.Kept reports kept. draining is closed once its
+// drain has begun with sessions open.
+func keptSuccessor(t *testing.T, workers int, kept bool) (s *Server, r *running, held int, addr netip.AddrPort, draining <-chan struct{}) {
+	t.Helper()
+	echo := testsrv.StartTB(t, testsrv.Echo, "udp")
+	held, addr, err := udpproxy.Listen(netip.MustParseAddrPort("127.0.0.1:0"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(held) })
+	given, err := unix.Dup(held) // the successor owns what it is given
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := parse(t, "--listen", addr.String(), "--proto", "udp", "--backend", echo.Addr().String(),
+		"--workers", strconv.Itoa(workers), "--health-check", "none", "--drain-timeout", "10s")
+	log, _, draining := onLog("draining connections")
+	ready := make(chan struct{})
+	s, err = New(cfg, log, Options{
+		Inherited: Inheritance{Sockets: []handoff.Socket{{Kind: handoff.KindListener, Service: "default", Proto: "udp", Addr: addr.String(), FD: given}}},
+		OnReady:   func() { close(ready) },
+		Kept:      func() bool { return kept },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = run(t, s)
+	<-ready
+	return s, r, held, addr, draining
+}
+
+// TestSuccessorClosesJoinedWhenKept: a successor with more loops than the
+// UDP sockets handed over opened the others at its takeover (joinGroups);
+// stopping with its predecessor kept (Options.Kept), it leaves the shared
+// socket to the predecessor, and must close those it opened, which the
+// predecessor has not: left open and unread, they kept their share of
+// the clients' datagrams (the predecessor's sessions' too) for the whole
+// drain. Every newcomer's datagram must reach the predecessor's socket.
+func TestSuccessorClosesJoinedWhenKept(t *testing.T) {
+	s, r, held, addr, draining := keptSuccessor(t, 2, true)
+	// A session on loop 0, the shared socket's, keeps the drain going.
+	for i := 0; s.services[0].udp[0].Stats().SessionsCreated.Load() == 0; i++ {
+		if i == 64 {
+			t.Fatal("64 clients, none on loop 0")
+		}
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		udpRoundTrip(t, c, "before")
+	}
+	r.cancel()
+	<-draining
+	const newcomers = 32
+	for range newcomers {
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("new")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unix.SetsockoptTimeval(held, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 300000})
+	got := 0
+	for got < newcomers {
+		if _, _, err := unix.Recvfrom(held, make([]byte, 64), 0); err != nil {
+			break
+		}
+		got++
+	}
+	if got != newcomers {
+		t.Fatalf("the predecessor's socket got %d of %d newcomers' datagrams: the others went to a socket only the successor had, and did not read", got, newcomers)
 	}
 }
 
