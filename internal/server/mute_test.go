@@ -232,18 +232,16 @@ func TestPipeFallbackMetric(t *testing.T) {
 	cfg.MaxPipes = 1
 	r := startCfg(t, cfg, zap.NewNop())
 
-	metric := func() string {
+	metric := func() float64 {
 		_, body := httpGet(t, "http://"+r.AdminAddr()+"/metrics")
-		for _, line := range strings.Split(body, "\n") {
-			if strings.HasPrefix(line, `sluice_pipe_fallbacks_total{service="default"} `) {
-				return strings.TrimPrefix(line, `sluice_pipe_fallbacks_total{service="default"} `)
-			}
+		v, ok := parseMetrics(body)[`sluice_pipe_fallbacks_total{service="default"}`]
+		if !ok {
+			t.Fatalf("no sluice_pipe_fallbacks_total in:\n%s", body)
 		}
-		t.Fatalf("no sluice_pipe_fallbacks_total in:\n%s", body)
-		return ""
+		return v
 	}
-	if got := metric(); got != "0" {
-		t.Fatalf("fallbacks before any traffic: %s", got)
+	if got := metric(); got != 0 {
+		t.Fatalf("fallbacks before any traffic: %v", got)
 	}
 	first := r.dial(t)
 	if _, err := fillUntilBlocked(first); err != nil { // its bytes now wait in the one pipe
@@ -253,7 +251,7 @@ func TestPipeFallbackMetric(t *testing.T) {
 	if _, err := second.Write(make([]byte, 256<<10)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the second connection's bytes copied", func() bool { return metric() != "0" })
+	waitFor(t, "the second connection's bytes copied", func() bool { return metric() != 0 })
 	if st := r.Stats(); st.SplicedBytes == 0 {
 		t.Errorf("nothing spliced: the first connection should have had the pipe")
 	}

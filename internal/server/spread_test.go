@@ -1,10 +1,8 @@
 package server
 
 import (
-	"fmt"
 	"io"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -47,13 +45,7 @@ func TestLoopsEvenOut(t *testing.T) {
 		t.Errorf("connections per loop %v, want %d within 2 of even", per, n)
 	}
 	_, body := httpGet(t, "http://"+r.AdminAddr()+"/metrics")
-	var handed int
-	for _, line := range strings.Split(body, "\n") {
-		if _, err := fmt.Sscanf(line, `sluice_connections_handed_over_total{service="default"} %d`, &handed); err == nil {
-			break
-		}
-	}
-	if handed == 0 {
+	if handed := parseMetrics(body)[`sluice_connections_handed_over_total{service="default"}`]; handed == 0 {
 		t.Errorf("sluice_connections_handed_over_total is 0 or missing; connections per loop %v", per)
 	}
 }
