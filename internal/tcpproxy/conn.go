@@ -89,6 +89,9 @@ type endpoint struct {
 	// muted: registered without EPOLLIN, because the half that reads this
 	// socket holds bytes its peer does not take (see pump).
 	muted bool
+	// noOut: muted and registered without EPOLLOUT as well, because
+	// nothing waited to be written to this socket (see mute).
+	noOut bool
 	outq  int // the send queue when the idle timer last looked, -1 before (see draining)
 }
 
@@ -361,6 +364,11 @@ func (c *conn) pump(h *half, src, dst *endpoint) error {
 				// dst's send buffer is full; wait for its next edge.
 				// Until then nothing can be read from src, so src
 				// stops waking the loop for the bytes that arrive.
+				if dst.noOut {
+					if err := c.watchOut(dst); err != nil {
+						return err
+					}
+				}
 				c.mute(src)
 				break
 			}
@@ -469,13 +477,36 @@ const connEvents = loop.In | loop.Out | loop.RdHup | loop.Edge
 // polling a side it cannot read). A peer's FIN (EPOLLRDHUP) and errors
 // still wake it. Should the change fail, e stays registered as it was,
 // which costs only the wake-ups.
+//
+// EPOLLOUT goes too unless bytes wait to be written to e. A modified
+// registration is checked against the socket's state at once, and e, whose
+// send buffer has room, would report EPOLLOUT right away: one wake-up for
+// nothing per stall. Should bytes for e get stuck later, pump puts EPOLLOUT
+// back (watchOut) before it waits.
 func (c *conn) mute(e *endpoint) {
 	if e.muted {
 		return
 	}
-	if c.p.loop.Modify(e.fd, connEvents&^loop.In) == nil {
-		e.muted = true
+	ev := uint32(connEvents &^ (loop.In | loop.Out))
+	if c.into(e).holding() {
+		ev |= loop.Out
 	}
+	if c.p.loop.Modify(e.fd, ev) == nil {
+		e.muted = true
+		e.noOut = ev&loop.Out == 0
+	}
+}
+
+// watchOut adds EPOLLOUT back to the registration of e, muted without it,
+// because bytes for e wait for room in its send buffer. Room made since the
+// write that failed is reported by the change itself, so no edge is missed.
+// A failure ends the connection: the bytes would never be written.
+func (c *conn) watchOut(e *endpoint) error {
+	if err := c.p.loop.Modify(e.fd, connEvents&^loop.In); err != nil {
+		return &localError{err: err}
+	}
+	e.noOut = false
+	return nil
 }
 
 // unmute registers e for EPOLLIN again, once its half holds nothing. Bytes
@@ -487,6 +518,7 @@ func (c *conn) unmute(e *endpoint) error {
 		return &localError{err: err}
 	}
 	e.muted = false
+	e.noOut = false
 	return nil
 }
 
@@ -502,6 +534,14 @@ func (c *conn) from(e *endpoint) *half {
 		return &c.up
 	}
 	return &c.down
+}
+
+// into returns the half of c that writes to e.
+func (c *conn) into(e *endpoint) *half {
+	if e.isClient {
+		return &c.down
+	}
+	return &c.up
 }
 
 // other returns the half of c that is not h.
