@@ -379,20 +379,5 @@ func TestSiblingCloseResumesAccepting(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for ps[0].Stats().AcceptPauses.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("loop 0 did not pause at the limit")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	cs[2].Close() // the connection loop 1 runs
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4)
-	if _, err := io.ReadFull(c, buf); err != nil {
-		t.Fatalf("the client waiting at the limit was not served once a slot was free: %v", err)
-	}
+	servedOnceFreed(t, ps[0], c, func() { cs[2].Close() }) // the connection loop 1 runs
 }

@@ -700,7 +700,7 @@ func (c *conn) finish(reason closeReason) {
 	if p.paused.Load() {
 		p.resume()
 	}
-	p.resumeSiblings()
+	p.limiter.wake(p)
 	p.checkDrained()
 }
 

@@ -34,8 +34,7 @@ const (
 )
 
 // limitPause is how long accepting stops when --max-conns is reached,
-// unless a connection of this proxy or of a sibling closes first. A
-// variable for tests.
+// unless a connection closes first, in any service. A variable for tests.
 var limitPause = 10 * time.Millisecond
 
 // Proxy proxies the connections accepted on one loop for one service. All
@@ -72,8 +71,10 @@ type Proxy struct {
 	pending  atomic.Int64 // connections in inbox: counted in p's load
 	takeFn   func()       // p.take, made once
 	// paused is set when a listener of p stops accepting, so that a
-	// sibling whose connection closes wakes it (see resumeSiblings).
+	// connection closing on another loop, of any service, wakes it (see
+	// Limiter.wake).
 	paused   atomic.Bool
+	parked   bool   // listed in limiter.parked; guarded by limiter.mu
 	resumeFn func() // p.resume, made once
 }
 
@@ -286,6 +287,7 @@ func (ln *listener) pause(d time.Duration) {
 		ln.p.stats.AcceptPauses.Add(1)
 		ln.p.loop.Schedule(&ln.resume, ln.p.loop.Now()+int64(d))
 		ln.p.paused.Store(true)
+		ln.p.limiter.park(ln.p)
 	}
 }
 
@@ -300,18 +302,6 @@ func (p *Proxy) resume() {
 			if ln.armed {
 				p.loop.Cancel(&ln.resume)
 			}
-		}
-	}
-}
-
-// resumeSiblings wakes the siblings whose listeners are paused, once for
-// each pause, when a connection of p's closed: the slot it frees is
-// theirs as much as p's, and a sibling that handed its connections over
-// may have none of its own to close.
-func (p *Proxy) resumeSiblings() {
-	for _, s := range p.siblings {
-		if s != p && s.paused.CompareAndSwap(true, false) {
-			s.loop.Submit(s.resumeFn)
 		}
 	}
 }

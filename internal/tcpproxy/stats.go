@@ -1,6 +1,9 @@
 package tcpproxy
 
-import "sync/atomic"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // Stats are one proxy's counters. The owning loop is the only writer; any
 // goroutine may read them. Each Proxy has its own Stats, allocated
@@ -41,6 +44,13 @@ func (s *Stats) Active() int64 {
 type Limiter struct {
 	max int64
 	cur atomic.Int64
+
+	// The proxies that paused a listener since the last wake, at the limit
+	// or out of file descriptors: a connection that closes in any service
+	// frees what they wait for. mu guards parked and each Proxy's parked.
+	mu      sync.Mutex
+	parked  []*Proxy
+	nparked atomic.Int32 // len(parked), read without mu on every close
 }
 
 // NewLimiter returns a limiter admitting max connections; max <= 0 means
@@ -65,3 +75,38 @@ func (l *Limiter) Release() { l.cur.Add(-1) }
 
 // Open returns the slots taken now.
 func (l *Limiter) Open() int64 { return l.cur.Load() }
+
+// park records that p paused a listener, so that the next close anywhere
+// wakes it (wake). Each proxy is listed once, however often it pauses.
+func (l *Limiter) park(p *Proxy) {
+	l.mu.Lock()
+	if !p.parked {
+		p.parked = true
+		l.parked = append(l.parked, p)
+		l.nparked.Store(int32(len(l.parked)))
+	}
+	l.mu.Unlock()
+}
+
+// wake resumes the parked proxies whose listeners are still paused, each on
+// its own loop, except self, which the caller resumes itself. A proxy that
+// parks just after wake looked waits for the next close or its own pause
+// timer, whichever comes first. Any goroutine.
+func (l *Limiter) wake(self *Proxy) {
+	if l.nparked.Load() == 0 {
+		return
+	}
+	l.mu.Lock()
+	ps := l.parked
+	for _, p := range ps {
+		p.parked = false
+	}
+	l.parked = nil
+	l.nparked.Store(0)
+	l.mu.Unlock()
+	for _, p := range ps {
+		if p != self && p.paused.CompareAndSwap(true, false) {
+			p.loop.Submit(p.resumeFn)
+		}
+	}
+}

@@ -1,0 +1,118 @@
+package tcpproxy
+
+import (
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/sluice-lb/sluice/internal/balancer"
+	"github.com/sluice-lb/sluice/internal/loop"
+	"github.com/sluice-lb/sluice/internal/testsrv"
+)
+
+// serviceOnLoop starts a service of its own, in front of an echo backend,
+// with one proxy on a loop of its own that accepts on a listening socket of
+// its own, under the process-wide limiter lim. It returns the proxy and
+// the address clients connect to.
+func serviceOnLoop(t *testing.T, name string, lim *Limiter) (*Proxy, string) {
+	t.Helper()
+	be := testsrv.StartTB(t, testsrv.Echo, "tcp")
+	svc, err := balancer.NewService(balancer.ServiceConfig{Name: name, Loops: 1},
+		[]balancer.Spec{{Addr: be.Addr(), Weight: 1}}, balancer.Hooks{}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := loop.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(l, 0, DefaultConfig(), svc, lim, zap.NewNop())
+	fd, addr, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), 128)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Listen(fd); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Run() }()
+	t.Cleanup(func() {
+		onLoop(t, l, func() { p.Drain(); p.CloseAll() })
+		l.Stop()
+		<-done
+		l.Close()
+	})
+	return p, addr.String()
+}
+
+// TestCloseInOtherServiceResumesAccepting: --max-conns is one limit for the
+// whole process, so a connection that closes in one service frees the slot
+// a listener of another service paused for. With the pause made an hour
+// long, the client waiting on the second service is served only if that
+// close wakes its listener.
+func TestCloseInOtherServiceResumesAccepting(t *testing.T) {
+	was := limitPause
+	t.Cleanup(func() { limitPause = was }) // after the loops' cleanups: they read it
+	limitPause = time.Hour
+	lim := NewLimiter(1)
+	_, addrA := serviceOnLoop(t, "a", lim)
+	pb, addrB := serviceOnLoop(t, "b", lim)
+
+	cs := openEchoed(t, addrA, 1) // the one slot
+	c, err := net.DialTimeout("tcp", addrB, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	servedOnceFreed(t, pb, c, func() { cs[0].Close() })
+}
+
+// servedOnceFreed waits for p to pause accepting at the limit, with c in its
+// accept queue, then frees a slot with free and checks that c is served
+// (an echo round trip) without waiting out the pause.
+func servedOnceFreed(t *testing.T, p *Proxy, c net.Conn, free func()) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Stats().AcceptPauses.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("accepting did not pause at the limit")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	free()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("the client waiting at the limit was not served once a slot was free: %v", err)
+	}
+}
+
+// TestParkListsOnce: a proxy that pauses again and again while nothing
+// closes is listed once, so that a limit held for hours does not grow the
+// list; a wake empties it.
+func TestParkListsOnce(t *testing.T) {
+	lim := NewLimiter(1)
+	p, q := &Proxy{}, &Proxy{}
+	for range 1000 {
+		lim.park(p)
+		lim.park(q)
+	}
+	if n := lim.nparked.Load(); n != 2 || len(lim.parked) != 2 {
+		t.Fatalf("parked %d (count %d) after 1000 pauses of 2 proxies, want 2", len(lim.parked), n)
+	}
+	lim.wake(p) // neither is paused: nothing to submit
+	if n := lim.nparked.Load(); n != 0 || len(lim.parked) != 0 || p.parked || q.parked {
+		t.Fatalf("after a wake: parked %d (count %d), flags %v %v", len(lim.parked), n, p.parked, q.parked)
+	}
+	lim.park(q)
+	if n := lim.nparked.Load(); n != 1 {
+		t.Fatalf("parked %d after parking again, want 1", n)
+	}
+}
