@@ -95,8 +95,8 @@ func servedOnceFreed(t *testing.T, p *Proxy, c net.Conn, free func()) {
 }
 
 // TestParkListsOnce: a proxy that pauses again and again while nothing
-// closes is listed once, so that a limit held for hours does not grow the
-// list; a wake empties it.
+// closes is queued once, so that a limit held for hours does not grow the
+// queue.
 func TestParkListsOnce(t *testing.T) {
 	lim := NewLimiter(1)
 	p, q := &Proxy{}, &Proxy{}
@@ -107,12 +107,50 @@ func TestParkListsOnce(t *testing.T) {
 	if n := lim.nparked.Load(); n != 2 || len(lim.parked) != 2 {
 		t.Fatalf("parked %d (count %d) after 1000 pauses of 2 proxies, want 2", len(lim.parked), n)
 	}
-	lim.wake(p) // neither is paused: nothing to submit
+	lim.wake(p) // neither is paused: both leave the queue, nothing is woken
 	if n := lim.nparked.Load(); n != 0 || len(lim.parked) != 0 || p.parked || q.parked {
 		t.Fatalf("after a wake: parked %d (count %d), flags %v %v", len(lim.parked), n, p.parked, q.parked)
 	}
-	lim.park(q)
-	if n := lim.nparked.Load(); n != 1 {
-		t.Fatalf("parked %d after parking again, want 1", n)
+}
+
+// TestWakeOnePerClose: a close frees one slot, so it wakes one paused
+// proxy, the one that has waited longest, never the closing proxy itself
+// (which resumes itself); the others stay queued for the next closes.
+func TestWakeOnePerClose(t *testing.T) {
+	l, err := loop.New() // not run: a wake only queues the proxy's resume on it
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	woken := map[*Proxy]int{}
+	ps := make([]*Proxy, 4)
+	lim := NewLimiter(1)
+	for i := range ps {
+		p := &Proxy{loop: l}
+		p.resumeFn = func() { woken[p]++ }
+		p.paused.Store(true)
+		lim.park(p)
+		ps[i] = p
+	}
+	lim.wake(ps[0]) // ps[0] closed a connection: it resumes itself
+	if !ps[0].paused.Load() || ps[1].paused.Load() || !ps[2].paused.Load() {
+		t.Fatalf("first close: paused %v %v %v, want ps[1] alone woken", ps[0].paused.Load(), ps[1].paused.Load(), ps[2].paused.Load())
+	}
+	if got := lim.nparked.Load(); got != 2 {
+		t.Fatalf("%d left queued, want ps[2] and ps[3]", got)
+	}
+	ps[3].paused.Store(false) // its own timer resumed it meanwhile
+	lim.wake(nil)
+	if ps[2].paused.Load() || lim.nparked.Load() != 0 {
+		t.Fatalf("second close: ps[2] paused %v, %d left queued; want it woken and none left", ps[2].paused.Load(), lim.nparked.Load())
+	}
+
+	// The resumes were queued on the loop; run them as its goroutine would.
+	l.Stop()
+	if err := l.Run(); err != loop.ErrStopped {
+		t.Fatalf("run: %v", err)
+	}
+	if len(woken) != 2 || woken[ps[1]] != 1 || woken[ps[2]] != 1 {
+		t.Fatalf("resumes run: %v, want ps[1] and ps[2] once each", woken)
 	}
 }

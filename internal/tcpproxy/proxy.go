@@ -34,7 +34,8 @@ const (
 )
 
 // limitPause is how long accepting stops when --max-conns is reached,
-// unless a connection closes first, in any service. A variable for tests.
+// unless a connection that closes, in any service, wakes it first (see
+// Limiter.wake). A variable for tests.
 var limitPause = 10 * time.Millisecond
 
 // Proxy proxies the connections accepted on one loop for one service. All
@@ -71,10 +72,10 @@ type Proxy struct {
 	pending  atomic.Int64 // connections in inbox: counted in p's load
 	takeFn   func()       // p.take, made once
 	// paused is set when a listener of p stops accepting, so that a
-	// connection closing on another loop, of any service, wakes it (see
-	// Limiter.wake).
+	// connection closing elsewhere, in any service or on any loop, can
+	// wake it (see Limiter.wake).
 	paused   atomic.Bool
-	parked   bool   // listed in limiter.parked; guarded by limiter.mu
+	parked   bool   // queued in limiter.parked; guarded by limiter.mu
 	resumeFn func() // p.resume, made once
 }
 
@@ -284,10 +285,10 @@ func (ln *listener) pause(d time.Duration) {
 	}
 	if err := ln.p.loop.Remove(ln.fd); err == nil {
 		ln.armed = false
-		ln.p.stats.AcceptPauses.Add(1)
 		ln.p.loop.Schedule(&ln.resume, ln.p.loop.Now()+int64(d))
 		ln.p.paused.Store(true)
 		ln.p.limiter.park(ln.p)
+		ln.p.stats.AcceptPauses.Add(1) // last: a test that sees it sees p parked
 	}
 }
 

@@ -45,9 +45,10 @@ type Limiter struct {
 	max int64
 	cur atomic.Int64
 
-	// The proxies that paused a listener since the last wake, at the limit
-	// or out of file descriptors: a connection that closes in any service
-	// frees what they wait for. mu guards parked and each Proxy's parked.
+	// The proxies that paused a listener (at the limit, or after an accept
+	// error) and wait for a close: a connection that closes in any service
+	// frees a slot and a descriptor for one of them. A queue, oldest first.
+	// mu guards parked and each Proxy's parked.
 	mu      sync.Mutex
 	parked  []*Proxy
 	nparked atomic.Int32 // len(parked), read without mu on every close
@@ -76,8 +77,8 @@ func (l *Limiter) Release() { l.cur.Add(-1) }
 // Open returns the slots taken now.
 func (l *Limiter) Open() int64 { return l.cur.Load() }
 
-// park records that p paused a listener, so that the next close anywhere
-// wakes it (wake). Each proxy is listed once, however often it pauses.
+// park queues p, which paused a listener, for a wake. Each proxy is queued
+// once, however often it pauses.
 func (l *Limiter) park(p *Proxy) {
 	l.mu.Lock()
 	if !p.parked {
@@ -88,25 +89,36 @@ func (l *Limiter) park(p *Proxy) {
 	l.mu.Unlock()
 }
 
-// wake resumes the parked proxies whose listeners are still paused, each on
-// its own loop, except self, which the caller resumes itself. A proxy that
-// parks just after wake looked waits for the next close or its own pause
-// timer, whichever comes first. Any goroutine.
+// wake resumes, on its own loop, the proxy that has waited longest with a
+// listener still paused, other than self, which the caller resumes itself.
+// One close frees one slot, so one proxy is woken: waking every parked
+// proxy of every service and loop would have all but one find the limit
+// again and pause, five syscalls each, on every close while the limit
+// holds. A proxy that parks just after wake looked waits for the next close
+// or its own pause timer, whichever comes first. Any goroutine.
 func (l *Limiter) wake(self *Proxy) {
 	if l.nparked.Load() == 0 {
 		return
 	}
+	var next *Proxy
 	l.mu.Lock()
-	ps := l.parked
-	for _, p := range ps {
-		p.parked = false
-	}
-	l.parked = nil
-	l.nparked.Store(0)
-	l.mu.Unlock()
-	for _, p := range ps {
-		if p != self && p.paused.CompareAndSwap(true, false) {
-			p.loop.Submit(p.resumeFn)
+	kept := l.parked[:0]
+	for _, p := range l.parked {
+		switch {
+		case p == self || !p.paused.Load():
+			p.parked = false // resumes itself, or its timer resumed it
+		case next == nil && p.paused.CompareAndSwap(true, false):
+			p.parked = false
+			next = p
+		default:
+			kept = append(kept, p)
 		}
+	}
+	clear(l.parked[len(kept):])
+	l.parked = kept
+	l.nparked.Store(int32(len(kept)))
+	l.mu.Unlock()
+	if next != nil {
+		next.loop.Submit(next.resumeFn)
 	}
 }
