@@ -31,16 +31,8 @@ generate: ## regenerate the BPF objects and Go bindings (needs clang, llvm, libb
 check-generated: ## fail if the committed generated BPF files are stale (needs clang, llvm)
 	./scripts/firewall-check-generated.sh
 
-# fuzz finds the packages with fuzz targets by their test files' "func Fuzz",
-# so that a new target gets its run without a change here.
-fuzz: ## run each fuzz target for FUZZTIME
-	@for pkg in $$($(GO) list -f '{{.ImportPath}} {{.Dir}}' $(PKGS) | \
-	    while read -r p d; do grep -qs '^func Fuzz' "$$d"/*_test.go && echo "$$p"; done); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
-	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
-	  done; \
-	done
+fuzz: ## run each fuzz target for FUZZTIME (see scripts/fuzz.sh)
+	@GO=$(GO) FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh $(PKGS)
 
 bench: build ## side-by-side benchmarks against HAProxy, nginx and io.Copy; writes bench/RESULTS.md
 	./bench/run.sh
