@@ -154,3 +154,32 @@ func TestWakeOnePerClose(t *testing.T) {
 		t.Fatalf("resumes run: %v, want ps[1] and ps[2] once each", woken)
 	}
 }
+
+// TestTimerResumeLeavesTheQueue: a listener whose pause ends by its own
+// timer, with no client waiting, leaves its proxy unpaused, so that the
+// next close wakes a proxy that still waits rather than spend its one wake
+// on this one.
+func TestTimerResumeLeavesTheQueue(t *testing.T) {
+	lim := NewLimiter(1)
+	p, _ := serviceOnLoop(t, "a", lim)
+	ln := p.lns[0]
+	onLoop(t, p.loop, func() { ln.pause(time.Millisecond) })
+	if !p.paused.Load() || lim.nparked.Load() != 1 {
+		t.Fatalf("after a pause: paused %v, %d queued", p.paused.Load(), lim.nparked.Load())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for armed := false; !armed; {
+		if time.Now().After(deadline) {
+			t.Fatal("the pause timer did not re-arm the listener")
+		}
+		time.Sleep(time.Millisecond)
+		onLoop(t, p.loop, func() { armed = ln.armed })
+	}
+	if p.paused.Load() {
+		t.Fatal("accepting again after its pause timer, the proxy still counts as paused")
+	}
+	lim.wake(nil)
+	if n := lim.nparked.Load(); n != 0 {
+		t.Fatalf("%d still queued after a wake", n)
+	}
+}

@@ -140,7 +140,7 @@ func (p *Proxy) Listen(fd int) error {
 		p.local = addrPortOf(sa)
 	}
 	ln := &listener{p: p, fd: fd}
-	ln.resume.F = ln.rearm
+	ln.resume.F = ln.rearmAfterPause
 	if err := p.loop.Add(fd, loop.In, ln); err != nil {
 		return err
 	}
@@ -305,6 +305,21 @@ func (p *Proxy) resume() {
 			}
 		}
 	}
+}
+
+// rearmAfterPause is the pause timer's func: it accepts again and, once
+// every listener of the proxy accepts, the proxy is no longer paused, so
+// that a close does not spend its one wake (Limiter.wake) on it. Should the
+// registration fail, the proxy stays paused and queued, and the next close
+// that wakes it tries again.
+func (ln *listener) rearmAfterPause() {
+	ln.rearm()
+	for _, l := range ln.p.lns {
+		if !l.armed {
+			return
+		}
+	}
+	ln.p.paused.Store(false)
 }
 
 func (ln *listener) rearm() {
