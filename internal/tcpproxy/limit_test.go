@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -182,4 +183,38 @@ func TestTimerResumeLeavesTheQueue(t *testing.T) {
 	if n := lim.nparked.Load(); n != 0 {
 		t.Fatalf("%d still queued after a wake", n)
 	}
+}
+
+// TestRearmFailureRetries: a listener whose re-registration fails after a
+// pause tries again, rather than stay out of the loop for good with the
+// kernel queueing clients on its socket; once the registration works, it
+// accepts.
+func TestRearmFailureRetries(t *testing.T) {
+	was := limitPause
+	t.Cleanup(func() { limitPause = was }) // after the loop's cleanup: it reads it
+	limitPause = time.Millisecond
+	p, addr := serviceOnLoop(t, "a", NewLimiter(0))
+	ln := p.lns[0]
+	f, err := os.CreateTemp(t.TempDir(), "not-pollable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	listenFD := ln.fd
+	var first int64
+	onLoop(t, p.loop, func() {
+		ln.pause(time.Millisecond)
+		ln.fd = int(f.Fd()) // epoll refuses a regular file: each re-arm fails
+		first = ln.resume.When()
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for retried := false; !retried; {
+		if time.Now().After(deadline) {
+			t.Fatal("no retry was scheduled after the re-arm failed")
+		}
+		time.Sleep(time.Millisecond)
+		onLoop(t, p.loop, func() { retried = ln.resume.When() > first })
+	}
+	onLoop(t, p.loop, func() { ln.fd = listenFD })
+	openEchoed(t, addr, 1) // accepted once a retry registers the socket
 }

@@ -293,8 +293,7 @@ func (ln *listener) pause(d time.Duration) {
 }
 
 // resume accepts again on p's paused listeners, at once: a connection
-// closed, so a --max-conns slot and file descriptors are free. A listener
-// whose registration fails keeps its timer, which tries again.
+// closed, so a --max-conns slot and file descriptors are free.
 func (p *Proxy) resume() {
 	p.paused.Store(false)
 	for _, ln := range p.lns {
@@ -302,6 +301,8 @@ func (p *Proxy) resume() {
 			ln.rearm()
 			if ln.armed {
 				p.loop.Cancel(&ln.resume)
+			} else {
+				ln.retry()
 			}
 		}
 	}
@@ -309,17 +310,32 @@ func (p *Proxy) resume() {
 
 // rearmAfterPause is the pause timer's func: it accepts again and, once
 // every listener of the proxy accepts, the proxy is no longer paused, so
-// that a close does not spend its one wake (Limiter.wake) on it. Should the
-// registration fail, the proxy stays paused and queued, and the next close
-// that wakes it tries again.
+// that a close does not spend its one wake (Limiter.wake) on it.
 func (ln *listener) rearmAfterPause() {
 	ln.rearm()
+	if !ln.armed {
+		ln.retry()
+		return
+	}
 	for _, l := range ln.p.lns {
 		if !l.armed {
 			return
 		}
 	}
 	ln.p.paused.Store(false)
+}
+
+// retry follows a registration that failed (the host is short of memory or
+// of epoll watches): the listener tries again after a pause, or sooner when
+// a close wakes its proxy, so that the clients the kernel queues on its
+// socket are not left there for good.
+func (ln *listener) retry() {
+	if ln.fd < 0 {
+		return // closed
+	}
+	ln.p.loop.Schedule(&ln.resume, ln.p.loop.Now()+int64(limitPause))
+	ln.p.paused.Store(true)
+	ln.p.limiter.park(ln.p)
 }
 
 func (ln *listener) rearm() {
