@@ -26,8 +26,21 @@ import (
 // socketFD returns the number of this process's file descriptor for the
 // established TCP socket from local to remote (IPv4), found through
 // /proc/self/net/tcp and /proc/self/fd. The in-process balancer's sockets
-// are this process's.
+// are this process's. A connection the balancer has not accepted yet has no
+// descriptor (its inode is 0), so socketFD waits for the accept.
 func socketFD(tb testing.TB, local, remote *net.TCPAddr) int {
+	tb.Helper()
+	fd := -1
+	waitFor(tb, fmt.Sprintf("a descriptor for the socket %v -> %v", local, remote), func() bool {
+		fd = findSocketFD(tb, local, remote)
+		return fd >= 0
+	})
+	return fd
+}
+
+// findSocketFD is one look for socketFD: -1 while the socket has no
+// descriptor.
+func findSocketFD(tb testing.TB, local, remote *net.TCPAddr) int {
 	tb.Helper()
 	hexAddr := func(a *net.TCPAddr) string {
 		ip := a.IP.To4()
@@ -40,15 +53,16 @@ func socketFD(tb testing.TB, local, remote *net.TCPAddr) int {
 	inode := ""
 	for _, line := range strings.Split(string(data), "\n")[1:] {
 		f := strings.Fields(line)
-		// An established socket (state 01): a connection of the same
-		// addresses that ended earlier may linger in TIME_WAIT, with no
-		// socket (inode 0).
+		// An established socket (state 01) with a descriptor: a
+		// connection of the same addresses that ended earlier may
+		// linger in TIME_WAIT, and one not accepted yet has none
+		// (inode 0 both).
 		if len(f) > 9 && f[1] == hexAddr(local) && f[2] == hexAddr(remote) && f[3] == "01" && f[9] != "0" {
 			inode = f[9]
 		}
 	}
 	if inode == "" {
-		tb.Fatalf("no socket %v -> %v in /proc/self/net/tcp", local, remote)
+		return -1
 	}
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
@@ -60,8 +74,7 @@ func socketFD(tb testing.TB, local, remote *net.TCPAddr) int {
 			return fd
 		}
 	}
-	tb.Fatalf("socket inode %s has no fd", inode)
-	return -1
+	return -1 // its descriptor is not there (yet, or any more): look again
 }
 
 // epollInterest returns the events fd is registered for in the epoll
