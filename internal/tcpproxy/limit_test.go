@@ -133,15 +133,18 @@ func TestWakeOnePerClose(t *testing.T) {
 		lim.park(p)
 		ps[i] = p
 	}
-	lim.wake(ps[0]) // ps[0] closed a connection: it resumes itself
+	// ps[0] closed a connection and resumed itself, but its listener
+	// could not be registered again: it is still paused, and stays queued.
+	lim.wake(ps[0])
 	if !ps[0].paused.Load() || ps[1].paused.Load() || !ps[2].paused.Load() {
 		t.Fatalf("first close: paused %v %v %v, want ps[1] alone woken", ps[0].paused.Load(), ps[1].paused.Load(), ps[2].paused.Load())
 	}
-	if got := lim.nparked.Load(); got != 2 {
-		t.Fatalf("%d left queued, want ps[2] and ps[3]", got)
+	if got := lim.nparked.Load(); got != 3 {
+		t.Fatalf("%d left queued, want ps[0], ps[2] and ps[3]", got)
 	}
 	ps[3].paused.Store(false) // its own timer resumed it meanwhile
-	lim.wake(nil)
+	ps[0].paused.Store(false) // and ps[0] closed another and resumed
+	lim.wake(ps[0])
 	if ps[2].paused.Load() || lim.nparked.Load() != 0 {
 		t.Fatalf("second close: ps[2] paused %v, %d left queued; want it woken and none left", ps[2].paused.Load(), lim.nparked.Load())
 	}
@@ -165,9 +168,11 @@ func TestTimerResumeLeavesTheQueue(t *testing.T) {
 	p, _ := serviceOnLoop(t, "a", lim)
 	ln := p.lns[0]
 	onLoop(t, p.loop, func() { ln.pause(time.Millisecond) })
-	if !p.paused.Load() || lim.nparked.Load() != 1 {
-		t.Fatalf("after a pause: paused %v, %d queued", p.paused.Load(), lim.nparked.Load())
-	}
+	// q pauses after p, so p is the first in the queue.
+	woken := make(chan struct{}, 1)
+	q := &Proxy{loop: p.loop, resumeFn: func() { woken <- struct{}{} }}
+	q.paused.Store(true)
+	lim.park(q)
 	deadline := time.Now().Add(5 * time.Second)
 	for armed := false; !armed; {
 		if time.Now().After(deadline) {
@@ -180,27 +185,35 @@ func TestTimerResumeLeavesTheQueue(t *testing.T) {
 		t.Fatal("accepting again after its pause timer, the proxy still counts as paused")
 	}
 	lim.wake(nil)
+	select {
+	case <-woken:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a close woke the proxy its timer had resumed, not the one still waiting")
+	}
 	if n := lim.nparked.Load(); n != 0 {
 		t.Fatalf("%d still queued after a wake", n)
 	}
 }
 
-// TestRearmFailureRetries: a listener whose re-registration fails after a
-// pause tries again, rather than stay out of the loop for good with the
-// kernel queueing clients on its socket; once the registration works, it
-// accepts.
+// TestRearmFailureRetries: a listener whose re-registration fails, after
+// its pause timer or when a close resumes its proxy, tries again, and its
+// proxy stays paused and queued so that closes keep waking it, rather than
+// stay out of the loop for good with the kernel queueing clients on its
+// socket; once the registration works, it accepts.
 func TestRearmFailureRetries(t *testing.T) {
 	was := limitPause
 	t.Cleanup(func() { limitPause = was }) // after the loop's cleanup: it reads it
 	limitPause = time.Millisecond
-	p, addr := serviceOnLoop(t, "a", NewLimiter(0))
+	lim := NewLimiter(0)
+	p, addr := serviceOnLoop(t, "a", lim)
 	ln := p.lns[0]
 	f, err := os.CreateTemp(t.TempDir(), "not-pollable")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
 	listenFD := ln.fd
+	t.Cleanup(func() { onLoop(t, p.loop, func() { ln.fd = listenFD }) }) // first: the loop's cleanup closes it
 	var first int64
 	onLoop(t, p.loop, func() {
 		ln.pause(time.Millisecond)
@@ -210,11 +223,23 @@ func TestRearmFailureRetries(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for retried := false; !retried; {
 		if time.Now().After(deadline) {
-			t.Fatal("no retry was scheduled after the re-arm failed")
+			t.Fatal("no retry was scheduled after the timer's re-arm failed")
 		}
 		time.Sleep(time.Millisecond)
 		onLoop(t, p.loop, func() { retried = ln.resume.When() > first })
 	}
+
+	// A close resumes the proxy: the re-arm fails again.
+	onLoop(t, p.loop, func() {
+		p.resume()
+		if ln.armed || !ln.resume.Scheduled() {
+			t.Errorf("after a failed resume: armed %v, retry scheduled %v", ln.armed, ln.resume.Scheduled())
+		}
+	})
+	if !p.paused.Load() || lim.nparked.Load() != 1 {
+		t.Fatalf("after a failed resume: paused %v, %d queued; want paused and queued", p.paused.Load(), lim.nparked.Load())
+	}
+
 	onLoop(t, p.loop, func() { ln.fd = listenFD })
 	openEchoed(t, addr, 1) // accepted once a retry registers the socket
 }

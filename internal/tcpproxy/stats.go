@@ -90,7 +90,8 @@ func (l *Limiter) park(p *Proxy) {
 }
 
 // wake resumes, on its own loop, the proxy that has waited longest with a
-// listener still paused, other than self, which the caller resumes itself.
+// listener still paused, other than self, which the caller has resumed
+// itself (and which stays queued if that failed, see listener.retry).
 // One close frees one slot, so one proxy is woken: waking every parked
 // proxy of every service and loop would have all but one find the limit
 // again and pause, five syscalls each, on every close while the limit
@@ -105,13 +106,13 @@ func (l *Limiter) wake(self *Proxy) {
 	kept := l.parked[:0]
 	for _, p := range l.parked {
 		switch {
-		case p == self || !p.paused.Load():
-			p.parked = false // resumes itself, or its timer resumed it
-		case next == nil && p.paused.CompareAndSwap(true, false):
+		case !p.paused.Load():
+			p.parked = false // resumed: by itself, its timer or a wake
+		case p != self && next == nil && p.paused.CompareAndSwap(true, false):
 			p.parked = false
 			next = p
 		default:
-			kept = append(kept, p)
+			kept = append(kept, p) // self among them when its re-arm failed
 		}
 	}
 	clear(l.parked[len(kept):])
