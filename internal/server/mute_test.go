@@ -112,6 +112,24 @@ func epollInterest(tb testing.TB, fd int) uint32 {
 	return 0
 }
 
+// muteClient dials r, whose backend does not read, and fills every buffer
+// between the two. It returns once the balancer's socket for the client is
+// unwatched for input: the client, that socket's descriptor, and the bytes
+// sent.
+func muteClient(t *testing.T, r *running) (c *net.TCPConn, fd int, sent int64) {
+	t.Helper()
+	c = r.dial(t)
+	fd = socketFD(t, c.RemoteAddr().(*net.TCPAddr), c.LocalAddr().(*net.TCPAddr))
+	sent, err := fillUntilBlocked(c)
+	if err != nil {
+		t.Fatalf("client fill: %v", err)
+	}
+	waitFor(t, "the client's socket unwatched for input", func() bool {
+		return epollInterest(t, fd)&unix.EPOLLIN == 0
+	})
+	return c, fd, sent
+}
+
 // TestStalledPeerMutesReads: while the bytes a client sent wait for a
 // backend that does not read, the client's socket is not watched for input
 // (each segment that arrives would wake the loop for nothing); once the
@@ -132,17 +150,7 @@ func TestStalledPeerMutesReads(t *testing.T) {
 			})
 			t.Cleanup(func() { close(stop) }) // runs before the backend's cleanup waits for it
 			r := start(t, "--backend", addr, "--splice", mode, "--workers", "1", "--health-interval", "1h")
-			c := r.dial(t)
-			fd := socketFD(t, c.RemoteAddr().(*net.TCPAddr), c.LocalAddr().(*net.TCPAddr))
-
-			// Fill every buffer between the client and the backend.
-			sent, err := fillUntilBlocked(c)
-			if err != nil {
-				t.Fatalf("client fill: %v", err)
-			}
-			waitFor(t, "the client's socket unwatched for input", func() bool {
-				return epollInterest(t, fd)&unix.EPOLLIN == 0
-			})
+			c, fd, sent := muteClient(t, r)
 			// Nothing waits to be written to the client, so EPOLLOUT,
 			// which its empty send buffer would report at once, goes too.
 			if ev := epollInterest(t, fd); ev&(unix.EPOLLOUT|unix.EPOLLRDHUP) != unix.EPOLLRDHUP {
@@ -199,16 +207,7 @@ func TestBothWaysStalled(t *testing.T) {
 			})
 			t.Cleanup(func() { close(stop) })
 			r := start(t, "--backend", addr, "--splice", mode, "--workers", "1", "--health-interval", "1h")
-			c := r.dial(t)
-			fd := socketFD(t, c.RemoteAddr().(*net.TCPAddr), c.LocalAddr().(*net.TCPAddr))
-
-			sentUp, err := fillUntilBlocked(c)
-			if err != nil {
-				t.Fatalf("client fill: %v", err)
-			}
-			waitFor(t, "the client's socket unwatched for input", func() bool {
-				return epollInterest(t, fd)&unix.EPOLLIN == 0
-			})
+			c, fd, sentUp := muteClient(t, r)
 			if ev := epollInterest(t, fd); ev&unix.EPOLLOUT != 0 {
 				t.Errorf("muted with nothing to write to it, the client's socket is registered for EPOLLOUT (%#x)", ev)
 			}

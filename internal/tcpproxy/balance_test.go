@@ -56,16 +56,23 @@ func twoLoops(t *testing.T, group bool, maxConns int) ([]*Proxy, []*loop.Loop, s
 		t.Fatal(err)
 	}
 	for i, l := range ls {
-		done := make(chan error, 1)
-		go func() { done <- l.Run() }()
-		t.Cleanup(func() {
-			onLoop(t, l, func() { ps[i].Drain(); ps[i].CloseAll() })
-			l.Stop()
-			<-done
-			l.Close()
-		})
+		runLoop(t, l, ps[i])
 	}
 	return ps, ls, addr.String()
+}
+
+// runLoop runs l, p's loop, until the test ends, then drains p, resets
+// what it still runs, and stops and closes l.
+func runLoop(t *testing.T, l *loop.Loop, p *Proxy) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- l.Run() }()
+	t.Cleanup(func() {
+		onLoop(t, l, func() { p.Drain(); p.CloseAll() })
+		l.Stop()
+		<-done
+		l.Close()
+	})
 }
 
 // onLoop runs fn on l and waits for it.

@@ -39,14 +39,7 @@ func serviceOnLoop(t *testing.T, name string, lim *Limiter) (*Proxy, string) {
 	if err := p.Listen(fd); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- l.Run() }()
-	t.Cleanup(func() {
-		onLoop(t, l, func() { p.Drain(); p.CloseAll() })
-		l.Stop()
-		<-done
-		l.Close()
-	})
+	runLoop(t, l, p)
 	return p, addr.String()
 }
 

@@ -285,9 +285,7 @@ func (ln *listener) pause(d time.Duration) {
 	}
 	if err := ln.p.loop.Remove(ln.fd); err == nil {
 		ln.armed = false
-		ln.p.loop.Schedule(&ln.resume, ln.p.loop.Now()+int64(d))
-		ln.p.paused.Store(true)
-		ln.p.limiter.park(ln.p)
+		ln.wait(d)
 		ln.p.stats.AcceptPauses.Add(1) // last: a test that sees it sees p parked
 	}
 }
@@ -333,7 +331,13 @@ func (ln *listener) retry() {
 	if ln.fd < 0 {
 		return // closed
 	}
-	ln.p.loop.Schedule(&ln.resume, ln.p.loop.Now()+int64(limitPause))
+	ln.wait(limitPause)
+}
+
+// wait leaves ln out of the loop for d, its proxy paused and queued for a
+// close to wake it sooner (Limiter.wake).
+func (ln *listener) wait(d time.Duration) {
+	ln.p.loop.Schedule(&ln.resume, ln.p.loop.Now()+int64(d))
 	ln.p.paused.Store(true)
 	ln.p.limiter.park(ln.p)
 }
